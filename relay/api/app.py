@@ -1,0 +1,74 @@
+"""``create_app(settings, *, redis=None)``: the API as an aiohttp application."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from redis.asyncio import Redis
+
+# Importing the route modules registers their handlers in ``routes``.
+from relay.api import events, health, ingest, keys, openapi  # noqa: F401
+from relay.api.auth import auth_middleware
+from relay.api.problems import error_middleware
+from relay.api.routing import routes
+from relay.api.state import EVENTS, KEYS, REDIS, SETTINGS
+from relay.connect import redis_for
+from relay.keystore import KeyStore
+from relay.settings import Settings
+from relay.store import EventStore
+
+__all__ = ["AccessLogger", "create_app"]
+
+#: How long shutdown waits for the key invalidation listener to notice its cancellation.
+_LISTENER_STOP_S = 2.0
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line a request, without the query string (it may hold ``api_key=``)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            "%s %s %s %.1fms", request.method, request.path, response.status, time * 1000
+        )
+
+
+def create_app(settings: Settings, *, redis: Redis | None = None) -> web.Application:
+    """The API. ``redis`` (a ``decode_responses=True`` client) is used as given and not
+    closed; without it the app opens the Redis that settings name, embedded or not."""
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware], client_max_size=settings.max_body_bytes
+    )
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_redis_context(settings, redis))
+    app.cleanup_ctx.append(_key_invalidation)
+    for spec in routes:
+        app.router.add_route(spec.method, spec.path, spec.handler)
+    return app
+
+
+def _redis_context(
+    settings: Settings, given: Redis | None
+) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
+    @contextlib.asynccontextmanager
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            redis = (
+                given if given is not None else await stack.enter_async_context(redis_for(settings))
+            )
+            app[REDIS] = redis
+            app[EVENTS] = EventStore(redis, retention_s=settings.retention_s)
+            app[KEYS] = KeyStore(redis)
+            yield
+
+    return context
+
+
+async def _key_invalidation(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(app[KEYS].listen(), name="relay-key-invalidation")
+    yield
+    task.cancel()
+    await asyncio.wait({task}, timeout=_LISTENER_STOP_S)

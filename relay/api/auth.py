@@ -1,0 +1,65 @@
+"""Authentication: find the request's key, check it is live, check the route's scope.
+
+A key is read from ``Authorization: Bearer``, then ``X-API-Key``, then the
+``api_key`` query parameter (for tools that cannot set headers). The key
+itself never appears in an answer or a log line; its 12-character prefix may.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from relay.api.routing import ANY_KEY, routes
+from relay.api.state import API_KEY, KEYS
+from relay.apikeys import KeyRecord
+from relay.errors import Forbidden, Unauthorized
+
+__all__ = ["auth_middleware", "presented_key"]
+
+_HOW = "send it as Authorization: Bearer <key>, X-API-Key: <key>, or ?api_key=<key>"
+
+
+def presented_key(request: web.Request) -> str | None:
+    """The key the client sent, wherever it put it, or None."""
+    auth = request.headers.get("Authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise Unauthorized(f"the Authorization header must be 'Bearer <key>'; {_HOW}")
+        return value.strip()
+    return request.headers.get("X-API-Key") or request.query.get("api_key") or None
+
+
+async def authenticate(request: web.Request, scope: str) -> KeyRecord:
+    """The live key of this request, holding ``scope``; 401 or 403 otherwise."""
+    presented = presented_key(request)
+    if presented is None:
+        raise Unauthorized(f"no API key; {_HOW}")
+    record = await request.app[KEYS].lookup(presented)
+    if record is None:
+        raise Unauthorized("unknown API key (check that it was copied whole)")
+    state = record.state(now=datetime.now(UTC))
+    if state == "revoked":
+        raise Unauthorized(f"API key {record.prefix}… was revoked at {record.revoked_at}")
+    if state == "expired":
+        raise Unauthorized(f"API key {record.prefix}… expired at {record.expires_at}")
+    if scope != ANY_KEY and scope not in record.scopes:
+        raise Forbidden(
+            f"API key {record.prefix}… lacks the scope {scope!r} "
+            f"(it has: {', '.join(record.scopes)})"
+        )
+    return record
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Authenticate requests to routes that declare a scope."""
+    resource = request.match_info.route.resource
+    spec = routes.find(request.method, resource.canonical) if resource is not None else None
+    if spec is not None and spec.scope is not None:
+        request[API_KEY] = await authenticate(request, spec.scope)
+    response: web.StreamResponse = await handler(request)
+    return response

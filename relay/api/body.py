@@ -1,0 +1,84 @@
+"""Read an ingest body, whatever form it came in, as a list of raw items.
+
+JSON (an object, or an array as a batch), ``application/x-www-form-urlencoded``
+and ``multipart/form-data`` are accepted; form keys written flat
+(``traits[city]``) are unflattened here, JSON keys by the normalizer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from relay.errors import BodyTooLarge, MalformedBody, UnsupportedMediaType, ValidationFailed
+from relay.normalize import unflatten
+
+__all__ = ["read_items"]
+
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+_ACCEPTED = "application/json, application/x-www-form-urlencoded or multipart/form-data"
+
+
+async def read_items(request: web.Request, *, max_batch: int) -> tuple[list[Any], bool]:
+    """The body's items and whether it was a batch (a JSON array)."""
+    ctype = request.content_type
+    if ctype == "application/json" or ctype.endswith("+json"):
+        doc = await _read_json(request)
+    elif ctype in _FORM_TYPES:
+        doc = await _read_form(request, ctype)
+    else:
+        sent = request.headers.get("Content-Type") or "no Content-Type"
+        raise UnsupportedMediaType(f"{sent} is not accepted; send {_ACCEPTED}")
+    if not isinstance(doc, list):
+        return [doc], False
+    if not doc:
+        raise ValidationFailed(
+            "the batch is empty; send at least one item",
+            errors=[{"loc": ["body"], "msg": "empty array"}],
+        )
+    if len(doc) > max_batch:
+        raise BodyTooLarge(
+            f"the batch has {len(doc)} items; at most {max_batch} are accepted in one request",
+            errors=[{"loc": ["body"], "msg": f"more than {max_batch} items"}],
+        )
+    return doc, True
+
+
+async def _read_json(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw.strip():
+        raise MalformedBody(
+            "the body is empty; send a JSON object or an array of them",
+            errors=[{"loc": ["body"], "msg": "empty body"}],
+        )
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedBody(
+            f"the body is not valid JSON: {exc}", errors=[{"loc": ["body"], "msg": str(exc)}]
+        ) from None
+
+
+async def _read_form(request: web.Request, ctype: str) -> dict[str, Any]:
+    if ctype == _FORM_TYPES[0]:
+        peek = (await request.read()).lstrip()[:1]
+        if peek in (b"{", b"["):
+            raise UnsupportedMediaType(
+                "the body looks like JSON but was sent as application/x-www-form-urlencoded "
+                "(curl -d does that); add the header Content-Type: application/json"
+            )
+    try:
+        form = await request.post()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedBody(
+            f"the form body cannot be parsed: {exc}", errors=[{"loc": ["body"], "msg": str(exc)}]
+        ) from None
+    files = [name for name, value in form.items() if isinstance(value, web.FileField)]
+    if files:
+        raise ValidationFailed(
+            "file uploads are not accepted; send text fields only",
+            errors=[{"loc": ["body", name], "msg": "a file, not a text field"} for name in files],
+        )
+    return unflatten((name, value) for name, value in form.items())

@@ -1,0 +1,205 @@
+"""``POST /v1/contacts`` and ``POST /v1/leads``: validate, normalize, route, enqueue.
+
+The answer is sent only after Redis has acknowledged the write of every
+accepted item. A bad item in a batch never holds back the good ones.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from relay.api.body import read_items
+from relay.api.problems import json_response, problem
+from relay.api.routing import QueryParam, routes
+from relay.api.state import API_KEY, EVENTS, SETTINGS
+from relay.apikeys import KeyRecord
+from relay.errors import FieldError, Forbidden, ValidationFailed
+from relay.ids import new_event_id
+from relay.models import (
+    BatchAccepted,
+    BatchRejected,
+    BatchResult,
+    Contact,
+    EventKind,
+    Lead,
+    Problem,
+    ProblemError,
+    Queued,
+)
+from relay.normalize import normalize_item
+from relay.settings import Settings
+from relay.store import NewEvent
+
+__all__ = ["choose_destinations"]
+
+_FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
+_DESTINATION_PARAM = QueryParam(
+    "destination",
+    "Send only to these destinations (repeat or comma-separate); default: every "
+    "destination whose events include this type and that the key may use",
+    repeated=True,
+)
+_RESPONSES: dict[int, tuple[str, Any]] = {
+    202: ("Queued: one event, or a batch whose every item was queued", Queued),
+    207: ("A batch of which some items were rejected (the rest are queued)", BatchResult),
+    400: ("Malformed JSON or form", Problem),
+    401: ("Missing, unknown, expired or revoked key", Problem),
+    403: ("The key lacks the scope, or may not use a named destination", Problem),
+    413: ("Body over the size limit, or a batch over the item limit", Problem),
+    415: ("Unsupported Content-Type", Problem),
+    422: ("Nothing valid to queue (for a batch: with accepted and rejected)", Problem),
+    503: ("Redis cannot take the event now; nothing was queued, retry", Problem),
+}
+
+
+def _body_schema(model: type[Contact]) -> dict[str, Any]:
+    one = {
+        "description": "Flat fields, ConveYour style {id, traits}, or wrapped "
+        "{contact: {...}} / {lead: {...}}; aliases and flattened keys (a__b, a.b, a[b]) accepted",
+        **model.model_json_schema(ref_template="#/components/schemas/{model}"),
+        "additionalProperties": True,
+    }
+    one.pop("title", None)
+    return {"oneOf": [one, {"type": "array", "maxItems": 500, "items": one}]}
+
+
+def choose_destinations(
+    settings: Settings, kind: EventKind, key: KeyRecord, requested: list[str]
+) -> tuple[str, ...]:
+    """Where an event of this kind goes: the named destinations, else every one that fits."""
+    if not requested:
+        return tuple(d for d in settings.destinations_for(kind) if key.may_use(d))
+    errors: list[FieldError] = []
+    for name in requested:
+        dest = settings.destinations.get(name)
+        if dest is None:
+            known = ", ".join(settings.destinations) or "none are configured"
+            errors.append(
+                {
+                    "loc": ["query", "destination"],
+                    "msg": f"unknown destination {name!r} (configured: {known})",
+                }
+            )
+        elif not key.may_use(name):
+            raise Forbidden(f"API key {key.prefix}… may not send to destination {name!r}")
+        elif kind not in dest.events or not dest.enabled:
+            why = "is disabled" if not dest.enabled else f"does not take {kind}s"
+            errors.append({"loc": ["query", "destination"], "msg": f"destination {name!r} {why}"})
+    if errors:
+        raise ValidationFailed(errors[0]["msg"], errors=errors)
+    return tuple(dict.fromkeys(requested))
+
+
+async def _ingest(request: web.Request, kind: EventKind) -> web.Response:
+    settings = request.app[SETTINGS]
+    key = request[API_KEY]
+    requested = [
+        name.strip()
+        for value in request.query.getall("destination", [])
+        for name in value.split(",")
+        if name.strip()
+    ]
+    destinations = choose_destinations(settings, kind, key, requested)
+    items, is_batch = await read_items(request, max_batch=settings.max_batch)
+
+    received_at = datetime.now(UTC)
+    events: list[NewEvent] = []
+    accepted: list[BatchAccepted] = []
+    rejected: list[BatchRejected] = []
+    for index, raw in enumerate(items):
+        try:
+            record = normalize_item(raw, kind=kind, default_region=settings.default_region)
+        except ValidationFailed as exc:
+            where: list[str | int] = ["body", index] if is_batch else ["body"]
+            rejected.append(
+                BatchRejected(
+                    index=index,
+                    errors=[ProblemError(loc=where + e["loc"], msg=e["msg"]) for e in exc.errors],
+                )
+            )
+            continue
+        event_id = new_event_id()
+        events.append(
+            NewEvent(
+                id=event_id,
+                type=kind,
+                mode=key.mode,
+                key_id=key.id,
+                received_at=received_at,
+                payload=record,
+                destinations=destinations,
+            )
+        )
+        accepted.append(BatchAccepted(index=index, id=event_id))
+
+    await request.app[EVENTS].enqueue(events)
+
+    if not is_batch:
+        if rejected:
+            errors = rejected[0].errors
+            return _invalid(f"the {kind} is invalid: " + _summary(errors), errors)
+        return json_response(
+            Queued(id=accepted[0].id, destinations=list(destinations)).model_dump(), status=202
+        )
+    if not accepted:
+        errors = [e for r in rejected for e in r.errors]
+        return _invalid(
+            f"none of the {len(items)} items was queued: " + _summary(errors),
+            errors,
+            accepted=[],
+            rejected=[r.model_dump() for r in rejected],
+        )
+    status = "partial" if rejected else "queued"
+    result = BatchResult(status=status, accepted=accepted, rejected=rejected)
+    return json_response(result.model_dump(), status=207 if rejected else 202)
+
+
+def _summary(errors: list[ProblemError]) -> str:
+    first = errors[0]
+    where = ".".join(str(p) for p in first.loc[1:]) or "body"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {first.msg}{more}"
+
+
+def _invalid(detail: str, errors: list[ProblemError], **extra: Any) -> web.Response:
+    return problem(
+        422,
+        ValidationFailed.title,
+        detail,
+        slug=ValidationFailed.slug,
+        errors=[{"loc": e.loc, "msg": e.msg} for e in errors],
+        **extra,
+    )
+
+
+@routes.route(
+    "POST",
+    "/v1/contacts",
+    summary="Accept a contact or a batch of contacts (ConveYour identify)",
+    scope="write:contacts",
+    body=_body_schema(Contact),
+    body_media_types=("application/json", *_FORMS),
+    responses=_RESPONSES,
+    query=(_DESTINATION_PARAM,),
+    tag="ingest",
+)
+async def post_contacts(request: web.Request) -> web.Response:
+    return await _ingest(request, "contact")
+
+
+@routes.route(
+    "POST",
+    "/v1/leads",
+    summary="Accept a lead or a batch of leads (Convertr, and ConveYour when routed)",
+    scope="write:leads",
+    body=_body_schema(Lead),
+    body_media_types=("application/json", *_FORMS),
+    responses=_RESPONSES,
+    query=(_DESTINATION_PARAM,),
+    tag="ingest",
+)
+async def post_leads(request: web.Request) -> web.Response:
+    return await _ingest(request, "lead")

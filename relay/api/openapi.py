@@ -1,0 +1,126 @@
+"""``GET /openapi.json``: OpenAPI 3.1 written from the route table and the models."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, TypeAdapter
+
+from relay.api.problems import json_response
+from relay.api.routing import ANY_KEY, RouteSpec, routes
+from relay.models import Problem
+
+__all__ = ["build_openapi"]
+
+_REF = "#/components/schemas/{model}"
+_PATH_PARAM = re.compile(r"{(\w+)}")
+_SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKeyHeader": []}, {"apiKeyQuery": []}]
+
+
+class _Schemas:
+    """Component schemas collected while the paths are written."""
+
+    def __init__(self) -> None:
+        self.components: dict[str, Any] = {}
+
+    def of(self, thing: type[BaseModel] | dict[str, Any] | Any) -> dict[str, Any]:
+        if isinstance(thing, dict):
+            schema = dict(thing)
+        elif isinstance(thing, type) and issubclass(thing, BaseModel):
+            schema = thing.model_json_schema(ref_template=_REF)
+            self.components.update(schema.pop("$defs", {}))
+            self.components[thing.__name__] = schema
+            return {"$ref": _REF.format(model=thing.__name__)}
+        else:
+            schema = TypeAdapter(thing).json_schema(ref_template=_REF)
+        self.components.update(schema.pop("$defs", {}))
+        return schema
+
+
+def _operation(spec: RouteSpec, schemas: _Schemas) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": spec.summary,
+        "operationId": spec.handler.__name__,
+        "tags": [spec.tag],
+    }
+    if spec.handler.__doc__:
+        op["description"] = spec.handler.__doc__.strip()
+    params = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in _PATH_PARAM.findall(spec.path)
+    ]
+    for q in spec.query:
+        schema = {"type": "array", "items": q.schema} if q.repeated else q.schema
+        params.append(
+            {
+                "name": q.name,
+                "in": "query",
+                "description": q.description,
+                "schema": schema,
+                "explode": True,
+            }
+        )
+    if params:
+        op["parameters"] = params
+    if spec.body is not None:
+        body = schemas.of(spec.body)
+        op["requestBody"] = {
+            "required": True,
+            "content": {media: {"schema": body} for media in spec.body_media_types},
+        }
+    if spec.scope is not None:
+        op["security"] = _SECURITY
+        need = "any valid key" if spec.scope == ANY_KEY else f"a key with the scope `{spec.scope}`"
+        op["description"] = (op.get("description", "") + f"\n\nNeeds {need}.").strip()
+    responses: dict[str, Any] = {}
+    for status, (description, model) in sorted(spec.responses.items()):
+        answer: dict[str, Any] = {"description": description}
+        if model is not None:
+            media = "application/problem+json" if model is Problem else "application/json"
+            answer["content"] = {media: {"schema": schemas.of(model)}}
+        responses[str(status)] = answer
+    op["responses"] = responses
+    return op
+
+
+def build_openapi(*, version: str) -> dict[str, Any]:
+    """The whole document, from every registered route."""
+    schemas = _Schemas()
+    paths: dict[str, dict[str, Any]] = {}
+    for spec in routes:
+        paths.setdefault(spec.path, {})[spec.method.lower()] = _operation(spec, schemas)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "relay",
+            "version": version,
+            "description": "Webhook relay for leads and contacts: scoped API keys in, a durable "
+            "Redis queue, rate-limited delivery to ConveYour, Convertr and signed webhooks. "
+            "Errors are RFC 9457 problem JSON.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": dict(sorted(schemas.components.items())),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "rly_live_… key"},
+                "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "apiKeyQuery": {"type": "apiKey", "in": "query", "name": "api_key"},
+            },
+        },
+    }
+
+
+@routes.route(
+    "GET",
+    "/openapi.json",
+    summary="This document",
+    scope=None,
+    responses={200: ("OpenAPI 3.1", {"type": "object"})},
+    tag="health",
+)
+async def openapi_json(request: web.Request) -> web.Response:
+    from relay import __version__
+
+    return json_response(build_openapi(version=__version__))

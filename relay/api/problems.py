@@ -1,0 +1,118 @@
+"""The one place where errors become HTTP answers: RFC 9457 problem JSON."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from relay.api.state import SETTINGS
+from relay.errors import FieldError, RequestError, StoreUnavailable
+
+__all__ = ["error_middleware", "json_response", "problem"]
+
+log = logging.getLogger("relay.api")
+
+PROBLEM_TYPE = "application/problem+json"
+#: Seconds a client should wait before retrying after a 503.
+RETRY_AFTER_UNAVAILABLE_S = 5
+
+_HTTP_SLUGS = {
+    400: ("bad-request", "Bad request"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    413: ("body-too-large", "Body too large"),
+    415: ("unsupported-media-type", "Unsupported media type"),
+}
+
+
+def json_response(
+    data: Any, *, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """A JSON answer serialized with orjson."""
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    slug: str,
+    errors: list[FieldError] | None = None,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> web.Response:
+    """An ``application/problem+json`` answer."""
+    body: dict[str, Any] = {
+        "type": f"/problems/{slug}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "errors": errors or [],
+        **extra,
+    }
+    return web.Response(
+        body=orjson.dumps(body), status=status, content_type=PROBLEM_TYPE, headers=headers
+    )
+
+
+def from_request_error(exc: RequestError) -> web.Response:
+    headers = {"WWW-Authenticate": 'Bearer realm="relay"'} if exc.status == 401 else None
+    return problem(
+        exc.status, exc.title, exc.detail, slug=exc.slug, errors=exc.errors, headers=headers
+    )
+
+
+def _from_http(exc: web.HTTPException, request: web.Request) -> web.Response:
+    slug, title = _HTTP_SLUGS.get(exc.status, ("http-error", exc.reason))
+    if exc.status == 413:
+        limit = request.app[SETTINGS].max_body_bytes
+        detail = f"the body is larger than the limit of {limit} bytes"
+        errors: list[FieldError] = [{"loc": ["body"], "msg": detail}]
+    elif exc.status == 404:
+        detail = f"no route {request.method} {request.path}; see /openapi.json"
+        errors = []
+    elif exc.status == 405:
+        allowed = exc.headers.get("Allow", "")
+        detail = f"{request.method} is not allowed on {request.path} (allowed: {allowed})"
+        errors = []
+    else:
+        detail = exc.text or exc.reason
+        errors = []
+    kept = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+    return problem(exc.status, title, detail, slug=slug, errors=errors, headers=kept)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Turn every error into problem JSON; log what the client cannot fix."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    except RequestError as exc:
+        return from_request_error(exc)
+    except StoreUnavailable as exc:
+        log.warning("503 %s %s: %s", request.method, request.path, exc)
+        return problem(
+            503,
+            "Service unavailable",
+            "relay cannot store data right now (Redis is unavailable); nothing was queued, "
+            "retry later",
+            slug="unavailable",
+            headers={"Retry-After": str(RETRY_AFTER_UNAVAILABLE_S)},
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _from_http(exc, request)
+    except Exception:
+        log.exception("500 %s %s", request.method, request.path)
+        return problem(
+            500, "Internal error", "relay failed to handle this request", slug="internal-error"
+        )
+    return response

@@ -1,0 +1,20 @@
+"""Typed keys of the application's and the request's state."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from relay.apikeys import KeyRecord
+from relay.keystore import KeyStore
+from relay.settings import Settings
+from relay.store import EventStore
+
+__all__ = ["API_KEY", "EVENTS", "KEYS", "REDIS", "SETTINGS"]
+
+SETTINGS = web.AppKey("settings", Settings)
+REDIS = web.AppKey("redis", Redis)
+KEYS = web.AppKey("keys", KeyStore)
+EVENTS = web.AppKey("events", EventStore)
+#: The authenticated key of a request (set by the auth middleware).
+API_KEY = web.RequestKey("api_key", KeyRecord)

@@ -1,0 +1,64 @@
+"""Open the Redis that settings name: ``RELAY_REDIS_URL``, or the embedded server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from relay.embedded import EmbeddedRedis
+from relay.errors import StoreUnavailable
+from relay.settings import Settings
+
+__all__ = ["MIN_REDIS_VERSION", "check_version", "redis_client", "redis_for"]
+
+#: XAUTOCLAIM, GETDEL, ZRANGE BYSCORE… first came with Redis 6.2.
+MIN_REDIS_VERSION = (6, 2)
+#: A Redis that does not answer within this long is "unavailable" (the API answers 503).
+SOCKET_TIMEOUT_S = 5.0
+
+
+def redis_client(url: str) -> Redis:
+    """A client as every part of relay expects it: text replies, bounded waits."""
+    return Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_connect_timeout=SOCKET_TIMEOUT_S,
+        health_check_interval=10,
+    )
+
+
+async def check_version(redis: Redis) -> str:
+    """The server's version; StoreUnavailable when it is older than 6.2 or does not answer."""
+    try:
+        info = await redis.info("server")
+    except (RedisError, OSError) as exc:
+        raise StoreUnavailable(f"cannot reach Redis: {exc}") from exc
+    version = str(info.get("redis_version", "0"))
+    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    if parts < MIN_REDIS_VERSION:
+        raise StoreUnavailable(f"Redis {version} is too old: relay needs 6.2 or newer")
+    return version
+
+
+@contextlib.asynccontextmanager
+async def redis_for(settings: Settings) -> AsyncIterator[Redis]:
+    """A client for the configured Redis, joining (and maybe starting) the embedded one."""
+    embedded: EmbeddedRedis | None = None
+    if settings.redis_url is None:
+        embedded = EmbeddedRedis(settings.data_dir)
+        await asyncio.to_thread(embedded.acquire)
+        url = embedded.url
+    else:
+        url = settings.redis_url.get_secret_value()
+    client = redis_client(url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.release)

@@ -1,0 +1,109 @@
+"""Every error relay raises on purpose, in one tree.
+
+::
+
+    RelayError
+    ├── ConfigError              relay.toml or the environment is wrong (names the file and key)
+    ├── StoreUnavailable         Redis cannot take or give data right now (API: 503)
+    ├── EmbeddedRedisError       the embedded redis-server would not start
+    └── RequestError             a client's request is wrong; carries an HTTP status
+        ├── MalformedBody        400: not JSON / not a form that parses
+        ├── BodyTooLarge         413: over the body limit or the batch limit
+        ├── UnsupportedMediaType 415
+        ├── ValidationFailed     422: a valid document that fails validation
+        ├── Unauthorized         401: missing, unknown, expired or revoked key
+        ├── Forbidden            403: key lacks the scope or may not use a destination
+        └── NotFound             404
+
+Only ``relay.api.problems`` turns these into HTTP answers and only the CLI
+turns them into exit statuses; everything else raises them.
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+__all__ = [
+    "BodyTooLarge",
+    "ConfigError",
+    "EmbeddedRedisError",
+    "FieldError",
+    "Forbidden",
+    "MalformedBody",
+    "NotFound",
+    "RelayError",
+    "RequestError",
+    "StoreUnavailable",
+    "Unauthorized",
+    "UnsupportedMediaType",
+    "ValidationFailed",
+]
+
+Loc = list[str | int]
+
+
+class FieldError(TypedDict):
+    """One problem with one place of a request: ``{"loc": ["body", "email"], "msg": "..."}``."""
+
+    loc: Loc
+    msg: str
+
+
+class RelayError(Exception):
+    """Base of every error relay raises on purpose."""
+
+
+class ConfigError(RelayError):
+    """The configuration cannot be used; the message names the file and the key."""
+
+
+class StoreUnavailable(RelayError):
+    """Redis did not answer or refused the write; nothing was stored."""
+
+
+class EmbeddedRedisError(RelayError):
+    """The embedded redis-server could not be started or reached."""
+
+
+class RequestError(RelayError):
+    """A client's request cannot be served as sent."""
+
+    #: HTTP status of the problem answer.
+    status: int = 400
+    #: Short, stable title of the problem type.
+    title: str = "Bad request"
+    #: Last segment of the problem type URI (``/problems/<slug>``).
+    slug: str = "bad-request"
+
+    def __init__(self, detail: str, *, errors: list[FieldError] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors: list[FieldError] = errors or []
+
+
+class MalformedBody(RequestError):
+    status, title, slug = 400, "Malformed body", "malformed-body"
+
+
+class BodyTooLarge(RequestError):
+    status, title, slug = 413, "Body too large", "body-too-large"
+
+
+class UnsupportedMediaType(RequestError):
+    status, title, slug = 415, "Unsupported media type", "unsupported-media-type"
+
+
+class ValidationFailed(RequestError):
+    status, title, slug = 422, "Validation failed", "validation-failed"
+
+
+class Unauthorized(RequestError):
+    status, title, slug = 401, "Unauthorized", "unauthorized"
+
+
+class Forbidden(RequestError):
+    status, title, slug = 403, "Forbidden", "forbidden"
+
+
+class NotFound(RequestError):
+    status, title, slug = 404, "Not found", "not-found"

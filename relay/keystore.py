@@ -1,0 +1,188 @@
+"""API keys in Redis, with an in-process cache that revocation empties at once.
+
+Every API process keeps the keys it has seen in memory, but only while its
+subscription to :data:`~relay.redis_keys.KEYS_CHANGED_CHANNEL` is up: a
+revocation writes the key's hash, then publishes its digest, and every
+process drops it before it can answer another request with it. While the
+subscription is down the cache is empty and every lookup asks Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime
+from typing import cast
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from relay import redis_keys
+from relay.apikeys import KEY_RE, PREFIX_LENGTH, KeyMode, KeyRecord, digest, new_key
+from relay.errors import NotFound, StoreUnavailable
+from relay.ids import random_base62
+
+__all__ = ["KeyStore"]
+
+log = logging.getLogger(__name__)
+
+#: Upper bound of cached keys; past it the cache is simply emptied.
+_CACHE_MAX = 10_000
+#: Pause before re-subscribing after the pub/sub connection broke.
+_RESUBSCRIBE_S = 0.5
+
+
+class KeyStore:
+    """Create, list, revoke and look up keys.
+
+    ``lookup`` is on every request's path; the rest is rare. Expects a client
+    made with ``decode_responses=True`` (see :mod:`relay.connect`).
+    """
+
+    __slots__ = ("_cache", "_generation", "_redis", "_trusted")
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._cache: dict[str, KeyRecord] = {}
+        #: Bumped on every invalidation, so a lookup that raced one is not cached.
+        self._generation = 0
+        #: True only while the invalidation subscription is live.
+        self._trusted = False
+
+    def __repr__(self) -> str:
+        state = "live" if self._trusted else "uncached"
+        return f"<KeyStore cached={len(self._cache)} {state}>"
+
+    async def create(
+        self,
+        *,
+        name: str,
+        scopes: list[str],
+        mode: KeyMode = "live",
+        expires_at: datetime | None = None,
+        destinations: list[str] | None = None,
+        rate_limit: str | None = None,
+    ) -> tuple[KeyRecord, str]:
+        """Store a new key; returns its record and the key, which is never seen again."""
+        key = new_key(mode)
+        record = KeyRecord(
+            id="key_" + random_base62(16),
+            digest=digest(key),
+            name=name,
+            prefix=key[:PREFIX_LENGTH],
+            scopes=tuple(scopes),
+            destinations=tuple(destinations or ()),
+            mode=mode,
+            created_at=datetime.now(UTC).replace(microsecond=0),
+            expires_at=expires_at,
+            rate_limit=rate_limit,
+        )
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(redis_keys.key(record.digest), mapping=dict(record.to_hash()))  # type: ignore[arg-type]
+                pipe.hset(redis_keys.KEYS_INDEX, record.id, record.digest)
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreUnavailable(f"could not store the key: {exc}") from exc
+        return record, key
+
+    async def list(self) -> list[KeyRecord]:
+        """Every key, revoked ones included, oldest first."""
+        try:
+            digests = await self._redis.hvals(redis_keys.KEYS_INDEX)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for d in digests:
+                    pipe.hgetall(redis_keys.key(cast(str, d)))
+                rows = await pipe.execute()
+        except RedisError as exc:
+            raise StoreUnavailable(f"could not read keys: {exc}") from exc
+        records = [KeyRecord.from_hash(r) for r in rows if r]
+        return sorted(records, key=lambda r: (r.created_at, r.id))
+
+    async def get(self, key_id: str) -> KeyRecord:
+        """One key by id; NotFound when there is none."""
+        try:
+            d = await self._redis.hget(redis_keys.KEYS_INDEX, key_id)
+            raw = await self._redis.hgetall(redis_keys.key(cast(str, d))) if d else None
+        except RedisError as exc:
+            raise StoreUnavailable(f"could not read the key: {exc}") from exc
+        if not raw:
+            raise NotFound(f"no key with id {key_id!r}")
+        return KeyRecord.from_hash(raw)
+
+    async def revoke(self, key_id: str) -> KeyRecord:
+        """Revoke a key on every API process at once; revoking twice keeps the first time."""
+        record = await self.get(key_id)
+        if record.revoked_at is None:
+            now = datetime.now(UTC).replace(microsecond=0)
+            try:
+                await self._redis.hsetnx(
+                    redis_keys.key(record.digest), "revoked_at", now.isoformat()
+                )
+                await self._redis.publish(redis_keys.KEYS_CHANGED_CHANNEL, record.digest)
+            except RedisError as exc:
+                raise StoreUnavailable(f"could not revoke the key: {exc}") from exc
+            record = await self.get(key_id)
+        self._forget(record.digest)
+        return record
+
+    async def lookup(self, presented: str) -> KeyRecord | None:
+        """The record of a presented key, or None when no such key was ever made.
+
+        Revoked and expired keys are returned too; the caller decides (and
+        says why). Malformed keys never reach Redis.
+        """
+        if not KEY_RE.match(presented):
+            return None
+        d = digest(presented)
+        cached = self._cache.get(d)
+        if cached is not None:
+            return cached
+        generation = self._generation
+        try:
+            raw = await self._redis.hgetall(redis_keys.key(d))
+        except RedisError as exc:
+            raise StoreUnavailable(f"could not check the key: {exc}") from exc
+        if not raw:
+            return None
+        record = KeyRecord.from_hash(raw)
+        if self._trusted and generation == self._generation:
+            if len(self._cache) >= _CACHE_MAX:
+                self._cache.clear()
+            self._cache[d] = record
+        return record
+
+    async def listen(self) -> None:
+        """Keep the invalidation subscription up until cancelled (run as a task)."""
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(redis_keys.KEYS_CHANGED_CHANNEL)
+                # Wait for the subscribe confirmation before trusting the cache.
+                while await pubsub.get_message(timeout=1.0) is None:
+                    pass
+                self._trusted = True
+                while True:
+                    # A bounded wait, so the client's health checks run on a quiet channel.
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None and message["type"] == "message":
+                        self._forget(message["data"])
+            except (RedisError, OSError) as exc:
+                log.warning(
+                    "key invalidation channel lost (%s); keys uncached until it is back", exc
+                )
+            finally:
+                self._distrust()
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(_RESUBSCRIBE_S)
+
+    def _forget(self, d: str) -> None:
+        self._generation += 1
+        self._cache.pop(d, None)
+
+    def _distrust(self) -> None:
+        self._trusted = False
+        self._generation += 1
+        self._cache.clear()

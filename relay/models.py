@@ -1,0 +1,222 @@
+"""Wire and queue models: what clients send, what relay stores, what it answers.
+
+Normalized records (:class:`Contact`, :class:`Lead`) are built by
+:mod:`relay.normalize`; everything else is built by the store and the API.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+__all__ = [
+    "CANONICAL_FIELDS",
+    "SCOPES",
+    "ApiKeyInfo",
+    "BatchAccepted",
+    "BatchRejected",
+    "BatchResult",
+    "Contact",
+    "CreatedKey",
+    "DeliveryStatus",
+    "DestinationView",
+    "EventKind",
+    "EventView",
+    "KeyCreate",
+    "Lead",
+    "Me",
+    "Problem",
+    "ProblemError",
+    "Queued",
+]
+
+EventKind = Literal["contact", "lead"]
+KeyMode = Literal["live", "test"]
+
+#: Every scope a key may carry.
+SCOPES: tuple[str, ...] = ("write:contacts", "write:leads", "read:events", "webhooks", "admin")
+
+#: Canonical field names of a normalized contact or lead, in display order.
+CANONICAL_FIELDS: tuple[str, ...] = (
+    "email",
+    "phone",
+    "first_name",
+    "last_name",
+    "name",
+    "company",
+    "job_title",
+    "title",
+    "address",
+    "city",
+    "state",
+    "postcode",
+    "country",
+    "website",
+)
+
+
+class Contact(BaseModel):
+    """A normalized contact: canonical fields plus every other field as a custom trait.
+
+    ``email`` is lower-cased and checked, ``phone`` is E.164; at least one of
+    the two is present. Custom traits keep the client's names and values.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    email: str | None = None
+    phone: str | None = Field(default=None, description="E.164, e.g. +447123456789")
+    first_name: str | None = None
+    last_name: str | None = None
+    name: str | None = Field(default=None, description="Full name when sent as one field")
+    company: str | None = None
+    job_title: str | None = None
+    title: str | None = Field(default=None, description="Salutation, e.g. Mr, Dr")
+    address: str | None = None
+    city: str | None = None
+    state: str | None = None
+    postcode: str | None = None
+    country: str | None = None
+    website: str | None = None
+    traits: dict[str, JsonValue] = Field(default_factory=dict, description="Custom fields")
+
+
+class Lead(Contact):
+    """A normalized lead: the same fields as a contact, routed to lead destinations."""
+
+
+class DeliveryStatus(StrEnum):
+    """Where one event stands with one destination."""
+
+    pending = "pending"
+    delivering = "delivering"
+    retrying = "retrying"
+    delivered = "delivered"
+    dead = "dead"
+
+
+# --- answers ----------------------------------------------------------------
+
+
+class Queued(BaseModel):
+    """202 answer to one event: stored in Redis and queued for its destinations."""
+
+    status: Literal["queued"] = "queued"
+    id: str = Field(description="Event id, evt_ followed by 26 time-sortable characters")
+    destinations: list[str]
+
+
+class BatchAccepted(BaseModel):
+    index: int
+    id: str
+
+
+class ProblemError(BaseModel):
+    loc: list[str | int]
+    msg: str
+
+
+class BatchRejected(BaseModel):
+    index: int
+    errors: list[ProblemError]
+
+
+class BatchResult(BaseModel):
+    """Answer to a batch: 202 all queued, 207 some rejected (422 none queued is a Problem)."""
+
+    status: Literal["queued", "partial", "rejected"]
+    accepted: list[BatchAccepted]
+    rejected: list[BatchRejected]
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, the body of every error answer."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[ProblemError] = Field(default_factory=list)
+
+
+class DestinationView(BaseModel):
+    name: str
+    status: DeliveryStatus
+    attempts: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class EventView(BaseModel):
+    """One stored event as ``GET /v1/events/{id}`` and ``relay events show`` give it."""
+
+    id: str
+    type: EventKind
+    status: str = Field(
+        description="pending, delivering, retrying, delivered, dead, or no_destination"
+    )
+    mode: KeyMode
+    received_at: datetime
+    key_id: str
+    payload: Contact
+    destinations: list[DestinationView]
+
+
+# --- keys ------------------------------------------------------------------
+
+
+class ApiKeyInfo(BaseModel):
+    """A key as lists show it: never the key itself."""
+
+    id: str
+    name: str
+    prefix: str
+    scopes: list[str]
+    destinations: list[str] = Field(description="Destinations the key may use; empty = all")
+    expires_at: datetime | None
+    mode: KeyMode
+    rate_limit: str | None = None
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+class CreatedKey(BaseModel):
+    """A new key, the only time its secret is shown."""
+
+    id: str
+    key: str
+    prefix: str
+    name: str
+    scopes: list[str]
+    destinations: list[str]
+    expires_at: datetime | None
+    mode: KeyMode
+
+
+class KeyCreate(BaseModel):
+    """Body of ``POST /v1/keys``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100)
+    scopes: list[str] = Field(min_length=1)
+    expires: str | None = Field(
+        default=None, description="ISO 8601 instant or a duration such as 30d, 12h"
+    )
+    destinations: list[str] = Field(default_factory=list)
+    rate_limit: str | None = Field(default=None, description="e.g. 100/m, 2000/5m")
+    mode: KeyMode = "live"
+
+
+class Me(BaseModel):
+    """``GET /v1/me``: who the calling key is (Zapier's connection test)."""
+
+    id: str
+    name: str
+    prefix: str
+    scopes: list[str]
+    destinations: list[str]
+    mode: KeyMode

@@ -1,0 +1,138 @@
+"""The Redis boundary for events: enqueue atomically, read back.
+
+An accepted event is written in one MULTI/EXEC with everything that makes it
+deliverable: its record (JSON plus a status per destination), its place in
+the time index, and one entry in each destination's stream. Either all of it
+is in Redis when ``enqueue`` returns, or none of it and ``StoreUnavailable``
+is raised (the API answers 503 so that Zapier and n8n retry).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, cast
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from relay import redis_keys
+from relay.errors import StoreUnavailable
+from relay.models import Contact, DeliveryStatus, DestinationView, EventKind, EventView
+
+__all__ = ["EventStore", "NewEvent", "overall_status"]
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An accepted, normalized event on its way into Redis."""
+
+    id: str
+    type: EventKind
+    mode: Literal["live", "test"]
+    key_id: str
+    received_at: datetime
+    payload: Contact
+    destinations: tuple[str, ...]
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "id": self.id,
+                "type": self.type,
+                "mode": self.mode,
+                "key_id": self.key_id,
+                "received_at": self.received_at.isoformat(),
+                "payload": self.payload.model_dump(exclude_none=True, exclude_defaults=True),
+                "destinations": self.destinations,
+            }
+        )
+
+
+def overall_status(mode: str, statuses: list[DeliveryStatus]) -> str:
+    """One word for an event from its destinations' statuses."""
+    if not statuses:
+        return "no_destination"
+    if mode == "test":
+        return "test"
+    s = set(statuses)
+    for word in (DeliveryStatus.delivering, DeliveryStatus.retrying, DeliveryStatus.pending):
+        if word in s:
+            return word.value
+    return DeliveryStatus.dead.value if DeliveryStatus.dead in s else DeliveryStatus.delivered.value
+
+
+class EventStore:
+    """Events in Redis: written once at ingest, their statuses changed by workers.
+
+    Expects a client made with ``decode_responses=True`` (see :mod:`relay.connect`).
+    """
+
+    __slots__ = ("_redis", "_retention_s")
+
+    def __init__(self, redis: Redis, *, retention_s: int) -> None:
+        self._redis = redis
+        self._retention_s = retention_s
+
+    def __repr__(self) -> str:
+        return f"<EventStore retention_s={self._retention_s}>"
+
+    async def enqueue(self, events: list[NewEvent]) -> None:
+        """Store and queue events in one transaction; returns once Redis has them all."""
+        if not events:
+            return
+        now_ms = int(time.time() * 1000)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for ev in events:
+                    key = redis_keys.event(ev.id)
+                    fields: dict[str, bytes | str] = {redis_keys.EVENT_DATA_FIELD: ev.to_json()}
+                    for dest in ev.destinations:
+                        fields[redis_keys.STATUS_FIELD_PREFIX + dest] = DeliveryStatus.pending.value
+                    pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+                    pipe.expire(key, self._retention_s)
+                    pipe.zadd(
+                        redis_keys.EVENTS_INDEX, {ev.id: int(ev.received_at.timestamp() * 1000)}
+                    )
+                    if ev.mode == "live":
+                        for dest in ev.destinations:
+                            pipe.xadd(redis_keys.queue(dest), {"e": ev.id})
+                pipe.zremrangebyscore(
+                    redis_keys.EVENTS_INDEX, "-inf", now_ms - self._retention_s * 1000
+                )
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis did not take the event: {exc}") from exc
+
+    async def get(self, event_id: str) -> EventView | None:
+        """One event with its destinations' statuses, or None (unknown or expired)."""
+        try:
+            raw = await self._redis.hgetall(redis_keys.event(event_id))
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"could not read the event: {exc}") from exc
+        if not raw:
+            return None
+        data = orjson.loads(raw[redis_keys.EVENT_DATA_FIELD])
+        views = []
+        for dest in data["destinations"]:
+            st = raw.get(redis_keys.STATUS_FIELD_PREFIX + dest, DeliveryStatus.pending.value)
+            views.append(DestinationView(name=dest, status=DeliveryStatus(cast(str, st))))
+        return EventView(
+            id=data["id"],
+            type=data["type"],
+            status=overall_status(data["mode"], [v.status for v in views]),
+            mode=data["mode"],
+            received_at=datetime.fromisoformat(data["received_at"]),
+            key_id=data["key_id"],
+            payload=Contact.model_validate(data["payload"]),
+            destinations=views,
+        )
+
+    async def ping(self) -> bool:
+        """Whether Redis answers right now."""
+        try:
+            return bool(await self._redis.ping())
+        except (RedisError, OSError):
+            return False

@@ -1,0 +1,152 @@
+"""Read side and key management over HTTP: events, keys, OpenAPI."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from relay.api.routing import routes
+
+KeyMaker = Callable[..., Awaitable[str]]
+
+
+async def test_event_view(client: TestClient[Any, Any], make_key: KeyMaker) -> None:
+    writer = await make_key("write:contacts")
+    reader = await make_key("read:events")
+    resp = await client.post(
+        "/v1/contacts",
+        json={"email": "eve@example.com", "mobile": "+44 7123 456789", "Favourite Colour": "teal"},
+        headers={"X-API-Key": writer},
+    )
+    event_id = (await resp.json())["id"]
+    denied = await client.get(f"/v1/events/{event_id}", headers={"X-API-Key": writer})
+    assert denied.status == 403
+    got = await client.get(f"/v1/events/{event_id}", headers={"X-API-Key": reader})
+    assert got.status == 200
+    event = await got.json()
+    assert event["id"] == event_id
+    assert event["type"] == "contact"
+    assert event["status"] == "pending"
+    assert event["mode"] == "live"
+    assert event["payload"]["traits"] == {"Favourite Colour": "teal"}
+    assert event["destinations"] == [{"name": "conveyour", "status": "pending", "attempts": []}]
+
+
+async def test_unknown_event_is_404(client: TestClient[Any, Any], make_key: KeyMaker) -> None:
+    reader = await make_key("read:events")
+    for event_id in ("evt_01JD6Q9W5S3ZK8M2R4T7V9XB1C", "nonsense"):
+        resp = await client.get(f"/v1/events/{event_id}", headers={"X-API-Key": reader})
+        assert resp.status == 404
+        assert resp.content_type == "application/problem+json"
+
+
+async def test_keys_over_http(client: TestClient[Any, Any], make_key: KeyMaker) -> None:
+    admin = {"Authorization": f"Bearer {await make_key('admin')}"}
+    created = await client.post(
+        "/v1/keys",
+        json={
+            "name": "zapier",
+            "scopes": ["write:leads"],
+            "expires": "30d",
+            "destinations": ["convertr"],
+            "rate_limit": "100/m",
+        },
+        headers=admin,
+    )
+    assert created.status == 201, await created.text()
+    body = await created.json()
+    assert set(body) == {
+        "id",
+        "key",
+        "prefix",
+        "name",
+        "scopes",
+        "destinations",
+        "expires_at",
+        "mode",
+    }
+    assert body["key"].startswith("rly_live_")
+    assert len(body["key"]) == 41
+    assert body["prefix"] == body["key"][:12]
+
+    listed = await (await client.get("/v1/keys", headers=admin)).json()
+    mine = next(k for k in listed if k["id"] == body["id"])
+    assert "key" not in mine
+    assert mine["rate_limit"] == "100/m"
+    assert body["key"] not in str(listed)
+
+    new = {"X-API-Key": body["key"]}
+    assert (
+        await client.post("/v1/leads", json={"email": "a@example.com"}, headers=new)
+    ).status == 202
+    assert (await client.get("/v1/keys", headers=new)).status == 403
+    assert (await client.delete(f"/v1/keys/{body['id']}", headers=admin)).status == 204
+    after = await client.post("/v1/leads", json={"email": "a@example.com"}, headers=new)
+    assert after.status == 401
+    assert (await client.delete("/v1/keys/key_doesnotexist", headers=admin)).status == 404
+
+
+async def test_key_request_errors_name_their_field(
+    client: TestClient[Any, Any], make_key: KeyMaker
+) -> None:
+    admin = {"X-API-Key": await make_key("admin")}
+    resp = await client.post(
+        "/v1/keys",
+        json={
+            "name": "x",
+            "scopes": ["write:everything"],
+            "expires": "yesterday",
+            "destinations": ["nowhere"],
+            "rate_limit": "fast",
+        },
+        headers=admin,
+    )
+    assert resp.status == 422
+    locs = [e["loc"] for e in (await resp.json())["errors"]]
+    assert locs == [
+        ["body", "scopes"],
+        ["body", "expires"],
+        ["body", "destinations"],
+        ["body", "rate_limit"],
+    ]
+    missing = await client.post("/v1/keys", json={"scopes": ["admin"]}, headers=admin)
+    assert missing.status == 422
+    assert (await missing.json())["errors"][0]["loc"] == ["body", "name"]
+    bad = await client.post(
+        "/v1/keys", data=b"{", headers={**admin, "Content-Type": "application/json"}
+    )
+    assert bad.status == 400
+
+
+async def test_openapi_covers_every_route(client: TestClient[Any, Any]) -> None:
+    doc = await (await client.get("/openapi.json")).json()
+    assert doc["openapi"].startswith("3.1")
+    for spec in routes:
+        assert spec.method.lower() in doc["paths"][spec.path], spec.path
+    for path in (
+        "/v1/contacts",
+        "/v1/leads",
+        "/v1/events/{id}",
+        "/v1/me",
+        "/v1/keys",
+        "/v1/keys/{id}",
+        "/healthz",
+        "/readyz",
+    ):
+        assert path in doc["paths"]
+    leads = doc["paths"]["/v1/leads"]["post"]
+    assert set(leads["responses"]) >= {
+        "202",
+        "207",
+        "400",
+        "401",
+        "403",
+        "413",
+        "415",
+        "422",
+        "503",
+    }
+    assert "application/x-www-form-urlencoded" in leads["requestBody"]["content"]
+    assert "Contact" in doc["components"]["schemas"] or "Lead" in doc["components"]["schemas"]
