@@ -73,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--no-worker",
         action="store_true",
-        help="serve the API only, no in-process delivery worker",
+        help="API only, no in-process delivery worker (delivery is not built yet, so "
+        "today every serve is API only)",
     )
 
     keys = sub.add_parser("keys", help="create, list and revoke API keys")

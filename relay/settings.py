@@ -24,8 +24,7 @@ import tomllib
 from base64 import b64decode
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import UnionType
-from typing import Annotated, Any, Literal, NamedTuple, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 import phonenumbers
@@ -40,9 +39,9 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from relay.config_errors import dotted, explain
 from relay.errors import ConfigError
 
 __all__ = [
@@ -379,7 +378,8 @@ def load_settings(*, env: Mapping[str, str] | None = None, **overrides: Any) -> 
         return Settings.model_validate(values)
     except ValidationError as exc:
         # from None: pydantic's own text repeats the inputs, secrets included.
-        raise ConfigError(_explain(exc, str(path or "settings"), origins)) from None
+        label = str(path or "settings")
+        raise ConfigError(explain(exc, label, origins, root=Settings, hidden={"config"})) from None
 
 
 def _config_path(environ: Mapping[str, str], given: Any, prefix: str) -> Path | None:
@@ -419,10 +419,10 @@ def _read_toml(path: Path, environ: Mapping[str, str]) -> dict[str, Any]:
             if m[0] == "$${":
                 return "${"
             if m[1] is None:
-                where = f"{path}: {_dotted(keys)}"
+                where = f"{path}: {dotted(keys)}"
                 problems.append(f"{where}: expected ${{NAME}} (write $${{ for a literal '${{')")
             elif m[1] not in environ:
-                problems.append(f"{path}: {_dotted(keys)}: environment variable {m[1]} is not set")
+                problems.append(f"{path}: {dotted(keys)}: environment variable {m[1]} is not set")
             return environ.get(m[1] or "", "")
 
         return _REF.sub(substitute, value)
@@ -431,106 +431,3 @@ def _read_toml(path: Path, environ: Mapping[str, str]) -> dict[str, Any]:
     if problems:
         raise ConfigError("\n".join(problems))
     return expanded
-
-
-#: What a pydantic error type (or its first word) expected: ``{number}`` comes from
-#: the field's bounds, other ``{names}`` from the error's context.
-_EXPECTED = {"int": "{number}", "float": "{number}", "greater": "{number}", "less": "{number}"}
-_EXPECTED |= {"bool": "true or false", "string": "a string", "list": "a list", "dict": "a table"}
-_EXPECTED |= {"model": "a table", "literal": "{expected}", "union": "one of {expected_tags}"}
-_EXPECTED |= {"too_short": "at least {min_length} item(s)", "path": "a path"}
-_SCALARS = (str, int, float, bool)
-
-
-def _explain(exc: ValidationError, label: str, origins: Mapping[tuple[str | int, ...], str]) -> str:
-    """One line per pydantic error: where, what was expected, what was found."""
-    lines = []
-    for err in exc.errors(include_url=False):
-        kind, ctx, found = err["type"], err.get("ctx", {}), err["input"]
-        path, holder, tp, meta = _resolve(err["loc"])
-        if kind.startswith("union_tag_"):  # reported on the table, not on its ``type`` key
-            path.append(str(ctx["discriminator"]).strip("'"))
-            found = ctx.get("tag")
-        if kind in ("missing", "union_tag_not_found"):
-            text = "required key is missing"
-        elif kind == "extra_forbidden":
-            allowed = set(holder.model_fields) - ({"config"} if holder is Settings else set())
-            text = f"unknown key (allowed: {', '.join(sorted(allowed))})"
-        elif kind == "value_error":
-            text = str(ctx["error"])  # our validators write the whole message
-        elif template := _EXPECTED.get(kind) or _EXPECTED.get(kind.split("_")[0]):
-            strings = {k: str(v).replace("'", "") for k, v in ctx.items()}
-            text = "expected " + template.format(number=_number(tp, meta), **strings)
-            if tp is not SecretStr and (  # never echo a secret, nor a table that may hold one
-                isinstance(found, _SCALARS)
-                or (isinstance(found, list) and all(isinstance(v, _SCALARS) for v in found))
-            ):
-                text += f", got {found!r}"[:120]
-        else:
-            text = err["msg"][:1].lower() + err["msg"][1:]
-        where = label + (f": {_dotted(path)}" if path else "")
-        for n in range(len(path), 0, -1):  # a value that came from the environment or overrides
-            if origin := origins.get(tuple(path[:n])):
-                where = origin + _dotted(path[n:], lead=True)
-                break
-        lines.append(f"{where}: {text}")
-    return "\n".join(lines)
-
-
-def _resolve(loc: tuple[str | int, ...]) -> tuple[list[str | int], type[BaseModel], Any, list[Any]]:
-    """Walk ``loc`` through the Settings types.
-
-    Gives the key path as written in the file (pydantic's union tags dropped),
-    the model holding the last key, the type found there and its constraints.
-    """
-    path: list[str | int] = []
-    tp: Any = Settings
-    holder: type[BaseModel] = Settings
-    meta: list[Any] = []
-    for item in loc:
-        tp, meta = _unwrap(tp, meta)
-        origin = get_origin(tp)
-        if origin in (Union, UnionType):  # the destination union: ``item`` is its ``type``
-            tags = {get_args(m.model_fields["type"].annotation)[0]: m for m in get_args(tp)}
-            tp = tags.get(item)
-            continue
-        path.append(item)
-        if isinstance(tp, type) and issubclass(tp, BaseModel):
-            holder, field = tp, tp.model_fields.get(str(item))
-            tp, meta = (field.annotation, list(field.metadata)) if field else (None, [])
-        else:
-            tp, meta = (get_args(tp)[-1] if origin in (dict, list) else None), []
-    return path, holder, *_unwrap(tp, meta)
-
-
-def _unwrap(tp: Any, meta: list[Any]) -> tuple[Any, list[Any]]:
-    """Strip ``Annotated`` (keeping its constraints) and ``| None``."""
-    while True:
-        args = get_args(tp)
-        if get_origin(tp) is Annotated:
-            tp = args[0]
-            meta = meta + [
-                x for m in args[1:] for x in (m.metadata if isinstance(m, FieldInfo) else [m])
-            ]
-        elif get_origin(tp) in (Union, UnionType) and len(args) == 2 and type(None) in args:
-            tp = args[0] if args[1] is type(None) else args[1]
-        else:
-            return tp, meta
-
-
-def _number(tp: Any, meta: list[Any]) -> str:
-    """``an integer between 1 and 65535``, ``a number > 0 and <= 120``, ..."""
-    bounds = {k: getattr(m, k) for m in meta for k in ("gt", "ge", "lt", "le") if hasattr(m, k)}
-    noun = "an integer" if tp is int else "a number"
-    if bounds.keys() == {"ge", "le"}:
-        return f"{noun} between {bounds['ge']} and {bounds['le']}"
-    ops = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
-    return " ".join([noun, " and ".join(f"{ops[k]} {v}" for k, v in bounds.items())]).strip()
-
-
-def _dotted(keys: tuple[str | int, ...] | list[str | int], *, lead: bool = False) -> str:
-    """``destinations.crm.events[0]``; with ``lead``, a leading dot too."""
-    out = ""
-    for key in keys:
-        out += f"[{key}]" if isinstance(key, int) else f".{key}" if out or lead else key
-    return out

@@ -38,11 +38,10 @@ def make_settings(tmp_path: Path, redis_server: RedisServer) -> Callable[..., Se
     """Settings for one test: the session's Redis, an optional relay.toml text."""
 
     def make(toml: str = "", **overrides: Any) -> Settings:
-        env: dict[str, str] = {"RELAY_REDIS_URL": redis_server.url}
-        if toml:
-            path = tmp_path / "relay.toml"
-            path.write_text(toml)
-            env["RELAY_CONFIG"] = str(path)
+        # Always name a file, so a relay.toml where the tests run is never read.
+        path = tmp_path / "relay.toml"
+        path.write_text(toml)
+        env = {"RELAY_REDIS_URL": redis_server.url, "RELAY_CONFIG": str(path)}
         return load_settings(env=env, **overrides)
 
     return make

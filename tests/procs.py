@@ -1,0 +1,92 @@
+"""Run the real ``relay`` command in subprocesses, the way a user does."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import IO, Any
+
+from tests.redis_server import free_port
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment minus any RELAY_* of the developer's, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env.update(extra)
+    return env
+
+
+def relay(
+    *args: str, cwd: Path, env: dict[str, str], check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "relay", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"relay {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
+    return done
+
+
+def http(
+    method: str, url: str, *, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    assert url.startswith("http://127.0.0.1:"), "tests talk to loopback only"
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})  # noqa: S310
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+class Serve:
+    """``relay serve`` in a subprocess, its stderr kept in a file."""
+
+    def __init__(self, *, cwd: Path, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
+        self.port = free_port()
+        self.log_path = cwd / f"serve-{self.port}.log"
+        self._log: IO[Any] = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "relay", "serve", "--port", str(self.port), *args],
+            cwd=cwd,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if http("GET", self.url("/readyz"))[0] == 200:
+                    break
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"relay serve did not become ready:\n{self.log()}")
+            time.sleep(0.05)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout=30)
+        finally:
+            self._log.close()
+        return code
