@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
+import orjson
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter
 
-from relay.api.problems import json_response
 from relay.api.routing import ANY_KEY, RouteSpec, routes
 from relay.models import Problem
 
@@ -121,6 +122,12 @@ def build_openapi(*, version: str) -> dict[str, Any]:
     tag="health",
 )
 async def openapi_json(request: web.Request) -> web.Response:
+    return web.Response(body=_document(), content_type="application/json")
+
+
+@functools.cache
+def _document() -> bytes:
+    """Built once: the routes and models do not change while the process runs."""
     from relay import __version__
 
-    return json_response(build_openapi(version=__version__))
+    return orjson.dumps(build_openapi(version=__version__))
