@@ -14,20 +14,16 @@ import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
 
-import orjson
-
 from relay import __version__
-from relay.apikeys import check_key_request
-from relay.connect import check_version, redis_for
+from relay.commands import admin, delivery
+from relay.connect import check_version
 from relay.embedded import EmbeddedRedis
 from relay.errors import ConfigError, EmbeddedRedisError, RelayError, RequestError
-from relay.keystore import KeyStore
-from relay.models import SCOPES, KeyCreate
+from relay.models import SCOPES
 from relay.settings import Settings, load_settings
-from relay.store import EventStore
 
 __all__ = ["main"]
 
@@ -73,9 +69,38 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--no-worker",
         action="store_true",
-        help="API only, no in-process delivery worker (delivery is not built yet, so "
-        "today every serve is API only)",
+        help="API only; run delivery with `relay worker` processes instead",
     )
+
+    worker = sub.add_parser(
+        "worker",
+        help="deliver queued events (any number, on any hosts)",
+        description="Deliver queued events to the destinations of relay.toml. SIGTERM stops "
+        "taking work and finishes the deliveries in flight.",
+    )
+    worker.add_argument(
+        "--concurrency", type=_positive, default=16, metavar="N", help="deliveries at once"
+    )
+    worker.add_argument(
+        "--drain", action="store_true", help="exit once nothing is waiting or scheduled"
+    )
+
+    dlq = sub.add_parser("dlq", help="dead letters: list and replay")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    dlq_ls = dlq_sub.add_parser("list", help="events a destination rejected")
+    dlq_ls.add_argument("--destination", metavar="NAME", help="only this destination")
+    dlq_ls.add_argument("--json", action="store_true", help="print a JSON array")
+    replay = dlq_sub.add_parser(
+        "replay", help="send dead letters again (their earlier attempts stay visible)"
+    )
+    replay.add_argument("event_ids", nargs="*", metavar="EVENT_ID")
+    replay.add_argument("--all", action="store_true", help="every dead letter")
+    replay.add_argument("--destination", metavar="NAME", help="only this destination")
+
+    status = sub.add_parser(
+        "status", help="per destination: pending, retrying, dead, delivered, health"
+    )
+    status.add_argument("--json", action="store_true", help="print a JSON array")
 
     keys = sub.add_parser("keys", help="create, list and revoke API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
@@ -151,13 +176,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(settings, args)
         if args.command == "config":
-            return _config_check(settings)
+            return admin.config_check(settings)
         handler: Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]] = {
-            ("keys", "create"): _keys_create,
-            ("keys", "list"): _keys_list,
-            ("keys", "revoke"): _keys_revoke,
-            ("events", "show"): _events_show,
-        }[(args.command, getattr(args, f"{args.command}_command"))]
+            ("worker", None): delivery.run_worker,
+            ("status", None): delivery.status,
+            ("dlq", "list"): delivery.dlq_list,
+            ("dlq", "replay"): delivery.dlq_replay,
+            ("keys", "create"): admin.keys_create,
+            ("keys", "list"): admin.keys_list,
+            ("keys", "revoke"): admin.keys_revoke,
+            ("events", "show"): admin.events_show,
+        }[(args.command, getattr(args, f"{args.command}_command", None))]
         return asyncio.run(handler(settings, args))
     except RequestError as exc:
         for err in exc.errors or [{"loc": [], "msg": exc.detail}]:
@@ -182,154 +211,36 @@ def _flag(loc: Sequence[str | int]) -> str:
     return f"{names[field]}: " if field in names else ""
 
 
-# --- keys --------------------------------------------------------------------
-
-
-async def _keys_create(settings: Settings, args: argparse.Namespace) -> int:
-    body = KeyCreate.model_construct(
-        name=args.name,
-        scopes=args.scope,
-        expires=args.expires,
-        destinations=args.destination,
-        rate_limit=args.rate_limit,
-        mode="test" if args.test else "live",
-    )
-    if len(args.name) > 100:
-        raise RelayError(f"--name: at most 100 characters (got {len(args.name)})")
-    checked = check_key_request(body, known_destinations=settings.destinations)
-    async with redis_for(settings) as redis:
-        record, key = await KeyStore(redis).create(**checked)
-    created = record.created(key)
-    if args.json:
-        print(orjson.dumps(created.model_dump(mode="json")).decode())
-        return 0
-    print(f"Created {record.mode} key {record.id} ({record.name!r}):\n\n    {key}\n")
-    print("Copy it now: relay keeps only its digest and cannot show it again.\n")
-    _table(
-        [
-            ("prefix", record.prefix),
-            ("scopes", " ".join(record.scopes)),
-            ("destinations", " ".join(record.destinations) or "all"),
-            ("rate limit", record.rate_limit or "none"),
-            ("expires", record.expires_at.isoformat() if record.expires_at else "never"),
-        ]
-    )
-    return 0
-
-
-async def _keys_list(settings: Settings, args: argparse.Namespace) -> int:
-    async with redis_for(settings) as redis:
-        records = await KeyStore(redis).list()
-    if args.json:
-        print(orjson.dumps([r.info().model_dump(mode="json") for r in records]).decode())
-        return 0
-    if not records:
-        print("No keys yet. Create one: relay keys create --name NAME --scope write:leads")
-        return 0
-    rows = [("ID", "PREFIX", "NAME", "MODE", "SCOPES", "DESTINATIONS", "EXPIRES", "STATE")]
-    for r in records:
-        rows.append(
-            (
-                r.id,
-                r.prefix,
-                r.name,
-                r.mode,
-                ",".join(r.scopes),
-                ",".join(r.destinations) or "all",
-                r.expires_at.strftime("%Y-%m-%d %H:%M") if r.expires_at else "never",
-                r.state(),
-            )
-        )
-    _columns(rows)
-    return 0
-
-
-async def _keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
-    async with redis_for(settings) as redis:
-        record = await KeyStore(redis).revoke(args.key_id)
-    when = record.revoked_at.isoformat() if record.revoked_at else "?"
-    print(f"Revoked {record.id} ({record.prefix}…, {record.name!r}) at {when}.")
-    print("It answers 401 from now on, on every API process.")
-    return 0
-
-
-# --- events ------------------------------------------------------------------
-
-
-async def _events_show(settings: Settings, args: argparse.Namespace) -> int:
-    async with redis_for(settings) as redis:
-        view = await EventStore(redis, retention_s=settings.retention_s).get(args.event_id)
-    if view is None:
-        print(
-            f"relay: no event {args.event_id!r} (unknown, or older than the retention)",
-            file=sys.stderr,
-        )
-        return 1
-    data = view.model_dump(mode="json", exclude_none=True)
-    if args.json:
-        print(orjson.dumps(data).decode())
-        return 0
-    _table(
-        [
-            ("event", view.id),
-            ("type", view.type),
-            ("status", view.status),
-            ("mode", view.mode),
-            ("received", view.received_at.isoformat()),
-            ("key", view.key_id),
-        ]
-    )
-    print("\npayload:")
-    print(orjson.dumps(data["payload"], option=orjson.OPT_INDENT_2).decode())
-    print("\ndestinations:")
-    if not view.destinations:
-        print("  (none: no destination takes this event type, or the key may use none)")
-    for dest in view.destinations:
-        print(f"  {dest.name:<20} {dest.status.value}")
-    return 0
-
-
-# --- config ------------------------------------------------------------------
-
-
-def _config_check(settings: Settings) -> int:
-    source = str(settings.config) if settings.config else "no relay.toml (defaults and RELAY_*)"
-    print(f"Configuration OK: {source}")
-    redis = "embedded, data in " + str(settings.data_dir) if settings.redis_url is None else "URL"
-    print(f"  redis: {redis}")
-    if not settings.destinations:
-        print("  destinations: none (events are stored but go nowhere)")
-    for name, dest in settings.destinations.items():
-        state = "" if dest.enabled else " (disabled)"
-        limit = f", limit {dest.rate_limit}" if dest.rate_limit else ""
-        print(f"  {name}: {dest.type}, events {', '.join(dest.events)}{limit}{state}")
-    return 0
-
-
 # --- serve -------------------------------------------------------------------
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     host = args.host or settings.host
     port = args.port or settings.port
+    # With nothing to deliver to, an in-process worker would only poll.
+    worker = not args.no_worker and bool(settings.destinations)
     if args.workers == 1:
-        _run_api(settings, host, port, reuse_port=False)
+        _run_api(settings, host, port, reuse_port=False, worker=worker)
         return 0
     # Join the embedded Redis here so it outlives any one API process.
     embedded = EmbeddedRedis(settings.data_dir) if settings.redis_url is None else None
     if embedded is not None:
         embedded.acquire()
     try:
-        return _run_processes(settings, host, port, args.workers)
+        return _run_processes(settings, host, port, args.workers, worker=worker)
     finally:
         if embedded is not None:
             embedded.release()
 
 
-def _run_processes(settings: Settings, host: str, port: int, count: int) -> int:
+def _run_processes(settings: Settings, host: str, port: int, count: int, *, worker: bool) -> int:
     ctx = multiprocessing.get_context("fork")
     procs = [
-        ctx.Process(target=_run_api, args=(settings, host, port), kwargs={"reuse_port": True})
+        ctx.Process(
+            target=_run_api,
+            args=(settings, host, port),
+            kwargs={"reuse_port": True, "worker": worker},
+        )
         for _ in range(count)
     ]
     for proc in procs:
@@ -347,7 +258,7 @@ def _run_processes(settings: Settings, host: str, port: int, count: int) -> int:
     return max((proc.exitcode or 0) for proc in procs)
 
 
-def _run_api(settings: Settings, host: str, port: int, *, reuse_port: bool) -> None:
+def _run_api(settings: Settings, host: str, port: int, *, reuse_port: bool, worker: bool) -> None:
     from aiohttp import web
 
     from relay.api.app import AccessLogger, create_app
@@ -379,6 +290,8 @@ def _run_api(settings: Settings, host: str, port: int, *, reuse_port: bool) -> N
         )
 
     app.on_startup.append(announce)
+    if worker:
+        app.cleanup_ctx.append(_in_process_worker)
     try:
         web.run_app(
             app,
@@ -394,16 +307,14 @@ def _run_api(settings: Settings, host: str, port: int, *, reuse_port: bool) -> N
         raise SystemExit(1) from None
 
 
-# --- output helpers ------------------------------------------------------------
+async def _in_process_worker(app: Any) -> AsyncIterator[None]:
+    """The delivery worker beside the API, on the app's Redis; finishes in-flight on exit."""
+    from relay.api.state import REDIS, SETTINGS
+    from relay.worker import Worker
 
-
-def _table(rows: Sequence[tuple[str, str]]) -> None:
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        print(f"  {k:<{width}}  {v}")
-
-
-def _columns(rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    worker = Worker(app[SETTINGS], redis=app[REDIS])
+    task = asyncio.create_task(worker.run(), name="relay-worker")
+    log.info("delivery worker running in-process for %s", ", ".join(worker.destinations))
+    yield
+    worker.stop()
+    await task

@@ -9,23 +9,42 @@ Layout::
     {relay}:key:<sha256 hex>        hash   one API key (digest only, never the key)
     {relay}:keys                    hash   key id -> digest, for list and revoke by id
     {relay}:keys:changed            pubsub digest of a key that changed (cache invalidation)
-    {relay}:evt:<event id>          hash   one event: "data" (JSON), "st:<dest>" statuses
+    {relay}:evt:<event id>          hash   one event: "data" (JSON), "st:<dest>" statuses,
+                                           "n:<dest>" attempts made
+    {relay}:att:<event id>          list   every attempt (JSON), all destinations, in order
     {relay}:events                  zset   event id by received time (ms), for listings
     {relay}:q:<destination>         stream deliveries waiting (field "e" = event id)
+    {relay}:rate:<destination>      zset   sliding-window log: request id -> admitted ms
+    {relay}:paused:<destination>    string upstream asked us to wait (429); PX = the wait
+    {relay}:inflight:<destination>  zset   in-flight lease: holder -> lease expiry ms
+    {relay}:retry:<destination>     zset   scheduled retries: event id -> due ms
+    {relay}:dead:<destination>      zset   dead letters: event id -> dead-lettered ms
+    {relay}:done:<dest>:<minute>    string deliveries in that minute (for `relay status`)
+    {relay}:health                  hash   destination -> why it is unhealthy (JSON)
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ATTEMPTS_FIELD_PREFIX",
     "CONSUMER_GROUP",
+    "DELIVERED_MINUTE_TTL_S",
     "EVENTS_INDEX",
     "EVENT_DATA_FIELD",
+    "HEALTH",
     "KEYS_CHANGED_CHANNEL",
     "KEYS_INDEX",
     "STATUS_FIELD_PREFIX",
+    "attempts",
+    "dead",
+    "delivered_minute",
     "event",
+    "inflight",
     "key",
+    "paused",
     "queue",
+    "rate",
+    "retries",
 ]
 
 _TAG = "{relay}"
@@ -44,6 +63,33 @@ CONSUMER_GROUP = "workers"
 EVENT_DATA_FIELD = "data"
 #: Prefix of an event hash's per-destination status fields: ``st:<destination>``.
 STATUS_FIELD_PREFIX = "st:"
+#: Prefix of an event hash's per-destination attempt counters: ``n:<destination>``.
+ATTEMPTS_FIELD_PREFIX = "n:"
+#: hash: destination -> JSON {"problem", "since"} while its upstream refuses our credentials.
+HEALTH = f"{_TAG}:health"
+#: Per-minute delivery counters live two hours: `relay status` sums the last 60 minutes.
+DELIVERED_MINUTE_TTL_S = 2 * 3600
+
+
+def attempts(event_id: str) -> str:
+    """List of one event's attempts; expires with the event (``Settings.retention_s``)."""
+    return f"{_TAG}:att:{event_id}"
+
+
+def retries(destination: str) -> str:
+    """Zset of a destination's scheduled retries (event id -> due ms); moved back to the
+    stream when due, by a script that removes and re-adds in one step."""
+    return f"{_TAG}:retry:{destination}"
+
+
+def dead(destination: str) -> str:
+    """Zset of a destination's dead letters (event id -> ms); kept until replayed."""
+    return f"{_TAG}:dead:{destination}"
+
+
+def delivered_minute(destination: str, minute: int) -> str:
+    """Counter of deliveries to a destination in one minute (unix time // 60)."""
+    return f"{_TAG}:done:{destination}:{minute}"
 
 
 def key(digest: str) -> str:
@@ -59,3 +105,27 @@ def event(event_id: str) -> str:
 def queue(destination: str) -> str:
     """Stream of deliveries pending for one destination."""
     return f"{_TAG}:q:{destination}"
+
+
+def rate(destination: str) -> str:
+    """Zset of one destination's requests admitted in the last period (score: ms).
+
+    Expires one period after the last admission, so an idle destination leaves nothing.
+    """
+    return f"{_TAG}:rate:{destination}"
+
+
+def paused(destination: str) -> str:
+    """Marker that one destination is paused (an upstream 429's Retry-After).
+
+    Its PX expiry is the pause itself: when it is gone, sending resumes.
+    """
+    return f"{_TAG}:paused:{destination}"
+
+
+def inflight(destination: str) -> str:
+    """Zset of workers holding a request slot to one destination (score: lease expiry ms).
+
+    A crashed worker's lease lapses after its ttl; the key expires with its last lease.
+    """
+    return f"{_TAG}:inflight:{destination}"

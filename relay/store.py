@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import orjson
 from redis.asyncio import Redis
@@ -109,16 +109,29 @@ class EventStore:
     async def get(self, event_id: str) -> EventView | None:
         """One event with its destinations' statuses, or None (unknown or expired)."""
         try:
-            raw = await self._redis.hgetall(redis_keys.event(event_id))
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(redis_keys.event(event_id))
+                pipe.lrange(redis_keys.attempts(event_id), 0, -1)
+                raw, attempts = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"could not read the event: {exc}") from exc
-        if not raw:
+        if not raw or redis_keys.EVENT_DATA_FIELD not in raw:
             return None
         data = orjson.loads(raw[redis_keys.EVENT_DATA_FIELD])
+        by_dest: dict[str, list[dict[str, Any]]] = {}
+        for item in attempts:
+            attempt = orjson.loads(item)
+            by_dest.setdefault(attempt.pop("destination"), []).append(attempt)
         views = []
         for dest in data["destinations"]:
             st = raw.get(redis_keys.STATUS_FIELD_PREFIX + dest, DeliveryStatus.pending.value)
-            views.append(DestinationView(name=dest, status=DeliveryStatus(cast(str, st))))
+            views.append(
+                DestinationView(
+                    name=dest,
+                    status=DeliveryStatus(cast(str, st)),
+                    attempts=by_dest.get(dest, []),
+                )
+            )
         return EventView(
             id=data["id"],
             type=data["type"],

@@ -1,0 +1,90 @@
+"""Pure helpers every adapter shares: what an HTTP status means, Retry-After, scrubbing.
+
+Kept free of I/O so that the worker's retry policy and the tests can call them
+directly. The table (ARCHITECTURE.md, "Delivery semantics")::
+
+    2xx                  the adapter decides (each upstream has its own idea of success)
+    401, 403             credentials: keep the event, report the destination unhealthy
+    408, 425, 429, 5xx   retry
+    other 4xx            rejected: dead-letter with the answer
+    1xx, 3xx             credentials: redirects are not followed, so a 3xx means the
+                         destination URL is wrong (a configuration problem; keep the events)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from email.utils import parsedate_to_datetime
+from urllib.parse import quote, quote_plus
+
+from relay.adapters.base import Outcome
+
+__all__ = ["EXCERPT_CHARS", "classify_status", "excerpt", "parse_retry_after", "scrub"]
+
+#: Characters of an upstream answer kept on an attempt.
+EXCERPT_CHARS = 500
+#: Bytes of an answer decoded for an excerpt: enough for 500 characters around long secrets.
+_EXCERPT_READ_BYTES = 16_384
+_RETRY_STATUSES = frozenset({408, 425, 429})
+
+
+def classify_status(status: int) -> Outcome:
+    """The outcome a non-2xx status means; a 2xx gives ``delivered`` (adapters refine it)."""
+    if 200 <= status < 300:
+        return Outcome.delivered
+    if status in (401, 403):
+        return Outcome.credentials
+    if status in _RETRY_STATUSES or status >= 500:
+        return Outcome.retry
+    if 400 <= status < 500:
+        return Outcome.rejected
+    return Outcome.credentials
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delta-seconds or HTTP-date).
+
+    None when absent or unreadable; a date in the past gives 0.
+
+    >>> parse_retry_after("120")
+    120.0
+    """
+    if value is None or not (text := value.strip()):
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; a naive parse means "-0000"
+        return None
+    now = time.time() if now is None else now
+    return max(0.0, when.timestamp() - now)
+
+
+def _variants(secret: str) -> set[str]:
+    """A secret as it may appear: raw, and percent-encoded as in a URL query."""
+    return {s for s in (secret, quote(secret, safe=""), quote_plus(secret)) if s}
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret (and its URL-encoded forms) replaced by ``***``."""
+    for secret in sorted({v for s in secrets for v in _variants(s)}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def excerpt(body: bytes, secrets: Iterable[str]) -> str:
+    """The first :data:`EXCERPT_CHARS` characters of an answer, secrets scrubbed.
+
+    Scrubbed before it is cut, so that half a secret at the cut never shows.
+    """
+    head = body[:_EXCERPT_READ_BYTES].decode("utf-8", errors="replace")
+    return scrub(head, secrets)[:EXCERPT_CHARS]

@@ -1,0 +1,157 @@
+"""ConveYour: create or update contacts with ``POST /api/analytics/identify``.
+
+A stored event's payload becomes ``{"id": <config.id>, "traits": {...}}``: every
+canonical field plus the custom traits flattened in (a custom trait never
+overrides a canonical field), with ``phone`` sent as ``mobile``, ConveYour's
+name for it, so that ``"$mobile"`` ids work. ConveYour counts a call as done
+only on HTTP 200 with ``{"status": "ok"}``; anything else is classified as in
+:mod:`relay.adapters.classify` (see UPSTREAMS.md: its error codes are unknown).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import orjson
+
+from relay.adapters.base import Attempt, Outcome
+from relay.adapters.classify import classify_status
+from relay.adapters.transport import Answer, attempt_for, send
+from relay.models import CANONICAL_FIELDS
+from relay.settings import ConveyourDestination
+
+__all__ = ["ConveyourAdapter", "identify_traits"]
+
+IDENTIFY_PATH = "/api/analytics/identify"
+#: Canonical field -> ConveYour trait, where they differ.
+_RENAMED = {"phone": "mobile"}
+
+
+def identify_traits(payload: dict[str, Any]) -> dict[str, Any]:
+    """ConveYour traits for a stored payload: canonical fields, then custom traits.
+
+    >>> identify_traits({"email": "a@b.co", "phone": "+15551234567", "traits": {"plan": "pro"}})
+    {'email': 'a@b.co', 'mobile': '+15551234567', 'plan': 'pro'}
+    """
+    traits = {
+        _RENAMED.get(k, k): v for k, v in payload.items() if k != "traits" and v not in (None, "")
+    }
+    custom = payload.get("traits") or {}
+    for key, value in custom.items():
+        if key not in CANONICAL_FIELDS:
+            traits.setdefault(key, value)
+    return traits
+
+
+class ConveyourAdapter:
+    """Delivers contacts to one ConveYour destination, one or a batch per request."""
+
+    __slots__ = ("_config", "_endpoint", "_headers", "_secrets", "_session", "name")
+
+    def __init__(
+        self, name: str, config: ConveyourDestination, session: aiohttp.ClientSession
+    ) -> None:
+        self.name = name
+        self._config = config
+        self._session = session
+        self._endpoint = config.url + IDENTIFY_PATH
+        self._headers = {"x-conveyour-token": config.token.get_secret_value()}
+        if config.appkey is not None:
+            self._headers["x-conveyour-appkey"] = config.appkey.get_secret_value()
+        self._secrets = tuple(v for k, v in self._headers.items() if k.startswith("x-conveyour"))
+
+    def __repr__(self) -> str:
+        return (
+            f"<ConveyourAdapter name={self.name!r} url={self._config.url!r} id={self._config.id!r}>"
+        )
+
+    def _item(self, event: dict[str, Any]) -> dict[str, Any] | Attempt:
+        """The identify item for an event, or a ``rejected`` attempt if it lacks its id trait."""
+        traits = identify_traits(event.get("payload") or {})
+        wanted = [part.removeprefix("$") for part in self._config.id.split(",")]
+        if not any(traits.get(name) for name in wanted):
+            names = " or ".join(wanted)
+            note = (
+                f"contact has no {names}: destination {self.name!r} identifies contacts"
+                f" by {self._config.id}; nothing was sent"
+            )
+            return Attempt(Outcome.rejected, None, 0.0, error="missing_id_trait", note=note)
+        return {"id": self._config.id, "traits": traits}
+
+    async def _post(self, body: dict[str, Any]) -> Answer | Attempt:
+        return await send(
+            self._session,
+            "POST",
+            self._endpoint,
+            timeout_s=self._config.timeout_s,
+            secrets=self._secrets,
+            data=orjson.dumps(body),
+            headers={**self._headers, "Content-Type": "application/json"},
+        )
+
+    def _judge(self, answer: Answer) -> Attempt:
+        """Classify an identify answer: delivered only on 200 with ``status == "ok"``."""
+        outcome = classify_status(answer.status)
+        if outcome is not Outcome.delivered:
+            note = _message(answer.body) if outcome is Outcome.rejected else None
+            return attempt_for(answer, outcome, self._secrets, note=note)
+        try:
+            doc = orjson.loads(answer.body)
+        except orjson.JSONDecodeError:
+            doc = None
+        if answer.status != 200 or not isinstance(doc, dict):
+            # Not an answer ConveYour documents: we cannot tell whether it took the
+            # contact, and identify is an upsert, so sending it again is safe.
+            note = f"unexpected answer (HTTP {answer.status}, not a JSON object); will retry"
+            return attempt_for(answer, Outcome.retry, self._secrets, note=note)
+        if doc.get("status") == "ok":
+            return attempt_for(answer, Outcome.delivered, self._secrets)
+        note = f"ConveYour said {doc.get('status')!r}: {doc.get('message') or 'no message'}"
+        error = f"status_{doc.get('status') or 'missing'}"
+        return attempt_for(answer, Outcome.rejected, self._secrets, note=note, error=error)
+
+    async def deliver(self, event: dict[str, Any]) -> Attempt:
+        """Send one contact with one identify call."""
+        item = self._item(event)
+        if isinstance(item, Attempt):
+            return item
+        answer = await self._post(item)
+        return answer if isinstance(answer, Attempt) else self._judge(answer)
+
+    async def deliver_batch(self, events: list[dict[str, Any]]) -> list[Attempt]:
+        """Send several contacts in one ``{"data": [...]}`` call; one attempt per event, in order.
+
+        Events lacking their id trait are rejected without being sent. If the
+        batch is rejected, each event is sent alone, so that one bad contact
+        never blocks the others; retry and credentials apply to every event.
+        """
+        results: list[Attempt | None] = [None] * len(events)
+        batch: list[tuple[int, dict[str, Any]]] = []
+        for i, event in enumerate(events):
+            item = self._item(event)
+            if isinstance(item, Attempt):
+                results[i] = item
+            else:
+                batch.append((i, item))
+        if len(batch) == 1:
+            results[batch[0][0]] = await self.deliver(events[batch[0][0]])
+        elif batch:
+            answer = await self._post({"data": [item for _, item in batch]})
+            shared = answer if isinstance(answer, Attempt) else self._judge(answer)
+            for i, _ in batch:
+                if shared.outcome is Outcome.rejected:
+                    results[i] = await self.deliver(events[i])
+                else:
+                    results[i] = shared
+        return [r for r in results if r is not None]
+
+
+def _message(body: bytes) -> str | None:
+    """The ``message`` of a ConveYour JSON error body, if it has one."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    message = doc.get("message") if isinstance(doc, dict) else None
+    return str(message) if message else None

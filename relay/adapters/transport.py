@@ -1,0 +1,104 @@
+"""One timed HTTP request that never raises for upstream or network trouble.
+
+Every adapter sends through :func:`send`: it applies the destination's
+timeout, measures the duration, reads the answer, and turns a timeout or an
+``aiohttp.ClientError`` into a ``retry`` :class:`~relay.adapters.base.Attempt`
+whose note is scrubbed of secrets (aiohttp puts the request URL, query and
+all, into its exception messages).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from relay.adapters.base import Attempt, Outcome
+from relay.adapters.classify import excerpt, parse_retry_after, scrub
+
+__all__ = ["Answer", "attempt_for", "send"]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An upstream's HTTP answer, read in full."""
+
+    status: int
+    body: bytes
+    headers: Mapping[str, str]
+    duration_ms: float
+
+    @property
+    def retry_after_s(self) -> float | None:
+        return parse_retry_after(self.headers.get("Retry-After"))
+
+
+async def send(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    timeout_s: float,
+    secrets: Iterable[str],
+    **kwargs: Any,
+) -> Answer | Attempt:
+    """Make one request; the :class:`Answer`, or a ``retry`` attempt when none came.
+
+    Redirects are not followed: a 3xx is reported as it is (see :mod:`.classify`).
+    """
+    start = time.perf_counter()
+    try:
+        async with session.request(
+            method,
+            url,
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            allow_redirects=False,
+            **kwargs,
+        ) as resp:
+            body = await resp.read()
+            return Answer(resp.status, body, resp.headers, _ms_since(start))
+    except TimeoutError:  # before ClientError: aiohttp's timeout errors are both
+        return Attempt(
+            Outcome.retry,
+            None,
+            _ms_since(start),
+            error="TimeoutError",
+            note=f"no answer within {timeout_s:g} s",
+        )
+    except aiohttp.ClientError as exc:
+        note = scrub(f"{type(exc).__name__}: {exc}", secrets)
+        return Attempt(
+            Outcome.retry, None, _ms_since(start), error=type(exc).__name__, note=note[:500]
+        )
+
+
+def attempt_for(
+    answer: Answer,
+    outcome: Outcome,
+    secrets: Iterable[str],
+    *,
+    note: str | None = None,
+    upstream_id: str | None = None,
+    error: str | None = None,
+) -> Attempt:
+    """The attempt record for an answer: excerpt scrubbed, ``http_<status>`` unless delivered."""
+    if error is None and outcome is not Outcome.delivered:
+        error = f"http_{answer.status}"
+    secrets = tuple(secrets)
+    return Attempt(
+        outcome,
+        answer.status,
+        answer.duration_ms,
+        excerpt=excerpt(answer.body, secrets),
+        error=None if error is None else scrub(error, secrets),
+        retry_after_s=answer.retry_after_s,
+        upstream_id=upstream_id,
+        note=None if note is None else scrub(note, secrets),
+    )
+
+
+def _ms_since(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 3)

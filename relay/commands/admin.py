@@ -1,0 +1,158 @@
+"""Commands about keys, events and configuration: ``relay keys``, ``events``, ``config``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import orjson
+
+from relay.apikeys import check_key_request
+from relay.connect import redis_for
+from relay.errors import RelayError
+from relay.keystore import KeyStore
+from relay.models import KeyCreate
+from relay.settings import Settings
+from relay.store import EventStore
+
+__all__ = ["config_check", "events_show", "keys_create", "keys_list", "keys_revoke"]
+
+
+# --- keys --------------------------------------------------------------------
+
+
+async def keys_create(settings: Settings, args: argparse.Namespace) -> int:
+    body = KeyCreate.model_construct(
+        name=args.name,
+        scopes=args.scope,
+        expires=args.expires,
+        destinations=args.destination,
+        rate_limit=args.rate_limit,
+        mode="test" if args.test else "live",
+    )
+    if len(args.name) > 100:
+        raise RelayError(f"--name: at most 100 characters (got {len(args.name)})")
+    checked = check_key_request(body, known_destinations=settings.destinations)
+    async with redis_for(settings) as redis:
+        record, key = await KeyStore(redis).create(**checked)
+    created = record.created(key)
+    if args.json:
+        print(orjson.dumps(created.model_dump(mode="json")).decode())
+        return 0
+    print(f"Created {record.mode} key {record.id} ({record.name!r}):\n\n    {key}\n")
+    print("Copy it now: relay keeps only its digest and cannot show it again.\n")
+    _table(
+        [
+            ("prefix", record.prefix),
+            ("scopes", " ".join(record.scopes)),
+            ("destinations", " ".join(record.destinations) or "all"),
+            ("rate limit", record.rate_limit or "none"),
+            ("expires", record.expires_at.isoformat() if record.expires_at else "never"),
+        ]
+    )
+    return 0
+
+
+async def keys_list(settings: Settings, args: argparse.Namespace) -> int:
+    async with redis_for(settings) as redis:
+        records = await KeyStore(redis).list()
+    if args.json:
+        print(orjson.dumps([r.info().model_dump(mode="json") for r in records]).decode())
+        return 0
+    if not records:
+        print("No keys yet. Create one: relay keys create --name NAME --scope write:leads")
+        return 0
+    rows = [("ID", "PREFIX", "NAME", "MODE", "SCOPES", "DESTINATIONS", "EXPIRES", "STATE")]
+    for r in records:
+        rows.append(
+            (
+                r.id,
+                r.prefix,
+                r.name,
+                r.mode,
+                ",".join(r.scopes),
+                ",".join(r.destinations) or "all",
+                r.expires_at.strftime("%Y-%m-%d %H:%M") if r.expires_at else "never",
+                r.state(),
+            )
+        )
+    _columns(rows)
+    return 0
+
+
+async def keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    async with redis_for(settings) as redis:
+        record = await KeyStore(redis).revoke(args.key_id)
+    when = record.revoked_at.isoformat() if record.revoked_at else "?"
+    print(f"Revoked {record.id} ({record.prefix}…, {record.name!r}) at {when}.")
+    print("It answers 401 from now on, on every API process.")
+    return 0
+
+
+# --- events ------------------------------------------------------------------
+
+
+async def events_show(settings: Settings, args: argparse.Namespace) -> int:
+    async with redis_for(settings) as redis:
+        view = await EventStore(redis, retention_s=settings.retention_s).get(args.event_id)
+    if view is None:
+        print(
+            f"relay: no event {args.event_id!r} (unknown, or older than the retention)",
+            file=sys.stderr,
+        )
+        return 1
+    data = view.model_dump(mode="json", exclude_none=True)
+    if args.json:
+        print(orjson.dumps(data).decode())
+        return 0
+    _table(
+        [
+            ("event", view.id),
+            ("type", view.type),
+            ("status", view.status),
+            ("mode", view.mode),
+            ("received", view.received_at.isoformat()),
+            ("key", view.key_id),
+        ]
+    )
+    print("\npayload:")
+    print(orjson.dumps(data["payload"], option=orjson.OPT_INDENT_2).decode())
+    print("\ndestinations:")
+    if not view.destinations:
+        print("  (none: no destination takes this event type, or the key may use none)")
+    for dest in view.destinations:
+        print(f"  {dest.name:<20} {dest.status.value}")
+    return 0
+
+
+# --- config ------------------------------------------------------------------
+
+
+def config_check(settings: Settings) -> int:
+    source = str(settings.config) if settings.config else "no relay.toml (defaults and RELAY_*)"
+    print(f"Configuration OK: {source}")
+    redis = "embedded, data in " + str(settings.data_dir) if settings.redis_url is None else "URL"
+    print(f"  redis: {redis}")
+    if not settings.destinations:
+        print("  destinations: none (events are stored but go nowhere)")
+    for name, dest in settings.destinations.items():
+        state = "" if dest.enabled else " (disabled)"
+        limit = f", limit {dest.rate_limit}" if dest.rate_limit else ""
+        print(f"  {name}: {dest.type}, events {', '.join(dest.events)}{limit}{state}")
+    return 0
+
+
+# --- output helpers ------------------------------------------------------------
+
+
+def _table(rows: Sequence[tuple[str, str]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")
+
+
+def _columns(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

@@ -1,0 +1,124 @@
+"""Commands about delivery: ``relay worker``, ``relay dlq``, ``relay status``.
+
+Each takes the built Settings and the parsed arguments and returns an exit status;
+``relay.cli`` parses and dispatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from relay.connect import redis_for
+from relay.errors import RelayError
+from relay.queue import DeliveryQueue
+from relay.settings import Settings
+from relay.worker import Worker
+
+__all__ = ["dlq_list", "dlq_replay", "run_worker", "status"]
+
+#: Replays larger than this print a progress line as they go.
+_PROGRESS_EVERY = 500
+
+
+async def run_worker(settings: Settings, args: argparse.Namespace) -> int:
+    """Deliver until SIGTERM or SIGINT, then finish what is in flight."""
+    if not settings.destinations:
+        print("relay: no destinations in relay.toml: nothing to deliver to", file=sys.stderr)
+        return 2
+    async with redis_for(settings) as redis:
+        worker = Worker(settings, redis=redis, concurrency=args.concurrency)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stop)
+        names = ", ".join(worker.destinations)
+        print(f"relay worker delivering to {names} (concurrency {args.concurrency})", flush=True)
+        await worker.run(drain=args.drain)
+    return 0
+
+
+def _destinations(settings: Settings, only: str | None) -> list[str]:
+    if only is None:
+        return list(settings.destinations)
+    if only not in settings.destinations:
+        known = ", ".join(settings.destinations) or "none are configured"
+        raise RelayError(f"unknown destination {only!r} (configured: {known})")
+    return [only]
+
+
+async def dlq_list(settings: Settings, args: argparse.Namespace) -> int:
+    async with redis_for(settings) as redis:
+        queue = DeliveryQueue(redis, retention_s=settings.retention_s)
+        rows: list[dict[str, Any]] = [
+            {"destination": dest, "event_id": event_id, "dead_at": at}
+            for dest in _destinations(settings, args.destination)
+            for event_id, at in await queue.dead_letters(dest)
+        ]
+    if args.json:
+        print(orjson.dumps(rows).decode())
+        return 0
+    if not rows:
+        print("No dead letters.")
+        return 0
+    for row in rows:
+        when = datetime.fromtimestamp(float(row["dead_at"]), UTC).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{row['destination']:<16} {row['event_id']}  {when}")
+    print(f"\n{len(rows)} dead letters. See why: relay events show EVENT_ID")
+    return 0
+
+
+async def dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
+    if not args.all and not args.event_ids:
+        raise RelayError("name EVENT_IDs to replay, or --all")
+    total = 0
+    async with redis_for(settings) as redis:
+        queue = DeliveryQueue(redis, retention_s=settings.retention_s)
+        for dest in _destinations(settings, args.destination):
+            ids = (
+                [e for e, _ in await queue.dead_letters(dest)] if args.all else list(args.event_ids)
+            )
+            done = 0
+            for start in range(0, len(ids), _PROGRESS_EVERY):
+                done += await queue.replay(dest, ids[start : start + _PROGRESS_EVERY])
+                if len(ids) > _PROGRESS_EVERY:
+                    print(f"  {dest}: {done}/{len(ids)} replayed", file=sys.stderr, flush=True)
+            total += done
+            if done:
+                print(f"{dest}: {done} replayed")
+    if total == 0:
+        print("Nothing replayed (no matching dead letters).")
+        return 1 if args.event_ids else 0
+    return 0
+
+
+async def status(settings: Settings, args: argparse.Namespace) -> int:
+    async with redis_for(settings) as redis:
+        queue = DeliveryQueue(redis, retention_s=settings.retention_s)
+        unhealthy = await queue.health()
+        rows = []
+        for name, dest in settings.destinations.items():
+            counts = await queue.counts(name)
+            problem = unhealthy.get(name, {}).get("problem")
+            health = "disabled" if not dest.enabled else ("unhealthy" if problem else "healthy")
+            rows.append({"destination": name, **counts, "health": health, "why": problem})
+    if args.json:
+        print(orjson.dumps(rows).decode())
+        return 0
+    if not rows:
+        print("No destinations configured (relay.toml).")
+        return 0
+    head = ("DESTINATION", "PENDING", "RETRYING", "DEAD", "DELIVERED/1H", "HEALTH")
+    print("{:<16} {:>8} {:>9} {:>6} {:>13}  {}".format(*head))
+    for r in rows:
+        why = f" ({r['why']})" if r["why"] else ""
+        print(
+            f"{r['destination']:<16} {r['pending']:>8} {r['retrying']:>9} {r['dead']:>6} "
+            f"{r['delivered_last_hour']:>13}  {r['health']}{why}"
+        )
+    return 1 if any(r["health"] == "unhealthy" for r in rows) else 0

@@ -1,0 +1,245 @@
+"""The Redis boundary for deliveries: claim, finish (ack, retry or dead-letter), replay.
+
+Each destination has a stream that every worker reads through one consumer
+group. An entry is acknowledged (and deleted, so memory stays bounded) only
+in the same MULTI that records the attempt and its consequence: a delivered
+status, a scheduled retry, or a dead letter. A worker that dies before that
+leaves the entry pending, and another worker claims it with XAUTOCLAIM once
+it has been idle longer than the visibility timeout.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, cast
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from relay import redis_keys
+from relay.adapters.base import Attempt
+from relay.models import DeliveryStatus
+
+__all__ = ["DeliveryQueue", "Entry"]
+
+#: (stream entry id, event id)
+Entry = tuple[str, str]
+
+# Moves due retries back into their streams: ZRANGEBYSCORE + XADD + ZREM in one step,
+# so a retry is never lost nor doubled by two workers moving at once.
+# KEYS: retry zset 1..n, then stream 1..n (same order); ARGV: now_ms, limit.
+_MOVE_DUE = """
+local n = #KEYS / 2
+local moved = 0
+for i = 1, n do
+  local due = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+  for _, event_id in ipairs(due) do
+    redis.call('XADD', KEYS[n + i], '*', 'e', event_id)
+    redis.call('ZREM', KEYS[i], event_id)
+  end
+  moved = moved + #due
+end
+return moved
+"""
+
+
+def _entries(reply: Any) -> list[Entry]:
+    return [(entry_id, fields["e"]) for entry_id, fields in reply if fields and "e" in fields]
+
+
+class DeliveryQueue:
+    """Worker-side queue operations; expects a ``decode_responses=True`` client."""
+
+    __slots__ = ("_move_due", "_redis", "_retention_s")
+
+    def __init__(self, redis: Redis, *, retention_s: int) -> None:
+        self._redis = redis
+        self._retention_s = retention_s
+        self._move_due = redis.register_script(_MOVE_DUE)
+
+    def __repr__(self) -> str:
+        return f"<DeliveryQueue retention_s={self._retention_s}>"
+
+    async def ensure_group(self, destination: str) -> None:
+        """Create the consumer group (and stream); an existing group is fine."""
+        try:
+            await self._redis.xgroup_create(
+                redis_keys.queue(destination), redis_keys.CONSUMER_GROUP, id="0", mkstream=True
+            )
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def read(
+        self, destination: str, consumer: str, *, count: int, block_ms: int
+    ) -> list[Entry]:
+        """New entries for this consumer; recreates the group after a Redis restart lost it."""
+        stream = redis_keys.queue(destination)
+        try:
+            reply = await self._redis.xreadgroup(
+                redis_keys.CONSUMER_GROUP, consumer, {stream: ">"}, count=count, block=block_ms
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.ensure_group(destination)
+            return []
+        streams = cast(list[tuple[str, Any]], reply or [])
+        return [e for _, rows in streams for e in _entries(rows)]
+
+    async def claim_stale(
+        self, destination: str, consumer: str, *, min_idle_ms: int, count: int
+    ) -> list[Entry]:
+        """Entries another consumer took and did not finish within ``min_idle_ms``."""
+        try:
+            reply = await self._redis.xautoclaim(
+                redis_keys.queue(destination),
+                redis_keys.CONSUMER_GROUP,
+                consumer,
+                min_idle_time=min_idle_ms,
+                start_id="0-0",
+                count=count,
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.ensure_group(destination)
+            return []
+        return _entries(reply[1])
+
+    async def load(self, event_id: str) -> dict[str, str] | None:
+        """The event's hash (``data`` JSON, statuses, attempt counts), or None when expired."""
+        raw = await self._redis.hgetall(redis_keys.event(event_id))
+        return cast(dict[str, str], raw) if raw else None
+
+    async def mark(self, event_id: str, destination: str, status: DeliveryStatus) -> None:
+        await self._redis.hset(
+            redis_keys.event(event_id), redis_keys.STATUS_FIELD_PREFIX + destination, status.value
+        )
+
+    async def finish(
+        self,
+        destination: str,
+        entry: Entry,
+        attempt: Attempt,
+        *,
+        status: DeliveryStatus,
+        retry_at_ms: int | None = None,
+    ) -> None:
+        """Record the attempt and its consequence, then ack and delete the entry: one MULTI."""
+        entry_id, event_id = entry
+        record = {"destination": destination, "at": time.time(), **attempt.to_dict()}
+        event_key = redis_keys.event(event_id)
+        attempts_key = redis_keys.attempts(event_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(attempts_key, orjson.dumps(record))
+            pipe.expire(attempts_key, self._retention_s)
+            pipe.hset(event_key, redis_keys.STATUS_FIELD_PREFIX + destination, status.value)
+            pipe.hincrby(event_key, redis_keys.ATTEMPTS_FIELD_PREFIX + destination, 1)
+            if status is DeliveryStatus.dead:
+                pipe.zadd(redis_keys.dead(destination), {event_id: int(time.time() * 1000)})
+            if retry_at_ms is not None:
+                pipe.zadd(redis_keys.retries(destination), {event_id: retry_at_ms})
+            if status is DeliveryStatus.delivered:
+                minute = redis_keys.delivered_minute(destination, int(time.time() // 60))
+                pipe.incr(minute)
+                pipe.expire(minute, redis_keys.DELIVERED_MINUTE_TTL_S)
+            pipe.xack(redis_keys.queue(destination), redis_keys.CONSUMER_GROUP, entry_id)
+            pipe.xdel(redis_keys.queue(destination), entry_id)
+            await pipe.execute()
+
+    async def drop(self, destination: str, entry_id: str) -> None:
+        """Ack and delete an entry whose event no longer exists (expired)."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xack(redis_keys.queue(destination), redis_keys.CONSUMER_GROUP, entry_id)
+            pipe.xdel(redis_keys.queue(destination), entry_id)
+            await pipe.execute()
+
+    async def move_due_retries(
+        self, destinations: list[str], *, now_ms: int | None = None, limit: int = 500
+    ) -> int:
+        """Put retries whose time has come back into their streams; how many moved."""
+        if not destinations:
+            return 0
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        keys = [redis_keys.retries(d) for d in destinations]
+        keys += [redis_keys.queue(d) for d in destinations]
+        return int(await self._move_due(keys=keys, args=[now_ms, limit]))
+
+    async def counts(self, destination: str) -> dict[str, int]:
+        """pending, retrying, dead, and delivered in the last hour, for one destination."""
+        now_minute = int(time.time() // 60)
+        minutes = [redis_keys.delivered_minute(destination, now_minute - i) for i in range(60)]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(redis_keys.queue(destination))
+            pipe.zcard(redis_keys.retries(destination))
+            pipe.zcard(redis_keys.dead(destination))
+            pipe.mget(minutes)
+            pending, retrying, dead, delivered = await pipe.execute()
+        return {
+            "pending": int(pending),
+            "retrying": int(retrying),
+            "dead": int(dead),
+            "delivered_last_hour": sum(int(v) for v in delivered if v),
+        }
+
+    async def idle(self, destinations: list[str]) -> bool:
+        """Nothing waiting, pending or scheduled for any of these destinations."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for dest in destinations:
+                pipe.xlen(redis_keys.queue(dest))
+                pipe.zcard(redis_keys.retries(dest))
+            counts = await pipe.execute()
+        return not any(counts)
+
+    async def health(self) -> dict[str, dict[str, Any]]:
+        """Destinations currently unhealthy: name -> {"problem", "since"}."""
+        raw = cast(dict[str, str], await self._redis.hgetall(redis_keys.HEALTH))
+        return {name: orjson.loads(value) for name, value in raw.items()}
+
+    async def set_health(self, destination: str, problem: str | None) -> None:
+        """Record a destination as unhealthy (with why), or healthy again."""
+        if problem is None:
+            await self._redis.hdel(redis_keys.HEALTH, destination)
+        else:
+            await self._redis.hset(
+                redis_keys.HEALTH,
+                destination,
+                orjson.dumps({"problem": problem, "since": time.time()}).decode(),
+            )
+
+    async def dead_letters(self, destination: str) -> list[tuple[str, float]]:
+        """(event id, dead-lettered at, unix seconds), oldest first."""
+        rows = await self._redis.zrange(redis_keys.dead(destination), 0, -1, withscores=True)
+        return [(event_id, score / 1000) for event_id, score in cast(list[tuple[str, float]], rows)]
+
+    async def replay(self, destination: str, event_ids: list[str]) -> int:
+        """Queue dead letters again; their earlier attempts stay on the event. How many.
+
+        Ids that are not dead letters of this destination are skipped. The removal
+        from the dead letters and the new stream entry go in one MULTI.
+        """
+        if not event_ids:
+            return 0
+        scores = await self._redis.zmscore(redis_keys.dead(destination), event_ids)
+        present = [e for e, score in zip(event_ids, scores, strict=True) if score is not None]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for event_id in present:
+                pipe.exists(redis_keys.event(event_id))
+            alive = await pipe.execute()
+        # An event past its retention has nothing left to send; its dead letter stays listed.
+        present = [e for e, ok in zip(present, alive, strict=True) if ok]
+        if not present:
+            return 0
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for event_id in present:
+                pipe.zrem(redis_keys.dead(destination), event_id)
+                pipe.hset(
+                    redis_keys.event(event_id),
+                    redis_keys.STATUS_FIELD_PREFIX + destination,
+                    DeliveryStatus.pending.value,
+                )
+                pipe.xadd(redis_keys.queue(destination), {"e": event_id})
+            await pipe.execute()
+        return len(present)

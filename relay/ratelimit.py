@@ -1,0 +1,221 @@
+"""Per-destination limits shared by every worker process on every host.
+
+All state lives in Redis and every decision is one Lua script, so two workers
+in two processes (or on two hosts) can never both take the last slot:
+
+* :meth:`RateLimiter.acquire`: at most ``count`` requests in ANY window of
+  ``period_s`` (the destination's ``rate_limit``).
+* :meth:`RateLimiter.pause`: an upstream 429 with ``Retry-After`` stops every
+  worker of the destination until it has passed.
+* :meth:`RateLimiter.lease` / :meth:`RateLimiter.release`: at most
+  ``max_in_flight`` requests open at once; a crashed worker's lease lapses.
+
+:func:`local_limiter` additionally spreads one process's own requests out, so
+that one process does not spend a whole window's allowance in its first
+millisecond. It is a courtesy to the upstream; the Redis limiter is the guarantee.
+
+Why a sliding-window log and not GCRA
+-------------------------------------
+GCRA with emission interval ``T = period/count`` and a burst tolerance of
+``(count - 1) * T`` admits a burst of ``count`` on an empty bucket and then one
+more request every ``T``, i.e. ``2 * count - 1`` requests within a single
+``period``: it bounds the long-run *rate*, not every *window*. The only GCRA
+that never exceeds a window is the one without burst (``tau = 0``: one request
+per ``T``, never two closer), which refuses the burst an idle destination is
+entitled to. Upstreams such as ConveYour (2000/5m) count per window, so relay
+keeps a log instead: a sorted set of the times (ms, Redis server clock) of the
+requests admitted in the last period. A request is admitted when the log holds
+fewer than ``count`` entries newer than ``now - period``, so every half-open
+window ``[t, t + period)`` holds at most ``count`` admissions (proof: take the
+last admission ``a`` in such a window; every earlier one in the window lies
+in ``(a - period, a]``, which held fewer than ``count`` others when ``a`` was
+admitted). The cost, ``count`` small zset entries per busy destination, is
+nothing next to the queue.
+
+The time is Redis's ``TIME`` inside the script, not the worker's clock, so
+hosts with skewed clocks still agree. (A script that reads TIME and then writes
+needs effects replication: the default since Redis 5, and relay needs 6.2.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import uuid
+
+from aiolimiter import AsyncLimiter
+from redis.asyncio import Redis
+
+from relay import redis_keys
+from relay.settings import RateLimit
+
+__all__ = ["LOCAL_BURST", "RateLimiter", "local_limiter"]
+
+#: Most requests one process sends back to back under :func:`local_limiter`.
+LOCAL_BURST = 10
+
+# The server's clock in ms, unless the caller passed one (tests simulate time).
+_NOW = """
+local now = tonumber(ARGV[1])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+# KEYS: rate log, pause marker. ARGV: now ms or "", count, period ms, request id.
+# Returns 0 (admitted and logged) or the ms to wait (nothing logged).
+_ACQUIRE = (
+    _NOW
+    + """
+local paused = redis.call('PTTL', KEYS[2])
+if paused > 0 then return paused end
+local count, period = tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - period)
+local n = redis.call('ZCARD', KEYS[1])
+if n < count then
+  redis.call('ZADD', KEYS[1], now, ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], period)
+  return 0
+end
+-- Full: a slot frees when the entry that would leave it over the limit ages out
+-- (n > count only after the limit was lowered).
+local freeing = redis.call('ZRANGE', KEYS[1], n - count, n - count, 'WITHSCORES')
+return math.max(1, tonumber(freeing[2]) + period - now)
+"""
+)
+
+# KEYS: pause marker. ARGV: ms. The later of the current and the new pause wins.
+_PAUSE = """
+local ms = tonumber(ARGV[1])
+if redis.call('PTTL', KEYS[1]) < ms then
+  redis.call('SET', KEYS[1], '1', 'PX', ms)
+end
+"""
+
+# KEYS: lease zset. ARGV: now ms or "", max in flight, holder, ttl ms. Returns 1 or 0.
+_LEASE = (
+    _NOW
+    + """
+local cap, holder, ttl = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if not redis.call('ZSCORE', KEYS[1], holder) and redis.call('ZCARD', KEYS[1]) >= cap then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + ttl, holder)
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIRE', KEYS[1], math.max(1, tonumber(last[2]) - now))
+return 1
+"""
+)
+
+
+def _ms(seconds: float) -> int:
+    """Whole milliseconds, rounded up: a limit or a pause is never shortened."""
+    return math.ceil(seconds * 1000)
+
+
+class RateLimiter:
+    """The Redis side of every destination's limits; one per process is enough::
+
+    limiter = RateLimiter(redis)
+    while (wait_s := await limiter.acquire("convertr", RateLimit(3000, 300))) > 0:
+        await asyncio.sleep(wait_s)
+    ...  # send one request
+    """
+
+    __slots__ = ("_acquire", "_lease", "_pause", "_redis", "admitted", "refused")
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._pause = redis.register_script(_PAUSE)
+        self._lease = redis.register_script(_LEASE)
+        #: Requests this instance was allowed to send.
+        self.admitted = 0
+        #: Calls to :meth:`acquire` answered with a wait (rate limit or pause).
+        self.refused = 0
+
+    def __repr__(self) -> str:
+        return f"<RateLimiter admitted={self.admitted} refused={self.refused}>"
+
+    async def acquire(
+        self, destination: str, limit: RateLimit, *, now_ms: int | None = None
+    ) -> float:
+        """0.0 when one request may be sent now (and it is counted), else seconds to wait.
+
+        A wait records nothing: call again after it. While the destination is
+        paused the wait is the rest of the pause. ``now_ms`` replaces Redis's
+        clock (tests); otherwise the time is the server's.
+        """
+        wait_ms = int(
+            await self._acquire(
+                keys=[redis_keys.rate(destination), redis_keys.paused(destination)],
+                args=[
+                    "" if now_ms is None else now_ms,
+                    limit.count,
+                    _ms(limit.period_s),
+                    uuid.uuid4().hex,
+                ],
+            )
+        )
+        if wait_ms <= 0:
+            self.admitted += 1
+            return 0.0
+        self.refused += 1
+        return wait_ms / 1000
+
+    async def pause(self, destination: str, seconds: float) -> None:
+        """Stop every worker sending to ``destination`` for ``seconds`` (an upstream 429).
+
+        A pause already longer than this one is kept. ``seconds <= 0`` does nothing.
+        """
+        if seconds > 0:
+            await self._pause(keys=[redis_keys.paused(destination)], args=[_ms(seconds)])
+
+    async def paused_for(self, destination: str) -> float:
+        """Seconds left of the destination's pause; 0.0 when it is not paused."""
+        ms = int(await self._redis.pttl(redis_keys.paused(destination)))
+        return max(ms, 0) / 1000
+
+    async def lease(
+        self,
+        destination: str,
+        max_in_flight: int,
+        holder: str,
+        *,
+        ttl_ms: int,
+        now_ms: int | None = None,
+    ) -> bool:
+        """Take one of ``max_in_flight`` request slots of ``destination`` for ``holder``.
+
+        ``holder`` names one slot (e.g. ``host:pid:task``); leasing it again
+        while held renews it. A lease lapses ``ttl_ms`` after it was taken, so a
+        crashed worker's slot comes back by itself: make ``ttl_ms`` longer than
+        the upstream timeout. ``now_ms`` replaces Redis's clock (tests).
+        """
+        if ttl_ms <= 0:
+            raise ValueError(f"ttl_ms must be positive, got {ttl_ms}")
+        taken = await self._lease(
+            keys=[redis_keys.inflight(destination)],
+            args=["" if now_ms is None else now_ms, max_in_flight, holder, ttl_ms],
+        )
+        return bool(int(taken))
+
+    async def release(self, destination: str, holder: str) -> None:
+        """Give ``holder``'s slot back (nothing happens when it has none)."""
+        await self._redis.zrem(redis_keys.inflight(destination), holder)
+
+
+def local_limiter(limit: RateLimit, *, burst: int = LOCAL_BURST) -> AsyncLimiter:
+    """A per-process smoother: the limit's rate, in bursts of at most ``burst``.
+
+    ``2000/5m`` gives ``AsyncLimiter(10, 1.5)``: the same long-run rate, spread
+    over the period. Call it inside the running event loop (a worker's startup),
+    never at import time: an AsyncLimiter binds to the first loop that uses it.
+
+    Raises RuntimeError when no event loop is running.
+    """
+    asyncio.get_running_loop()
+    size = max(1, min(limit.count, burst))
+    return AsyncLimiter(size, limit.period_s * size / limit.count)

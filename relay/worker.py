@@ -1,0 +1,259 @@
+"""The delivery worker: read each destination's stream, deliver, then ack, retry or dead-letter.
+
+Any number of workers, in any number of processes and hosts, share the work
+through one consumer group per destination stream. A delivery counts against
+the destination's global rate limit and in-flight cap (both in Redis) before
+its request is made. ``stop()`` (SIGTERM) stops reading and lets in-flight
+deliveries finish; ``run(drain=True)`` returns once nothing is waiting,
+pending or scheduled (for tests and one-off catch-ups).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+from redis.asyncio import Redis
+
+from relay import redis_keys
+from relay.adapters import make_adapter
+from relay.adapters.base import Attempt, Outcome
+from relay.ids import random_base62
+from relay.models import DeliveryStatus
+from relay.queue import DeliveryQueue, Entry
+from relay.ratelimit import RateLimiter
+from relay.retry import next_delay_s
+from relay.settings import Settings
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("relay.worker")
+
+#: How long one XREADGROUP waits for new entries before the loop looks around again.
+_BLOCK_MS = 500
+#: How often due retries are moved back into their streams, and stale entries claimed.
+_HOUSEKEEPING_S = 0.25
+#: A delivery left unfinished this long past its destination's timeout is taken over
+#: by another worker (the visibility timeout: always longer than the upstream timeout).
+_VISIBILITY_MARGIN_S = 30.0
+#: Longest single sleep while waiting for a rate-limit slot (so stop() is noticed).
+_MAX_WAIT_S = 1.0
+
+
+class Worker:
+    """Deliver queued events of every enabled destination.
+
+    >>> await Worker(settings, redis=redis).run(drain=True)  # doctest: +SKIP
+    """
+
+    __slots__ = (
+        "_adapters",
+        "_consumer",
+        "_counts",
+        "_in_flight",
+        "_limiter",
+        "_queue",
+        "_redis",
+        "_session",
+        "_settings",
+        "_slots",
+        "_stopping",
+        "concurrency",
+    )
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        redis: Redis,
+        session: aiohttp.ClientSession | None = None,
+        concurrency: int = 16,
+        consumer: str | None = None,
+    ) -> None:
+        self._settings = settings
+        self._redis = redis
+        self._session = session
+        #: Deliveries this process runs at once, across destinations.
+        self.concurrency = concurrency
+        self._consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{random_base62(6)}"
+        self._queue = DeliveryQueue(redis, retention_s=settings.retention_s)
+        self._limiter = RateLimiter(redis)
+        self._adapters: dict[str, Any] = {}
+        self._counts = {"delivered": 0, "retrying": 0, "dead": 0}
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._slots: asyncio.Semaphore | None = None
+        self._stopping: asyncio.Event | None = None
+
+    def __repr__(self) -> str:
+        c = self._counts
+        return (
+            f"<Worker {self._consumer} delivered={c['delivered']} retrying={c['retrying']} "
+            f"dead={c['dead']} in_flight={len(self._in_flight)}>"
+        )
+
+    @property
+    def destinations(self) -> list[str]:
+        return [name for name, d in self._settings.destinations.items() if d.enabled]
+
+    def stop(self) -> None:
+        """Stop taking new work; ``run`` returns once in-flight deliveries are done."""
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def run(self, *, drain: bool = False) -> None:
+        """Deliver until ``stop()``, or with ``drain`` until there is nothing left to do."""
+        self._stopping = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.concurrency)
+        async with contextlib.AsyncExitStack() as stack:
+            session = self._session
+            if session is None:
+                session = await stack.enter_async_context(
+                    aiohttp.ClientSession(json_serialize=lambda o: orjson.dumps(o).decode())
+                )
+            self._adapters = {
+                name: make_adapter(name, self._settings.destinations[name], session)
+                for name in self.destinations
+            }
+            for name in self.destinations:
+                await self._queue.ensure_group(name)
+            loops = [asyncio.create_task(self._read_loop(name)) for name in self.destinations]
+            loops.append(asyncio.create_task(self._housekeeping()))
+            if drain:
+                loops.append(asyncio.create_task(self._stop_when_idle()))
+            try:
+                await self._stopping.wait()
+            finally:
+                for task in loops:
+                    task.cancel()
+                await asyncio.gather(*loops, return_exceptions=True)
+                if self._in_flight:
+                    await asyncio.gather(*self._in_flight, return_exceptions=True)
+        log.info("worker stopped: %r", self)
+
+    async def _stop_when_idle(self) -> None:
+        assert self._stopping is not None
+        while True:
+            await asyncio.sleep(0.05)
+            if not self._in_flight and await self._queue.idle(self.destinations):
+                self._stopping.set()
+                return
+
+    async def _read_loop(self, destination: str) -> None:
+        assert self._stopping is not None
+        while not self._stopping.is_set():
+            try:
+                entries = await self._queue.read(
+                    destination, self._consumer, count=self.concurrency, block_ms=_BLOCK_MS
+                )
+            except (OSError, ConnectionError) as exc:
+                log.warning("reading %s failed (%s); retrying", destination, exc)
+                await asyncio.sleep(1.0)
+                continue
+            for entry in entries:
+                await self._start(destination, entry)
+
+    async def _housekeeping(self) -> None:
+        assert self._stopping is not None
+        while not self._stopping.is_set():
+            try:
+                await self._queue.move_due_retries(self.destinations)
+                for name in self.destinations:
+                    timeout_s = self._settings.destinations[name].timeout_s
+                    idle_ms = int((timeout_s + _VISIBILITY_MARGIN_S) * 1000)
+                    for entry in await self._queue.claim_stale(
+                        name, self._consumer, min_idle_ms=idle_ms, count=self.concurrency
+                    ):
+                        await self._start(name, entry)
+            except Exception:  # keep the loop alive through Redis hiccups
+                log.exception("housekeeping failed; retrying")
+            await asyncio.sleep(_HOUSEKEEPING_S)
+
+    async def _start(self, destination: str, entry: Entry) -> None:
+        assert self._slots is not None
+        await self._slots.acquire()
+        task = asyncio.create_task(self._deliver(destination, entry))
+        self._in_flight.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._in_flight.discard(t)
+            assert self._slots is not None
+            self._slots.release()
+
+        task.add_done_callback(done)
+
+    async def _deliver(self, destination: str, entry: Entry) -> None:
+        config = self._settings.destinations[destination]
+        fields = await self._queue.load(entry[1])
+        if fields is None or redis_keys.EVENT_DATA_FIELD not in fields:
+            await self._queue.drop(destination, entry[0])  # expired: nothing to send
+            return
+        event = orjson.loads(fields[redis_keys.EVENT_DATA_FIELD])
+        await self._wait_for_slot(destination, entry, config)
+        try:
+            await self._queue.mark(entry[1], destination, DeliveryStatus.delivering)
+            attempt = await self._adapters[destination].deliver(event)
+        finally:
+            await self._limiter.release(destination, self._consumer + entry[0])
+        made = int(fields.get(redis_keys.ATTEMPTS_FIELD_PREFIX + destination, "0")) + 1
+        await self._settle(destination, entry, attempt, made)
+
+    async def _wait_for_slot(self, destination: str, entry: Entry, config: Any) -> None:
+        """Wait for the global rate limit (or a 429 pause), then for an in-flight lease."""
+        while True:
+            if config.rate_limit is not None:
+                wait_s = await self._limiter.acquire(destination, config.rate_limit)
+            else:
+                wait_s = await self._limiter.paused_for(destination)
+            if wait_s <= 0:
+                break
+            await asyncio.sleep(min(wait_s, _MAX_WAIT_S))
+        ttl_ms = int((config.timeout_s + _VISIBILITY_MARGIN_S) * 1000)
+        holder = self._consumer + entry[0]
+        # The lease lives in Redis, shared by every process: poll it.
+        while True:
+            if await self._limiter.lease(destination, config.max_in_flight, holder, ttl_ms=ttl_ms):
+                return
+            await asyncio.sleep(0.02)
+
+    async def _settle(self, destination: str, entry: Entry, attempt: Attempt, made: int) -> None:
+        config = self._settings.destinations[destination]
+        if attempt.outcome is Outcome.delivered:
+            await self._queue.finish(destination, entry, attempt, status=DeliveryStatus.delivered)
+            await self._queue.set_health(destination, None)
+            self._counts["delivered"] += 1
+            return
+        if attempt.outcome is Outcome.rejected:
+            await self._queue.finish(destination, entry, attempt, status=DeliveryStatus.dead)
+            self._counts["dead"] += 1
+            log.warning(
+                "%s rejected %s: %s", destination, entry[1], attempt.error or attempt.status
+            )
+            return
+        credentials = attempt.outcome is Outcome.credentials
+        if credentials:
+            await self._queue.set_health(
+                destination, f"upstream answered {attempt.status}: credentials or configuration"
+            )
+        if attempt.status == 429 and attempt.retry_after_s:
+            await self._limiter.pause(destination, attempt.retry_after_s)
+        delay_s = next_delay_s(
+            made,
+            config.retry_schedule,
+            retry_after_s=attempt.retry_after_s,
+            credentials=credentials,
+        )
+        await self._queue.finish(
+            destination,
+            entry,
+            attempt,
+            status=DeliveryStatus.retrying,
+            retry_at_ms=int((time.time() + delay_s) * 1000),
+        )
+        self._counts["retrying"] += 1

@@ -1,0 +1,254 @@
+"""The Redis limiter: no window of the period ever holds more than the limit.
+
+Time is simulated through ``now_ms`` (integers, ms); one test uses the real
+clock of the server. The periods are long (minutes) so that the keys' real
+PX expiry never fires while a simulation runs in a second or two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import heapq
+import random
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+from aiolimiter import AsyncLimiter
+from redis.asyncio import Redis
+
+from relay import redis_keys
+from relay.connect import redis_client
+from relay.ratelimit import LOCAL_BURST, RateLimiter, local_limiter
+from relay.settings import RateLimit
+from tests.redis_server import RedisServer
+
+DEST = "convertr"
+T0 = 1_700_000_000_000  # a plausible epoch ms for the simulated clock
+
+
+def worst_window(admitted_ms: Sequence[int], period_ms: int) -> int:
+    """Most admissions in any half-open window ``[t, t + period)``.
+
+    The busiest window can always be slid right until it starts on an
+    admission, so checking the windows that start at each admission checks them all.
+    """
+    times = sorted(admitted_ms)
+    return max(
+        (bisect.bisect_left(times, t + period_ms) - i for i, t in enumerate(times)), default=0
+    )
+
+
+def test_worst_window_counts_what_it_should() -> None:
+    assert worst_window([], 10) == 0
+    assert worst_window([0, 9, 10, 19], 10) == 2
+    assert worst_window([0, 1, 2, 10], 10) == 3
+    assert worst_window([5, 5, 5], 1) == 3
+
+
+@pytest.fixture
+async def other_redis(redis: Redis, redis_server: RedisServer) -> AsyncIterator[Redis]:
+    """A second client of the same server, as another worker process would have."""
+    client = redis_client(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+async def test_random_attempts_never_exceed_any_window(redis: Redis, other_redis: Redis) -> None:
+    limit = RateLimit(10, 60.0)
+    period_ms = 60_000
+    rng = random.Random(20240601)
+    # Two "processes" (two clients, two limiters) over 40 periods: quiet stretches,
+    # bursts, and probes placed exactly on and next to the window edges.
+    # Attempts run in time order (one server clock), from either process.
+    limiters = [RateLimiter(redis), RateLimiter(other_redis)]
+    attempts: list[int] = []
+    t = T0
+    while t < T0 + 40 * period_ms:
+        kind = rng.random()
+        if kind < 0.1:
+            attempts += [t] * rng.randint(2, 25)  # a burst at one instant
+        elif kind < 0.2:
+            attempts += [t + k * rng.randint(1, 50) for k in range(rng.randint(2, 30))]
+        attempts.append(t)
+        t += int(rng.expovariate(1 / 2500))
+    heapq.heapify(attempts)
+    admitted: list[int] = []
+    while attempts:
+        now = heapq.heappop(attempts)
+        wait = await rng.choice(limiters).acquire(DEST, limit, now_ms=now)
+        if wait == 0:
+            admitted.append(now)
+            if rng.random() < 0.3:  # probe the edges of the window this admission opened
+                for at in (now + period_ms - 1, now + period_ms, now + period_ms + 1):
+                    heapq.heappush(attempts, at)
+        else:
+            assert 0 < wait <= limit.period_s
+    worst = worst_window(admitted, period_ms)
+    assert worst <= limit.count
+    assert worst == limit.count  # the test did push it to the limit
+    assert len(admitted) >= 200
+
+
+async def test_saturating_backlog_gets_the_whole_limit(redis: Redis, other_redis: Redis) -> None:
+    """Workers with endless work, in two processes, each waiting what acquire() says."""
+    limit = RateLimit(20, 120.0)
+    period_ms = 120_000
+    periods = 100
+    end = T0 + periods * period_ms
+    rng = random.Random(7)
+    workers = [(RateLimiter(redis if i % 2 else other_redis), i) for i in range(6)]
+    ready = [(T0 + rng.randint(0, 1000), i) for i in range(len(workers))]
+    heapq.heapify(ready)
+    admitted: list[int] = []
+    while ready:
+        now, i = heapq.heappop(ready)
+        if now >= end:
+            continue
+        wait = await workers[i][0].acquire(DEST, limit, now_ms=now)
+        if wait == 0:
+            admitted.append(now)
+            nxt = now + rng.randint(1, 300)  # the request's own duration
+        else:
+            nxt = now + int(wait * 1000) + rng.randint(0, 50)  # a little scheduling lag
+        heapq.heappush(ready, (nxt, i))
+    assert worst_window(admitted, period_ms) <= limit.count
+    share = len(admitted) / (limit.count * periods)
+    assert share >= 0.98, share
+
+
+async def test_two_processes_share_one_limit(redis: Redis, other_redis: Redis) -> None:
+    limit = RateLimit(25, 300.0)
+    one, two = RateLimiter(redis), RateLimiter(other_redis)
+    waits = await asyncio.gather(
+        *(lim.acquire(DEST, limit, now_ms=T0) for _ in range(40) for lim in (one, two))
+    )
+    assert waits.count(0.0) == 25
+    assert one.admitted + two.admitted == 25
+    assert one.refused + two.refused == 55
+    assert all(w == 300.0 for w in waits if w)
+    # Another destination has its own budget.
+    assert await two.acquire("other", limit, now_ms=T0) == 0.0
+    # The oldest admission ages out exactly one period later, not a millisecond sooner.
+    assert await one.acquire(DEST, limit, now_ms=T0 + 300_000 - 1) == 0.001
+    assert await one.acquire(DEST, limit, now_ms=T0 + 300_000) == 0.0
+
+
+async def test_wait_is_until_the_oldest_admission_leaves(redis: Redis) -> None:
+    limiter = RateLimiter(redis)
+    limit = RateLimit(3, 10.0)
+    for at in (0, 2_000, 5_000):
+        assert await limiter.acquire(DEST, limit, now_ms=T0 + at) == 0.0
+    assert await limiter.acquire(DEST, limit, now_ms=T0 + 6_000) == 4.0
+    assert await limiter.acquire(DEST, limit, now_ms=T0 + 10_000) == 0.0
+    assert await limiter.acquire(DEST, limit, now_ms=T0 + 10_500) == 1.5
+    # A lowered limit waits until enough old admissions have left.
+    # (log: +2 s, +5 s, +10 s; for 2/10s the +5 s one must leave, for 1/10s the +10 s one)
+    assert await limiter.acquire(DEST, RateLimit(2, 10.0), now_ms=T0 + 11_000) == 4.0
+    assert await limiter.acquire(DEST, RateLimit(1, 10.0), now_ms=T0 + 11_000) == 9.0
+
+
+async def test_pause_holds_every_worker_and_keeps_the_later(
+    redis: Redis, other_redis: Redis
+) -> None:
+    one, two = RateLimiter(redis), RateLimiter(other_redis)
+    limit = RateLimit(100, 60.0)
+    assert await one.paused_for(DEST) == 0.0
+    await one.pause(DEST, 30)
+    await two.pause(DEST, 2)  # shorter: the 30 s pause stands
+    assert 29 < await two.paused_for(DEST) <= 30
+    await two.pause("other", 2)
+    await one.pause("other", 40)  # longer: it replaces the 2 s pause
+    assert 39 < await two.paused_for("other") <= 40
+    await one.pause("third", 0)
+    await one.pause("third", -5)
+    assert await one.paused_for("third") == 0.0
+    # acquire() answers with the rest of the pause and records nothing.
+    wait = await two.acquire(DEST, limit, now_ms=T0)
+    assert 29 < wait <= 30
+    assert await redis.zcard(redis_keys.rate(DEST)) == 0
+    assert await one.acquire("third", limit, now_ms=T0) == 0.0
+
+
+async def test_real_clock_limit_and_pause(redis: Redis) -> None:
+    """The one test on the server's own clock (TIME inside the scripts)."""
+    limiter = RateLimiter(redis)
+    limit = RateLimit(3, 0.3)
+    assert [await limiter.acquire(DEST, limit) for _ in range(3)] == [0.0] * 3
+    wait = await limiter.acquire(DEST, limit)
+    assert 0 < wait <= 0.3
+    await asyncio.sleep(wait)
+    assert await limiter.acquire(DEST, limit) == 0.0
+    await limiter.pause(DEST, 0.15)
+    assert 0.1 < await limiter.acquire(DEST, RateLimit(100, 1.0)) <= 0.15
+    await asyncio.sleep(0.16)
+    assert await limiter.paused_for(DEST) == 0.0
+    assert await limiter.acquire(DEST, RateLimit(100, 1.0)) == 0.0
+    assert 0 < await redis.pttl(redis_keys.rate(DEST)) <= 1000
+
+
+async def test_lease_caps_in_flight_and_heals(redis: Redis, other_redis: Redis) -> None:
+    one, two = RateLimiter(redis), RateLimiter(other_redis)
+    ttl = 30_000
+    assert await one.lease(DEST, 2, "a", ttl_ms=ttl, now_ms=T0)
+    assert await two.lease(DEST, 2, "b", ttl_ms=ttl, now_ms=T0 + 10)
+    assert not await two.lease(DEST, 2, "c", ttl_ms=ttl, now_ms=T0 + 20)
+    # Leasing again renews the holder's slot; it does not take a second one.
+    assert await one.lease(DEST, 2, "a", ttl_ms=ttl, now_ms=T0 + 5_000)
+    assert await redis.zcard(redis_keys.inflight(DEST)) == 2
+    await two.release(DEST, "b")
+    await two.release(DEST, "nobody")
+    assert await two.lease(DEST, 2, "c", ttl_ms=ttl, now_ms=T0 + 6_000)
+    assert not await one.lease(DEST, 2, "d", ttl_ms=ttl, now_ms=T0 + 6_000)
+    # "a" crashes without releasing: its lease (renewed at +5 s) lapses at +35 s.
+    assert not await one.lease(DEST, 2, "d", ttl_ms=ttl, now_ms=T0 + 35_000 - 1)
+    assert await one.lease(DEST, 2, "d", ttl_ms=ttl, now_ms=T0 + 35_000)
+    members = await redis.zrange(redis_keys.inflight(DEST), 0, -1)
+    assert sorted(members) == ["c", "d"]
+    # The key lives as long as its longest lease, no longer.
+    assert 0 < await redis.pttl(redis_keys.inflight(DEST)) <= ttl
+    with pytest.raises(ValueError, match="ttl_ms"):
+        await one.lease(DEST, 2, "e", ttl_ms=0)
+
+
+async def test_concurrent_leases_never_exceed_the_cap(redis: Redis, other_redis: Redis) -> None:
+    limiters = [RateLimiter(redis), RateLimiter(other_redis)]
+    taken = await asyncio.gather(
+        *(limiters[i % 2].lease(DEST, 8, f"w{i}", ttl_ms=60_000) for i in range(50))
+    )
+    assert taken.count(True) == 8
+
+
+async def test_keys_carry_the_hash_tag(redis: Redis) -> None:
+    limiter = RateLimiter(redis)
+    await limiter.acquire(DEST, RateLimit(5, 60.0))
+    await limiter.pause(DEST, 60)
+    await limiter.lease(DEST, 1, "w", ttl_ms=60_000)
+    keys = {str(k) for k in await redis.keys("*")}
+    expected = {redis_keys.rate(DEST), redis_keys.paused(DEST), redis_keys.inflight(DEST)}
+    assert keys == expected
+    assert all(k.startswith("{relay}:") and k.endswith(f":{DEST}") for k in keys)
+
+
+async def test_repr_shows_the_counts(redis: Redis) -> None:
+    limiter = RateLimiter(redis)
+    await limiter.acquire(DEST, RateLimit(1, 60.0), now_ms=T0)
+    await limiter.acquire(DEST, RateLimit(1, 60.0), now_ms=T0)
+    assert repr(limiter) == "<RateLimiter admitted=1 refused=1>"
+    assert not hasattr(limiter, "__dict__")
+
+
+async def test_local_limiter_spreads_the_rate() -> None:
+    limiter = local_limiter(RateLimit(2000, 300.0))
+    assert isinstance(limiter, AsyncLimiter)
+    assert limiter.max_rate == LOCAL_BURST
+    assert limiter.time_period == pytest.approx(1.5)
+    small = local_limiter(RateLimit(3, 1.0))
+    assert (small.max_rate, small.time_period) == (3, 1.0)
+    async with small:
+        pass
+
+
+def test_local_limiter_needs_a_running_loop() -> None:
+    with pytest.raises(RuntimeError):
+        local_limiter(RateLimit(10, 1.0))

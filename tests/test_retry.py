@@ -1,0 +1,160 @@
+"""Retry policy: schedule steps, jitter bounds, Retry-After, rejected credentials."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from relay.retry import DEFAULT_SCHEDULE_S, JITTER, next_delay_s, parse_retry_after
+from relay.settings import DEFAULT_RETRY_SCHEDULE_S
+
+SEEDS = range(500)
+
+
+class _Fixed(random.Random):
+    """uniform() always returns one end of its range: the jitter's extremes."""
+
+    def __init__(self, end: str) -> None:
+        super().__init__(0)
+        self.end = end
+
+    def uniform(self, a: float, b: float) -> float:
+        return a if self.end == "low" else b
+
+
+def test_default_schedule_is_the_settings_one() -> None:
+    assert DEFAULT_SCHEDULE_S == (5, 30, 120, 600, 1800, 3600, 10800, 21600, 43200, 86400)
+    assert tuple(DEFAULT_RETRY_SCHEDULE_S) == DEFAULT_SCHEDULE_S
+
+
+@pytest.mark.parametrize(
+    ("attempt", "step"),
+    [
+        (1, 5),
+        (2, 30),
+        (3, 120),
+        (4, 600),
+        (5, 1800),
+        (6, 3600),
+        (7, 10800),
+        (8, 21600),
+        (9, 43200),
+        (10, 86400),
+        (11, 86400),
+        (12, 86400),
+        (1000, 86400),
+    ],
+)
+def test_steps_of_the_default_schedule(attempt: int, step: float) -> None:
+    low = next_delay_s(attempt, DEFAULT_SCHEDULE_S, rng=_Fixed("low"))
+    high = next_delay_s(attempt, DEFAULT_SCHEDULE_S, rng=_Fixed("high"))
+    assert low == pytest.approx(step * 0.8)
+    assert high == pytest.approx(step * 1.2)
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 5, 10, 11, 50])
+def test_jitter_stays_within_twenty_percent(attempt: int) -> None:
+    step = DEFAULT_SCHEDULE_S[min(attempt - 1, len(DEFAULT_SCHEDULE_S) - 1)]
+    delays = [next_delay_s(attempt, DEFAULT_SCHEDULE_S, rng=random.Random(seed)) for seed in SEEDS]
+    assert all(step * (1 - JITTER) <= d <= step * (1 + JITTER) for d in delays)
+    # It really is spread (not a constant), over most of the band on both sides.
+    assert min(delays) < step * 0.85
+    assert max(delays) > step * 1.15
+    assert len(set(delays)) == len(delays)
+
+
+def test_jitter_without_an_rng_is_in_bounds() -> None:
+    delays = [next_delay_s(1, [10]) for _ in range(200)]
+    assert all(8 <= d <= 12 for d in delays)
+    assert len(set(delays)) > 1
+
+
+def test_last_step_repeats_forever() -> None:
+    schedule = [1.0, 2.0, 7.0]
+    for attempt in range(3, 200):
+        assert next_delay_s(attempt, schedule, rng=_Fixed("low")) == pytest.approx(7 * 0.8)
+
+
+def test_retry_after_wins_when_longer() -> None:
+    rng = random.Random(3)
+    assert next_delay_s(1, [5], retry_after_s=90, rng=rng) == 90
+    assert next_delay_s(1, [5], retry_after_s=6.5, rng=_Fixed("low")) == 6.5
+    # Shorter than the backoff: the backoff stands.
+    assert next_delay_s(3, [5, 30, 120], retry_after_s=10, rng=_Fixed("low")) == 96
+    assert next_delay_s(1, [5], retry_after_s=None, rng=_Fixed("high")) == 6
+    assert next_delay_s(1, [5], retry_after_s=0, rng=_Fixed("high")) == 6
+
+
+def test_rejected_credentials_use_the_long_end() -> None:
+    def step(attempt: int, schedule: tuple[float, ...] = DEFAULT_SCHEDULE_S) -> float:
+        return next_delay_s(attempt, schedule, rng=_Fixed("low"), credentials=True) / 0.8
+
+    assert [round(step(n)) for n in range(1, 9)] == [
+        600,
+        1800,
+        3600,
+        10800,
+        21600,
+        43200,
+        86400,
+        86400,
+    ]
+    # No step that long: the last step, forever.
+    assert [round(step(n, (1, 2, 3))) for n in (1, 2, 9)] == [3, 3, 3]
+    # A schedule whose first step is long already starts there.
+    assert [round(step(n, (900, 1000))) for n in (1, 2, 3)] == [900, 1000, 1000]
+    # Retry-After still counts.
+    assert next_delay_s(1, (5,), retry_after_s=10, credentials=True, rng=_Fixed("low")) == 10
+
+
+@pytest.mark.parametrize("attempt", [0, -1])
+def test_attempt_counts_from_one(attempt: int) -> None:
+    with pytest.raises(ValueError, match="attempt"):
+        next_delay_s(attempt, DEFAULT_SCHEDULE_S)
+
+
+def test_empty_schedule_is_refused() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        next_delay_s(1, [])
+
+
+NOW = datetime(2015, 10, 21, 7, 28, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("0", 0.0),
+        ("120", 120.0),
+        (" 7 ", 7.0),
+        ("86400", 86400.0),
+        ("Wed, 21 Oct 2015 07:28:30 GMT", 30.0),  # IMF-fixdate
+        ("Wednesday, 21-Oct-15 07:29:00 GMT", 60.0),  # obsolete RFC 850
+        ("Wed Oct 21 07:30:00 2015", 120.0),  # obsolete asctime
+        ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0),  # in the past: now
+    ],
+)
+def test_parse_retry_after(header: str, seconds: float) -> None:
+    assert parse_retry_after(header, now=NOW) == seconds
+
+
+@pytest.mark.parametrize(
+    "header",
+    # The last one is two non-ASCII digits.
+    [None, "", "   ", "soon", "-5", "-0", "1.5", "1e3", "5 s", "Wed, 99 Foo", "\uff11\uff12"],
+)
+def test_parse_retry_after_garbage_and_negative(header: str | None) -> None:
+    assert parse_retry_after(header, now=NOW) is None
+
+
+def test_parse_retry_after_defaults_to_the_current_time() -> None:
+    soon = datetime.now(UTC) + timedelta(seconds=100)
+    header = soon.strftime("%a, %d %b %Y %H:%M:%S GMT")
+    assert 98 <= (parse_retry_after(header) or 0) <= 100
+
+
+def test_parse_retry_after_naive_now_is_utc() -> None:
+    naive = NOW.replace(tzinfo=None)
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=naive) == 10.0

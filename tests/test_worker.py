@@ -1,0 +1,224 @@
+"""The worker against real Redis and fake upstreams that answer like UPSTREAMS.md."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from relay import redis_keys
+from relay.queue import DeliveryQueue
+from relay.settings import Settings
+from relay.store import EventStore
+from relay.worker import Worker
+from tests.fakes import (
+    CONVERTR_API_KEY,
+    CONVEYOUR_TOKEN,
+    FakeConvertr,
+    FakeConveyour,
+    fake_convertr,
+    fake_conveyour,
+)
+
+__all__ = ["fake_convertr", "fake_conveyour"]  # fixtures used below
+
+
+def toml_for(conveyour: FakeConveyour, convertr: FakeConvertr, *, extra: str = "") -> str:
+    return f"""
+[destinations.conveyour]
+type = "conveyour"
+base_url = "{conveyour.url}"
+token = "{CONVEYOUR_TOKEN}"
+events = ["contact", "lead"]
+retry_schedule = [0.05]
+{extra}
+
+[destinations.convertr]
+type = "convertr"
+base_url = "{convertr.url}"
+api_key = "{CONVERTR_API_KEY}"
+campaign_id = 123
+form_id = 45
+publisher_id = 6
+events = ["lead"]
+retry_schedule = [0.05]
+{extra}
+"""
+
+
+@pytest.fixture
+def relay_settings(
+    make_settings: Callable[..., Settings],
+    fake_conveyour: FakeConveyour,
+    fake_convertr: FakeConvertr,
+) -> Settings:
+    return make_settings(toml_for(fake_conveyour, fake_convertr))
+
+
+async def drain(settings: Settings, redis: Redis, timeout_s: float = 20) -> Worker:
+    worker = Worker(settings, redis=redis, concurrency=4)
+    await asyncio.wait_for(worker.run(drain=True), timeout_s)
+    return worker
+
+
+PostLead = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+def post_lead(app_client: Any, relay_settings: Settings, make_key: Any) -> PostLead:
+    """POST a lead through the real API; returns its event id."""
+
+    async def post(doc: dict[str, Any], path: str = "/v1/leads") -> str:
+        client = await app_client(relay_settings)
+        key = await make_key("write:leads", "write:contacts")
+        resp = await client.post(path, json=doc, headers={"X-API-Key": key})
+        assert resp.status == 202, await resp.text()
+        event_id: str = (await resp.json())["id"]
+        return event_id
+
+    return post
+
+
+async def test_lead_delivered_to_both_upstreams(
+    relay_settings: Settings,
+    redis: Redis,
+    post_lead: PostLead,
+    fake_conveyour: FakeConveyour,
+    fake_convertr: FakeConvertr,
+) -> None:
+    event_id = await post_lead(
+        {
+            "email": "Ada@Example.com",
+            "first_name": "Ada",
+            "phone": "+44 7123 456789",
+            "utm_source": "ads",
+        }
+    )
+    worker = await drain(relay_settings, redis)
+    assert "delivered=2" in repr(worker)
+    assert fake_conveyour.contacts == [
+        {
+            "id": "$email",
+            "traits": {
+                "email": "ada@example.com",
+                "mobile": "+447123456789",
+                "first_name": "Ada",
+                "utm_source": "ads",
+            },
+        }
+    ]
+    assert fake_convertr.leads[0]["fields"] == {
+        "email": "ada@example.com",
+        "firstName": "Ada",
+        "telephone": "+447123456789",
+    }
+    view = await EventStore(redis, retention_s=60).get(event_id)
+    assert view is not None
+    assert view.status == "delivered"
+    by_name = {d.name: d for d in view.destinations}
+    convertr = by_name["convertr"].attempts
+    assert [a["outcome"] for a in convertr] == ["delivered"]
+    assert convertr[0]["status"] == 201
+    assert convertr[0]["upstream_id"] == str(fake_convertr.leads[0]["id"])
+    assert "utm_source" in convertr[0]["note"]  # left out: no mapping
+    # Delivered entries are trimmed from the streams.
+    assert await redis.xlen(redis_keys.queue("convertr")) == 0
+
+
+async def test_retry_then_success(
+    relay_settings: Settings, redis: Redis, post_lead: PostLead, fake_convertr: FakeConvertr
+) -> None:
+    fake_convertr.script(status=500, body={"code": 500, "message": ""}, times=2)
+    event_id = await post_lead({"email": "bo@example.com"})
+    await drain(relay_settings, redis)
+    view = await EventStore(redis, retention_s=60).get(event_id)
+    assert view is not None
+    attempts = next(d for d in view.destinations if d.name == "convertr").attempts
+    assert [a["outcome"] for a in attempts] == ["retry", "retry", "delivered"]
+    assert [a.get("status") for a in attempts] == [500, 500, 201]
+    assert len(fake_convertr.leads) == 1
+
+
+async def test_retry_after_is_honoured(
+    relay_settings: Settings, redis: Redis, post_lead: PostLead, fake_convertr: FakeConvertr
+) -> None:
+    fake_convertr.script(status=429, headers={"Retry-After": "1"}, times=1)
+    await post_lead({"email": "cy@example.com"})
+    await drain(relay_settings, redis)
+    lead_posts = [r for r in fake_convertr.requests if r.method == "POST"]
+    assert len(lead_posts) == 2
+    assert lead_posts[1].time - lead_posts[0].time >= 0.95
+
+
+async def test_rejection_is_dead_lettered_then_replayed(
+    relay_settings: Settings, redis: Redis, post_lead: PostLead, fake_convertr: FakeConvertr
+) -> None:
+    fake_convertr.script(
+        status=400,
+        body={
+            "code": 400,
+            "message": "Validation failed",
+            "data": [{"fieldName": "form[email]", "message": "This value is not valid."}],
+        },
+    )
+    event_id = await post_lead({"email": "di@example.com"})
+    await drain(relay_settings, redis)
+    queue = DeliveryQueue(redis, retention_s=60)
+    assert [e for e, _ in await queue.dead_letters("convertr")] == [event_id]
+    view = await EventStore(redis, retention_s=60).get(event_id)
+    assert view is not None
+    dest = next(d for d in view.destinations if d.name == "convertr")
+    assert dest.status == "dead"
+    assert "Validation failed" in dest.attempts[0]["excerpt"]
+    assert CONVERTR_API_KEY not in str(dest.attempts)
+
+    assert await queue.replay("convertr", [event_id]) == 1
+    await drain(relay_settings, redis)
+    view = await EventStore(redis, retention_s=60).get(event_id)
+    assert view is not None
+    dest = next(d for d in view.destinations if d.name == "convertr")
+    assert dest.status == "delivered"
+    assert [a["outcome"] for a in dest.attempts] == ["rejected", "delivered"]
+    assert await queue.dead_letters("convertr") == []
+
+
+async def test_rejected_credentials_keep_the_event_and_mark_unhealthy(
+    make_settings: Callable[..., Settings],
+    redis: Redis,
+    app_client: Any,
+    make_key: Any,
+    fake_conveyour: FakeConveyour,
+    fake_convertr: FakeConvertr,
+) -> None:
+    settings = make_settings(
+        toml_for(fake_conveyour, fake_convertr)
+        .replace(CONVERTR_API_KEY, "wrong-key-123")
+        .replace("retry_schedule = [0.05]", "")  # the default schedule
+    )
+    client = await app_client(settings)
+    key = await make_key("write:leads")
+    resp = await client.post(
+        "/v1/leads", json={"email": "ed@example.com"}, headers={"X-API-Key": key}
+    )
+    event_id = (await resp.json())["id"]
+    worker = Worker(settings, redis=redis)
+    task = asyncio.create_task(worker.run())
+    queue = DeliveryQueue(redis, retention_s=60)
+    for _ in range(200):
+        if "convertr" in await queue.health():
+            break
+        await asyncio.sleep(0.02)
+    worker.stop()
+    await asyncio.wait_for(task, 10)
+    health = await queue.health()
+    assert "401" in health["convertr"]["problem"]
+    counts = await queue.counts("convertr")
+    assert counts["retrying"] == 1, counts
+    assert counts["dead"] == 0
+    due = await redis.zscore(redis_keys.retries("convertr"), event_id)
+    assert due is not None
+    assert due / 1000 - time.time() > 500  # the long schedule: minutes, not seconds
