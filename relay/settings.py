@@ -315,6 +315,9 @@ class Settings(BaseSettings):
     max_batch: int = Field(500, ge=1)
     #: Seconds an event record is kept.
     retention_s: int = Field(7 * 86400, ge=1)
+    #: A delivery unfinished this long past its destination's ``timeout_s`` is taken
+    #: over by another worker (the visibility timeout, always above the upstream timeout).
+    claim_after_s: float = Field(30.0, gt=0, le=3600)
     log_level: Annotated[
         str,
         _must(

@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from relay import redis_keys
 from relay.adapters import make_adapter
@@ -30,7 +31,7 @@ from relay.models import DeliveryStatus
 from relay.queue import DeliveryQueue, Entry
 from relay.ratelimit import RateLimiter
 from relay.retry import next_delay_s
-from relay.settings import Settings
+from relay.settings import RateLimit, Settings
 
 __all__ = ["Worker"]
 
@@ -40,9 +41,8 @@ log = logging.getLogger("relay.worker")
 _BLOCK_MS = 500
 #: How often due retries are moved back into their streams, and stale entries claimed.
 _HOUSEKEEPING_S = 0.25
-#: A delivery left unfinished this long past its destination's timeout is taken over
-#: by another worker (the visibility timeout: always longer than the upstream timeout).
-_VISIBILITY_MARGIN_S = 30.0
+#: Added to every rate-limit window (see _wait_for_slot).
+_GUARD_S = 0.05
 #: Longest single sleep while waiting for a rate-limit slot (so stop() is noticed).
 _MAX_WAIT_S = 1.0
 
@@ -152,7 +152,7 @@ class Worker:
                 entries = await self._queue.read(
                     destination, self._consumer, count=self.concurrency, block_ms=_BLOCK_MS
                 )
-            except (OSError, ConnectionError) as exc:
+            except (OSError, RedisError) as exc:
                 log.warning("reading %s failed (%s); retrying", destination, exc)
                 await asyncio.sleep(1.0)
                 continue
@@ -166,7 +166,7 @@ class Worker:
                 await self._queue.move_due_retries(self.destinations)
                 for name in self.destinations:
                     timeout_s = self._settings.destinations[name].timeout_s
-                    idle_ms = int((timeout_s + _VISIBILITY_MARGIN_S) * 1000)
+                    idle_ms = int((timeout_s + self._settings.claim_after_s) * 1000)
                     for entry in await self._queue.claim_stale(
                         name, self._consumer, min_idle_ms=idle_ms, count=self.concurrency
                     ):
@@ -189,6 +189,13 @@ class Worker:
         task.add_done_callback(done)
 
     async def _deliver(self, destination: str, entry: Entry) -> None:
+        try:
+            await self._deliver_one(destination, entry)
+        except (OSError, RedisError) as exc:
+            # Left pending in the stream: claimed again after the visibility timeout.
+            log.warning("delivery of %s to %s interrupted: %s", entry[1], destination, exc)
+
+    async def _deliver_one(self, destination: str, entry: Entry) -> None:
         config = self._settings.destinations[destination]
         fields = await self._queue.load(entry[1])
         if fields is None or redis_keys.EVENT_DATA_FIELD not in fields:
@@ -208,13 +215,17 @@ class Worker:
         """Wait for the global rate limit (or a 429 pause), then for an in-flight lease."""
         while True:
             if config.rate_limit is not None:
-                wait_s = await self._limiter.acquire(destination, config.rate_limit)
+                # The window is held a little longer than configured, so that the
+                # upstream, which counts arrivals rather than our admissions, never
+                # sees more than the limit in a window of its own.
+                limit = RateLimit(config.rate_limit.count, config.rate_limit.period_s + _GUARD_S)
+                wait_s = await self._limiter.acquire(destination, limit)
             else:
                 wait_s = await self._limiter.paused_for(destination)
             if wait_s <= 0:
                 break
             await asyncio.sleep(min(wait_s, _MAX_WAIT_S))
-        ttl_ms = int((config.timeout_s + _VISIBILITY_MARGIN_S) * 1000)
+        ttl_ms = int((config.timeout_s + self._settings.claim_after_s) * 1000)
         holder = self._consumer + entry[0]
         # The lease lives in Redis, shared by every process: poll it.
         while True:

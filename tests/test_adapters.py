@@ -24,7 +24,6 @@ from relay.adapters import (
     check_mapping,
     classify_status,
     make_adapter,
-    parse_retry_after,
     sign,
 )
 from relay.adapters.classify import excerpt, scrub
@@ -109,18 +108,6 @@ def hook_adapter(url: str, session: aiohttp.ClientSession, **kw: Any) -> Webhook
 )
 def test_classify_status(status: int, outcome: str) -> None:
     assert classify_status(status) == Outcome(outcome)
-
-
-def test_parse_retry_after() -> None:
-    now = time.time()
-    soon = format_datetime(datetime.now(UTC) + timedelta(seconds=120), usegmt=True)
-    past = format_datetime(datetime.now(UTC) - timedelta(seconds=120), usegmt=True)
-    assert parse_retry_after("120") == 120.0
-    assert parse_retry_after(" 2 ") == 2.0
-    assert 118 <= (parse_retry_after(soon, now=now) or 0) <= 121
-    assert parse_retry_after(past) == 0.0
-    for garbage in (None, "", "soon", "-5", "nan", "Mon, 99 Foo 2026"):
-        assert parse_retry_after(garbage) is None
 
 
 def test_scrub_and_excerpt() -> None:

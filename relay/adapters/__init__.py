@@ -1,7 +1,7 @@
 """Adapters: one stored event in, one upstream request out, one :class:`Attempt` back."""
 
 from relay.adapters.base import Attempt, Outcome
-from relay.adapters.classify import classify_status, parse_retry_after
+from relay.adapters.classify import classify_status
 from relay.adapters.convertr import ConvertrAdapter, check_mapping
 from relay.adapters.conveyour import ConveyourAdapter
 from relay.adapters.registry import Adapter, make_adapter
@@ -17,6 +17,5 @@ __all__ = [
     "check_mapping",
     "classify_status",
     "make_adapter",
-    "parse_retry_after",
     "sign",
 ]

@@ -13,15 +13,12 @@ directly. The table (ARCHITECTURE.md, "Delivery semantics")::
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Iterable
-from email.utils import parsedate_to_datetime
 from urllib.parse import quote, quote_plus
 
 from relay.adapters.base import Outcome
 
-__all__ = ["EXCERPT_CHARS", "classify_status", "excerpt", "parse_retry_after", "scrub"]
+__all__ = ["EXCERPT_CHARS", "classify_status", "excerpt", "scrub"]
 
 #: Characters of an upstream answer kept on an attempt.
 EXCERPT_CHARS = 500
@@ -41,32 +38,6 @@ def classify_status(status: int) -> Outcome:
     if 400 <= status < 500:
         return Outcome.rejected
     return Outcome.credentials
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (delta-seconds or HTTP-date).
-
-    None when absent or unreadable; a date in the past gives 0.
-
-    >>> parse_retry_after("120")
-    120.0
-    """
-    if value is None or not (text := value.strip()):
-        return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:
-        return seconds if math.isfinite(seconds) and seconds >= 0 else None
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # RFC 9110 dates are GMT; a naive parse means "-0000"
-        return None
-    now = time.time() if now is None else now
-    return max(0.0, when.timestamp() - now)
 
 
 def _variants(secret: str) -> set[str]:

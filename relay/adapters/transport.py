@@ -17,7 +17,8 @@ from typing import Any
 import aiohttp
 
 from relay.adapters.base import Attempt, Outcome
-from relay.adapters.classify import excerpt, parse_retry_after, scrub
+from relay.adapters.classify import excerpt, scrub
+from relay.retry import parse_retry_after
 
 __all__ = ["Answer", "attempt_for", "send"]
 
