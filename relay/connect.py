@@ -7,7 +7,9 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError, RedisError
+from redis.retry import Retry
 
 from relay.embedded import EmbeddedRedis
 from relay.errors import StoreUnavailable
@@ -19,16 +21,26 @@ __all__ = ["MIN_REDIS_VERSION", "check_version", "redis_client", "redis_for"]
 MIN_REDIS_VERSION = (6, 2)
 #: A Redis that does not answer within this long is "unavailable" (the API answers 503).
 SOCKET_TIMEOUT_S = 5.0
+#: Times a command is retried on a fresh connection after the old one dropped.
+RECONNECT_RETRIES = 4
 
 
 def redis_client(url: str) -> Redis:
-    """A client as every part of relay expects it: text replies, bounded waits."""
+    """A client as every part of relay expects it: text replies, bounded waits.
+
+    A command that meets a dropped connection (Redis restarted; the pool's
+    connections went stale) is sent again on a fresh one, a few times with a
+    short backoff, before the error reaches the caller (503 at the API, a
+    pending entry at the worker).
+    """
     return Redis.from_url(
         url,
         decode_responses=True,
         socket_timeout=SOCKET_TIMEOUT_S,
         socket_connect_timeout=SOCKET_TIMEOUT_S,
         health_check_interval=10,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), RECONNECT_RETRIES),
+        retry_on_error=[ConnectionError],
     )
 
 

@@ -41,6 +41,9 @@ log = logging.getLogger("relay.worker")
 _BLOCK_MS = 500
 #: How often due retries are moved back into their streams, and stale entries claimed.
 _HOUSEKEEPING_S = 0.25
+#: Times a delivery interrupted by a Redis error is resumed here before it is left
+#: pending for another worker to claim.
+_LOCAL_RETRIES = 3
 #: Added to every rate-limit window (see _wait_for_slot).
 _GUARD_S = 0.05
 #: Longest single sleep while waiting for a rate-limit slot (so stop() is noticed).
@@ -189,11 +192,23 @@ class Worker:
         task.add_done_callback(done)
 
     async def _deliver(self, destination: str, entry: Entry) -> None:
-        try:
-            await self._deliver_one(destination, entry)
-        except (OSError, RedisError) as exc:
-            # Left pending in the stream: claimed again after the visibility timeout.
-            log.warning("delivery of %s to %s interrupted: %s", entry[1], destination, exc)
+        # The entry stays pending with this consumer until finished, so after a Redis
+        # hiccup (a restart leaves the pool's connections stale) the worker picks it
+        # up again itself rather than waiting out the visibility timeout. At worst the
+        # upstream sees the event twice: at-least-once.
+        for attempt in range(_LOCAL_RETRIES + 1):
+            try:
+                await self._deliver_one(destination, entry)
+                return
+            except (OSError, RedisError) as exc:
+                log.warning(
+                    "delivery of %s to %s interrupted (%s); %s",
+                    entry[1],
+                    destination,
+                    exc,
+                    "retrying" if attempt < _LOCAL_RETRIES else "left for another worker",
+                )
+                await asyncio.sleep(0.2 * 2**attempt)
 
     async def _deliver_one(self, destination: str, entry: Entry) -> None:
         config = self._settings.destinations[destination]

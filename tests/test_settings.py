@@ -409,7 +409,7 @@ def test_unknown_key_error_text(workdir: Path) -> None:
 
 def test_unknown_top_level_key(workdir: Path) -> None:
     message = config_error(workdir, "prot = 9000\n")
-    assert message.startswith("relay.toml: prot: unknown key (allowed: data_dir, default_region,")
+    assert message.startswith("relay.toml: prot: unknown key (allowed: claim_after_s, data_dir,")
     assert "config" not in message
 
 

@@ -1,0 +1,157 @@
+"""Delivery with real worker processes: a global limit across two, kill -9, Redis restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from relay.connect import redis_client
+from relay.ids import new_event_id
+from relay.models import Lead
+from relay.store import EventStore, NewEvent
+from tests.fakes import CONVERTR_API_KEY, FakeConvertr
+from tests.procs import clean_env
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.slow
+
+
+def convertr_toml(fake: FakeConvertr, extra: str = "") -> str:
+    return f"""
+[destinations.convertr]
+type = "convertr"
+base_url = "{fake.url}"
+api_key = "{CONVERTR_API_KEY}"
+campaign_id = 123
+form_id = 45
+publisher_id = 6
+events = ["lead"]
+retry_schedule = [0.2]
+{extra}
+"""
+
+
+async def enqueue(redis: Redis, count: int, *, tag: str = "") -> list[str]:
+    events = [
+        NewEvent(
+            id=new_event_id(),
+            type="lead",
+            mode="live",
+            key_id="key_test",
+            received_at=datetime.now(UTC),
+            payload=Lead(email=f"u{tag}{i}@example.com"),
+            destinations=("convertr",),
+        )
+        for i in range(count)
+    ]
+    await EventStore(redis, retention_s=3600).enqueue(events)
+    return [e.id for e in events]
+
+
+async def start_worker(cwd: Path, env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "relay", "worker", *args, cwd=cwd, env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
+async def statuses(redis: Redis, ids: list[str]) -> list[str]:
+    store = EventStore(redis, retention_s=3600)
+    views = [await store.get(i) for i in ids]
+    return [v.status if v else "missing" for v in views]
+
+
+async def test_two_workers_hold_the_global_limit(
+    tmp_path: Path, redis_server: RedisServer, redis: Redis
+) -> None:
+    async with FakeConvertr() as fake:
+        (tmp_path / "relay.toml").write_text(convertr_toml(fake, 'rate_limit = "10/s"'))
+        env = clean_env(RELAY_REDIS_URL=redis_server.url)
+        ids = await enqueue(redis, 45)
+        workers = [await start_worker(tmp_path, env, "--drain") for _ in range(2)]
+        results = await asyncio.wait_for(asyncio.gather(*(w.communicate() for w in workers)), 60)
+        for w, (_, err) in zip(workers, results, strict=True):
+            assert w.returncode == 0, err.decode()
+        times = sorted(r.time for r in fake.requests if r.method == "POST")
+    assert len(times) >= 45
+    worst = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
+    print(f"worst 1-second window: {worst} of a 10/s limit, {len(times)} requests")
+    assert worst <= 10
+    assert worst >= 8, "the limit should be nearly reached under a backlog"
+    assert set(await statuses(redis, ids)) == {"delivered"}
+
+
+async def test_kill_9_mid_delivery_loses_nothing(
+    tmp_path: Path, redis_server: RedisServer, redis: Redis
+) -> None:
+    async with FakeConvertr() as fake:
+        (tmp_path / "relay.toml").write_text(convertr_toml(fake, "timeout_s = 2"))
+        env = clean_env(RELAY_REDIS_URL=redis_server.url, RELAY_CLAIM_AFTER_S="0.5")
+        fake.script(delay_s=1.5, times=3)  # slow answers: the worker dies while waiting
+        ids = await enqueue(redis, 6)
+        first = await start_worker(tmp_path, env, "--concurrency", "3")
+        for _ in range(200):
+            if fake.requests:
+                break
+            await asyncio.sleep(0.02)
+        assert fake.requests, "the first worker never sent anything"
+        os.kill(first.pid, signal.SIGKILL)
+        await first.wait()
+        second = await start_worker(tmp_path, env, "--drain")
+        _, err = await asyncio.wait_for(second.communicate(), 60)
+        assert second.returncode == 0, err.decode()
+        delivered = [lead["fields"]["email"] for lead in fake.leads]
+    assert set(await statuses(redis, ids)) == {"delivered"}
+    duplicates = len(delivered) - len(set(delivered))
+    print(f"kill -9: {len(ids)} events, {len(delivered)} leads created, {duplicates} duplicates")
+    assert len(set(delivered)) == len(ids)
+
+
+async def test_delivery_resumes_after_redis_restarts(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    redis = redis_client(server.url)
+    worker = None
+    try:
+        async with FakeConvertr() as fake:
+            (tmp_path / "relay.toml").write_text(convertr_toml(fake))
+            env = clean_env(RELAY_REDIS_URL=server.url)
+            worker = await start_worker(tmp_path, env)
+            before = await enqueue(redis, 3, tag="a")
+            await wait_delivered(redis, before)
+            await redis.aclose()
+            server.stop()  # SHUTDOWN: the AOF keeps streams and the consumer group
+            await asyncio.sleep(0.5)
+            server.start()
+            redis = redis_client(server.url)
+            after = await enqueue(redis, 3, tag="b")
+            try:
+                await wait_delivered(redis, after)
+            except AssertionError:
+                worker.kill()
+                print((await worker.communicate())[1].decode()[-3000:])
+                raise
+            assert set(await statuses(redis, before)) == {"delivered"}
+        worker.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(worker.communicate(), 30)
+        assert worker.returncode == 0, err.decode()
+    finally:
+        if worker is not None and worker.returncode is None:
+            worker.kill()
+            await worker.wait()
+        await redis.aclose()
+        server.stop()
+
+
+async def wait_delivered(redis: Redis, ids: list[str], timeout_s: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while set(await statuses(redis, ids)) != {"delivered"}:
+        assert asyncio.get_running_loop().time() < deadline, await statuses(redis, ids)
+        await asyncio.sleep(0.1)
