@@ -18,7 +18,6 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from relay import redis_keys
-from relay.adapters.base import Attempt
 from relay.models import DeliveryStatus
 
 __all__ = ["DeliveryQueue", "Entry"]
@@ -122,14 +121,14 @@ class DeliveryQueue:
         self,
         destination: str,
         entry: Entry,
-        attempt: Attempt,
+        attempt: dict[str, Any],
         *,
         status: DeliveryStatus,
         retry_at_ms: int | None = None,
     ) -> None:
         """Record the attempt and its consequence, then ack and delete the entry: one MULTI."""
         entry_id, event_id = entry
-        record = {"destination": destination, "at": time.time(), **attempt.to_dict()}
+        record = {"destination": destination, "at": time.time(), **attempt}
         event_key = redis_keys.event(event_id)
         attempts_key = redis_keys.attempts(event_id)
         async with self._redis.pipeline(transaction=True) as pipe:

@@ -251,12 +251,16 @@ class Worker:
     async def _settle(self, destination: str, entry: Entry, attempt: Attempt, made: int) -> None:
         config = self._settings.destinations[destination]
         if attempt.outcome is Outcome.delivered:
-            await self._queue.finish(destination, entry, attempt, status=DeliveryStatus.delivered)
+            await self._queue.finish(
+                destination, entry, attempt.to_dict(), status=DeliveryStatus.delivered
+            )
             await self._queue.set_health(destination, None)
             self._counts["delivered"] += 1
             return
         if attempt.outcome is Outcome.rejected:
-            await self._queue.finish(destination, entry, attempt, status=DeliveryStatus.dead)
+            await self._queue.finish(
+                destination, entry, attempt.to_dict(), status=DeliveryStatus.dead
+            )
             self._counts["dead"] += 1
             log.warning(
                 "%s rejected %s: %s", destination, entry[1], attempt.error or attempt.status
@@ -278,7 +282,7 @@ class Worker:
         await self._queue.finish(
             destination,
             entry,
-            attempt,
+            attempt.to_dict(),
             status=DeliveryStatus.retrying,
             retry_at_ms=int((time.time() + delay_s) * 1000),
         )

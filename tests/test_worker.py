@@ -222,3 +222,34 @@ async def test_rejected_credentials_keep_the_event_and_mark_unhealthy(
     due = await redis.zscore(redis_keys.retries("convertr"), event_id)
     assert due is not None
     assert due / 1000 - time.time() > 500  # the long schedule: minutes, not seconds
+
+
+async def test_dead_letters_over_http(
+    relay_settings: Settings,
+    redis: Redis,
+    app_client: Any,
+    make_key: Any,
+    post_lead: PostLead,
+    fake_convertr: FakeConvertr,
+) -> None:
+    fake_convertr.script(status=400, body={"code": 400, "message": "Validation failed", "data": []})
+    event_id = await post_lead({"email": "fy@example.com"})
+    await drain(relay_settings, redis)
+    client = await app_client(relay_settings)
+    admin = {"X-API-Key": await make_key("admin")}
+    listed = await (await client.get("/v1/dead-letters", headers=admin)).json()
+    assert [(d["destination"], d["event_id"]) for d in listed] == [("convertr", event_id)]
+    only = await client.get("/v1/dead-letters?destination=nowhere", headers=admin)
+    assert only.status == 422
+    empty = await client.post("/v1/dead-letters/replay", json={}, headers=admin)
+    assert empty.status == 422
+    replay = await client.post(
+        "/v1/dead-letters/replay", json={"all": True, "destination": "convertr"}, headers=admin
+    )
+    assert (await replay.json()) == {"replayed": 1}
+    await drain(relay_settings, redis)
+    ready = await (await client.get("/readyz")).json()
+    assert ready["destinations"]["convertr"]["healthy"] is True
+    event = await EventStore(redis, retention_s=60).get(event_id)
+    assert event is not None
+    assert event.status == "delivered"

@@ -11,7 +11,7 @@ from aiohttp.abc import AbstractAccessLogger
 from redis.asyncio import Redis
 
 # Importing the route modules registers their handlers in ``routes``.
-from relay.api import events, health, ingest, keys, openapi  # noqa: F401
+from relay.api import dead_letters, events, health, ingest, keys, openapi  # noqa: F401
 from relay.api.auth import auth_middleware
 from relay.api.problems import error_middleware
 from relay.api.routing import routes

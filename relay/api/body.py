@@ -7,15 +7,32 @@ and ``multipart/form-data`` are accepted; form keys written flat
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
+from pydantic import BaseModel, ValidationError
 
 from relay.errors import BodyTooLarge, MalformedBody, UnsupportedMediaType, ValidationFailed
 from relay.normalize import unflatten
 
-__all__ = ["read_items"]
+__all__ = ["read_items", "read_model"]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def read_model(request: web.Request, model: type[M]) -> M:
+    """A JSON body as ``model``: 400 when it is not JSON, 422 naming each bad field."""
+    try:
+        return model.model_validate_json(await request.read())
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise MalformedBody("the body is not valid JSON") from None
+        raise ValidationFailed(
+            f"the {model.__name__} body is invalid",
+            errors=[{"loc": ["body", *e["loc"]], "msg": e["msg"]} for e in exc.errors()],
+        ) from None
+
 
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 _ACCEPTED = "application/json, application/x-www-form-urlencoded or multipart/form-data"

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from aiohttp import web
-from pydantic import ValidationError
 
+from relay.api.body import read_model
 from relay.api.problems import json_response
 from relay.api.routing import ANY_KEY, routes
 from relay.api.state import API_KEY, KEYS, SETTINGS
 from relay.apikeys import check_key_request
-from relay.errors import MalformedBody, ValidationFailed
 from relay.models import ApiKeyInfo, CreatedKey, KeyCreate, Me, Problem
 
 __all__: list[str] = []
@@ -47,16 +46,7 @@ async def get_me(request: web.Request) -> web.Response:
     tag="keys",
 )
 async def post_key(request: web.Request) -> web.Response:
-    raw = await request.read()
-    try:
-        body = KeyCreate.model_validate_json(raw)
-    except ValidationError as exc:
-        if any(e["type"] == "json_invalid" for e in exc.errors()):
-            raise MalformedBody("the body is not valid JSON") from None
-        raise ValidationFailed(
-            "the key request is invalid",
-            errors=[{"loc": ["body", *e["loc"]], "msg": e["msg"]} for e in exc.errors()],
-        ) from None
+    body = await read_model(request, KeyCreate)
     args = check_key_request(body, known_destinations=request.app[SETTINGS].destinations)
     record, key = await request.app[KEYS].create(**args)
     return json_response(record.created(key).model_dump(mode="json"), status=201)
