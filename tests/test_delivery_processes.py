@@ -155,3 +155,35 @@ async def wait_delivered(redis: Redis, ids: list[str], timeout_s: float = 30) ->
     while set(await statuses(redis, ids)) != {"delivered"}:
         assert asyncio.get_running_loop().time() < deadline, await statuses(redis, ids)
         await asyncio.sleep(0.1)
+
+
+async def config_check(cwd: Path, env: dict[str, str]) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "relay", "config", "check", cwd=cwd, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_config_check_reads_the_convertr_form(tmp_path: Path) -> None:
+    env = clean_env()
+    async with FakeConvertr(required=("email", "company")) as fake:
+        # The default mapping sends job_title as jobTitle, which this form lacks.
+        (tmp_path / "relay.toml").write_text(convertr_toml(fake))
+        code, _, err = await config_check(tmp_path, env)
+        assert code == 1
+        assert "jobTitle" in err
+        assert CONVERTR_API_KEY not in err
+        fields = '\n[destinations.convertr.fields]\nemail = "email"\ncompany = "company"\n'
+        (tmp_path / "relay.toml").write_text(convertr_toml(fake) + fields)
+        code, out, err = await config_check(tmp_path, env)
+        assert code == 0, err
+        assert "every mapped field" in out
+        (tmp_path / "relay.toml").write_text(
+            convertr_toml(fake) + '\n[destinations.convertr.fields]\nemail = "email"\n'
+        )
+        code, _, err = await config_check(tmp_path, env)
+        assert code == 1
+        assert "company" in err
+        assert "required" in err

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Sequence
 
+import aiohttp
 import orjson
 
+from relay.adapters.convertr import ConvertrAdapter, check_mapping
 from relay.apikeys import check_key_request
 from relay.connect import redis_for
-from relay.errors import RelayError
+from relay.errors import ConfigError, RelayError
 from relay.keystore import KeyStore
 from relay.models import KeyCreate
-from relay.settings import Settings
+from relay.settings import ConvertrDestination, Settings
 from relay.store import EventStore
 
 __all__ = ["config_check", "events_show", "keys_create", "keys_list", "keys_revoke"]
@@ -130,6 +133,7 @@ async def events_show(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def config_check(settings: Settings) -> int:
+    """Validate the configuration; for Convertr, compare the field mapping with the form."""
     source = str(settings.config) if settings.config else "no relay.toml (defaults and RELAY_*)"
     print(f"Configuration OK: {source}")
     redis = "embedded, data in " + str(settings.data_dir) if settings.redis_url is None else "URL"
@@ -140,7 +144,35 @@ def config_check(settings: Settings) -> int:
         state = "" if dest.enabled else " (disabled)"
         limit = f", limit {dest.rate_limit}" if dest.rate_limit else ""
         print(f"  {name}: {dest.type}, events {', '.join(dest.events)}{limit}{state}")
-    return 0
+    problems = asyncio.run(_check_convertr_forms(settings))
+    for name, problem in problems:
+        print(f"relay: {name}: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+async def _check_convertr_forms(settings: Settings) -> list[tuple[str, str]]:
+    """Read each Convertr destination's form fields and report mapping mismatches."""
+    problems: list[tuple[str, str]] = []
+    convertr = {
+        n: d for n, d in settings.destinations.items() if isinstance(d, ConvertrDestination)
+    }
+    if not convertr:
+        return problems
+    async with aiohttp.ClientSession() as session:
+        for name, dest in convertr.items():
+            adapter = ConvertrAdapter(name, dest, session)
+            try:
+                fields = await adapter.form_fields()
+            except ConfigError as exc:
+                problems.append((name, f"cannot read the campaign form's fields: {exc}"))
+                continue
+            found = check_mapping(dest.fields, fields)
+            problems += [(name, p) for p in found]
+            if not found:
+                print(
+                    f"  {name}: form {dest.form_id} has every mapped field ({len(fields)} fields)"
+                )
+    return problems
 
 
 # --- output helpers ------------------------------------------------------------
