@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -17,7 +19,7 @@ from relay.ids import new_event_id
 from relay.models import Lead
 from relay.store import EventStore, NewEvent
 from tests.fakes import CONVERTR_API_KEY, FakeConvertr
-from tests.procs import clean_env
+from tests.procs import Serve, clean_env, http, relay
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
@@ -187,3 +189,55 @@ async def test_config_check_reads_the_convertr_form(tmp_path: Path) -> None:
         assert code == 1
         assert "company" in err
         assert "required" in err
+
+
+async def test_serve_delivers_in_process_and_dlq_commands(
+    tmp_path: Path, redis_server: RedisServer, redis: Redis
+) -> None:
+    env = clean_env(RELAY_REDIS_URL=redis_server.url)
+    async with FakeConvertr() as fake:
+        (tmp_path / "relay.toml").write_text(convertr_toml(fake))
+        fake.script(status=400, body={"code": 400, "message": "Validation failed", "data": []})
+        serve = await asyncio.to_thread(Serve, cwd=tmp_path, env=env)
+        try:
+            created = json.loads(
+                (await asyncio.to_thread(
+                    relay, "keys", "create", "--name", "n8n", "--scope", "write:leads",
+                    "--json", cwd=tmp_path, env=env,
+                )).stdout
+            )  # fmt: skip
+            for email in ("a@example.com", "b@example.com"):
+                status, _ = await asyncio.to_thread(
+                    http, "POST", serve.url("/v1/leads"),
+                    body=json.dumps({"email": email}).encode(),
+                    headers={"X-API-Key": created["key"], "Content-Type": "application/json"},
+                )  # fmt: skip
+                assert status == 202
+            for _ in range(300):
+                if len(fake.leads) == 1 and fake.requests and len(fake.requests) >= 2:
+                    break
+                await asyncio.sleep(0.02)
+            assert len(fake.leads) == 1, "the in-process worker did not deliver"
+
+            async def cli(*args: str) -> Any:
+                done = await asyncio.to_thread(relay, *args, "--json", cwd=tmp_path, env=env)
+                return json.loads(done.stdout)
+
+            dead = await cli("dlq", "list")
+            assert len(dead) == 1
+            assert dead[0]["destination"] == "convertr"
+            (row,) = await cli("status")
+            assert (row["dead"], row["health"]) == (1, "healthy")
+            replay = await asyncio.to_thread(
+                relay, "dlq", "replay", dead[0]["event_id"], cwd=tmp_path, env=env
+            )
+            assert "1 replayed" in replay.stdout
+            for _ in range(300):
+                if len(fake.leads) == 2:
+                    break
+                await asyncio.sleep(0.02)
+            assert len(fake.leads) == 2
+            (row,) = await cli("status")
+            assert (row["dead"], row["delivered_last_hour"]) == (0, 2)
+        finally:
+            await asyncio.to_thread(serve.stop)
