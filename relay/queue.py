@@ -43,6 +43,19 @@ return moved
 """
 
 
+# May this event go now? Yes (-1) when it heads its contact's list, or is not in it
+# at all (a replay, or a list that expired). Else: when the head is due for a retry
+# (ms), or 0 when the head is not waiting for one. KEYS: order list, retry zset.
+_MAY_GO = """
+local head = redis.call('LINDEX', KEYS[1], 0)
+if not head or head == ARGV[1] then return -1 end
+if not redis.call('LPOS', KEYS[1], ARGV[1]) then return -1 end
+local due = redis.call('ZSCORE', KEYS[2], head)
+if due then return tonumber(due) end
+return 0
+"""
+
+
 def _entries(reply: Any) -> list[Entry]:
     return [(entry_id, fields["e"]) for entry_id, fields in reply if fields and "e" in fields]
 
@@ -50,12 +63,13 @@ def _entries(reply: Any) -> list[Entry]:
 class DeliveryQueue:
     """Worker-side queue operations; expects a ``decode_responses=True`` client."""
 
-    __slots__ = ("_move_due", "_redis", "_retention_s")
+    __slots__ = ("_may_go", "_move_due", "_redis", "_retention_s")
 
     def __init__(self, redis: Redis, *, retention_s: int) -> None:
         self._redis = redis
         self._retention_s = retention_s
         self._move_due = redis.register_script(_MOVE_DUE)
+        self._may_go = redis.register_script(_MAY_GO)
 
     def __repr__(self) -> str:
         return f"<DeliveryQueue retention_s={self._retention_s}>"
@@ -112,6 +126,26 @@ class DeliveryQueue:
         raw = await self._redis.hgetall(redis_keys.event(event_id))
         return cast(dict[str, str], raw) if raw else None
 
+    async def blocked_until(
+        self, destination: str, contact: str | None, event_id: str
+    ) -> int | None:
+        """None when every earlier event of the same contact is delivered or dead; else
+        when the earliest one is due for its retry (ms), or 0 when it is under way."""
+        if contact is None:
+            return None
+        keys = [redis_keys.order(destination, contact), redis_keys.retries(destination)]
+        answer = int(await self._may_go(keys=keys, args=[event_id]))
+        return None if answer < 0 else answer
+
+    async def defer(self, destination: str, entry: Entry, *, until_ms: int) -> None:
+        """Put an entry back until ``until_ms`` without counting an attempt."""
+        entry_id, event_id = entry
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(redis_keys.retries(destination), {event_id: until_ms})
+            pipe.xack(redis_keys.queue(destination), redis_keys.CONSUMER_GROUP, entry_id)
+            pipe.xdel(redis_keys.queue(destination), entry_id)
+            await pipe.execute()
+
     async def mark(self, event_id: str, destination: str, status: DeliveryStatus) -> None:
         await self._redis.hset(
             redis_keys.event(event_id), redis_keys.STATUS_FIELD_PREFIX + destination, status.value
@@ -124,9 +158,14 @@ class DeliveryQueue:
         attempt: dict[str, Any],
         *,
         status: DeliveryStatus,
+        contact: str | None,
         retry_at_ms: int | None = None,
     ) -> None:
-        """Record the attempt and its consequence, then ack and delete the entry: one MULTI."""
+        """Record the attempt and its consequence, then ack and delete the entry: one MULTI.
+
+        ``contact`` (see ``store.contact_key``) lets the contact's next event go once
+        this one is delivered or dead.
+        """
         entry_id, event_id = entry
         record = {"destination": destination, "at": time.time(), **attempt}
         event_key = redis_keys.event(event_id)
@@ -138,6 +177,8 @@ class DeliveryQueue:
             pipe.hincrby(event_key, redis_keys.ATTEMPTS_FIELD_PREFIX + destination, 1)
             if status is DeliveryStatus.dead:
                 pipe.zadd(redis_keys.dead(destination), {event_id: int(time.time() * 1000)})
+            if contact is not None and status in (DeliveryStatus.dead, DeliveryStatus.delivered):
+                pipe.lrem(redis_keys.order(destination, contact), 1, event_id)  # next may go
             if retry_at_ms is not None:
                 pipe.zadd(redis_keys.retries(destination), {event_id: retry_at_ms})
             if status is DeliveryStatus.delivered:

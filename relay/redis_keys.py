@@ -21,6 +21,7 @@ Layout::
     {relay}:dead:<destination>      zset   dead letters: event id -> dead-lettered ms
     {relay}:done:<dest>:<minute>    string deliveries in that minute (for `relay status`)
     {relay}:health                  hash   destination -> why it is unhealthy (JSON)
+    {relay}:order:<dest>:<contact>  list   a contact's undelivered event ids, in accepted order
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ __all__ = [
     "event",
     "inflight",
     "key",
+    "order",
     "paused",
     "queue",
     "rate",
@@ -129,3 +131,10 @@ def inflight(destination: str) -> str:
     A crashed worker's lease lapses after its ttl; the key expires with its last lease.
     """
     return f"{_TAG}:inflight:{destination}"
+
+
+def order(destination: str, contact: str) -> str:
+    """List of one contact's events not yet delivered or dead, oldest first: only its head
+    may be delivered, so a contact's events reach the upstream in the order accepted.
+    ``contact`` is a digest of the email (else phone); expires with the events."""
+    return f"{_TAG}:order:{destination}:{contact}"

@@ -9,7 +9,9 @@ is raised (the API answers 503 so that Zapier and n8n retry).
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, cast
@@ -22,7 +24,13 @@ from relay import redis_keys
 from relay.errors import StoreUnavailable
 from relay.models import Contact, DeliveryStatus, DestinationView, EventKind, EventView
 
-__all__ = ["EventStore", "NewEvent", "overall_status"]
+__all__ = ["EventStore", "NewEvent", "contact_key", "overall_status"]
+
+
+def contact_key(payload: Mapping[str, Any]) -> str | None:
+    """Who an event is about, for per-contact ordering: a digest of the email, else the phone."""
+    who = payload.get("email") or payload.get("phone")
+    return hashlib.sha256(str(who).encode()).hexdigest()[:20] if who else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +105,14 @@ class EventStore:
                         redis_keys.EVENTS_INDEX, {ev.id: int(ev.received_at.timestamp() * 1000)}
                     )
                     if ev.mode == "live":
+                        contact = contact_key(
+                            {"email": ev.payload.email, "phone": ev.payload.phone}
+                        )
                         for dest in ev.destinations:
+                            if contact is not None:
+                                order = redis_keys.order(dest, contact)
+                                pipe.rpush(order, ev.id)
+                                pipe.expire(order, self._retention_s)
                             pipe.xadd(redis_keys.queue(dest), {"e": ev.id})
                 pipe.zremrangebyscore(
                     redis_keys.EVENTS_INDEX, "-inf", now_ms - self._retention_s * 1000

@@ -32,6 +32,7 @@ from relay.queue import DeliveryQueue, Entry
 from relay.ratelimit import RateLimiter
 from relay.retry import next_delay_s
 from relay.settings import RateLimit, Settings
+from relay.store import contact_key
 
 __all__ = ["Worker"]
 
@@ -44,6 +45,8 @@ _HOUSEKEEPING_S = 0.25
 #: Times a delivery interrupted by a Redis error is resumed here before it is left
 #: pending for another worker to claim.
 _LOCAL_RETRIES = 3
+#: How long an event waits when an earlier event of its contact is still on its way.
+_ORDER_WAIT_MS = 200
 #: Added to every rate-limit window (see _wait_for_slot).
 _GUARD_S = 0.05
 #: Longest single sleep while waiting for a rate-limit slot (so stop() is noticed).
@@ -217,6 +220,14 @@ class Worker:
             await self._queue.drop(destination, entry[0])  # expired: nothing to send
             return
         event = orjson.loads(fields[redis_keys.EVENT_DATA_FIELD])
+        contact = contact_key(event["payload"])
+        blocked = await self._queue.blocked_until(destination, contact, entry[1])
+        if blocked is not None:
+            # An earlier event of this contact is still on its way: keep their order,
+            # and look again just after that one's next try (or shortly).
+            soon = int(time.time() * 1000) + _ORDER_WAIT_MS
+            await self._queue.defer(destination, entry, until_ms=max(soon, blocked + 1))
+            return
         await self._wait_for_slot(destination, entry, config)
         try:
             await self._queue.mark(entry[1], destination, DeliveryStatus.delivering)
@@ -224,7 +235,7 @@ class Worker:
         finally:
             await self._limiter.release(destination, self._consumer + entry[0])
         made = int(fields.get(redis_keys.ATTEMPTS_FIELD_PREFIX + destination, "0")) + 1
-        await self._settle(destination, entry, attempt, made)
+        await self._settle(destination, entry, attempt, made, contact)
 
     async def _wait_for_slot(self, destination: str, entry: Entry, config: Any) -> None:
         """Wait for the global rate limit (or a 429 pause), then for an in-flight lease."""
@@ -248,18 +259,24 @@ class Worker:
                 return
             await asyncio.sleep(0.02)
 
-    async def _settle(self, destination: str, entry: Entry, attempt: Attempt, made: int) -> None:
+    async def _settle(
+        self, destination: str, entry: Entry, attempt: Attempt, made: int, contact: str | None
+    ) -> None:
         config = self._settings.destinations[destination]
         if attempt.outcome is Outcome.delivered:
             await self._queue.finish(
-                destination, entry, attempt.to_dict(), status=DeliveryStatus.delivered
+                destination,
+                entry,
+                attempt.to_dict(),
+                status=DeliveryStatus.delivered,
+                contact=contact,
             )
             await self._queue.set_health(destination, None)
             self._counts["delivered"] += 1
             return
         if attempt.outcome is Outcome.rejected:
             await self._queue.finish(
-                destination, entry, attempt.to_dict(), status=DeliveryStatus.dead
+                destination, entry, attempt.to_dict(), status=DeliveryStatus.dead, contact=contact
             )
             self._counts["dead"] += 1
             log.warning(
@@ -285,5 +302,6 @@ class Worker:
             attempt.to_dict(),
             status=DeliveryStatus.retrying,
             retry_at_ms=int((time.time() + delay_s) * 1000),
+            contact=contact,
         )
         self._counts["retrying"] += 1

@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from relay import redis_keys
+from relay.connect import redis_client
 from relay.queue import DeliveryQueue
 from relay.settings import Settings
 from relay.store import EventStore
@@ -253,3 +254,37 @@ async def test_dead_letters_over_http(
     event = await EventStore(redis, retention_s=60).get(event_id)
     assert event is not None
     assert event.status == "delivered"
+
+
+async def test_per_contact_order_with_two_workers(
+    make_settings: Callable[..., Settings],
+    redis: Redis,
+    redis_server: Any,
+    app_client: Any,
+    make_key: Any,
+    fake_conveyour: FakeConveyour,
+    fake_convertr: FakeConvertr,
+) -> None:
+    fields = '\n[destinations.convertr.fields]\nemail = "email"\ncompany = "company"\n'
+    settings = make_settings(toml_for(fake_conveyour, fake_convertr) + fields)
+    client = await app_client(settings)
+    key = await make_key("write:leads")
+    # Some answers fail first, so retries would reorder a contact's events if allowed to.
+    fake_convertr.script(status=500, body={"code": 500, "message": ""}, times=3)
+    fake_convertr.script(status=429, headers={"Retry-After": "0"}, times=1)
+    people = [f"p{n}@example.com" for n in range(4)]
+    for seq in range(5):
+        batch = [{"email": who, "company": str(seq)} for who in people]
+        resp = await client.post("/v1/leads?destination=convertr", json=batch,
+                                 headers={"X-API-Key": key})  # fmt: skip
+        assert resp.status == 202
+    other = redis_client(redis_server.url)
+    try:
+        workers = [Worker(settings, redis=r, concurrency=4) for r in (redis, other)]
+        await asyncio.wait_for(asyncio.gather(*(w.run(drain=True) for w in workers)), 30)
+    finally:
+        await other.aclose()
+    for who in people:
+        seen = [lead["fields"]["company"] for lead in fake_convertr.leads
+                if lead["fields"]["email"] == who]  # fmt: skip
+        assert seen == ["0", "1", "2", "3", "4"], (who, seen)
