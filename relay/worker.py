@@ -123,6 +123,9 @@ class Worker:
                 session = await stack.enter_async_context(
                     aiohttp.ClientSession(json_serialize=lambda o: orjson.dumps(o).decode())
                 )
+            for name in self.destinations:
+                if getattr(self._settings.destinations[name], "batch_size", 1) > 1:
+                    log.warning("%s: batch_size is not used yet; sending one contact a call", name)
             self._adapters = {
                 name: make_adapter(name, self._settings.destinations[name], session)
                 for name in self.destinations
