@@ -228,6 +228,12 @@ async def test_serve_delivers_in_process_and_dlq_commands(
             assert dead[0]["destination"] == "convertr"
             (row,) = await cli("status")
             assert (row["dead"], row["health"]) == (1, "healthy")
+            shown = await asyncio.to_thread(
+                relay, "events", "show", dead[0]["event_id"], cwd=tmp_path, env=env
+            )
+            assert "rejected" in shown.stdout
+            assert "Validation failed" in shown.stdout
+            assert CONVERTR_API_KEY not in shown.stdout
             replay = await asyncio.to_thread(
                 relay, "dlq", "replay", dead[0]["event_id"], cwd=tmp_path, env=env
             )

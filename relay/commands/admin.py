@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import aiohttp
 import orjson
@@ -126,6 +127,14 @@ async def events_show(settings: Settings, args: argparse.Namespace) -> int:
         print("  (none: no destination takes this event type, or the key may use none)")
     for dest in view.destinations:
         print(f"  {dest.name:<20} {dest.status.value}")
+        for a in dest.attempts:
+            when = datetime.fromtimestamp(float(a["at"]), UTC).strftime("%Y-%m-%d %H:%M:%S")
+            what = " ".join(
+                str(a[k]) for k in ("status", "error", "upstream_id", "note") if a.get(k)
+            )
+            print(f"    {when}  {a['outcome']:<11} {a['duration_ms']:>7.0f} ms  {what}")
+            if a.get("excerpt") and a["outcome"] != "delivered":
+                print(f"      {a['excerpt'][:200]}")
     return 0
 
 
