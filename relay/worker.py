@@ -123,9 +123,6 @@ class Worker:
                 session = await stack.enter_async_context(
                     aiohttp.ClientSession(json_serialize=lambda o: orjson.dumps(o).decode())
                 )
-            for name in self.destinations:
-                if getattr(self._settings.destinations[name], "batch_size", 1) > 1:
-                    log.warning("%s: batch_size is not used yet; sending one contact a call", name)
             self._adapters = {
                 name: make_adapter(name, self._settings.destinations[name], session)
                 for name in self.destinations
@@ -156,17 +153,18 @@ class Worker:
 
     async def _read_loop(self, destination: str) -> None:
         assert self._stopping is not None
+        size = getattr(self._settings.destinations[destination], "batch_size", 1)
         while not self._stopping.is_set():
             try:
                 entries = await self._queue.read(
-                    destination, self._consumer, count=self.concurrency, block_ms=_BLOCK_MS
+                    destination, self._consumer, count=self.concurrency * size, block_ms=_BLOCK_MS
                 )
             except (OSError, RedisError) as exc:
                 log.warning("reading %s failed (%s); retrying", destination, exc)
                 await asyncio.sleep(1.0)
                 continue
-            for entry in entries:
-                await self._start(destination, entry)
+            for i in range(0, len(entries), size):
+                await self._start(destination, entries[i : i + size])
 
     async def _housekeeping(self) -> None:
         assert self._stopping is not None
@@ -179,15 +177,15 @@ class Worker:
                     for entry in await self._queue.claim_stale(
                         name, self._consumer, min_idle_ms=idle_ms, count=self.concurrency
                     ):
-                        await self._start(name, entry)
+                        await self._start(name, [entry])
             except Exception:  # keep the loop alive through Redis hiccups
                 log.exception("housekeeping failed; retrying")
             await asyncio.sleep(_HOUSEKEEPING_S)
 
-    async def _start(self, destination: str, entry: Entry) -> None:
+    async def _start(self, destination: str, entries: list[Entry]) -> None:
         assert self._slots is not None
         await self._slots.acquire()
-        task = asyncio.create_task(self._deliver(destination, entry))
+        task = asyncio.create_task(self._deliver(destination, entries))
         self._in_flight.add(task)
 
         def done(t: asyncio.Task[None]) -> None:
@@ -197,51 +195,68 @@ class Worker:
 
         task.add_done_callback(done)
 
-    async def _deliver(self, destination: str, entry: Entry) -> None:
+    async def _deliver(self, destination: str, entries: list[Entry]) -> None:
         # The entry stays pending with this consumer until finished, so after a Redis
         # hiccup (a restart leaves the pool's connections stale) the worker picks it
         # up again itself rather than waiting out the visibility timeout. At worst the
         # upstream sees the event twice: at-least-once.
         for attempt in range(_LOCAL_RETRIES + 1):
             try:
-                await self._deliver_one(destination, entry)
+                await self._deliver_entries(destination, entries)
                 return
             except (OSError, RedisError) as exc:
                 log.warning(
                     "delivery of %s to %s interrupted (%s); %s",
-                    entry[1],
+                    ", ".join(e for _, e in entries),
                     destination,
                     exc,
                     "retrying" if attempt < _LOCAL_RETRIES else "left for another worker",
                 )
                 await asyncio.sleep(0.2 * 2**attempt)
 
-    async def _deliver_one(self, destination: str, entry: Entry) -> None:
+    async def _deliver_entries(self, destination: str, entries: list[Entry]) -> None:
+        """Deliver one entry, or several in one call (ConveYour's ``batch_size``)."""
         config = self._settings.destinations[destination]
-        fields = await self._queue.load(entry[1])
-        if fields is None or redis_keys.EVENT_DATA_FIELD not in fields:
-            await self._queue.drop(destination, entry[0])  # expired: nothing to send
+        ready: list[tuple[Entry, dict[str, Any], int, str | None]] = []
+        for entry in entries:
+            fields = await self._queue.load(entry[1])
+            if fields is None or redis_keys.EVENT_DATA_FIELD not in fields:
+                await self._queue.drop(destination, entry[0])  # expired: nothing to send
+                continue
+            event = orjson.loads(fields[redis_keys.EVENT_DATA_FIELD])
+            contact = contact_key(event["payload"])
+            blocked = await self._queue.blocked_until(destination, contact, entry[1])
+            if blocked is not None:
+                # An earlier event of this contact is still on its way: keep their
+                # order, and look again just after that one's next try (or shortly).
+                soon = int(time.time() * 1000) + _ORDER_WAIT_MS
+                await self._queue.defer(destination, entry, until_ms=max(soon, blocked + 1))
+                continue
+            made = int(fields.get(redis_keys.ATTEMPTS_FIELD_PREFIX + destination, "0")) + 1
+            ready.append((entry, event, made, contact))
+        if not ready:
             return
-        event = orjson.loads(fields[redis_keys.EVENT_DATA_FIELD])
-        contact = contact_key(event["payload"])
-        blocked = await self._queue.blocked_until(destination, contact, entry[1])
-        if blocked is not None:
-            # An earlier event of this contact is still on its way: keep their order,
-            # and look again just after that one's next try (or shortly).
-            soon = int(time.time() * 1000) + _ORDER_WAIT_MS
-            await self._queue.defer(destination, entry, until_ms=max(soon, blocked + 1))
-            return
-        await self._wait_for_slot(destination, entry, config)
+        holder = self._consumer + ready[0][0][0]
+        await self._rate_wait(destination, config)
+        await self._lease(destination, config, holder)
+        adapter = self._adapters[destination]
         try:
-            await self._queue.mark(entry[1], destination, DeliveryStatus.delivering)
-            attempt = await self._adapters[destination].deliver(event)
+            for entry, *_ in ready:
+                await self._queue.mark(entry[1], destination, DeliveryStatus.delivering)
+            if len(ready) == 1:
+                attempts = [await adapter.deliver(ready[0][1])]
+            else:
+                attempts = await adapter.deliver_batch(
+                    [event for _, event, _, _ in ready],
+                    before_each=lambda: self._rate_wait(destination, config),
+                )
         finally:
-            await self._limiter.release(destination, self._consumer + entry[0])
-        made = int(fields.get(redis_keys.ATTEMPTS_FIELD_PREFIX + destination, "0")) + 1
-        await self._settle(destination, entry, attempt, made, contact)
+            await self._limiter.release(destination, holder)
+        for (entry, _, made, contact), attempt in zip(ready, attempts, strict=True):
+            await self._settle(destination, entry, attempt, made, contact)
 
-    async def _wait_for_slot(self, destination: str, entry: Entry, config: Any) -> None:
-        """Wait for the global rate limit (or a 429 pause), then for an in-flight lease."""
+    async def _rate_wait(self, destination: str, config: Any) -> None:
+        """Wait for a slot under the global rate limit (or the end of a 429 pause)."""
         while True:
             if config.rate_limit is not None:
                 # The window is held a little longer than configured, so that the
@@ -252,10 +267,12 @@ class Worker:
             else:
                 wait_s = await self._limiter.paused_for(destination)
             if wait_s <= 0:
-                break
+                return
             await asyncio.sleep(min(wait_s, _MAX_WAIT_S))
+
+    async def _lease(self, destination: str, config: Any, holder: str) -> None:
+        """Wait for a place under ``max_in_flight``, counted across every process."""
         ttl_ms = int((config.timeout_s + self._settings.claim_after_s) * 1000)
-        holder = self._consumer + entry[0]
         # The lease lives in Redis, shared by every process: poll it.
         while True:
             if await self._limiter.lease(destination, config.max_in_flight, holder, ttl_ms=ttl_ms):

@@ -288,3 +288,39 @@ async def test_per_contact_order_with_two_workers(
         seen = [lead["fields"]["company"] for lead in fake_convertr.leads
                 if lead["fields"]["email"] == who]  # fmt: skip
         assert seen == ["0", "1", "2", "3", "4"], (who, seen)
+
+
+async def test_conveyour_batches_and_falls_back_to_single_sends(
+    make_settings: Callable[..., Settings],
+    redis: Redis,
+    app_client: Any,
+    make_key: Any,
+    fake_conveyour: FakeConveyour,
+    fake_convertr: FakeConvertr,
+) -> None:
+    toml = toml_for(fake_conveyour, fake_convertr).replace(
+        'events = ["contact", "lead"]', 'events = ["contact", "lead"]\nbatch_size = 25', 1
+    )
+    settings = make_settings(toml)
+    client = await app_client(settings)
+    key = {"X-API-Key": await make_key("write:contacts")}
+    batch = [{"email": f"c{i}@example.com"} for i in range(5)]
+    resp = await client.post("/v1/contacts", json=batch, headers=key)
+    assert resp.status == 202
+    await drain(settings, redis)
+    assert len(fake_conveyour.requests) == 1
+    assert len(fake_conveyour.requests[0].parsed["data"]) == 5
+
+    # A rejected batch: every contact is then sent alone, and each is delivered.
+    fake_conveyour.script(status=400, body={"status": "error", "message": "bad item"})
+    resp = await client.post(
+        "/v1/contacts", json=[{"email": f"d{i}@example.com"} for i in range(3)], headers=key
+    )
+    ids = [a["id"] for a in (await resp.json())["accepted"]]
+    await drain(settings, redis)
+    assert len(fake_conveyour.requests) == 1 + 1 + 3
+    store = EventStore(redis, retention_s=60)
+    for event_id in ids:
+        view = await store.get(event_id)
+        assert view is not None
+        assert view.status == "delivered"

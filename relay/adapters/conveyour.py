@@ -10,6 +10,7 @@ only on HTTP 200 with ``{"status": "ok"}``; anything else is classified as in
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -119,12 +120,19 @@ class ConveyourAdapter:
         answer = await self._post(item)
         return answer if isinstance(answer, Attempt) else self._judge(answer)
 
-    async def deliver_batch(self, events: list[dict[str, Any]]) -> list[Attempt]:
+    async def deliver_batch(
+        self,
+        events: list[dict[str, Any]],
+        *,
+        before_each: Callable[[], Awaitable[None]] | None = None,
+    ) -> list[Attempt]:
         """Send several contacts in one ``{"data": [...]}`` call; one attempt per event, in order.
 
         Events lacking their id trait are rejected without being sent. If the
         batch is rejected, each event is sent alone, so that one bad contact
         never blocks the others; retry and credentials apply to every event.
+        ``before_each`` is awaited before each of those extra requests (the
+        caller's rate limit: the batch call itself was already counted).
         """
         results: list[Attempt | None] = [None] * len(events)
         batch: list[tuple[int, dict[str, Any]]] = []
@@ -141,6 +149,8 @@ class ConveyourAdapter:
             shared = answer if isinstance(answer, Attempt) else self._judge(answer)
             for i, _ in batch:
                 if shared.outcome is Outcome.rejected:
+                    if before_each is not None:
+                        await before_each()
                     results[i] = await self.deliver(events[i])
                 else:
                     results[i] = shared
