@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiolimiter import AsyncLimiter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -29,7 +30,7 @@ from relay.adapters.base import Attempt, Outcome
 from relay.ids import random_base62
 from relay.models import DeliveryStatus
 from relay.queue import DeliveryQueue, Entry
-from relay.ratelimit import RateLimiter
+from relay.ratelimit import RateLimiter, local_limiter
 from relay.retry import next_delay_s
 from relay.settings import RateLimit, Settings
 from relay.store import contact_key
@@ -65,6 +66,7 @@ class Worker:
         "_counts",
         "_in_flight",
         "_limiter",
+        "_local",
         "_queue",
         "_redis",
         "_session",
@@ -92,6 +94,9 @@ class Worker:
         self._queue = DeliveryQueue(redis, retention_s=settings.retention_s)
         self._limiter = RateLimiter(redis)
         self._adapters: dict[str, Any] = {}
+        #: aiolimiter per rate-limited destination: spreads this process's requests
+        #: over the period instead of spending the shared budget in bursts.
+        self._local: dict[str, AsyncLimiter] = {}
         self._counts = {"delivered": 0, "retrying": 0, "dead": 0}
         self._in_flight: set[asyncio.Task[None]] = set()
         self._slots: asyncio.Semaphore | None = None
@@ -123,6 +128,11 @@ class Worker:
                 session = await stack.enter_async_context(
                     aiohttp.ClientSession(json_serialize=lambda o: orjson.dumps(o).decode())
                 )
+            self._local = {
+                name: local_limiter(limit)
+                for name in self.destinations
+                if (limit := self._settings.destinations[name].rate_limit) is not None
+            }
             self._adapters = {
                 name: make_adapter(name, self._settings.destinations[name], session)
                 for name in self.destinations
@@ -257,6 +267,8 @@ class Worker:
 
     async def _rate_wait(self, destination: str, config: Any) -> None:
         """Wait for a slot under the global rate limit (or the end of a 429 pause)."""
+        if destination in self._local:
+            await self._local[destination].acquire()
         while True:
             if config.rate_limit is not None:
                 # The window is held a little longer than configured, so that the
