@@ -15,6 +15,7 @@ import aiohttp
 import orjson
 import pytest
 from pydantic import SecretStr
+from standardwebhooks.webhooks import Webhook
 
 from relay.adapters import (
     ConvertrAdapter,
@@ -425,6 +426,8 @@ async def test_webhook_signed(hook: FakeReceiver, session: aiohttp.ClientSession
     key = base64.b64decode(WHSEC.removeprefix("whsec_"))
     mac = hmac.new(key, f"{ev['id']}.{ts}.".encode() + first.body, hashlib.sha256).digest()
     assert first.headers["webhook-signature"] == "v1," + base64.b64encode(mac).decode()
+    # And as a receiver using the standardwebhooks library checks it:
+    assert Webhook(WHSEC).verify(first.body, dict(first.headers)) == ev
 
 
 @pytest.mark.parametrize(

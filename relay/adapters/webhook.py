@@ -10,15 +10,14 @@ everything else is classified as in :mod:`relay.adapters.classify`.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import time
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+from standardwebhooks.webhooks import Webhook
 
 from relay.adapters.base import Attempt, Outcome
 from relay.adapters.classify import classify_status
@@ -35,10 +34,9 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
 
     ``secret`` is ``whsec_`` + base64 (the prefix is optional here).
     """
-    key = base64.b64decode(secret.removeprefix(_PREFIX))
-    content = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(key, content, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
+    when = datetime.fromtimestamp(timestamp, UTC)
+    signature: str = Webhook(secret).sign(msg_id, when, body.decode())
+    return signature
 
 
 class WebhookAdapter:
