@@ -123,40 +123,71 @@ class EventStore:
 
     async def get(self, event_id: str) -> EventView | None:
         """One event with its destinations' statuses, or None (unknown or expired)."""
+        views = await self._views([event_id])
+        return views[0]
+
+    async def recent(
+        self,
+        *,
+        limit: int,
+        kind: str | None = None,
+        status: str | None = None,
+        destination: str | None = None,
+        before: str | None = None,
+    ) -> list[EventView]:
+        """Newest first, filtered; ``before`` (an event id) continues a previous page.
+
+        Filters are applied to the events as they are read, a page of the time
+        index at a time, so a rare filter reads further back but never more than
+        the retention holds.
+        """
+        out: list[EventView] = []
+        top: str | float = "+inf"
+        if before is not None:
+            score = await self._redis.zscore(redis_keys.EVENTS_INDEX, before)
+            if score is None:
+                return out
+            # Inclusive: events of the same millisecond sort by id, and the ones at or
+            # after the cursor (already on an earlier page) are skipped below.
+            top = score
+        offset = 0
+        while len(out) < limit:
+            try:
+                found = await self._redis.zrevrangebyscore(
+                    redis_keys.EVENTS_INDEX, top, "-inf", start=offset, num=_LIST_PAGE
+                )
+            except (RedisError, OSError) as exc:
+                raise StoreUnavailable(f"could not list events: {exc}") from exc
+            ids = cast(list[str], found)
+            if not ids:
+                break
+            offset += len(ids)
+            if before is not None:
+                ids = [i for i in ids if i < before]
+            for view in await self._views(ids):
+                if view is None or (kind and view.type != kind):
+                    continue
+                if status and view.status != status:
+                    continue
+                if destination and destination not in {d.name for d in view.destinations}:
+                    continue
+                out.append(view)
+                if len(out) == limit:
+                    break
+        return out
+
+    async def _views(self, event_ids: list[str]) -> list[EventView | None]:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hgetall(redis_keys.event(event_id))
-                pipe.lrange(redis_keys.attempts(event_id), 0, -1)
-                raw, attempts = await pipe.execute()
+                for event_id in event_ids:
+                    pipe.hgetall(redis_keys.event(event_id))
+                    pipe.lrange(redis_keys.attempts(event_id), 0, -1)
+                replies = await pipe.execute()
         except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"could not read the event: {exc}") from exc
-        if not raw or redis_keys.EVENT_DATA_FIELD not in raw:
-            return None
-        data = orjson.loads(raw[redis_keys.EVENT_DATA_FIELD])
-        by_dest: dict[str, list[dict[str, Any]]] = {}
-        for item in attempts:
-            attempt = orjson.loads(item)
-            by_dest.setdefault(attempt.pop("destination"), []).append(attempt)
-        views = []
-        for dest in data["destinations"]:
-            st = raw.get(redis_keys.STATUS_FIELD_PREFIX + dest, DeliveryStatus.pending.value)
-            views.append(
-                DestinationView(
-                    name=dest,
-                    status=DeliveryStatus(cast(str, st)),
-                    attempts=by_dest.get(dest, []),
-                )
-            )
-        return EventView(
-            id=data["id"],
-            type=data["type"],
-            status=overall_status(data["mode"], [v.status for v in views]),
-            mode=data["mode"],
-            received_at=datetime.fromisoformat(data["received_at"]),
-            key_id=data["key_id"],
-            payload=Contact.model_validate(data["payload"]),
-            destinations=views,
-        )
+            raise StoreUnavailable(f"could not read events: {exc}") from exc
+        return [
+            _view(raw, attempts) for raw, attempts in zip(replies[::2], replies[1::2], strict=True)
+        ]
 
     async def ping(self) -> bool:
         """Whether Redis answers right now."""
@@ -164,3 +195,36 @@ class EventStore:
             return bool(await self._redis.ping())
         except (RedisError, OSError):
             return False
+
+
+#: Events read from the time index per round trip when listing.
+_LIST_PAGE = 200
+
+
+def _view(raw: dict[str, str], attempts: list[str]) -> EventView | None:
+    """An event as the API shows it, from its hash and its attempts list."""
+    if not raw or redis_keys.EVENT_DATA_FIELD not in raw:
+        return None
+    data = orjson.loads(raw[redis_keys.EVENT_DATA_FIELD])
+    by_dest: dict[str, list[dict[str, Any]]] = {}
+    for item in attempts:
+        attempt = orjson.loads(item)
+        by_dest.setdefault(attempt.pop("destination"), []).append(attempt)
+    views = [
+        DestinationView(
+            name=dest,
+            status=DeliveryStatus(raw.get(redis_keys.STATUS_FIELD_PREFIX + dest, "pending")),
+            attempts=by_dest.get(dest, []),
+        )
+        for dest in data["destinations"]
+    ]
+    return EventView(
+        id=data["id"],
+        type=data["type"],
+        status=overall_status(data["mode"], [v.status for v in views]),
+        mode=data["mode"],
+        received_at=datetime.fromisoformat(data["received_at"]),
+        key_id=data["key_id"],
+        payload=Contact.model_validate(data["payload"]),
+        destinations=views,
+    )

@@ -150,3 +150,57 @@ async def test_openapi_covers_every_route(client: TestClient[Any, Any]) -> None:
     }
     assert "application/x-www-form-urlencoded" in leads["requestBody"]["content"]
     assert "Contact" in doc["components"]["schemas"] or "Lead" in doc["components"]["schemas"]
+
+
+async def test_polling_list_newest_first_with_filters(
+    client: TestClient[Any, Any], make_key: KeyMaker
+) -> None:
+    writer = {"X-API-Key": await make_key("write:contacts", "write:leads")}
+    reader = {"X-API-Key": await make_key("read:events")}
+    ids = []
+    for i in range(4):
+        path = "/v1/leads" if i % 2 else "/v1/contacts"
+        resp = await client.post(path, json={"email": f"p{i}@example.com"}, headers=writer)
+        ids.append((await resp.json())["id"])
+    listed = await (await client.get("/v1/events", headers=reader)).json()
+    assert [e["id"] for e in listed] == ids[::-1]
+    leads = await (await client.get("/v1/events?type=lead&limit=1", headers=reader)).json()
+    assert [e["id"] for e in leads] == [ids[3]]
+    page2 = await client.get(f"/v1/events?type=lead&before={ids[3]}", headers=reader)
+    assert [e["id"] for e in await page2.json()] == [ids[1]]
+    convertr = await client.get("/v1/events?destination=convertr", headers=reader)
+    assert [e["id"] for e in await convertr.json()] == [ids[3], ids[1]]
+    pending = await client.get("/v1/events?status=pending&limit=100", headers=reader)
+    assert len(await pending.json()) == 4
+    for bad in ("limit=0", "limit=101", "type=deal", "status=lost"):
+        resp = await client.get(f"/v1/events?{bad}", headers=reader)
+        assert resp.status == 422, bad
+    assert (await client.get("/v1/events", headers=writer)).status == 403
+
+
+async def test_polling_pages_through_events_of_one_millisecond(redis: Any) -> None:
+    from datetime import UTC, datetime
+
+    from relay.ids import new_event_id
+    from relay.models import Lead
+    from relay.store import EventStore, NewEvent
+
+    store = EventStore(redis, retention_s=3600)
+    now = datetime.now(UTC)
+    ms = int(now.timestamp() * 1000)
+    events = [
+        NewEvent(id=new_event_id(now_ms=ms), type="lead", mode="live", key_id="k",
+                 received_at=now, payload=Lead(email=f"m{i}@example.com"), destinations=())
+        for i in range(7)
+    ]  # fmt: skip
+    await store.enqueue(events)
+    seen: list[str] = []
+    before = None
+    while True:
+        page = await store.recent(limit=3, before=before)
+        if not page:
+            break
+        seen += [v.id for v in page]
+        before = page[-1].id
+    assert sorted(seen, reverse=True) == seen
+    assert set(seen) == {e.id for e in events}

@@ -7,9 +7,9 @@ import re
 from aiohttp import web
 
 from relay.api.problems import json_response
-from relay.api.routing import routes
+from relay.api.routing import QueryParam, routes
 from relay.api.state import EVENTS
-from relay.errors import NotFound
+from relay.errors import FieldError, NotFound, ValidationFailed
 from relay.models import EventView, Problem
 
 __all__: list[str] = []
@@ -36,3 +36,62 @@ async def get_event(request: web.Request) -> web.Response:
     if view is None:
         raise NotFound(f"no event {event_id!r} (unknown, or older than the retention)")
     return json_response(view.model_dump(mode="json", exclude_none=True))
+
+
+_STATUSES = ("pending", "delivering", "retrying", "delivered", "dead", "no_destination", "test")
+#: Most events one page of ``GET /v1/events`` returns.
+MAX_LIMIT = 100
+
+
+@routes.route(
+    "GET",
+    "/v1/events",
+    summary="Events newest first (Zapier polling): filter by type, status, destination",
+    scope="read:events",
+    query=(
+        QueryParam("type", "contact or lead", {"type": "string", "enum": ["contact", "lead"]}),
+        QueryParam("status", "Overall status", {"type": "string", "enum": list(_STATUSES)}),
+        QueryParam("destination", "Only events routed to this destination"),
+        QueryParam(
+            "limit",
+            f"How many (1 to {MAX_LIMIT}, default 50)",
+            {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50},
+        ),
+        QueryParam("before", "An event id: the page after it (older events)"),
+    ),
+    responses={
+        200: (
+            "Events, newest first; each id is stable (Zapier deduplicates on it)",
+            list[EventView],
+        ),
+        401: ("Missing, unknown, expired or revoked key", Problem),
+        403: ("The key lacks read:events", Problem),
+        422: ("A bad filter or limit", Problem),
+    },
+    tag="events",
+)
+async def list_events(request: web.Request) -> web.Response:
+    q = request.query
+    errors: list[FieldError] = []
+    if q.get("type") not in (None, "contact", "lead"):
+        errors.append({"loc": ["query", "type"], "msg": "expected contact or lead"})
+    if q.get("status") not in (None, *_STATUSES):
+        errors.append(
+            {"loc": ["query", "status"], "msg": f"expected one of {', '.join(_STATUSES)}"}
+        )
+    raw_limit = q.get("limit", "50")
+    limit = int(raw_limit) if raw_limit.isdigit() else 0
+    if not 1 <= limit <= MAX_LIMIT:
+        errors.append(
+            {"loc": ["query", "limit"], "msg": f"expected 1 to {MAX_LIMIT}, got {raw_limit!r}"}
+        )
+    if errors:
+        raise ValidationFailed(errors[0]["msg"], errors=errors)
+    views = await request.app[EVENTS].recent(
+        limit=limit,
+        kind=q.get("type"),
+        status=q.get("status"),
+        destination=q.get("destination"),
+        before=q.get("before"),
+    )
+    return json_response([v.model_dump(mode="json", exclude_none=True) for v in views])
