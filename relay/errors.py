@@ -13,6 +13,7 @@
         ├── ValidationFailed     422: a valid document that fails validation
         ├── Unauthorized         401: missing, unknown, expired or revoked key
         ├── Forbidden            403: key lacks the scope or may not use a destination
+        ├── RateLimited          429: the key's own rate limit is spent
         └── NotFound             404
 
 Only ``relay.api.problems`` turns these into HTTP answers and only the CLI
@@ -31,6 +32,7 @@ __all__ = [
     "Forbidden",
     "MalformedBody",
     "NotFound",
+    "RateLimited",
     "RelayError",
     "RequestError",
     "StoreUnavailable",
@@ -75,10 +77,18 @@ class RequestError(RelayError):
     #: Last segment of the problem type URI (``/problems/<slug>``).
     slug: str = "bad-request"
 
-    def __init__(self, detail: str, *, errors: list[FieldError] | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        errors: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.errors: list[FieldError] = errors or []
+        #: Extra answer headers (Retry-After, RateLimit-*).
+        self.headers: dict[str, str] = headers or {}
 
 
 class MalformedBody(RequestError):
@@ -107,3 +117,7 @@ class Forbidden(RequestError):
 
 class NotFound(RequestError):
     status, title, slug = 404, "Not found", "not-found"
+
+
+class RateLimited(RequestError):
+    status, title, slug = 429, "Too many requests", "rate-limited"

@@ -76,7 +76,7 @@ local n = redis.call('ZCARD', KEYS[1])
 if n < count then
   redis.call('ZADD', KEYS[1], now, ARGV[4])
   redis.call('PEXPIRE', KEYS[1], period)
-  return 0
+  return n - count  -- admitted: minus (requests still free in the window + 1)
 end
 -- Full: a slot frees when the entry that would leave it over the limit ages out
 -- (n > count only after the limit was lowered).
@@ -148,9 +148,15 @@ class RateLimiter:
         paused the wait is the rest of the pause. ``now_ms`` replaces Redis's
         clock (tests); otherwise the time is the server's.
         """
-        wait_ms = int(
+        return (await self.admit(destination, limit, now_ms=now_ms))[0]
+
+    async def admit(
+        self, name: str, limit: RateLimit, *, now_ms: int | None = None
+    ) -> tuple[float, int]:
+        """Like :meth:`acquire`, also giving how many requests the window still allows."""
+        answer = int(
             await self._acquire(
-                keys=[redis_keys.rate(destination), redis_keys.paused(destination)],
+                keys=[redis_keys.rate(name), redis_keys.paused(name)],
                 args=[
                     "" if now_ms is None else now_ms,
                     limit.count,
@@ -159,11 +165,11 @@ class RateLimiter:
                 ],
             )
         )
-        if wait_ms <= 0:
+        if answer <= 0:
             self.admitted += 1
-            return 0.0
+            return 0.0, max(0, -answer - 1)
         self.refused += 1
-        return wait_ms / 1000
+        return answer / 1000, 0
 
     async def pause(self, destination: str, seconds: float) -> None:
         """Stop every worker sending to ``destination`` for ``seconds`` (an upstream 429).

@@ -137,3 +137,24 @@ async def test_me_for_any_scope(
     assert me["mode"] == "live"
     assert me["id"].startswith("key_")
     assert key not in await resp.text()
+
+
+async def test_a_keys_own_rate_limit(
+    client: TestClient[Any, Any], make_key: Callable[..., Awaitable[str]]
+) -> None:
+    key = await make_key("write:leads", rate_limit="3/m")
+    other = await make_key("write:leads")
+    answers = [
+        await client.post("/v1/leads", json=LEAD, headers={"X-API-Key": key}) for _ in range(4)
+    ]
+    assert [a.status for a in answers] == [202, 202, 202, 429]
+    assert [a.headers["RateLimit-Remaining"] for a in answers] == ["2", "1", "0", "0"]
+    assert all(a.headers["RateLimit-Limit"] == "3" for a in answers)
+    over = answers[-1]
+    assert 0 < int(over.headers["Retry-After"]) <= 60
+    assert int(over.headers["RateLimit-Reset"]) == int(over.headers["Retry-After"])
+    body = await over.json()
+    assert body["status"] == 429
+    assert "3/1m" in body["detail"] or "3/m" in body["detail"]
+    # Other keys are not affected.
+    assert (await client.post("/v1/leads", json=LEAD, headers={"X-API-Key": other})).status == 202

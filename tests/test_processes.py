@@ -215,3 +215,22 @@ def test_serve_with_two_api_processes(home: Path) -> None:
     }
     assert len(pids) == 2, serve.log()
     assert not _ping(EmbeddedRedis(home / ".relay").socket_path), "left running"
+
+
+async def test_a_keys_rate_limit_is_shared_by_api_processes(
+    tmp_path: Path, redis_server: RedisServer, redis: Redis
+) -> None:
+    env = clean_env(RELAY_REDIS_URL=redis_server.url)
+    one, two = Serve(cwd=tmp_path, env=env), Serve(cwd=tmp_path, env=env)
+    try:
+        created = json.loads(
+            relay("keys", "create", "--name", "zap", "--scope", "write:leads",
+                  "--rate-limit", "2/m", "--json", cwd=tmp_path, env=env).stdout
+        )  # fmt: skip
+        assert _post_lead(one, created["key"])[0] == 202
+        assert _post_lead(two, created["key"])[0] == 202
+        status, body = _post_lead(one, created["key"])
+        assert status == 429, body
+    finally:
+        one.stop()
+        two.stop()

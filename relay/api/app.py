@@ -15,9 +15,10 @@ from relay.api import dead_letters, events, health, ingest, keys, openapi  # noq
 from relay.api.auth import auth_middleware
 from relay.api.problems import error_middleware
 from relay.api.routing import routes
-from relay.api.state import EVENTS, KEYS, REDIS, SETTINGS
+from relay.api.state import EVENTS, KEYS, LIMITER, REDIS, SETTINGS
 from relay.connect import redis_for
 from relay.keystore import KeyStore
+from relay.ratelimit import RateLimiter
 from relay.settings import Settings
 from relay.store import EventStore
 
@@ -62,6 +63,7 @@ def _redis_context(
             app[REDIS] = redis
             app[EVENTS] = EventStore(redis, retention_s=settings.retention_s)
             app[KEYS] = KeyStore(redis)
+            app[LIMITER] = RateLimiter(redis)
             yield
 
     return context

@@ -7,15 +7,17 @@ itself never appears in an answer or a log line; its 12-character prefix may.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
 from relay.api.routing import ANY_KEY, routes
-from relay.api.state import API_KEY, KEYS
+from relay.api.state import API_KEY, KEYS, LIMITER
 from relay.apikeys import KeyRecord
-from relay.errors import Forbidden, Unauthorized
+from relay.errors import Forbidden, RateLimited, Unauthorized
+from relay.settings import parse_rate_limit
 
 __all__ = ["auth_middleware", "presented_key"]
 
@@ -59,7 +61,33 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
     """Authenticate requests to routes that declare a scope."""
     resource = request.match_info.route.resource
     spec = routes.find(request.method, resource.canonical) if resource is not None else None
-    if spec is not None and spec.scope is not None:
-        request[API_KEY] = await authenticate(request, spec.scope)
-    response: web.StreamResponse = await handler(request)
+    if spec is None or spec.scope is None:
+        response: web.StreamResponse = await handler(request)
+        return response
+    record = await authenticate(request, spec.scope)
+    request[API_KEY] = record
+    headers = await _spend(request, record) if record.rate_limit is not None else {}
+    response = await handler(request)
+    response.headers.update(headers)
     return response
+
+
+async def _spend(request: web.Request, record: KeyRecord) -> dict[str, str]:
+    """Count this request against the key's own limit, shared by every API process.
+
+    Returns the ``RateLimit-*`` headers for the answer; raises 429 when spent.
+    """
+    limit = parse_rate_limit(record.rate_limit or "")
+    wait_s, remaining = await request.app[LIMITER].admit(f"key:{record.id}", limit)
+    headers = {
+        "RateLimit-Limit": str(limit.count),
+        "RateLimit-Remaining": str(remaining),
+        "RateLimit-Reset": str(math.ceil(wait_s or limit.period_s)),
+    }
+    if wait_s > 0:
+        headers["Retry-After"] = str(math.ceil(wait_s))
+        raise RateLimited(
+            f"API key {record.prefix}… allows {limit}; retry in {math.ceil(wait_s)} s",
+            headers=headers,
+        )
+    return headers

@@ -63,7 +63,9 @@ def problem(
 
 
 def from_request_error(exc: RequestError) -> web.Response:
-    headers = {"WWW-Authenticate": 'Bearer realm="relay"'} if exc.status == 401 else None
+    headers = dict(exc.headers)
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="relay"'
     return problem(
         exc.status, exc.title, exc.detail, slug=exc.slug, errors=exc.errors, headers=headers
     )

@@ -7,14 +7,17 @@ from redis.asyncio import Redis
 
 from relay.apikeys import KeyRecord
 from relay.keystore import KeyStore
+from relay.ratelimit import RateLimiter
 from relay.settings import Settings
 from relay.store import EventStore
 
-__all__ = ["API_KEY", "EVENTS", "KEYS", "REDIS", "SETTINGS"]
+__all__ = ["API_KEY", "EVENTS", "KEYS", "LIMITER", "REDIS", "SETTINGS"]
 
 SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", Redis)
 KEYS = web.AppKey("keys", KeyStore)
+#: Keys' own rate limits (the same Redis sliding window as destinations').
+LIMITER = web.AppKey("limiter", RateLimiter)
 EVENTS = web.AppKey("events", EventStore)
 #: The authenticated key of a request (set by the auth middleware).
 API_KEY = web.RequestKey("api_key", KeyRecord)
