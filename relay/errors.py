@@ -13,6 +13,7 @@
         ├── ValidationFailed     422: a valid document that fails validation
         ├── Unauthorized         401: missing, unknown, expired or revoked key
         ├── Forbidden            403: key lacks the scope or may not use a destination
+        ├── Conflict             409: the same Idempotency-Key is still being handled
         ├── RateLimited          429: the key's own rate limit is spent
         └── NotFound             404
 
@@ -27,6 +28,7 @@ from typing import TypedDict
 __all__ = [
     "BodyTooLarge",
     "ConfigError",
+    "Conflict",
     "EmbeddedRedisError",
     "FieldError",
     "Forbidden",
@@ -121,3 +123,7 @@ class NotFound(RequestError):
 
 class RateLimited(RequestError):
     status, title, slug = 429, "Too many requests", "rate-limited"
+
+
+class Conflict(RequestError):
+    status, title, slug = 409, "Conflict", "conflict"

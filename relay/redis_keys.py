@@ -22,9 +22,12 @@ Layout::
     {relay}:done:<dest>:<minute>    string deliveries in that minute (for `relay status`)
     {relay}:health                  hash   destination -> why it is unhealthy (JSON)
     {relay}:order:<dest>:<contact>  list   a contact's undelivered event ids, in accepted order
+    {relay}:idem:<key id>:<digest>  string the first answer to an Idempotency-Key (24 h)
 """
 
 from __future__ import annotations
+
+import hashlib
 
 __all__ = [
     "ATTEMPTS_FIELD_PREFIX",
@@ -33,6 +36,8 @@ __all__ = [
     "EVENTS_INDEX",
     "EVENT_DATA_FIELD",
     "HEALTH",
+    "IDEMPOTENCY_PENDING_MS",
+    "IDEMPOTENCY_TTL_S",
     "KEYS_CHANGED_CHANNEL",
     "KEYS_INDEX",
     "STATUS_FIELD_PREFIX",
@@ -40,6 +45,7 @@ __all__ = [
     "dead",
     "delivered_minute",
     "event",
+    "idempotency",
     "inflight",
     "key",
     "order",
@@ -69,6 +75,11 @@ STATUS_FIELD_PREFIX = "st:"
 ATTEMPTS_FIELD_PREFIX = "n:"
 #: hash: destination -> JSON {"problem", "since"} while its upstream refuses our credentials.
 HEALTH = f"{_TAG}:health"
+#: A repeated Idempotency-Key within this long gets the first answer back.
+IDEMPOTENCY_TTL_S = 24 * 3600
+#: While the first request with a key is being handled, its marker lives this long:
+#: if that process dies, a retry may go ahead after it (the answer was never sent).
+IDEMPOTENCY_PENDING_MS = 30_000
 #: Per-minute delivery counters live two hours: `relay status` sums the last 60 minutes.
 DELIVERED_MINUTE_TTL_S = 2 * 3600
 
@@ -138,3 +149,9 @@ def order(destination: str, contact: str) -> str:
     may be delivered, so a contact's events reach the upstream in the order accepted.
     ``contact`` is a digest of the email (else phone); expires with the events."""
     return f"{_TAG}:order:{destination}:{contact}"
+
+
+def idempotency(key_id: str, idempotency_key: str) -> str:
+    """The first answer given to ``idempotency_key`` for one API key (digest of the header)."""
+    digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
+    return f"{_TAG}:idem:{key_id}:{digest}"

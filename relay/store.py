@@ -87,8 +87,14 @@ class EventStore:
     def __repr__(self) -> str:
         return f"<EventStore retention_s={self._retention_s}>"
 
-    async def enqueue(self, events: list[NewEvent]) -> None:
-        """Store and queue events in one transaction; returns once Redis has them all."""
+    async def enqueue(
+        self, events: list[NewEvent], *, remember: tuple[str, bytes] | None = None
+    ) -> None:
+        """Store and queue events in one transaction; returns once Redis has them all.
+
+        ``remember`` (key, answer) stores an Idempotency-Key's answer in the same
+        transaction, so a repeat finds the answer exactly when the events exist.
+        """
         if not events:
             return
         now_ms = int(time.time() * 1000)
@@ -114,6 +120,8 @@ class EventStore:
                                 pipe.rpush(order, ev.id)
                                 pipe.expire(order, self._retention_s)
                             pipe.xadd(redis_keys.queue(dest), {"e": ev.id})
+                if remember is not None:
+                    pipe.set(remember[0], remember[1], ex=redis_keys.IDEMPOTENCY_TTL_S)
                 pipe.zremrangebyscore(
                     redis_keys.EVENTS_INDEX, "-inf", now_ms - self._retention_s * 1000
                 )

@@ -9,12 +9,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from relay.api.body import read_items
-from relay.api.problems import json_response, problem
+from relay.api.idempotency import Claim, claim, idempotency_key, release
+from relay.api.problems import problem
 from relay.api.routing import QueryParam, routes
-from relay.api.state import API_KEY, EVENTS, SETTINGS
+from relay.api.state import API_KEY, EVENTS, REDIS, SETTINGS
 from relay.apikeys import KeyRecord
 from relay.errors import FieldError, Forbidden, ValidationFailed
 from relay.ids import new_event_id
@@ -42,15 +44,23 @@ _DESTINATION_PARAM = QueryParam(
     "destination whose events include this type and that the key may use",
     repeated=True,
 )
+_IDEMPOTENCY_HEADER = QueryParam(
+    "Idempotency-Key",
+    "A repeat within 24 h (same API key) gets the first answer and queues nothing; "
+    "the same key with another body is 422. webhook-id is read the same way.",
+    location="header",
+)
 _RESPONSES: dict[int, tuple[str, Any]] = {
     202: ("Queued: one event, or a batch whose every item was queued", Queued),
     207: ("A batch of which some items were rejected (the rest are queued)", BatchResult),
     400: ("Malformed JSON or form", Problem),
     401: ("Missing, unknown, expired or revoked key", Problem),
     403: ("The key lacks the scope, or may not use a named destination", Problem),
+    409: ("A request with the same Idempotency-Key is still being handled", Problem),
     413: ("Body over the size limit, or a batch over the item limit", Problem),
     415: ("Unsupported Content-Type", Problem),
     422: ("Nothing valid to queue (for a batch: with accepted and rejected)", Problem),
+    429: ("The key's own rate limit is spent (Retry-After, RateLimit-*)", Problem),
     503: ("Redis cannot take the event now; nothing was queued, retry", Problem),
 }
 
@@ -94,6 +104,23 @@ def choose_destinations(
 
 
 async def _ingest(request: web.Request, kind: EventKind) -> web.Response:
+    idem = idempotency_key(request)
+    if idem is None:
+        return await _accept(request, kind, None)
+    got = await claim(request.app[REDIS], request[API_KEY].id, idem, await request.read())
+    if isinstance(got, web.Response):
+        return got  # a repeat: the first answer, byte for byte
+    try:
+        response = await _accept(request, kind, got)
+    except BaseException:
+        await release(request.app[REDIS], got)
+        raise
+    if response.status >= 300:
+        await release(request.app[REDIS], got)  # nothing was queued: nothing to repeat
+    return response
+
+
+async def _accept(request: web.Request, kind: EventKind, claimed: Claim | None) -> web.Response:
     settings = request.app[SETTINGS]
     key = request[API_KEY]
     requested = [
@@ -135,26 +162,27 @@ async def _ingest(request: web.Request, kind: EventKind) -> web.Response:
         )
         accepted.append(BatchAccepted(index=index, id=event_id))
 
-    await request.app[EVENTS].enqueue(events)
-
-    if not is_batch:
-        if rejected:
-            errors = rejected[0].errors
-            return _invalid(f"the {kind} is invalid: " + _summary(errors), errors)
-        return json_response(
-            Queued(id=accepted[0].id, destinations=list(destinations)).model_dump(), status=202
-        )
     if not accepted:
         errors = [e for r in rejected for e in r.errors]
+        if not is_batch:
+            return _invalid(f"the {kind} is invalid: " + _summary(errors), errors)
         return _invalid(
             f"none of the {len(items)} items was queued: " + _summary(errors),
             errors,
             accepted=[],
             rejected=[r.model_dump() for r in rejected],
         )
-    status = "partial" if rejected else "queued"
-    result = BatchResult(status=status, accepted=accepted, rejected=rejected)
-    return json_response(result.model_dump(), status=207 if rejected else 202)
+    if is_batch:
+        result = BatchResult(
+            status="partial" if rejected else "queued", accepted=accepted, rejected=rejected
+        )
+        status, body = (207 if rejected else 202), orjson.dumps(result.model_dump())
+    else:
+        queued = Queued(id=accepted[0].id, destinations=list(destinations))
+        status, body = 202, orjson.dumps(queued.model_dump())
+    remember = None if claimed is None else (claimed.redis_key, claimed.answer(status, body))
+    await request.app[EVENTS].enqueue(events, remember=remember)
+    return web.Response(body=body, status=status, content_type="application/json")
 
 
 def _summary(errors: list[ProblemError]) -> str:
@@ -183,7 +211,7 @@ def _invalid(detail: str, errors: list[ProblemError], **extra: Any) -> web.Respo
     body=_body_schema(Contact),
     body_media_types=("application/json", *_FORMS),
     responses=_RESPONSES,
-    query=(_DESTINATION_PARAM,),
+    query=(_DESTINATION_PARAM, _IDEMPOTENCY_HEADER),
     tag="ingest",
 )
 async def post_contacts(request: web.Request) -> web.Response:
@@ -198,7 +226,7 @@ async def post_contacts(request: web.Request) -> web.Response:
     body=_body_schema(Lead),
     body_media_types=("application/json", *_FORMS),
     responses=_RESPONSES,
-    query=(_DESTINATION_PARAM,),
+    query=(_DESTINATION_PARAM, _IDEMPOTENCY_HEADER),
     tag="ingest",
 )
 async def post_leads(request: web.Request) -> web.Response:

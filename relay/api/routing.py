@@ -28,6 +28,8 @@ class QueryParam:
     description: str
     schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
     repeated: bool = False
+    #: "query" or "header"
+    location: str = "query"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,72 @@
+"""Idempotency-Key and webhook-id: one event per key, the first answer byte for byte."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
+
+from relay import redis_keys
+
+KeyMaker = Callable[..., Awaitable[str]]
+LEAD = {"email": "ida@example.com"}
+
+
+async def test_repeat_gets_the_first_answer_and_queues_nothing(
+    client: TestClient[Any, Any], redis: Redis, make_key: KeyMaker
+) -> None:
+    key = await make_key("write:leads")
+    headers = {"X-API-Key": key, "Idempotency-Key": "zap-run-1"}
+    first = await client.post("/v1/leads", json=LEAD, headers=headers)
+    again = await client.post("/v1/leads", json=LEAD, headers=headers)
+    assert first.status == again.status == 202
+    assert await first.read() == await again.read()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert await redis.zcard(redis_keys.EVENTS_INDEX) == 1
+    assert await redis.xlen(redis_keys.queue("convertr")) == 1
+
+
+async def test_concurrent_identical_requests_make_one_event(
+    client: TestClient[Any, Any], redis: Redis, make_key: KeyMaker
+) -> None:
+    key = await make_key("write:leads")
+    headers = {"X-API-Key": key, "webhook-id": "msg_2Lh0"}
+    answers = await asyncio.gather(
+        *(client.post("/v1/leads", json=LEAD, headers=headers) for _ in range(8))
+    )
+    bodies = {await a.read() for a in answers}
+    assert [a.status for a in answers] == [202] * 8
+    assert len(bodies) == 1
+    assert await redis.zcard(redis_keys.EVENTS_INDEX) == 1
+
+
+async def test_same_key_with_another_body_is_422(
+    client: TestClient[Any, Any], redis: Redis, make_key: KeyMaker
+) -> None:
+    headers = {"X-API-Key": await make_key("write:leads"), "Idempotency-Key": "k1"}
+    assert (await client.post("/v1/leads", json=LEAD, headers=headers)).status == 202
+    other = await client.post("/v1/leads", json={"email": "x@example.com"}, headers=headers)
+    assert other.status == 422
+    assert (await other.json())["errors"][0]["loc"] == ["header", "Idempotency-Key"]
+    assert await redis.zcard(redis_keys.EVENTS_INDEX) == 1
+
+
+async def test_keys_are_per_api_key_and_errors_are_not_remembered(
+    client: TestClient[Any, Any], redis: Redis, make_key: KeyMaker
+) -> None:
+    one, two = await make_key("write:leads"), await make_key("write:leads")
+    for key in (one, two):
+        resp = await client.post(
+            "/v1/leads", json=LEAD, headers={"X-API-Key": key, "Idempotency-Key": "same"}
+        )
+        assert resp.status == 202
+    assert await redis.zcard(redis_keys.EVENTS_INDEX) == 2
+    headers = {"X-API-Key": one, "Idempotency-Key": "fixed-later"}
+    bad = await client.post("/v1/leads", json={"email": "nope"}, headers=headers)
+    assert bad.status == 422
+    # The client fixes the body and retries with the same key: it is not stuck.
+    good = await client.post("/v1/leads", json=LEAD, headers=headers)
+    assert good.status == 202
