@@ -7,8 +7,10 @@ shown once, at creation. Lists show the first 12 characters (the prefix).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
+import secrets
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -29,6 +31,7 @@ __all__ = [
     "check_scopes",
     "digest",
     "new_key",
+    "new_signing_secret",
     "parse_expires",
 ]
 
@@ -53,6 +56,11 @@ def digest(key: str) -> str:
 def new_key(mode: KeyMode) -> str:
     """A fresh key of the given mode."""
     return f"rly_{mode}_{random_base62(32)}"
+
+
+def new_signing_secret() -> str:
+    """A Standard Webhooks secret: ``whsec_`` + base64 of 24 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
 def parse_expires(text: str, *, now: datetime | None = None) -> datetime:
@@ -99,7 +107,7 @@ def check_key_request(
 ) -> dict[str, Any]:
     """Arguments for ``KeyStore.create`` from a request; ValidationFailed naming every problem."""
     errors: list[FieldError] = []
-    out: dict[str, Any] = {"name": body.name.strip(), "mode": body.mode}
+    out: dict[str, Any] = {"name": body.name.strip(), "mode": body.mode, "signing": body.signing}
     if not out["name"]:
         errors.append({"loc": ["body", "name"], "msg": "a key needs a name"})
     try:
@@ -144,6 +152,8 @@ class KeyRecord:
     expires_at: datetime | None = None
     rate_limit: str | None = None
     revoked_at: datetime | None = None
+    #: whsec_ secret requests must be signed with (kept: verifying needs it).
+    signing_secret: str | None = None
     #: Extra fields later versions may add are kept, not dropped.
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -181,6 +191,8 @@ class KeyRecord:
             out["rate_limit"] = self.rate_limit
         if self.revoked_at is not None:
             out["revoked_at"] = self.revoked_at.isoformat()
+        if self.signing_secret is not None:
+            out["signing_secret"] = self.signing_secret
         return out
 
     @classmethod
@@ -188,7 +200,7 @@ class KeyRecord:
         """Inverse of :meth:`to_hash`."""
         known = {
             "id", "digest", "name", "prefix", "scopes", "destinations", "mode",
-            "created_at", "expires_at", "rate_limit", "revoked_at",
+            "created_at", "expires_at", "rate_limit", "revoked_at", "signing_secret",
         }  # fmt: skip
         mode: KeyMode = "test" if raw["mode"] == "test" else "live"
         return cls(
@@ -203,6 +215,7 @@ class KeyRecord:
             expires_at=_opt_time(raw.get("expires_at")),
             rate_limit=raw.get("rate_limit"),
             revoked_at=_opt_time(raw.get("revoked_at")),
+            signing_secret=raw.get("signing_secret"),
             extra={k: v for k, v in raw.items() if k not in known},
         )
 
@@ -217,6 +230,7 @@ class KeyRecord:
             expires_at=self.expires_at,
             mode=self.mode,
             rate_limit=self.rate_limit,
+            signing=self.signing_secret is not None,
             created_at=self.created_at,
             revoked_at=self.revoked_at,
         )
@@ -232,6 +246,7 @@ class KeyRecord:
             destinations=list(self.destinations),
             expires_at=self.expires_at,
             mode=self.mode,
+            signing_secret=self.signing_secret,
         )
 
     def me(self) -> Me:

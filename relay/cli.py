@@ -133,6 +133,11 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--test", action="store_true", help="test mode: events are stored, never sent upstream"
     )
+    create.add_argument(
+        "--signing",
+        action="store_true",
+        help="requests must carry Standard Webhooks signatures; prints a whsec_ secret too",
+    )
     create.add_argument("--json", action="store_true", help="print one JSON object")
     listing = keys_sub.add_parser("list", help="list keys (never the keys themselves)")
     listing.add_argument("--json", action="store_true", help="print a JSON array")

@@ -19,7 +19,15 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from relay import redis_keys
-from relay.apikeys import KEY_RE, PREFIX_LENGTH, KeyMode, KeyRecord, digest, new_key
+from relay.apikeys import (
+    KEY_RE,
+    PREFIX_LENGTH,
+    KeyMode,
+    KeyRecord,
+    digest,
+    new_key,
+    new_signing_secret,
+)
 from relay.errors import NotFound, StoreUnavailable
 from relay.ids import random_base62
 
@@ -63,6 +71,7 @@ class KeyStore:
         expires_at: datetime | None = None,
         destinations: list[str] | None = None,
         rate_limit: str | None = None,
+        signing: bool = False,
     ) -> tuple[KeyRecord, str]:
         """Store a new key; returns its record and the key, which is never seen again."""
         key = new_key(mode)
@@ -77,6 +86,7 @@ class KeyStore:
             created_at=datetime.now(UTC).replace(microsecond=0),
             expires_at=expires_at,
             rate_limit=rate_limit,
+            signing_secret=new_signing_secret() if signing else None,
         )
         try:
             async with self._redis.pipeline(transaction=True) as pipe:

@@ -179,6 +179,7 @@ class ApiKeyInfo(BaseModel):
     expires_at: datetime | None
     mode: KeyMode
     rate_limit: str | None = None
+    signing: bool = Field(default=False, description="Requests must be signed (Standard Webhooks)")
     created_at: datetime
     revoked_at: datetime | None = None
 
@@ -194,6 +195,11 @@ class CreatedKey(BaseModel):
     destinations: list[str]
     expires_at: datetime | None
     mode: KeyMode
+    signing_secret: str | None = Field(
+        default=None,
+        description="whsec_ secret to sign requests with (only for signing keys)",
+        exclude_if=lambda v: v is None,
+    )
 
 
 class KeyCreate(BaseModel):
@@ -209,6 +215,9 @@ class KeyCreate(BaseModel):
     destinations: list[str] = Field(default_factory=list)
     rate_limit: str | None = Field(default=None, description="e.g. 100/m, 2000/5m")
     mode: KeyMode = "live"
+    signing: bool = Field(
+        default=False, description="Require Standard Webhooks signatures; returns a whsec_ secret"
+    )
 
 
 class Me(BaseModel):

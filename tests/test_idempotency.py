@@ -70,3 +70,56 @@ async def test_keys_are_per_api_key_and_errors_are_not_remembered(
     # The client fixes the body and retries with the same key: it is not stuck.
     good = await client.post("/v1/leads", json=LEAD, headers=headers)
     assert good.status == 202
+
+
+async def test_signed_requests(
+    client: TestClient[Any, Any], redis: Redis, make_key: KeyMaker
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    import orjson
+    from standardwebhooks.webhooks import Webhook
+
+    admin = {"X-API-Key": await make_key("admin")}
+    created = await (
+        await client.post(
+            "/v1/keys", json={"name": "n8n", "scopes": ["write:leads"], "signing": True},
+            headers=admin,
+        )
+    ).json()  # fmt: skip
+    secret = created["signing_secret"]
+    assert secret.startswith("whsec_")
+    listed = await (await client.get("/v1/keys", headers=admin)).json()
+    assert secret not in str(listed)
+    assert next(k for k in listed if k["id"] == created["id"])["signing"] is True
+
+    body = orjson.dumps(LEAD)
+
+    def signed(msg_id: str, when: datetime, raw: bytes = body) -> dict[str, str]:
+        return {
+            "Authorization": f"Bearer {created['key']}",
+            "Content-Type": "application/json",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(int(when.timestamp())),
+            "webhook-signature": Webhook(secret).sign(msg_id, when, raw.decode()),
+        }
+
+    now = datetime.now(UTC)
+    ok = await client.post("/v1/leads", data=body, headers=signed("msg_1", now))
+    assert ok.status == 202, await ok.text()
+    replay = await client.post("/v1/leads", data=body, headers=signed("msg_1", now))
+    assert await replay.read() == await ok.read()
+    assert await redis.zcard(redis_keys.EVENTS_INDEX) == 1
+
+    unsigned = await client.post(
+        "/v1/leads", data=body, headers={"Authorization": f"Bearer {created['key']}",
+                                         "Content-Type": "application/json"}
+    )  # fmt: skip
+    assert unsigned.status == 401
+    assert "webhook-signature" in (await unsigned.json())["detail"]
+    tampered = signed("msg_2", now)
+    other = orjson.dumps({"email": "evil@example.com"})
+    assert (await client.post("/v1/leads", data=other, headers=tampered)).status == 401
+    stale = signed("msg_3", now - timedelta(minutes=6))
+    assert (await client.post("/v1/leads", data=body, headers=stale)).status == 401
+    assert await redis.zcard(redis_keys.EVENTS_INDEX) == 1

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from relay.api.routing import ANY_KEY, routes
 from relay.api.state import API_KEY, KEYS, LIMITER
@@ -65,11 +66,31 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
         response: web.StreamResponse = await handler(request)
         return response
     record = await authenticate(request, spec.scope)
+    if record.signing_secret is not None:
+        await _check_signature(request, record.signing_secret)
     request[API_KEY] = record
     headers = await _spend(request, record) if record.rate_limit is not None else {}
     response = await handler(request)
     response.headers.update(headers)
     return response
+
+
+async def _check_signature(request: web.Request, secret: str) -> None:
+    """Standard Webhooks: webhook-id, webhook-timestamp (within 5 min), webhook-signature
+    over the exact raw body. A replayed webhook-id is caught by idempotency, not here."""
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    missing = [
+        h for h in ("webhook-id", "webhook-timestamp", "webhook-signature") if h not in headers
+    ]
+    if missing:
+        raise Unauthorized(
+            f"this key signs its requests: missing {', '.join(missing)} "
+            "(Standard Webhooks headers over the raw body)"
+        )
+    try:
+        Webhook(secret).verify(await request.read(), headers)
+    except WebhookVerificationError as exc:
+        raise Unauthorized(f"bad request signature: {exc}") from None
 
 
 async def _spend(request: web.Request, record: KeyRecord) -> dict[str, str]:

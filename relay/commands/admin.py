@@ -33,6 +33,7 @@ async def keys_create(settings: Settings, args: argparse.Namespace) -> int:
         expires=args.expires,
         destinations=args.destination,
         rate_limit=args.rate_limit,
+        signing=args.signing,
         mode="test" if args.test else "live",
     )
     if len(args.name) > 100:
@@ -45,7 +46,9 @@ async def keys_create(settings: Settings, args: argparse.Namespace) -> int:
         print(orjson.dumps(created.model_dump(mode="json")).decode())
         return 0
     print(f"Created {record.mode} key {record.id} ({record.name!r}):\n\n    {key}\n")
-    print("Copy it now: relay keeps only its digest and cannot show it again.\n")
+    if record.signing_secret:
+        print(f"Signing secret (sign the raw body):\n\n    {record.signing_secret}\n")
+    print("Copy it now: relay keeps only the key's digest and shows neither again.\n")
     _table(
         [
             ("prefix", record.prefix),
