@@ -96,6 +96,8 @@ class DeliveryStatus(StrEnum):
     retrying = "retrying"
     delivered = "delivered"
     dead = "dead"
+    #: Sent with a test-mode key: stored and shown, never sent upstream.
+    test = "test"
 
 
 # --- answers ----------------------------------------------------------------

@@ -103,8 +103,9 @@ class EventStore:
                 for ev in events:
                     key = redis_keys.event(ev.id)
                     fields: dict[str, bytes | str] = {redis_keys.EVENT_DATA_FIELD: ev.to_json()}
+                    initial = DeliveryStatus.test if ev.mode == "test" else DeliveryStatus.pending
                     for dest in ev.destinations:
-                        fields[redis_keys.STATUS_FIELD_PREFIX + dest] = DeliveryStatus.pending.value
+                        fields[redis_keys.STATUS_FIELD_PREFIX + dest] = initial.value
                     pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
                     pipe.expire(key, self._retention_s)
                     pipe.zadd(

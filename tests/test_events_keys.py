@@ -204,3 +204,24 @@ async def test_polling_pages_through_events_of_one_millisecond(redis: Any) -> No
         before = page[-1].id
     assert sorted(seen, reverse=True) == seen
     assert set(seen) == {e.id for e in events}
+
+
+async def test_test_mode_events_are_stored_and_never_queued(
+    client: TestClient[Any, Any], redis: Any, make_key: KeyMaker
+) -> None:
+    from relay import redis_keys
+
+    key = await make_key("write:leads", "read:events", mode="test")
+    assert key.startswith("rly_test_")
+    resp = await client.post(
+        "/v1/leads", json={"email": "t@example.com"}, headers={"X-API-Key": key}
+    )
+    assert resp.status == 202
+    event = await (
+        await client.get(f"/v1/events/{(await resp.json())['id']}", headers={"X-API-Key": key})
+    ).json()
+    assert (event["mode"], event["status"]) == ("test", "test")
+    assert {d["status"] for d in event["destinations"]} == {"test"}
+    assert await redis.xlen(redis_keys.queue("convertr")) == 0
+    me = await (await client.get("/v1/me", headers={"X-API-Key": key})).json()
+    assert me["mode"] == "test"
