@@ -27,13 +27,27 @@ def random_base62(length: int) -> str:
 def new_event_id(*, now_ms: int | None = None) -> str:
     """``evt_`` + a ULID: 48 bits of milliseconds then 80 random bits, 26 characters.
 
-    Ids sort as text in the order they were made (to the millisecond), so the
-    newest-first listing and Redis stream order agree with the id order.
+    Ids sort as text in the order they were made: within one millisecond the
+    random part is incremented rather than drawn again (a monotonic ULID), so
+    the newest-first listing matches the order in which this process accepted
+    events.
     """
+    global _last
     ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+    last_ms, last_rand = _last
+    if ms <= last_ms and now_ms is None:
+        ms, rand = last_ms, (last_rand + 1) & _RAND_MASK
+    else:
+        rand = int.from_bytes(os.urandom(10), "big")
+    _last = (ms, rand)
+    value = (ms << 80) | rand
     chars = []
     for _ in range(26):
         chars.append(_CROCKFORD[value & 31])
         value >>= 5
     return "evt_" + "".join(reversed(chars))
+
+
+_RAND_MASK = (1 << 80) - 1
+#: (ms, random part) of the last id made by this process.
+_last: tuple[int, int] = (0, 0)
