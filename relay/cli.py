@@ -17,6 +17,8 @@ import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from relay import __version__
 from relay.commands import admin, delivery
 from relay.connect import check_version
@@ -199,6 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except RelayError as exc:
         print(f"relay: error: {exc}", file=sys.stderr)
+        return 1
+    except RedisError as exc:
+        where = "RELAY_REDIS_URL" if settings.redis_url else "the embedded Redis"
+        print(f"relay: error: cannot use {where}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from relay.connect import redis_for
+from relay.connect import check_version, redis_for
 from relay.errors import RelayError
 from relay.queue import DeliveryQueue
 from relay.settings import Settings
@@ -33,6 +33,7 @@ async def run_worker(settings: Settings, args: argparse.Namespace) -> int:
         print("relay: no destinations in relay.toml: nothing to deliver to", file=sys.stderr)
         return 2
     async with redis_for(settings) as redis:
+        await check_version(redis)  # a clear error now rather than a failing loop later
         worker = Worker(settings, redis=redis, concurrency=args.concurrency)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
