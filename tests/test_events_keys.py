@@ -225,3 +225,9 @@ async def test_test_mode_events_are_stored_and_never_queued(
     assert await redis.xlen(redis_keys.queue("convertr")) == 0
     me = await (await client.get("/v1/me", headers={"X-API-Key": key})).json()
     assert me["mode"] == "test"
+
+
+async def test_openapi_document_is_valid_openapi_3_1(client: TestClient[Any, Any]) -> None:
+    from openapi_spec_validator import validate
+
+    validate(await (await client.get("/openapi.json")).json())
