@@ -11,6 +11,7 @@ it has been idle longer than the visibility timeout.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import orjson
@@ -54,6 +55,10 @@ local due = redis.call('ZSCORE', KEYS[2], head)
 if due then return tonumber(due) end
 return 0
 """
+
+
+#: Dead letters replayed per transaction.
+_REPLAY_CHUNK = 500
 
 
 def _entries(reply: Any) -> list[Entry]:
@@ -254,8 +259,29 @@ class DeliveryQueue:
         rows = await self._redis.zrange(redis_keys.dead(destination), 0, -1, withscores=True)
         return [(event_id, score / 1000) for event_id, score in cast(list[tuple[str, float]], rows)]
 
-    async def replay(self, destination: str, event_ids: list[str]) -> int:
-        """Queue dead letters again; their earlier attempts stay on the event. How many.
+    async def replay(
+        self,
+        destination: str,
+        event_ids: list[str] | None = None,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
+        """Queue dead letters again (``None``: all of them); their earlier attempts stay
+        on the event. Works in chunks, so replaying 100 000 is not one giant MULTI;
+        ``progress(done, total)`` is called after each. Returns how many were queued.
+        """
+        ids = (
+            [e for e, _ in await self.dead_letters(destination)] if event_ids is None else event_ids
+        )
+        done = 0
+        for start in range(0, len(ids), _REPLAY_CHUNK):
+            done += await self._replay_chunk(destination, ids[start : start + _REPLAY_CHUNK])
+            if progress is not None:
+                progress(done, len(ids))
+        return done
+
+    async def _replay_chunk(self, destination: str, event_ids: list[str]) -> int:
+        """Queue these dead letters again. How many.
 
         Ids that are not dead letters of this destination are skipped. The removal
         from the dead letters and the new stream entry go in one MULTI.

@@ -103,6 +103,5 @@ async def replay_dead_letters(request: web.Request) -> web.Response:
     queue = DeliveryQueue(request.app[REDIS], retention_s=settings.retention_s)
     total = 0
     for dest in _destinations(request, body.destination):
-        ids = [e for e, _ in await queue.dead_letters(dest)] if body.all else body.event_ids
-        total += await queue.replay(dest, ids)
+        total += await queue.replay(dest, None if body.all else body.event_ids)
     return json_response(Replayed(replayed=total).model_dump())

@@ -81,14 +81,13 @@ async def dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
     async with redis_for(settings) as redis:
         queue = DeliveryQueue(redis, retention_s=settings.retention_s)
         for dest in _destinations(settings, args.destination):
-            ids = (
-                [e for e, _ in await queue.dead_letters(dest)] if args.all else list(args.event_ids)
-            )
-            done = 0
-            for start in range(0, len(ids), _PROGRESS_EVERY):
-                done += await queue.replay(dest, ids[start : start + _PROGRESS_EVERY])
-                if len(ids) > _PROGRESS_EVERY:
-                    print(f"  {dest}: {done}/{len(ids)} replayed", file=sys.stderr, flush=True)
+
+            def show(done: int, of: int, dest: str = dest) -> None:
+                if of > _PROGRESS_EVERY:
+                    print(f"  {dest}: {done}/{of} replayed", file=sys.stderr, flush=True)
+
+            ids = None if args.all else list(args.event_ids)
+            done = await queue.replay(dest, ids, progress=show)
             total += done
             if done:
                 print(f"{dest}: {done} replayed")
