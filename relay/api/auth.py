@@ -7,6 +7,7 @@ itself never appears in an answer or a log line; its 12-character prefix may.
 
 from __future__ import annotations
 
+import functools
 import math
 from datetime import UTC, datetime
 from typing import Any
@@ -93,12 +94,16 @@ async def _check_signature(request: web.Request, secret: str) -> None:
         raise Unauthorized(f"bad request signature: {exc}") from None
 
 
+#: A key's limit text parsed once, not on every request.
+_parse_limit = functools.lru_cache(maxsize=1024)(parse_rate_limit)
+
+
 async def _spend(request: web.Request, record: KeyRecord) -> dict[str, str]:
     """Count this request against the key's own limit, shared by every API process.
 
     Returns the ``RateLimit-*`` headers for the answer; raises 429 when spent.
     """
-    limit = parse_rate_limit(record.rate_limit or "")
+    limit = _parse_limit(record.rate_limit or "")
     wait_s, remaining = await request.app[LIMITER].admit(f"key:{record.id}", limit)
     headers = {
         "RateLimit-Limit": str(limit.count),
