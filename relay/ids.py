@@ -24,8 +24,8 @@ def random_base62(length: int) -> str:
     return "".join(secrets.choice(BASE62) for _ in range(length))
 
 
-def new_event_id(*, now_ms: int | None = None) -> str:
-    """``evt_`` + a ULID: 48 bits of milliseconds then 80 random bits, 26 characters.
+def new_event_id(*, now_ms: int | None = None, prefix: str = "evt_") -> str:
+    """``evt_`` (or ``prefix``) + a ULID: 48 bits of ms then 80 random bits, 26 characters.
 
     Ids sort as text in the order they were made: within one millisecond the
     random part is incremented rather than drawn again (a monotonic ULID), so
@@ -45,7 +45,7 @@ def new_event_id(*, now_ms: int | None = None) -> str:
     for _ in range(26):
         chars.append(_CROCKFORD[value & 31])
         value >>= 5
-    return "evt_" + "".join(reversed(chars))
+    return prefix + "".join(reversed(chars))
 
 
 _RAND_MASK = (1 << 80) - 1

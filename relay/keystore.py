@@ -9,9 +9,6 @@ subscription is down the cache is empty and every lookup asks Redis.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from datetime import UTC, datetime
 from typing import cast
 
@@ -30,15 +27,12 @@ from relay.apikeys import (
 )
 from relay.errors import NotFound, StoreUnavailable
 from relay.ids import random_base62
+from relay.invalidation import listen
 
 __all__ = ["KeyStore"]
 
-log = logging.getLogger(__name__)
-
 #: Upper bound of cached keys; past it the cache is simply emptied.
 _CACHE_MAX = 10_000
-#: Pause before re-subscribing after the pub/sub connection broke.
-_RESUBSCRIBE_S = 0.5
 
 
 class KeyStore:
@@ -165,28 +159,17 @@ class KeyStore:
 
     async def listen(self) -> None:
         """Keep the invalidation subscription up until cancelled (run as a task)."""
-        while True:
-            pubsub = self._redis.pubsub()
-            try:
-                await pubsub.subscribe(redis_keys.KEYS_CHANGED_CHANNEL)
-                # Wait for the subscribe confirmation before trusting the cache.
-                while await pubsub.get_message(timeout=1.0) is None:
-                    pass
-                self._trusted = True
-                while True:
-                    # A bounded wait, so the client's health checks run on a quiet channel.
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is not None and message["type"] == "message":
-                        self._forget(message["data"])
-            except (RedisError, OSError) as exc:
-                log.warning(
-                    "key invalidation channel lost (%s); keys uncached until it is back", exc
-                )
-            finally:
-                self._distrust()
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-            await asyncio.sleep(_RESUBSCRIBE_S)
+        await listen(
+            self._redis,
+            redis_keys.KEYS_CHANGED_CHANNEL,
+            on_message=self._forget,
+            on_up=self._trust,
+            on_down=self._distrust,
+            what="key",
+        )
+
+    def _trust(self) -> None:
+        self._trusted = True
 
     def _forget(self, d: str) -> None:
         self._generation += 1

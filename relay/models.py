@@ -8,26 +8,32 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 __all__ = [
     "CANONICAL_FIELDS",
+    "HOOK_TOPICS",
     "SCOPES",
     "ApiKeyInfo",
     "BatchAccepted",
     "BatchRejected",
     "BatchResult",
     "Contact",
+    "CreatedHook",
     "CreatedKey",
     "DeliveryStatus",
     "DestinationView",
     "EventKind",
     "EventView",
+    "HookCreate",
+    "HookInfo",
+    "HookTopic",
     "KeyCreate",
     "Lead",
     "Me",
+    "Notification",
     "Problem",
     "ProblemError",
     "Queued",
@@ -231,3 +237,51 @@ class Me(BaseModel):
     scopes: list[str]
     destinations: list[str]
     mode: KeyMode
+
+
+# --- hooks (Zapier REST hooks) --------------------------------------------------
+
+#: What a subscription can be notified of.
+HookTopic = Literal[
+    "contact.received", "lead.received", "contact.delivered", "lead.delivered", "event.failed"
+]
+HOOK_TOPICS: tuple[str, ...] = get_args(HookTopic)
+
+
+class HookCreate(BaseModel):
+    """Body of ``POST /v1/hooks`` (what a Zapier app's subscribe step sends)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target_url: str = Field(
+        min_length=1, max_length=2048, description="Public http(s) URL notifications go to"
+    )
+    event: HookTopic
+
+
+class HookInfo(BaseModel):
+    """A subscription as lists show it (never its secret)."""
+
+    id: str
+    event: HookTopic
+    target_url: str
+    created_at: datetime
+
+
+class CreatedHook(HookInfo):
+    """A new subscription, the only time its secret is shown."""
+
+    secret: str = Field(
+        description="whsec_ secret: verify each notification's webhook-signature with it"
+    )
+
+
+class Notification(EventView):
+    """The JSON body of an outbound notification: the event as the polling list shows it,
+    with what happened."""
+
+    event: HookTopic = Field(description="What happened (the subscription's event)")
+    test: bool = Field(description="True for events sent with a test-mode key")
+    destination: str | None = Field(
+        default=None, description="For *.delivered and event.failed: which destination"
+    )

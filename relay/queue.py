@@ -11,7 +11,7 @@ it has been idle longer than the visibility timeout.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import orjson
@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from relay import redis_keys
+from relay.hooks import queue_notifications
 from relay.models import DeliveryStatus
 
 __all__ = ["DeliveryQueue", "Entry"]
@@ -165,11 +166,13 @@ class DeliveryQueue:
         status: DeliveryStatus,
         contact: str | None,
         retry_at_ms: int | None = None,
+        notifications: Sequence[tuple[str, bytes]] = (),
     ) -> None:
         """Record the attempt and its consequence, then ack and delete the entry: one MULTI.
 
         ``contact`` (see ``store.contact_key``) lets the contact's next event go once
-        this one is delivered or dead.
+        this one is delivered or dead. ``notifications`` (see ``hooks.notification_records``)
+        are queued in the same MULTI.
         """
         entry_id, event_id = entry
         record = {"destination": destination, "at": time.time(), **attempt}
@@ -190,6 +193,7 @@ class DeliveryQueue:
                 minute = redis_keys.delivered_minute(destination, int(time.time() // 60))
                 pipe.incr(minute)
                 pipe.expire(minute, redis_keys.DELIVERED_MINUTE_TTL_S)
+            queue_notifications(pipe, notifications, retention_s=self._retention_s)
             pipe.xack(redis_keys.queue(destination), redis_keys.CONSUMER_GROUP, entry_id)
             pipe.xdel(redis_keys.queue(destination), entry_id)
             await pipe.execute()

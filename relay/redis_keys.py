@@ -23,6 +23,13 @@ Layout::
     {relay}:health                  hash   destination -> why it is unhealthy (JSON)
     {relay}:order:<dest>:<contact>  list   a contact's undelivered event ids, in accepted order
     {relay}:idem:<key id>:<digest>  string the first answer to an Idempotency-Key (24 h)
+    {relay}:hooks                   hash   hook id -> subscription JSON (with its secret)
+    {relay}:hooks:changed           pubsub a subscription was added or deleted (cache invalidation)
+
+Outbound notifications are queued like deliveries, under the pseudo-destination
+``_hooks`` (:data:`NOTIFICATIONS`, a name no configured destination can have):
+each is a record ``{relay}:evt:ntf_…`` with its stream entry, retries, dead
+letters and attempts in the keys above.
 """
 
 from __future__ import annotations
@@ -36,10 +43,13 @@ __all__ = [
     "EVENTS_INDEX",
     "EVENT_DATA_FIELD",
     "HEALTH",
+    "HOOKS_CHANGED_CHANNEL",
+    "HOOKS_INDEX",
     "IDEMPOTENCY_PENDING_MS",
     "IDEMPOTENCY_TTL_S",
     "KEYS_CHANGED_CHANNEL",
     "KEYS_INDEX",
+    "NOTIFICATIONS",
     "STATUS_FIELD_PREFIX",
     "attempts",
     "dead",
@@ -64,6 +74,12 @@ KEYS_INDEX = f"{_TAG}:keys"
 KEYS_CHANGED_CHANNEL = f"{_TAG}:keys:changed"
 #: zset: every event id, scored by its received time in ms; trimmed to the retention.
 EVENTS_INDEX = f"{_TAG}:events"
+#: hash: hook id -> JSON of one REST-hook subscription.
+HOOKS_INDEX = f"{_TAG}:hooks"
+#: pub/sub channel: a subscription was created or deleted; processes reload their list.
+HOOKS_CHANGED_CHANNEL = f"{_TAG}:hooks:changed"
+#: The pseudo-destination notifications are queued under (not a valid destination name).
+NOTIFICATIONS = "_hooks"
 #: Consumer group that every worker of every destination stream joins.
 CONSUMER_GROUP = "workers"
 

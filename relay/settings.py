@@ -49,6 +49,7 @@ __all__ = [
     "DEFAULT_RETRY_SCHEDULE_S",
     "ConvertrDestination",
     "ConveyourDestination",
+    "DeliverySettings",
     "Destination",
     "HooksSettings",
     "RateLimit",
@@ -166,25 +167,30 @@ DestinationName = Annotated[
 ]
 
 
-class _Destination(BaseModel):
-    """What every destination takes: which events, how fast, how patiently."""
+class DeliverySettings(BaseModel):
+    """How fast and how patiently relay sends somewhere (destinations and hooks)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
-    #: Event kinds routed here.
-    events: Events
     #: Seconds to wait for one upstream answer (the visibility timeout is longer).
     timeout_s: float = Field(10, gt=0, le=120)
     #: Seconds to wait before each retry; after the last one the delivery is dead-lettered.
     retry_schedule: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)] = list(
         DEFAULT_RETRY_SCHEDULE_S
     )
-    #: Requests to this destination in flight at once, per worker process.
+    #: Requests in flight at once, counted across every worker process.
     max_in_flight: int = Field(8, ge=1)
-    #: A disabled destination is routed nothing new; what is queued stays queued.
-    enabled: bool = True
     #: Limit across every worker process and host; None: unlimited.
     rate_limit: RateLimitField | None = None
+
+
+class _Destination(DeliverySettings):
+    """What every destination takes: which events, how fast, how patiently."""
+
+    #: Event kinds routed here.
+    events: Events
+    #: A disabled destination is routed nothing new; what is queued stays queued.
+    enabled: bool = True
 
 
 class ConveyourDestination(_Destination):
@@ -276,10 +282,12 @@ Destination = Annotated[
 ]
 
 
-class HooksSettings(BaseModel):
-    """The ``[hooks]`` table: outbound notifications (Zapier REST hooks)."""
+class HooksSettings(DeliverySettings):
+    """The ``[hooks]`` table: outbound notifications (Zapier REST hooks).
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    Notifications go through the same queue, retries and limits as deliveries;
+    ``rate_limit`` and ``max_in_flight`` count every subscription together.
+    """
 
     #: Accept hook targets on loopback, private or link-local addresses.
     allow_private_targets: bool = False

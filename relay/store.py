@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, cast
@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from relay import redis_keys
 from relay.errors import StoreUnavailable
+from relay.hooks import Subscription, notification_records, queue_notifications
 from relay.models import Contact, DeliveryStatus, DestinationView, EventKind, EventView
 
 __all__ = ["EventStore", "NewEvent", "contact_key", "overall_status"]
@@ -88,15 +89,31 @@ class EventStore:
         return f"<EventStore retention_s={self._retention_s}>"
 
     async def enqueue(
-        self, events: list[NewEvent], *, remember: tuple[str, bytes] | None = None
+        self,
+        events: list[NewEvent],
+        *,
+        remember: tuple[str, bytes] | None = None,
+        subscribers: Sequence[Subscription] = (),
     ) -> None:
         """Store and queue events in one transaction; returns once Redis has them all.
 
         ``remember`` (key, answer) stores an Idempotency-Key's answer in the same
         transaction, so a repeat finds the answer exactly when the events exist.
+        ``subscribers`` are the hook subscriptions to the events' ``<type>.received``:
+        their notifications are queued in the same transaction too.
         """
         if not events:
             return
+        notifications = [
+            record
+            for ev in events
+            for record in notification_records(
+                [s for s in subscribers if s.event == f"{ev.type}.received"],
+                f"{ev.type}.received",
+                ev.id,
+                mode=ev.mode,
+            )
+        ]
         now_ms = int(time.time() * 1000)
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
@@ -121,6 +138,7 @@ class EventStore:
                                 pipe.rpush(order, ev.id)
                                 pipe.expire(order, self._retention_s)
                             pipe.xadd(redis_keys.queue(dest), {"e": ev.id})
+                queue_notifications(pipe, notifications, retention_s=self._retention_s)
                 if remember is not None:
                     pipe.set(remember[0], remember[1], ex=redis_keys.IDEMPOTENCY_TTL_S)
                 pipe.zremrangebyscore(
@@ -215,6 +233,8 @@ def _view(raw: dict[str, str], attempts: list[str]) -> EventView | None:
     if not raw or redis_keys.EVENT_DATA_FIELD not in raw:
         return None
     data = orjson.loads(raw[redis_keys.EVENT_DATA_FIELD])
+    if "payload" not in data:
+        return None  # a notification's record (relay.hooks), not an event
     by_dest: dict[str, list[dict[str, Any]]] = {}
     for item in attempts:
         attempt = orjson.loads(item)

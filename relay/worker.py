@@ -27,13 +27,15 @@ from redis.exceptions import RedisError
 from relay import redis_keys
 from relay.adapters import make_adapter
 from relay.adapters.base import Attempt, Outcome
+from relay.hooks import HookStore, notification_records
 from relay.ids import random_base62
 from relay.models import DeliveryStatus
+from relay.notify import Notifier, guarded_session
 from relay.queue import DeliveryQueue, Entry
 from relay.ratelimit import RateLimiter, local_limiter
 from relay.retry import next_delay_s
-from relay.settings import RateLimit, Settings
-from relay.store import contact_key
+from relay.settings import DeliverySettings, RateLimit, Settings
+from relay.store import EventStore, contact_key
 
 __all__ = ["Worker"]
 
@@ -64,6 +66,7 @@ class Worker:
         "_adapters",
         "_consumer",
         "_counts",
+        "_hooks",
         "_in_flight",
         "_limiter",
         "_local",
@@ -93,6 +96,7 @@ class Worker:
         self._consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{random_base62(6)}"
         self._queue = DeliveryQueue(redis, retention_s=settings.retention_s)
         self._limiter = RateLimiter(redis)
+        self._hooks = HookStore(redis)
         self._adapters: dict[str, Any] = {}
         #: aiolimiter per rate-limited destination: spreads this process's requests
         #: over the period instead of spending the shared budget in bursts.
@@ -111,7 +115,14 @@ class Worker:
 
     @property
     def destinations(self) -> list[str]:
-        return [name for name, d in self._settings.destinations.items() if d.enabled]
+        """Streams this worker reads: enabled destinations, and hook notifications."""
+        enabled = [name for name, d in self._settings.destinations.items() if d.enabled]
+        return [*enabled, redis_keys.NOTIFICATIONS]
+
+    def _config(self, name: str) -> DeliverySettings:
+        if name == redis_keys.NOTIFICATIONS:
+            return self._settings.hooks
+        return self._settings.destinations[name]
 
     def stop(self) -> None:
         """Stop taking new work; ``run`` returns once in-flight deliveries are done."""
@@ -131,15 +142,23 @@ class Worker:
             self._local = {
                 name: local_limiter(limit)
                 for name in self.destinations
-                if (limit := self._settings.destinations[name].rate_limit) is not None
+                if (limit := self._config(name).rate_limit) is not None
             }
             self._adapters = {
                 name: make_adapter(name, self._settings.destinations[name], session)
                 for name in self.destinations
+                if name != redis_keys.NOTIFICATIONS
             }
+            self._adapters[redis_keys.NOTIFICATIONS] = Notifier(
+                self._settings.hooks,
+                hooks=self._hooks,
+                events=EventStore(self._redis, retention_s=self._settings.retention_s),
+                session=await stack.enter_async_context(guarded_session(self._settings.hooks)),
+            )
             for name in self.destinations:
                 await self._queue.ensure_group(name)
             loops = [asyncio.create_task(self._read_loop(name)) for name in self.destinations]
+            loops.append(asyncio.create_task(self._hooks.listen()))
             loops.append(asyncio.create_task(self._housekeeping()))
             if drain:
                 loops.append(asyncio.create_task(self._stop_when_idle()))
@@ -163,7 +182,7 @@ class Worker:
 
     async def _read_loop(self, destination: str) -> None:
         assert self._stopping is not None
-        size = getattr(self._settings.destinations[destination], "batch_size", 1)
+        size = getattr(self._config(destination), "batch_size", 1)
         while not self._stopping.is_set():
             try:
                 entries = await self._queue.read(
@@ -182,7 +201,7 @@ class Worker:
             try:
                 await self._queue.move_due_retries(self.destinations)
                 for name in self.destinations:
-                    timeout_s = self._settings.destinations[name].timeout_s
+                    timeout_s = self._config(name).timeout_s
                     idle_ms = int((timeout_s + self._settings.claim_after_s) * 1000)
                     for entry in await self._queue.claim_stale(
                         name, self._consumer, min_idle_ms=idle_ms, count=self.concurrency
@@ -223,10 +242,15 @@ class Worker:
                     "retrying" if attempt < _LOCAL_RETRIES else "left for another worker",
                 )
                 await asyncio.sleep(0.2 * 2**attempt)
+            except Exception:
+                # A bug, not trouble: the entry stays pending and is claimed again after
+                # the visibility timeout; say so loudly rather than lose the traceback.
+                log.exception("delivery of %s to %s failed", entries, destination)
+                return
 
     async def _deliver_entries(self, destination: str, entries: list[Entry]) -> None:
         """Deliver one entry, or several in one call (ConveYour's ``batch_size``)."""
-        config = self._settings.destinations[destination]
+        config = self._config(destination)
         ready: list[tuple[Entry, dict[str, Any], int, str | None]] = []
         for entry in entries:
             fields = await self._queue.load(entry[1])
@@ -234,7 +258,7 @@ class Worker:
                 await self._queue.drop(destination, entry[0])  # expired: nothing to send
                 continue
             event = orjson.loads(fields[redis_keys.EVENT_DATA_FIELD])
-            contact = contact_key(event["payload"])
+            contact = contact_key(event.get("payload") or {})  # notifications: None
             blocked = await self._queue.blocked_until(destination, contact, entry[1])
             if blocked is not None:
                 # An earlier event of this contact is still on its way: keep their
@@ -262,10 +286,10 @@ class Worker:
                 )
         finally:
             await self._limiter.release(destination, holder)
-        for (entry, _, made, contact), attempt in zip(ready, attempts, strict=True):
-            await self._settle(destination, entry, attempt, made, contact)
+        for (entry, event, made, contact), attempt in zip(ready, attempts, strict=True):
+            await self._settle(destination, entry, event, attempt, made, contact)
 
-    async def _rate_wait(self, destination: str, config: Any) -> None:
+    async def _rate_wait(self, destination: str, config: DeliverySettings) -> None:
         """Wait for a slot under the global rate limit (or the end of a 429 pause)."""
         if destination in self._local:
             await self._local[destination].acquire()
@@ -282,7 +306,7 @@ class Worker:
                 return
             await asyncio.sleep(min(wait_s, _MAX_WAIT_S))
 
-    async def _lease(self, destination: str, config: Any, holder: str) -> None:
+    async def _lease(self, destination: str, config: DeliverySettings, holder: str) -> None:
         """Wait for a place under ``max_in_flight``, counted across every process."""
         ttl_ms = int((config.timeout_s + self._settings.claim_after_s) * 1000)
         # The lease lives in Redis, shared by every process: poll it.
@@ -291,10 +315,31 @@ class Worker:
                 return
             await asyncio.sleep(0.02)
 
+    async def _notifications(
+        self, destination: str, event: dict[str, Any], *, delivered: bool
+    ) -> list[tuple[str, bytes]]:
+        """Notifications of an event's delivery or failure (none about notifications)."""
+        if destination == redis_keys.NOTIFICATIONS:
+            return []
+        topic = f"{event['type']}.delivered" if delivered else "event.failed"
+        return notification_records(
+            await self._hooks.matching(topic),
+            topic,
+            event["id"],
+            mode=event["mode"],
+            destination=destination,
+        )
+
     async def _settle(
-        self, destination: str, entry: Entry, attempt: Attempt, made: int, contact: str | None
+        self,
+        destination: str,
+        entry: Entry,
+        event: dict[str, Any],
+        attempt: Attempt,
+        made: int,
+        contact: str | None,
     ) -> None:
-        config = self._settings.destinations[destination]
+        config = self._config(destination)
         if attempt.outcome is Outcome.delivered:
             await self._queue.finish(
                 destination,
@@ -302,13 +347,19 @@ class Worker:
                 attempt.to_dict(),
                 status=DeliveryStatus.delivered,
                 contact=contact,
+                notifications=await self._notifications(destination, event, delivered=True),
             )
             await self._queue.set_health(destination, None)
             self._counts["delivered"] += 1
             return
         if attempt.outcome is Outcome.rejected:
             await self._queue.finish(
-                destination, entry, attempt.to_dict(), status=DeliveryStatus.dead, contact=contact
+                destination,
+                entry,
+                attempt.to_dict(),
+                status=DeliveryStatus.dead,
+                contact=contact,
+                notifications=await self._notifications(destination, event, delivered=False),
             )
             self._counts["dead"] += 1
             log.warning(

@@ -441,11 +441,11 @@ def test_one_line_per_problem(workdir: Path) -> None:
     )
     assert config_error(workdir, text, RELAY_PORT="abc").splitlines() == [
         "environment: RELAY_PORT: expected an integer between 1 and 65535, got 'abc'",
-        "relay.toml: destinations.convertr.events[1]: expected contact or lead, got 'deal'",
         "relay.toml: destinations.convertr.timeout_s: expected a number > 0 and <= 120, got 0",
         "relay.toml: destinations.convertr.retry_schedule[1]: expected a number > 0, got -1",
         "relay.toml: destinations.convertr.max_in_flight: expected an integer between 1 and 9,"
         " got 12",
+        "relay.toml: destinations.convertr.events[1]: expected contact or lead, got 'deal'",
         "relay.toml: destinations.convertr.enabled: expected true or false, got 'maybe'",
     ]
 

@@ -11,12 +11,13 @@ from aiohttp.abc import AbstractAccessLogger
 from redis.asyncio import Redis
 
 # Importing the route modules registers their handlers in ``routes``.
-from relay.api import dead_letters, events, health, ingest, keys, openapi  # noqa: F401
+from relay.api import dead_letters, events, health, hooks, ingest, keys, openapi  # noqa: F401
 from relay.api.auth import auth_middleware
 from relay.api.problems import error_middleware
 from relay.api.routing import routes
-from relay.api.state import EVENTS, KEYS, LIMITER, REDIS, SETTINGS
+from relay.api.state import EVENTS, HOOKS, KEYS, LIMITER, REDIS, SETTINGS
 from relay.connect import redis_for
+from relay.hooks import HookStore
 from relay.keystore import KeyStore
 from relay.ratelimit import RateLimiter
 from relay.settings import Settings
@@ -24,7 +25,7 @@ from relay.store import EventStore
 
 __all__ = ["AccessLogger", "create_app"]
 
-#: How long shutdown waits for the key invalidation listener to notice its cancellation.
+#: How long shutdown waits for the invalidation listeners to notice their cancellation.
 _LISTENER_STOP_S = 2.0
 
 
@@ -45,7 +46,7 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> web.Applica
     )
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_redis_context(settings, redis))
-    app.cleanup_ctx.append(_key_invalidation)
+    app.cleanup_ctx.append(_invalidation_listeners)
     for spec in routes:
         app.router.add_route(spec.method, spec.path, spec.handler)
     return app
@@ -63,14 +64,19 @@ def _redis_context(
             app[REDIS] = redis
             app[EVENTS] = EventStore(redis, retention_s=settings.retention_s)
             app[KEYS] = KeyStore(redis)
+            app[HOOKS] = HookStore(redis)
             app[LIMITER] = RateLimiter(redis)
             yield
 
     return context
 
 
-async def _key_invalidation(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(app[KEYS].listen(), name="relay-key-invalidation")
+async def _invalidation_listeners(app: web.Application) -> AsyncIterator[None]:
+    tasks = {
+        asyncio.create_task(app[KEYS].listen(), name="relay-key-invalidation"),
+        asyncio.create_task(app[HOOKS].listen(), name="relay-hook-invalidation"),
+    }
     yield
-    task.cancel()
-    await asyncio.wait({task}, timeout=_LISTENER_STOP_S)
+    for task in tasks:
+        task.cancel()
+    await asyncio.wait(tasks, timeout=_LISTENER_STOP_S)

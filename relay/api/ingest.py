@@ -16,7 +16,7 @@ from relay.api.body import read_items
 from relay.api.idempotency import Claim, claim, idempotency_key, release
 from relay.api.problems import problem
 from relay.api.routing import QueryParam, routes
-from relay.api.state import API_KEY, EVENTS, REDIS, SETTINGS
+from relay.api.state import API_KEY, EVENTS, HOOKS, REDIS, SETTINGS
 from relay.apikeys import KeyRecord
 from relay.errors import FieldError, Forbidden, ValidationFailed
 from relay.ids import new_event_id
@@ -181,7 +181,8 @@ async def _accept(request: web.Request, kind: EventKind, claimed: Claim | None) 
         queued = Queued(id=accepted[0].id, destinations=list(destinations))
         status, body = 202, orjson.dumps(queued.model_dump())
     remember = None if claimed is None else (claimed.redis_key, claimed.answer(status, body))
-    await request.app[EVENTS].enqueue(events, remember=remember)
+    subscribers = await request.app[HOOKS].matching(f"{kind}.received")
+    await request.app[EVENTS].enqueue(events, remember=remember, subscribers=subscribers)
     return web.Response(body=body, status=status, content_type="application/json")
 
 

@@ -1,0 +1,218 @@
+"""Zapier REST hooks: subscriptions, and the notifications queued for them.
+
+A subscription (``POST /v1/hooks``) belongs to the API key that made it and
+names one topic (:data:`~relay.models.HOOK_TOPICS`) and a target URL. Every
+process keeps the list of subscriptions in memory while its invalidation
+channel is up (as keys are cached), so routing an event to its subscribers
+costs no extra round trip on the ingest path.
+
+When something happens (an event received, delivered, dead-lettered), one
+notification per matching subscription is written *in the same MULTI* as the
+change itself (:func:`queue_notifications`): a record ``ntf_…`` and an entry
+in the ``_hooks`` stream. Workers send them like deliveries (see
+:mod:`relay.notify`), with the same retries, limits and dead letters.
+
+Every subscription hears of every event, whichever key sent it: one relay
+serves one team (as ``GET /v1/events`` does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import orjson
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
+
+from relay import redis_keys
+from relay.apikeys import new_signing_secret
+from relay.errors import StoreUnavailable
+from relay.ids import new_event_id, random_base62
+from relay.invalidation import listen
+from relay.models import CreatedHook, DeliveryStatus, HookInfo, HookTopic
+
+__all__ = ["HookStore", "Subscription", "notification_records", "queue_notifications"]
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """One REST-hook subscription."""
+
+    id: str
+    key_id: str
+    event: HookTopic
+    target_url: str
+    created_at: datetime
+    #: ``whsec_`` secret notifications are signed with; never in repr or lists.
+    secret: str = field(repr=False)
+
+    def to_json(self) -> str:
+        data = {
+            "id": self.id,
+            "key_id": self.key_id,
+            "event": self.event,
+            "target_url": self.target_url,
+            "created_at": self.created_at.isoformat(),
+            "secret": self.secret,
+        }
+        return orjson.dumps(data).decode()
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Subscription:
+        data = orjson.loads(raw)
+        return cls(
+            id=data["id"],
+            key_id=data["key_id"],
+            event=data["event"],
+            target_url=data["target_url"],
+            created_at=datetime.fromisoformat(data["created_at"]),
+            secret=data["secret"],
+        )
+
+    def info(self) -> HookInfo:
+        return HookInfo(
+            id=self.id, event=self.event, target_url=self.target_url, created_at=self.created_at
+        )
+
+    def created(self) -> CreatedHook:
+        return CreatedHook(**self.info().model_dump(), secret=self.secret)
+
+
+class HookStore:
+    """Create, list and delete subscriptions; find those of a topic, from memory.
+
+    Expects a client made with ``decode_responses=True``.
+    """
+
+    __slots__ = ("_cache", "_generation", "_redis", "_trusted")
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        #: Every subscription, while the invalidation channel is up; else None.
+        self._cache: list[Subscription] | None = None
+        self._generation = 0
+        self._trusted = False
+
+    def __repr__(self) -> str:
+        state = "live" if self._trusted else "uncached"
+        count = "?" if self._cache is None else len(self._cache)
+        return f"<HookStore cached={count} {state}>"
+
+    async def create(self, *, key_id: str, event: HookTopic, target_url: str) -> Subscription:
+        sub = Subscription(
+            id="hook_" + random_base62(16),
+            key_id=key_id,
+            event=event,
+            target_url=target_url,
+            created_at=datetime.now(UTC).replace(microsecond=0),
+            secret=new_signing_secret(),
+        )
+        try:
+            await self._redis.hset(redis_keys.HOOKS_INDEX, sub.id, sub.to_json())
+            await self._redis.publish(redis_keys.HOOKS_CHANGED_CHANNEL, sub.id)
+        except RedisError as exc:
+            raise StoreUnavailable(f"could not store the subscription: {exc}") from exc
+        self._invalidate(sub.id)
+        return sub
+
+    async def all(self) -> list[Subscription]:
+        """Every subscription, oldest first (from memory while that is trusted)."""
+        if self._cache is not None:
+            return self._cache
+        generation = self._generation
+        try:
+            raw = cast(dict[str, str], await self._redis.hgetall(redis_keys.HOOKS_INDEX))
+        except RedisError as exc:
+            raise StoreUnavailable(f"could not read subscriptions: {exc}") from exc
+        subs = sorted(
+            (Subscription.from_json(v) for v in raw.values()), key=lambda s: (s.created_at, s.id)
+        )
+        if self._trusted and generation == self._generation:
+            self._cache = subs
+        return subs
+
+    async def matching(self, topic: str) -> list[Subscription]:
+        """The subscriptions to notify of ``topic``."""
+        return [s for s in await self.all() if s.event == topic]
+
+    async def get(self, hook_id: str) -> Subscription | None:
+        """One subscription, read from Redis (a deleted one is None at once)."""
+        try:
+            raw = await self._redis.hget(redis_keys.HOOKS_INDEX, hook_id)
+        except RedisError as exc:
+            raise StoreUnavailable(f"could not read the subscription: {exc}") from exc
+        return None if raw is None else Subscription.from_json(cast(str, raw))
+
+    async def delete(self, hook_id: str) -> bool:
+        """Delete a subscription everywhere; whether it existed."""
+        try:
+            removed = int(await self._redis.hdel(redis_keys.HOOKS_INDEX, hook_id))
+            await self._redis.publish(redis_keys.HOOKS_CHANGED_CHANNEL, hook_id)
+        except RedisError as exc:
+            raise StoreUnavailable(f"could not delete the subscription: {exc}") from exc
+        self._invalidate(hook_id)
+        return removed > 0
+
+    async def listen(self) -> None:
+        """Keep the invalidation subscription up until cancelled (run as a task)."""
+        await listen(
+            self._redis,
+            redis_keys.HOOKS_CHANGED_CHANNEL,
+            on_message=self._invalidate,
+            on_up=self._trust,
+            on_down=self._distrust,
+            what="hook subscription",
+        )
+
+    def _trust(self) -> None:
+        self._trusted = True
+
+    def _invalidate(self, _hook_id: str) -> None:
+        self._generation += 1
+        self._cache = None
+
+    def _distrust(self) -> None:
+        self._trusted = False
+        self._invalidate("")
+
+
+def notification_records(
+    subscriptions: list[Subscription],
+    topic: str,
+    event_id: str,
+    *,
+    mode: str,
+    destination: str | None = None,
+) -> list[tuple[str, bytes]]:
+    """``(notification id, record JSON)`` for each subscription to tell of ``topic``."""
+    now = datetime.now(UTC).isoformat()
+    records = []
+    for sub in subscriptions:
+        ntf_id = new_event_id(prefix="ntf_")
+        data: dict[str, Any] = {
+            "id": ntf_id,
+            "hook": sub.id,
+            "topic": topic,
+            "event": event_id,
+            "mode": mode,
+            "destination": destination,
+            "created_at": now,
+        }
+        records.append((ntf_id, orjson.dumps(data)))
+    return records
+
+
+def queue_notifications(
+    pipe: Pipeline, records: Sequence[tuple[str, bytes]], *, retention_s: int
+) -> None:
+    """Add the writes that queue these notifications to a MULTI being built."""
+    for ntf_id, data in records:
+        key = redis_keys.event(ntf_id)
+        status = redis_keys.STATUS_FIELD_PREFIX + redis_keys.NOTIFICATIONS
+        pipe.hset(key, mapping={redis_keys.EVENT_DATA_FIELD: data, status: DeliveryStatus.pending})
+        pipe.expire(key, retention_s)
+        pipe.xadd(redis_keys.queue(redis_keys.NOTIFICATIONS), {"e": ntf_id})

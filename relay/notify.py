@@ -1,0 +1,121 @@
+"""Send one queued notification to its subscription: the worker's adapter for ``_hooks``.
+
+The body is the event as ``GET /v1/events`` shows it when the notification
+is sent (so a Zapier app's hook and polling triggers give the same shape),
+plus ``event`` (the topic), ``test`` and, for deliveries and failures, the
+``destination``. It is signed with the subscription's ``whsec_`` secret
+(Standard Webhooks); ``webhook-id`` is the notification id, the same on
+every retry.
+
+- 2xx: delivered. 410: the subscriber is gone: the subscription is deleted.
+- A target that is, or now resolves to, a non-public address is refused
+  without a request (unless ``[hooks] allow_private_targets``); a redirect
+  is not followed and counts as a rejection.
+- Other answers are classified as for deliveries, except that 401/403 are
+  retried like any failure (one subscriber's answer says nothing about relay's
+  health).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+
+from relay.adapters.base import Attempt, Outcome
+from relay.adapters.classify import classify_status
+from relay.adapters.transport import attempt_for, send
+from relay.adapters.webhook import sign
+from relay.hooks import HookStore
+from relay.models import Notification
+from relay.redis_keys import NOTIFICATIONS
+from relay.settings import HooksSettings
+from relay.store import EventStore
+from relay.targets import GuardedResolver, TargetRefused, check_target
+
+__all__ = ["Notifier", "guarded_session"]
+
+
+def guarded_session(settings: HooksSettings) -> aiohttp.ClientSession:
+    """The client session notifications go through: it connects only to public
+    addresses unless private targets are allowed."""
+    resolver = None if settings.allow_private_targets else GuardedResolver()
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=resolver))
+
+
+class Notifier:
+    """Sends notifications (records of the ``_hooks`` stream), one attempt each."""
+
+    __slots__ = ("_events", "_hooks", "_session", "_settings", "name")
+
+    def __init__(
+        self,
+        settings: HooksSettings,
+        *,
+        hooks: HookStore,
+        events: EventStore,
+        session: aiohttp.ClientSession,
+    ) -> None:
+        self.name = NOTIFICATIONS
+        self._settings = settings
+        self._hooks = hooks
+        self._events = events
+        self._session = session
+
+    def __repr__(self) -> str:
+        return f"<Notifier private_targets={self._settings.allow_private_targets}>"
+
+    async def deliver(self, record: dict[str, Any]) -> Attempt:
+        """Send one notification; never raises for the subscriber's trouble."""
+        sub = await self._hooks.get(record["hook"])
+        if sub is None:
+            return _refused("subscription_deleted", "the subscription was deleted")
+        try:
+            await check_target(sub.target_url, allow_private=self._settings.allow_private_targets)
+        except TargetRefused as exc:
+            return _refused("target_refused", str(exc))
+        view = await self._events.get(record["event"])
+        if view is None:
+            return _refused("event_expired", f"event {record['event']} is past its retention")
+        body = Notification(
+            **view.model_dump(),
+            event=record["topic"],
+            test=record["mode"] == "test",
+            destination=record.get("destination"),
+        )
+        data = orjson.dumps(body.model_dump(mode="json"))
+        timestamp = int(time.time())
+        secrets = (sub.secret, sub.secret.removeprefix("whsec_"))
+        answer = await send(
+            self._session,
+            "POST",
+            sub.target_url,
+            timeout_s=self._settings.timeout_s,
+            secrets=secrets,
+            data=data,
+            headers={
+                "Content-Type": "application/json",
+                "User-Agent": "relay-hooks",
+                "webhook-id": record["id"],
+                "webhook-timestamp": str(timestamp),
+                "webhook-signature": sign(sub.secret, record["id"], timestamp, data),
+            },
+        )
+        if isinstance(answer, Attempt):
+            return answer
+        if answer.status == 410:
+            await self._hooks.delete(sub.id)
+            note = "410 Gone: the subscriber unsubscribed; the subscription was deleted"
+            return attempt_for(answer, Outcome.rejected, secrets, note=note)
+        if 300 <= answer.status < 400:
+            return attempt_for(answer, Outcome.rejected, secrets, note="redirects are not followed")
+        outcome = classify_status(answer.status)
+        if outcome is Outcome.credentials:
+            outcome = Outcome.retry
+        return attempt_for(answer, outcome, secrets)
+
+
+def _refused(error: str, note: str) -> Attempt:
+    return Attempt(Outcome.rejected, None, 0.0, error=error, note=note)
