@@ -77,8 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     worker = sub.add_parser(
         "worker",
         help="deliver queued events (any number, on any hosts)",
-        description="Deliver queued events to the destinations of relay.toml. SIGTERM stops "
-        "taking work and finishes the deliveries in flight.",
+        description="Deliver queued events to the destinations of relay.toml, and hook "
+        "notifications to their subscribers. SIGTERM stops taking work and finishes the "
+        "deliveries in flight.",
     )
     worker.add_argument(
         "--concurrency", type=_positive, default=16, metavar="N", help="deliveries at once"
@@ -228,8 +229,8 @@ def _flag(loc: Sequence[str | int]) -> str:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     host = args.host or settings.host
     port = args.port or settings.port
-    # With nothing to deliver to, an in-process worker would only poll.
-    worker = not args.no_worker and bool(settings.destinations)
+    # Even with no destinations the worker sends hook notifications.
+    worker = not args.no_worker
     if args.workers == 1:
         _run_api(settings, host, port, reuse_port=False, worker=worker)
         return 0

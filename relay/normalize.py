@@ -268,6 +268,20 @@ def _check_field(field: str, text: str, region: str) -> tuple[str | None, str | 
     return text, None
 
 
+def _coerce(value: Any, depth: int = 0) -> Any:
+    """Zapier and form bodies send every value as text: ``"true"``/``"false"`` in a custom
+    field become booleans. Digits stay text: ``"02134"`` is a postcode, not 2134."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if depth >= MAX_TRAIT_DEPTH:
+        return value  # too deep: _check_custom rejects it
+    if isinstance(value, dict):
+        return {k: _coerce(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_coerce(v, depth + 1) for v in value]
+    return value
+
+
 def _check_custom(value: Any, loc: list[str | int], depth: int, errors: list[FieldError]) -> None:
     """Report custom trait values that are too long, too deep, or not JSON."""
     if isinstance(value, str):
@@ -345,7 +359,7 @@ def normalize_item(
                 msg = f"field name too long: {len(name)} characters, at most {MAX_TRAIT_NAME_CHARS}"
                 errors.append({"loc": loc, "msg": msg})
             _check_custom(value, loc, 0, errors)
-            custom[key] = value
+            custom[key] = _coerce(value)
 
     if len(custom) > MAX_CUSTOM_TRAITS:
         msg = f"too many custom fields: {len(custom)} given, at most {MAX_CUSTOM_TRAITS}"

@@ -370,6 +370,33 @@ def test_numbers_become_text() -> None:
     assert (c.phone, c.postcode, c.company, c.state) == (US, "2000", "3.5", "7")
 
 
+def test_zapier_text_values_kept_sensible() -> None:
+    # Zapier sends every field as text; so do forms.
+    c = contact(
+        {
+            "email": "a@example.com",
+            "postcode": "02134",
+            "opted_in": "true",
+            "vip": " FALSE ",
+            "score": "42",
+            "zip_plus": "02134-1234",
+            "tags": ["true", "x"],
+            "traits__newsletter": "false",
+            "note": "true story",
+        }
+    )
+    assert c.postcode == "02134"
+    assert c.traits == {
+        "opted_in": True,
+        "vip": False,
+        "score": "42",  # digits stay text: ids, zips and phone-like values keep their zeros
+        "zip_plus": "02134-1234",
+        "tags": [True, "x"],
+        "newsletter": False,
+        "note": "true story",
+    }
+
+
 @pytest.mark.parametrize(
     ("value", "got"), [(True, "a boolean"), (["a"], "an array"), ({"a": 1}, "an object")]
 )

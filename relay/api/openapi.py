@@ -11,7 +11,7 @@ from aiohttp import web
 from pydantic import BaseModel, TypeAdapter
 
 from relay.api.routing import ANY_KEY, RouteSpec, routes
-from relay.models import Problem
+from relay.models import Notification, Problem
 
 __all__ = ["build_openapi"]
 
@@ -86,6 +86,41 @@ def _operation(spec: RouteSpec, schemas: _Schemas) -> dict[str, Any]:
     return op
 
 
+def _notification(schemas: _Schemas) -> dict[str, Any]:
+    """What relay POSTs to a REST-hook subscription's target_url."""
+    headers = {
+        "webhook-id": "Notification id (ntf_…), the same on every retry: drop repeats",
+        "webhook-timestamp": "Unix seconds of this attempt",
+        "webhook-signature": "v1,<base64 HMAC-SHA256> with the subscription's whsec_ secret",
+    }
+    return {
+        "post": {
+            "summary": "A notification to a REST-hook subscription (Standard Webhooks signed)",
+            "description": "Sent for the subscription's event through the delivery queue, "
+            "with retries. Answer 2xx to acknowledge; 410 deletes the subscription; "
+            "redirects are not followed.",
+            "parameters": [
+                {
+                    "name": n,
+                    "in": "header",
+                    "required": True,
+                    "description": d,
+                    "schema": {"type": "string"},
+                }
+                for n, d in headers.items()
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": schemas.of(Notification)}},
+            },
+            "responses": {
+                "200": {"description": "Received"},
+                "410": {"description": "Gone: relay deletes the subscription"},
+            },
+        }
+    }
+
+
 def build_openapi(*, version: str) -> dict[str, Any]:
     """The whole document, from every registered route."""
     schemas = _Schemas()
@@ -102,6 +137,7 @@ def build_openapi(*, version: str) -> dict[str, Any]:
             "Errors are RFC 9457 problem JSON.",
         },
         "paths": paths,
+        "webhooks": {"notification": _notification(schemas)},
         "components": {
             "schemas": dict(sorted(schemas.components.items())),
             "securitySchemes": {

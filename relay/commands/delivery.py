@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from relay import redis_keys
 from relay.connect import check_version, redis_for
 from relay.errors import RelayError
 from relay.queue import DeliveryQueue
@@ -29,17 +30,18 @@ _PROGRESS_EVERY = 500
 
 async def run_worker(settings: Settings, args: argparse.Namespace) -> int:
     """Deliver until SIGTERM or SIGINT, then finish what is in flight."""
-    if not settings.destinations:
-        print("relay: no destinations in relay.toml: nothing to deliver to", file=sys.stderr)
-        return 2
     async with redis_for(settings) as redis:
         await check_version(redis)  # a clear error now rather than a failing loop later
         worker = Worker(settings, redis=redis, concurrency=args.concurrency)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
-        names = ", ".join(worker.destinations)
-        print(f"relay worker delivering to {names} (concurrency {args.concurrency})", flush=True)
+        names = ", ".join(settings.destinations) or "no destinations (relay.toml names none)"
+        print(
+            f"relay worker delivering to {names}, and hook notifications "
+            f"(concurrency {args.concurrency})",
+            flush=True,
+        )
         await worker.run(drain=args.drain)
     return 0
 
@@ -107,6 +109,9 @@ async def status(settings: Settings, args: argparse.Namespace) -> int:
             problem = unhealthy.get(name, {}).get("problem")
             health = "disabled" if not dest.enabled else ("unhealthy" if problem else "healthy")
             rows.append({"destination": name, **counts, "health": health, "why": problem})
+        hooks = await queue.counts(redis_keys.NOTIFICATIONS)
+        if any(hooks.values()):
+            rows.append({"destination": "(hooks)", **hooks, "health": "healthy", "why": None})
     if args.json:
         print(orjson.dumps(rows).decode())
         return 0
