@@ -85,7 +85,7 @@ class Notifier:
             test=record["mode"] == "test",
             destination=record.get("destination"),
         )
-        data = orjson.dumps(body.model_dump(mode="json"))
+        data = orjson.dumps(body.model_dump(mode="json", exclude_none=True))  # as the list
         timestamp = int(time.time())
         secrets = (sub.secret, sub.secret.removeprefix("whsec_"))
         answer = await send(
