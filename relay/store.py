@@ -18,10 +18,12 @@ from typing import Any, Literal, cast
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from relay import redis_keys
 from relay.errors import StoreUnavailable
+from relay.groupcommit import GroupCommit
 from relay.hooks import Subscription, notification_records, queue_notifications
 from relay.models import Contact, DeliveryStatus, DestinationView, EventKind, EventView
 
@@ -79,11 +81,13 @@ class EventStore:
     Expects a client made with ``decode_responses=True`` (see :mod:`relay.connect`).
     """
 
-    __slots__ = ("_redis", "_retention_s")
+    __slots__ = ("_commit", "_redis", "_retention_s")
 
     def __init__(self, redis: Redis, *, retention_s: int) -> None:
         self._redis = redis
         self._retention_s = retention_s
+        #: Concurrent enqueues share one MULTI and one round trip (see relay.groupcommit).
+        self._commit = GroupCommit(redis, tail=self._trim)
 
     def __repr__(self) -> str:
         return f"<EventStore retention_s={self._retention_s}>"
@@ -96,6 +100,9 @@ class EventStore:
         subscribers: Sequence[Subscription] = (),
     ) -> None:
         """Store and queue events in one transaction; returns once Redis has them all.
+
+        The transaction may hold other requests' events too (group commit): it
+        is sent at once when Redis is idle, else as soon as the one in flight returns.
 
         ``remember`` (key, answer) stores an Idempotency-Key's answer in the same
         transaction, so a repeat finds the answer exactly when the events exist.
@@ -114,39 +121,38 @@ class EventStore:
                 mode=ev.mode,
             )
         ]
-        now_ms = int(time.time() * 1000)
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                for ev in events:
-                    key = redis_keys.event(ev.id)
-                    fields: dict[str, bytes | str] = {redis_keys.EVENT_DATA_FIELD: ev.to_json()}
-                    initial = DeliveryStatus.test if ev.mode == "test" else DeliveryStatus.pending
+
+        def writes(pipe: Pipeline) -> None:
+            for ev in events:
+                key = redis_keys.event(ev.id)
+                fields: dict[str, bytes | str] = {redis_keys.EVENT_DATA_FIELD: ev.to_json()}
+                initial = DeliveryStatus.test if ev.mode == "test" else DeliveryStatus.pending
+                for dest in ev.destinations:
+                    fields[redis_keys.STATUS_FIELD_PREFIX + dest] = initial.value
+                pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+                pipe.expire(key, self._retention_s)
+                pipe.zadd(redis_keys.EVENTS_INDEX, {ev.id: int(ev.received_at.timestamp() * 1000)})
+                if ev.mode == "live":
+                    contact = contact_key({"email": ev.payload.email, "phone": ev.payload.phone})
                     for dest in ev.destinations:
-                        fields[redis_keys.STATUS_FIELD_PREFIX + dest] = initial.value
-                    pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-                    pipe.expire(key, self._retention_s)
-                    pipe.zadd(
-                        redis_keys.EVENTS_INDEX, {ev.id: int(ev.received_at.timestamp() * 1000)}
-                    )
-                    if ev.mode == "live":
-                        contact = contact_key(
-                            {"email": ev.payload.email, "phone": ev.payload.phone}
-                        )
-                        for dest in ev.destinations:
-                            if contact is not None:
-                                order = redis_keys.order(dest, contact)
-                                pipe.rpush(order, ev.id)
-                                pipe.expire(order, self._retention_s)
-                            pipe.xadd(redis_keys.queue(dest), {"e": ev.id})
-                queue_notifications(pipe, notifications, retention_s=self._retention_s)
-                if remember is not None:
-                    pipe.set(remember[0], remember[1], ex=redis_keys.IDEMPOTENCY_TTL_S)
-                pipe.zremrangebyscore(
-                    redis_keys.EVENTS_INDEX, "-inf", now_ms - self._retention_s * 1000
-                )
-                await pipe.execute()
+                        if contact is not None:
+                            order = redis_keys.order(dest, contact)
+                            pipe.rpush(order, ev.id)
+                            pipe.expire(order, self._retention_s)
+                        pipe.xadd(redis_keys.queue(dest), {"e": ev.id})
+            queue_notifications(pipe, notifications, retention_s=self._retention_s)
+            if remember is not None:
+                pipe.set(remember[0], remember[1], ex=redis_keys.IDEMPOTENCY_TTL_S)
+
+        try:
+            await self._commit.submit(writes)
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis did not take the event: {exc}") from exc
+
+    def _trim(self, pipe: Pipeline) -> None:
+        """Drop events past the retention from the time index (once per group commit)."""
+        now_ms = int(time.time() * 1000)
+        pipe.zremrangebyscore(redis_keys.EVENTS_INDEX, "-inf", now_ms - self._retention_s * 1000)
 
     async def get(self, event_id: str) -> EventView | None:
         """One event with its destinations' statuses, or None (unknown or expired)."""

@@ -26,6 +26,17 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture
+async def own_redis(tmp_path: Path) -> AsyncIterator[Redis]:
+    """A redis-server of this test's own, free to be broken."""
+    server = RedisServer(tmp_path / "own")
+    server.start()
+    redis = redis_client(server.url)
+    yield redis
+    await redis.aclose()
+    server.stop()
+
+
+@pytest.fixture
 async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
     client = redis_client(redis_server.url)
     await client.flushdb()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -16,7 +16,7 @@ from relay.api import create_app
 from relay.connect import redis_client
 from relay.keystore import KeyStore
 from relay.settings import Settings
-from tests.redis_server import RedisServer, free_port
+from tests.redis_server import free_port
 
 KeyMaker = Callable[..., Awaitable[str]]
 
@@ -256,17 +256,6 @@ async def test_event_without_destination_is_stored_and_shown(
     event = await (await client.get(f"/v1/events/{body['id']}", headers={"X-API-Key": key})).json()
     assert event["status"] == "no_destination"
     assert event["destinations"] == []
-
-
-@pytest.fixture
-async def own_redis(tmp_path: Any) -> AsyncIterator[Redis]:
-    """A redis-server of this test's own, free to be broken."""
-    server = RedisServer(tmp_path / "own")
-    server.start()
-    redis = redis_client(server.url)
-    yield redis
-    await redis.aclose()
-    server.stop()
 
 
 async def test_redis_refusing_writes_is_503_and_stores_nothing(

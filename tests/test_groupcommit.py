@@ -1,0 +1,106 @@
+"""Group commit against a real redis-server: concurrent enqueues share one MULTI, each
+caller returns only once its own writes are in Redis, and failures reach every caller."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from relay import redis_keys
+from relay.errors import StoreUnavailable
+from relay.groupcommit import GroupCommit
+from relay.ids import new_event_id
+from relay.models import Lead
+from relay.store import EventStore, NewEvent
+
+
+def lead(i: int) -> NewEvent:
+    return NewEvent(
+        id=new_event_id(),
+        type="lead",
+        mode="live",
+        key_id="key_t",
+        received_at=datetime.now(UTC),
+        payload=Lead(email=f"p{i}@example.com"),
+        destinations=("crm",),
+    )
+
+
+async def test_concurrent_enqueues_share_round_trips_and_all_land(redis: Redis) -> None:
+    store = EventStore(redis, retention_s=3600)
+    events = [lead(i) for i in range(50)]
+
+    async def one(ev: NewEvent) -> bool:
+        await store.enqueue([ev])
+        # Answered only after Redis has this request's own writes.
+        return bool(await redis.exists(redis_keys.event(ev.id)))
+
+    assert all(await asyncio.gather(*(one(ev) for ev in events)))
+    commit = store._commit
+    assert commit._rounds < 50
+    assert commit._largest > 1
+    assert await redis.xlen(redis_keys.queue("crm")) == 50
+    assert await redis.zcard(redis_keys.EVENTS_INDEX) == 50
+
+
+async def test_a_lone_write_goes_at_once_in_its_own_round(redis: Redis) -> None:
+    store = EventStore(redis, retention_s=3600)
+    await store.enqueue([lead(1)])
+    await store.enqueue([lead(2)])
+    assert (store._commit._rounds, store._commit._largest) == (2, 1)
+
+
+async def test_writes_arriving_during_a_round_go_in_the_next(redis: Redis) -> None:
+    commit = GroupCommit(redis)
+    order: list[str] = []
+
+    def write(name: str) -> Callable[[Pipeline], None]:
+        def add(pipe: Pipeline) -> None:
+            order.append(name)
+            pipe.rpush("{relay}:test:order", name)
+
+        return add
+
+    first = asyncio.create_task(commit.submit(write("a")))
+    await asyncio.sleep(0)  # "a" is now on its way
+    later = [asyncio.create_task(commit.submit(write(n))) for n in "bcd"]
+    await asyncio.gather(first, *later)
+    assert await redis.lrange("{relay}:test:order", 0, -1) == ["a", "b", "c", "d"]
+    assert (commit._rounds, commit._largest) == (2, 3)
+
+
+async def test_a_refused_group_fails_every_caller_and_stores_nothing(own_redis: Redis) -> None:
+    store = EventStore(own_redis, retention_s=3600)
+    before = await own_redis.dbsize()
+    await own_redis.config_set("maxmemory", "1")  # every write now fails with OOM
+    try:
+        results = await asyncio.gather(
+            *(store.enqueue([lead(i)]) for i in range(5)), return_exceptions=True
+        )
+    finally:
+        await own_redis.config_set("maxmemory", "0")
+    assert all(isinstance(r, StoreUnavailable) for r in results)
+    assert await own_redis.dbsize() == before
+    # And the next group goes through.
+    await store.enqueue([lead(9)])
+    assert await own_redis.xlen(redis_keys.queue("crm")) == 1
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_group(redis: Redis) -> None:
+    store = EventStore(redis, retention_s=3600)
+    a, b = lead(1), lead(2)
+    task_a = asyncio.create_task(store.enqueue([a]))
+    task_b = asyncio.create_task(store.enqueue([b]))
+    await asyncio.sleep(0)
+    task_a.cancel()
+    await task_b
+    with pytest.raises(asyncio.CancelledError):
+        await task_a
+    # Both were written: a cancelled caller (a client that hung up) may get no answer,
+    # but the others' writes went in the same MULTI.
+    assert await redis.exists(redis_keys.event(a.id), redis_keys.event(b.id)) == 2
