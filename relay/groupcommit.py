@@ -1,38 +1,92 @@
 """Group commit: the writes of concurrent requests share one Redis round trip.
 
-Each request hands over a function that adds its writes to a MULTI being
-built, and waits. If no write is on its way to Redis, its writes leave at
-once, alone (no timer, so no added latency at low load); while one round trip
-is in flight, the writes of every request arriving meanwhile gather, and leave
-together, in one MULTI/EXEC, as soon as it returns. Each request is answered
-only after the EXEC that holds its own writes has returned.
+Each request hands over a function that adds its writes to a :class:`Batch`,
+and waits. If no batch is on its way to Redis, its writes leave at once,
+alone (no timer, so no added latency at low load); while one round trip is in
+flight, the writes of every request arriving meanwhile gather, and leave
+together as soon as it returns. Each request is answered only after Redis ran
+the batch that holds its own writes.
 
-One MULTI for the whole group keeps each request's writes atomic (a superset
-of them is), and costs nothing in isolation: MULTI is all or nothing on every
-error Redis reports before EXEC (out of memory, read-only replica, a dead
-connection), and those would have failed each request alike.
+A batch is one call of a Lua script that runs its writes in order: as atomic
+as MULTI/EXEC (nothing else runs between them), and one command on the wire
+instead of six per event, which is what the API spends its time on (parsing
+redis-py's ``QUEUED`` replies, one per command). Like MULTI, a batch that Redis
+refuses before its first write (out of memory, a read-only replica, a dead
+connection) writes nothing, and every request in it fails alike.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
-__all__ = ["GroupCommit"]
+__all__ = ["Batch", "GroupCommit"]
 
-Writes = Callable[[Pipeline], None]
+#: Runs ``ARGV`` as commands: name, argument count, arguments; each on the next key.
+_RUN = """
+local i, k, n = 1, 1, #ARGV
+while i <= n do
+  local count = tonumber(ARGV[i + 1])
+  redis.call(ARGV[i], KEYS[k], unpack(ARGV, i + 2, i + 1 + count))
+  k = k + 1
+  i = i + 2 + count
+end
+return k - 1
+"""
+
+Value = str | bytes | int | float
+
+
+class Batch:
+    """Writes to run in one script call; the methods mirror redis-py's pipeline."""
+
+    __slots__ = ("args", "keys")
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.args: list[Value] = []
+
+    def __repr__(self) -> str:
+        return f"<Batch writes={len(self.keys)}>"
+
+    def _op(self, command: str, key: str, *args: Value) -> None:
+        self.keys.append(key)
+        self.args += (command, len(args), *args)
+
+    def hset(self, key: str, *, mapping: Mapping[str, Value]) -> None:
+        self._op("HSET", key, *(x for item in mapping.items() for x in item))
+
+    def expire(self, key: str, seconds: int) -> None:
+        self._op("EXPIRE", key, seconds)
+
+    def zadd(self, key: str, mapping: Mapping[str, float]) -> None:
+        self._op("ZADD", key, *(x for m, s in mapping.items() for x in (s, m)))
+
+    def rpush(self, key: str, *values: Value) -> None:
+        self._op("RPUSH", key, *values)
+
+    def xadd(self, key: str, fields: Mapping[str, Value]) -> None:
+        self._op("XADD", key, "*", *(x for item in fields.items() for x in item))
+
+    def set(self, key: str, value: Value, *, ex: int) -> None:
+        self._op("SET", key, value, "EX", ex)
+
+    def zremrangebyscore(self, key: str, low: Value, high: Value) -> None:
+        self._op("ZREMRANGEBYSCORE", key, low, high)
+
+
+Writes = Callable[[Batch], None]
 
 
 class GroupCommit:
-    """Coalesce concurrent MULTI blocks into one; see the module docstring."""
+    """Coalesce concurrent writes into one script call; see the module docstring."""
 
-    __slots__ = ("_flusher", "_largest", "_pending", "_redis", "_rounds", "_tail")
+    __slots__ = ("_flusher", "_largest", "_pending", "_rounds", "_script", "_tail")
 
     def __init__(self, redis: Redis, *, tail: Writes | None = None) -> None:
-        self._redis = redis
+        self._script = redis.register_script(_RUN)
         #: Added once to every group (e.g. trimming an index), after the requests' writes.
         self._tail = tail
         self._pending: list[tuple[Writes, asyncio.Future[None]]] = []
@@ -47,7 +101,7 @@ class GroupCommit:
         )
 
     async def submit(self, writes: Writes) -> None:
-        """Returns once Redis has executed ``writes`` (with others); raises what Redis raised."""
+        """Returns once Redis has run ``writes`` (with others); raises what Redis raised."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((writes, future))
         if self._flusher is None:
@@ -61,12 +115,12 @@ class GroupCommit:
                 self._rounds += 1
                 self._largest = max(self._largest, len(group))
                 try:
-                    async with self._redis.pipeline(transaction=True) as pipe:
-                        for writes, _ in group:
-                            writes(pipe)
-                        if self._tail is not None:
-                            self._tail(pipe)
-                        await pipe.execute()
+                    batch = Batch()
+                    for writes, _ in group:
+                        writes(batch)
+                    if self._tail is not None:
+                        self._tail(batch)
+                    await self._script(keys=batch.keys, args=batch.args)
                 except BaseException as exc:
                     for _, future in group:
                         if not future.done():

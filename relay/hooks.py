@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 from relay import redis_keys
 from relay.apikeys import new_signing_secret
 from relay.errors import StoreUnavailable
+from relay.groupcommit import Batch
 from relay.ids import new_event_id, random_base62
 from relay.invalidation import listen
 from relay.models import CreatedHook, DeliveryStatus, HookInfo, HookTopic
@@ -207,7 +208,7 @@ def notification_records(
 
 
 def queue_notifications(
-    pipe: Pipeline, records: Sequence[tuple[str, bytes]], *, retention_s: int
+    pipe: Pipeline | Batch, records: Sequence[tuple[str, bytes]], *, retention_s: int
 ) -> None:
     """Add the writes that queue these notifications to a MULTI being built."""
     for ntf_id, data in records:

@@ -18,12 +18,11 @@ from typing import Any, Literal, cast
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from relay import redis_keys
 from relay.errors import StoreUnavailable
-from relay.groupcommit import GroupCommit
+from relay.groupcommit import Batch, GroupCommit
 from relay.hooks import Subscription, notification_records, queue_notifications
 from relay.models import Contact, DeliveryStatus, DestinationView, EventKind, EventView
 
@@ -122,14 +121,14 @@ class EventStore:
             )
         ]
 
-        def writes(pipe: Pipeline) -> None:
+        def writes(pipe: Batch) -> None:
             for ev in events:
                 key = redis_keys.event(ev.id)
                 fields: dict[str, bytes | str] = {redis_keys.EVENT_DATA_FIELD: ev.to_json()}
                 initial = DeliveryStatus.test if ev.mode == "test" else DeliveryStatus.pending
                 for dest in ev.destinations:
                     fields[redis_keys.STATUS_FIELD_PREFIX + dest] = initial.value
-                pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+                pipe.hset(key, mapping=fields)
                 pipe.expire(key, self._retention_s)
                 pipe.zadd(redis_keys.EVENTS_INDEX, {ev.id: int(ev.received_at.timestamp() * 1000)})
                 if ev.mode == "live":
@@ -149,7 +148,7 @@ class EventStore:
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis did not take the event: {exc}") from exc
 
-    def _trim(self, pipe: Pipeline) -> None:
+    def _trim(self, pipe: Batch) -> None:
         """Drop events past the retention from the time index (once per group commit)."""
         now_ms = int(time.time() * 1000)
         pipe.zremrangebyscore(redis_keys.EVENTS_INDEX, "-inf", now_ms - self._retention_s * 1000)

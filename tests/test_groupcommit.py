@@ -9,11 +9,10 @@ from datetime import UTC, datetime
 
 import pytest
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from relay import redis_keys
 from relay.errors import StoreUnavailable
-from relay.groupcommit import GroupCommit
+from relay.groupcommit import Batch, GroupCommit
 from relay.ids import new_event_id
 from relay.models import Lead
 from relay.store import EventStore, NewEvent
@@ -59,8 +58,8 @@ async def test_writes_arriving_during_a_round_go_in_the_next(redis: Redis) -> No
     commit = GroupCommit(redis)
     order: list[str] = []
 
-    def write(name: str) -> Callable[[Pipeline], None]:
-        def add(pipe: Pipeline) -> None:
+    def write(name: str) -> Callable[[Batch], None]:
+        def add(pipe: Batch) -> None:
             order.append(name)
             pipe.rpush("{relay}:test:order", name)
 

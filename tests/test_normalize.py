@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import random
+import string
 from typing import Any
 
 import pytest
+from email_validator import validate_email
 
 from relay.errors import ValidationFailed
 from relay.models import CANONICAL_FIELDS, Contact, Lead
@@ -14,6 +17,7 @@ from relay.normalize import (
     MAX_TRAIT_DEPTH,
     MAX_TRAIT_NAME_CHARS,
     MAX_TRAIT_STRING_CHARS,
+    _plain_email,
     normalize_item,
     unflatten,
 )
@@ -593,3 +597,28 @@ def test_non_json_custom_value_is_an_error() -> None:
     (err,) = errors_of({"email": "a@example.com", "file": object()})
     assert err["loc"] == ["file"]
     assert err["msg"].startswith("expected a JSON value")
+
+
+def test_plain_email_fast_path_agrees_with_email_validator() -> None:
+    # The fast path may only accept what email-validator accepts, normalized alike.
+    rng = random.Random(7)
+    tlds = ["com", "io", "c", "x1", "123", "test", "local", "co", "arpa", "xn--p1ai", "ab--cd"]
+    chars = string.ascii_letters + string.digits
+
+    def address() -> str:
+        local = "".join(rng.choice(chars + "._+-") for _ in range(rng.randint(1, 70)))
+        labels = ["".join(rng.choice(chars + "-") for _ in range(rng.randint(1, 12)))]
+        labels += ["".join(rng.choice(chars) for _ in range(3))] * rng.randint(0, 2)
+        return local + "@" + ".".join([*labels, rng.choice(tlds)])
+
+    fast = 0
+    for _ in range(20_000):
+        text = address()
+        if not _plain_email(text):
+            continue
+        fast += 1
+        normalized = validate_email(text, check_deliverability=False).normalized
+        assert normalized.lower() == text.lower(), text
+    assert fast > 2_000  # the generator does reach the fast path
+    for slow in ("a..b@x.com", "a@x.test", "a@x.123", "a@xn--bcher-kva.example", "a@-x.com"):
+        assert not _plain_email(slow)
