@@ -20,40 +20,40 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 
+import orjson
 from redis.asyncio import Redis
 
 __all__ = ["Batch", "GroupCommit"]
 
-#: Runs ``ARGV`` as commands: name, argument count, arguments; each on the next key.
+#: Runs the commands of ``ARGV[1]`` (a JSON array of [name, args...]), each on the next key.
+#: One JSON argument rather than one per value: redis-py encodes each argument in Python.
 _RUN = """
-local i, k, n = 1, 1, #ARGV
-while i <= n do
-  local count = tonumber(ARGV[i + 1])
-  redis.call(ARGV[i], KEYS[k], unpack(ARGV, i + 2, i + 1 + count))
-  k = k + 1
-  i = i + 2 + count
+local ops = cjson.decode(ARGV[1])
+for k, op in ipairs(ops) do
+  redis.call(op[1], KEYS[k], unpack(op, 2))
 end
-return k - 1
+return #ops
 """
 
-Value = str | bytes | int | float
+#: Values are sent as text (``bytes`` must be UTF-8: relay only writes JSON and ids).
+Value = str | bytes | int
 
 
 class Batch:
     """Writes to run in one script call; the methods mirror redis-py's pipeline."""
 
-    __slots__ = ("args", "keys")
+    __slots__ = ("keys", "ops")
 
     def __init__(self) -> None:
         self.keys: list[str] = []
-        self.args: list[Value] = []
+        self.ops: list[tuple[str, ...]] = []
 
     def __repr__(self) -> str:
         return f"<Batch writes={len(self.keys)}>"
 
     def _op(self, command: str, key: str, *args: Value) -> None:
         self.keys.append(key)
-        self.args += (command, len(args), *args)
+        self.ops.append((command, *(a.decode() if isinstance(a, bytes) else str(a) for a in args)))
 
     def hset(self, key: str, *, mapping: Mapping[str, Value]) -> None:
         self._op("HSET", key, *(x for item in mapping.items() for x in item))
@@ -61,7 +61,7 @@ class Batch:
     def expire(self, key: str, seconds: int) -> None:
         self._op("EXPIRE", key, seconds)
 
-    def zadd(self, key: str, mapping: Mapping[str, float]) -> None:
+    def zadd(self, key: str, mapping: Mapping[str, int]) -> None:
         self._op("ZADD", key, *(x for m, s in mapping.items() for x in (s, m)))
 
     def rpush(self, key: str, *values: Value) -> None:
@@ -73,7 +73,7 @@ class Batch:
     def set(self, key: str, value: Value, *, ex: int) -> None:
         self._op("SET", key, value, "EX", ex)
 
-    def zremrangebyscore(self, key: str, low: Value, high: Value) -> None:
+    def zremrangebyscore(self, key: str, low: Value, high: int) -> None:
         self._op("ZREMRANGEBYSCORE", key, low, high)
 
 
@@ -120,7 +120,7 @@ class GroupCommit:
                         writes(batch)
                     if self._tail is not None:
                         self._tail(batch)
-                    await self._script(keys=batch.keys, args=batch.args)
+                    await self._script(keys=batch.keys, args=[orjson.dumps(batch.ops)])
                 except BaseException as exc:
                     for _, future in group:
                         if not future.done():
