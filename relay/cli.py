@@ -195,7 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("keys", "revoke"): admin.keys_revoke,
             ("events", "show"): admin.events_show,
         }[(args.command, getattr(args, f"{args.command}_command", None))]
-        return asyncio.run(handler(settings, args))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(handler(settings, args))
     except RequestError as exc:
         for err in exc.errors or [{"loc": [], "msg": exc.detail}]:
             print(f"relay: error: {_flag(err['loc'])}{err['msg']}", file=sys.stderr)
@@ -270,18 +271,22 @@ def _run_processes(settings: Settings, host: str, port: int, count: int, *, work
     return max((proc.exitcode or 0) for proc in procs)
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (it is a dependency, but not on Windows)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def _run_api(settings: Settings, host: str, port: int, *, reuse_port: bool, worker: bool) -> None:
     from aiohttp import web
 
     from relay.api.app import AccessLogger, create_app
 
-    loop: asyncio.AbstractEventLoop | None = None
-    try:
-        import uvloop
-
-        loop = uvloop.new_event_loop()
-    except ImportError:
-        loop = None
+    factory = _loop_factory()
+    loop = factory() if factory is not None else None
     app = create_app(settings)
 
     async def announce(app: web.Application) -> None:

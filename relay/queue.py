@@ -167,12 +167,14 @@ class DeliveryQueue:
         contact: str | None,
         retry_at_ms: int | None = None,
         notifications: Sequence[tuple[str, bytes]] = (),
+        release: str | None = None,
     ) -> None:
         """Record the attempt and its consequence, then ack and delete the entry: one MULTI.
 
         ``contact`` (see ``store.contact_key``) lets the contact's next event go once
         this one is delivered or dead. ``notifications`` (see ``hooks.notification_records``)
-        are queued in the same MULTI.
+        are queued in the same MULTI. ``release`` gives that holder's in-flight lease back,
+        and a delivery marks the destination healthy, in the same MULTI too.
         """
         entry_id, event_id = entry
         record = {"destination": destination, "at": time.time(), **attempt}
@@ -194,6 +196,10 @@ class DeliveryQueue:
                 pipe.incr(minute)
                 pipe.expire(minute, redis_keys.DELIVERED_MINUTE_TTL_S)
             queue_notifications(pipe, notifications, retention_s=self._retention_s)
+            if release is not None:
+                pipe.zrem(redis_keys.inflight(destination), release)
+            if status is DeliveryStatus.delivered:
+                pipe.hdel(redis_keys.HEALTH, destination)
             pipe.xack(redis_keys.queue(destination), redis_keys.CONSUMER_GROUP, entry_id)
             pipe.xdel(redis_keys.queue(destination), entry_id)
             await pipe.execute()

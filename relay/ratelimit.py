@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import math
 import uuid
+from collections.abc import Sequence
 
 from aiolimiter import AsyncLimiter
 from redis.asyncio import Redis
@@ -93,10 +94,8 @@ if redis.call('PTTL', KEYS[1]) < ms then
 end
 """
 
-# KEYS: lease zset. ARGV: now ms or "", max in flight, holder, ttl ms. Returns 1 or 0.
-_LEASE = (
-    _NOW
-    + """
+# KEYS[1]: lease zset. ARGV: now ms or "", max in flight, holder, ttl ms.
+_TAKE_LEASE = """
 local cap, holder, ttl = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if not redis.call('ZSCORE', KEYS[1], holder) and redis.call('ZCARD', KEYS[1]) >= cap then
@@ -105,9 +104,30 @@ end
 redis.call('ZADD', KEYS[1], now + ttl, holder)
 local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 redis.call('PEXPIRE', KEYS[1], math.max(1, tonumber(last[2]) - now))
+"""
+
+# Returns 1 (taken) or 0 (full).
+_LEASE = _NOW + _TAKE_LEASE + "return 1"
+
+# A worker's one call before a request. KEYS: lease zset, pause marker, then hashes to
+# mark. ARGV: as _LEASE, then the field and value to set in each hash once the lease is
+# taken. Returns 1 (taken, marked), 0 (full), or minus the ms left of a pause.
+_BEGIN = (
+    _NOW
+    + """
+local paused = redis.call('PTTL', KEYS[2])
+if paused > 0 then return -paused end
+"""
+    + _TAKE_LEASE
+    + """
+for i = 3, #KEYS do redis.call('HSET', KEYS[i], ARGV[5], ARGV[6]) end
 return 1
 """
 )
+
+
+#: How long a worker waits before asking again for a slot when all are taken.
+_FULL_POLL_S = 0.02
 
 
 def _ms(seconds: float) -> int:
@@ -124,13 +144,14 @@ class RateLimiter:
     ...  # send one request
     """
 
-    __slots__ = ("_acquire", "_lease", "_pause", "_redis", "admitted", "refused")
+    __slots__ = ("_acquire", "_begin", "_lease", "_pause", "_redis", "admitted", "refused")
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._acquire = redis.register_script(_ACQUIRE)
         self._pause = redis.register_script(_PAUSE)
         self._lease = redis.register_script(_LEASE)
+        self._begin = redis.register_script(_BEGIN)
         #: Requests this instance was allowed to send.
         self.admitted = 0
         #: Calls to :meth:`acquire` answered with a wait (rate limit or pause).
@@ -207,6 +228,33 @@ class RateLimiter:
             args=["" if now_ms is None else now_ms, max_in_flight, holder, ttl_ms],
         )
         return bool(int(taken))
+
+    async def begin(
+        self,
+        destination: str,
+        max_in_flight: int,
+        holder: str,
+        *,
+        ttl_ms: int,
+        mark: Sequence[str] = (),
+        field: str = "",
+        value: str = "",
+    ) -> float:
+        """:meth:`lease` unless the destination is paused, and on success set ``field``
+        to ``value`` in each hash of ``mark``: one round trip before a request.
+
+        0.0 when the slot is taken; else seconds to wait: the rest of a pause, or
+        0.0 < wait when every slot is taken (poll again).
+        """
+        answer = int(
+            await self._begin(
+                keys=[redis_keys.inflight(destination), redis_keys.paused(destination), *mark],
+                args=["", max_in_flight, holder, ttl_ms, field, value],
+            )
+        )
+        if answer == 1:
+            return 0.0
+        return -answer / 1000 if answer < 0 else _FULL_POLL_S
 
     async def release(self, destination: str, holder: str) -> None:
         """Give ``holder``'s slot back (nothing happens when it has none)."""
