@@ -51,9 +51,12 @@ class Batch:
     def __repr__(self) -> str:
         return f"<Batch writes={len(self.keys)}>"
 
-    def _op(self, command: str, key: str, *args: Value) -> None:
+    def call(self, command: str, key: str, *args: Value) -> None:
+        """Any command whose first argument is its one key (``XACK key group id``)."""
         self.keys.append(key)
         self.ops.append((command, *(a.decode() if isinstance(a, bytes) else str(a) for a in args)))
+
+    _op = call
 
     def hset(self, key: str, *, mapping: Mapping[str, Value]) -> None:
         self._op("HSET", key, *(x for item in mapping.items() for x in item))

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from relay import redis_keys
+from relay.groupcommit import Batch, GroupCommit
 from relay.hooks import queue_notifications
 from relay.models import DeliveryStatus
 
@@ -69,13 +70,14 @@ def _entries(reply: Any) -> list[Entry]:
 class DeliveryQueue:
     """Worker-side queue operations; expects a ``decode_responses=True`` client."""
 
-    __slots__ = ("_may_go", "_move_due", "_redis", "_retention_s")
+    __slots__ = ("_commit", "_may_go", "_move_due", "_redis", "_retention_s")
 
     def __init__(self, redis: Redis, *, retention_s: int) -> None:
         self._redis = redis
         self._retention_s = retention_s
         self._move_due = redis.register_script(_MOVE_DUE)
         self._may_go = redis.register_script(_MAY_GO)
+        self._commit = GroupCommit(redis)
 
     def __repr__(self) -> str:
         return f"<DeliveryQueue retention_s={self._retention_s}>"
@@ -169,7 +171,8 @@ class DeliveryQueue:
         notifications: Sequence[tuple[str, bytes]] = (),
         release: str | None = None,
     ) -> None:
-        """Record the attempt and its consequence, then ack and delete the entry: one MULTI.
+        """Record the attempt and its consequence, then ack and delete the entry, atomically
+        (in one script call, shared with other deliveries finishing at the same time).
 
         ``contact`` (see ``store.contact_key``) lets the contact's next event go once
         this one is delivered or dead. ``notifications`` (see ``hooks.notification_records``)
@@ -177,32 +180,36 @@ class DeliveryQueue:
         and a delivery marks the destination healthy, in the same MULTI too.
         """
         entry_id, event_id = entry
-        record = {"destination": destination, "at": time.time(), **attempt}
+        record = orjson.dumps({"destination": destination, "at": time.time(), **attempt})
         event_key = redis_keys.event(event_id)
         attempts_key = redis_keys.attempts(event_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(attempts_key, orjson.dumps(record))
-            pipe.expire(attempts_key, self._retention_s)
-            pipe.hset(event_key, redis_keys.STATUS_FIELD_PREFIX + destination, status.value)
-            pipe.hincrby(event_key, redis_keys.ATTEMPTS_FIELD_PREFIX + destination, 1)
+        stream = redis_keys.queue(destination)
+        now_ms = int(time.time() * 1000)
+
+        def writes(batch: Batch) -> None:
+            batch.rpush(attempts_key, record)
+            batch.expire(attempts_key, self._retention_s)
+            batch.hset(event_key, mapping={redis_keys.STATUS_FIELD_PREFIX + destination: status})
+            batch.call("HINCRBY", event_key, redis_keys.ATTEMPTS_FIELD_PREFIX + destination, 1)
             if status is DeliveryStatus.dead:
-                pipe.zadd(redis_keys.dead(destination), {event_id: int(time.time() * 1000)})
+                batch.zadd(redis_keys.dead(destination), {event_id: now_ms})
             if contact is not None and status in (DeliveryStatus.dead, DeliveryStatus.delivered):
-                pipe.lrem(redis_keys.order(destination, contact), 1, event_id)  # next may go
+                batch.call("LREM", redis_keys.order(destination, contact), 1, event_id)  # next
             if retry_at_ms is not None:
-                pipe.zadd(redis_keys.retries(destination), {event_id: retry_at_ms})
+                batch.zadd(redis_keys.retries(destination), {event_id: retry_at_ms})
             if status is DeliveryStatus.delivered:
-                minute = redis_keys.delivered_minute(destination, int(time.time() // 60))
-                pipe.incr(minute)
-                pipe.expire(minute, redis_keys.DELIVERED_MINUTE_TTL_S)
-            queue_notifications(pipe, notifications, retention_s=self._retention_s)
+                minute = redis_keys.delivered_minute(destination, now_ms // 60_000)
+                batch.call("INCR", minute)
+                batch.expire(minute, redis_keys.DELIVERED_MINUTE_TTL_S)
+            queue_notifications(batch, notifications, retention_s=self._retention_s)
             if release is not None:
-                pipe.zrem(redis_keys.inflight(destination), release)
+                batch.call("ZREM", redis_keys.inflight(destination), release)
             if status is DeliveryStatus.delivered:
-                pipe.hdel(redis_keys.HEALTH, destination)
-            pipe.xack(redis_keys.queue(destination), redis_keys.CONSUMER_GROUP, entry_id)
-            pipe.xdel(redis_keys.queue(destination), entry_id)
-            await pipe.execute()
+                batch.call("HDEL", redis_keys.HEALTH, destination)
+            batch.call("XACK", stream, redis_keys.CONSUMER_GROUP, entry_id)
+            batch.call("XDEL", stream, entry_id)
+
+        await self._commit.submit(writes)
 
     async def drop(self, destination: str, entry_id: str) -> None:
         """Ack and delete an entry whose event no longer exists (expired)."""
