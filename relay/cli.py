@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import multiprocessing
 import os
@@ -271,6 +272,13 @@ def _run_processes(settings: Settings, host: str, port: int, count: int, *, work
     return max((proc.exitcode or 0) for proc in procs)
 
 
+async def _freeze_heap(_app: Any) -> None:
+    """Move everything loaded at start out of the garbage collector's view: its full
+    collections then walk only what requests allocate (shorter pauses, a lower p99)."""
+    gc.collect()
+    gc.freeze()
+
+
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's event loop when it is installed (it is a dependency, but not on Windows)."""
     try:
@@ -307,6 +315,7 @@ def _run_api(settings: Settings, host: str, port: int, *, reuse_port: bool, work
         )
 
     app.on_startup.append(announce)
+    app.on_startup.append(_freeze_heap)
     if worker:
         app.cleanup_ctx.append(_in_process_worker)
     try:
