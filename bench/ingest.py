@@ -1,0 +1,133 @@
+"""Ingest: relay's ``POST /v1/leads`` against a bare aiohttp server, in alternating rounds.
+
+Both answer the same lead with the same headers at the same concurrency:
+baseline, relay, baseline, relay… so a slow moment of the machine hits both.
+Requests/s add up over the rounds; p50 is the rounds' median, p99 the worst round's.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from bench.apps import event_loop_name
+from bench.load import LoadResult, run_load
+from bench.servers import Procs, Stack, free_port, rss_kib
+
+__all__ = ["LEAD", "IngestResult", "run_ingest"]
+
+#: The lead both servers are sent.
+LEAD = b'{"email":"a@example.com","first_name":"Ann","phone":"+14155550100"}'
+
+
+@dataclass(frozen=True)
+class Side:
+    """One server's rounds, summed up."""
+
+    rounds: list[LoadResult]
+
+    @property
+    def rps(self) -> float:
+        return sum(r.requests for r in self.rounds) / sum(r.duration_s for r in self.rounds)
+
+    @property
+    def p50_ms(self) -> float:
+        return statistics.median(r.p50_ms for r in self.rounds)
+
+    @property
+    def p99_ms(self) -> float:
+        return max(r.p99_ms for r in self.rounds)
+
+    @property
+    def non_2xx(self) -> int:
+        return sum(r.non_2xx for r in self.rounds)
+
+    @property
+    def errors(self) -> int:
+        return sum(r.errors for r in self.rounds)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rps": round(self.rps, 1),
+            "p50_ms": round(self.p50_ms, 2),
+            "p99_ms": round(self.p99_ms, 2),
+            "non_2xx": self.non_2xx,
+            "errors": self.errors,
+            "rounds": [r.to_dict() for r in self.rounds],
+        }
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    generator: str
+    loop: str
+    connections: int
+    round_s: float
+    baseline: Side
+    relay: Side
+    #: relay serve's RSS (KiB) before and after the rounds
+    rss_kib: tuple[int, int]
+
+    @property
+    def ratio(self) -> float:
+        return self.relay.rps / self.baseline.rps
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "generator": self.generator,
+            "loop": self.loop,
+            "connections": self.connections,
+            "round_s": self.round_s,
+            "baseline": self.baseline.to_dict(),
+            "relay": self.relay.to_dict(),
+            "ratio": round(self.ratio, 3),
+            "relay_rss_kib": list(self.rss_kib),
+        }
+
+
+def run_ingest(
+    procs: Procs,
+    stack: Stack,
+    *,
+    connections: int,
+    round_s: float,
+    rounds: int,
+    warmup_s: float,
+    use_wrk: bool,
+) -> IngestResult:
+    port = free_port()
+    base = procs.python("baseline", "bench.apps", "ingest", "--port", str(port))
+    procs.wait_http(base, f"http://127.0.0.1:{port}/healthz")
+    targets = {
+        "baseline": f"http://127.0.0.1:{port}/v1/leads",
+        "relay": stack.url("/v1/leads"),
+    }
+    headers = stack.auth
+
+    def load(url: str, seconds: float) -> LoadResult:
+        return run_load(
+            procs, url, LEAD, headers, connections=connections, duration_s=seconds,
+            use_wrk=use_wrk,
+        )  # fmt: skip
+
+    rss_before = rss_kib(stack.serve.pid)
+    for url in targets.values():
+        if warmup_s > 0:
+            load(url, warmup_s)
+    measured: dict[str, list[LoadResult]] = {name: [] for name in targets}
+    for _ in range(rounds):
+        for name, url in targets.items():
+            measured[name].append(load(url, round_s))
+            stack.serve.check_alive()
+    rss_after = rss_kib(stack.serve.pid)
+    procs.stop(base)
+    return IngestResult(
+        generator=measured["relay"][0].generator,
+        loop=event_loop_name(),
+        connections=connections,
+        round_s=round_s,
+        baseline=Side(measured["baseline"]),
+        relay=Side(measured["relay"]),
+        rss_kib=(rss_before, rss_after),
+    )

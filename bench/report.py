@@ -1,0 +1,160 @@
+"""Tables for people, and the targets each figure is held against (printed, never asserted)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bench.delivery import DeliveryResult
+from bench.ingest import IngestResult
+from bench.memory import MemoryResult
+from bench.ratelimit import RateLimitResult
+
+__all__ = ["Target", "delivery", "ingest", "memory", "ratelimit", "table", "targets"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One figure and the target it is held against."""
+
+    name: str
+    value: str
+    goal: str
+    met: bool
+
+
+def table(rows: Sequence[Sequence[str]], *, indent: str = "  ") -> list[str]:
+    """Columns padded to their widest cell; the first column left-aligned, the rest right."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        indent
+        + "  ".join(
+            cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)
+        ).rstrip()
+        for row in rows
+    ]
+
+
+def _mib(kib: int) -> str:
+    return f"{kib / 1024:.1f}"
+
+
+def ingest(r: IngestResult) -> tuple[list[str], list[Target]]:
+    rounds = len(r.relay.rounds)
+    lines = [
+        f"Ingest: POST /v1/leads, {r.connections} connections, {rounds} x {r.round_s:g} s "
+        f"rounds each, alternating; load by {r.generator}; baseline on {r.loop}"
+        + ("" if r.loop == "uvloop" else " (uvloop not importable)"),
+        *table(
+            [
+                ("", "req/s", "p50 ms", "p99 ms", "non-2xx", "errors"),
+                *(
+                    (
+                        name,
+                        f"{s.rps:,.0f}",
+                        f"{s.p50_ms:.2f}",
+                        f"{s.p99_ms:.2f}",
+                        str(s.non_2xx),
+                        str(s.errors),
+                    )
+                    for name, s in (("bare aiohttp", r.baseline), ("relay", r.relay))
+                ),
+                ("relay/baseline", f"{r.ratio:.2f}", "", "", "", ""),
+            ]
+        ),
+        f"  p50 = median of the rounds, p99 = worst round; relay RSS {_mib(r.rss_kib[0])} -> "
+        f"{_mib(r.rss_kib[1])} MiB over the rounds",
+    ]
+    if r.generator == "bundled":
+        lines.append(
+            "  (bundled generator: a Python client; the baseline's figure may be its own "
+            "limit, which flatters the ratio. Install wrk for a sharper one.)"
+        )
+    return lines, [
+        Target("ingest req/s relay/baseline", f"{r.ratio:.2f}", ">= 0.80", r.ratio >= 0.8),
+        Target("ingest p99 (relay)", f"{r.relay.p99_ms:.1f} ms", "<= 25 ms", r.relay.p99_ms <= 25),
+        Target(
+            "ingest non-2xx + errors (relay)",
+            str(r.relay.non_2xx + r.relay.errors),
+            "0",
+            r.relay.non_2xx + r.relay.errors == 0,
+        ),
+    ]
+
+
+def delivery(r: DeliveryResult) -> tuple[list[str], list[Target]]:
+    lines = [
+        f"Delivery: {r.events:,} queued events to a local upstream, concurrency {r.concurrency}",
+        *table(
+            [
+                ("", "events/s"),
+                ("bare aiohttp ClientSession loop", f"{r.baseline_rate:,.0f}"),
+                ("relay worker --drain (1 process)", f"{r.relay_rate:,.0f}"),
+                ("relay/baseline", f"{r.ratio:.2f}"),
+            ]
+        ),
+        f"  rates from the upstream's clock, first to last arrival; the worker process "
+        f"took {r.worker_wall_s:.1f} s from start to exit",
+    ]
+    return lines, [
+        Target("delivery events/s relay/baseline", f"{r.ratio:.2f}", ">= 0.70", r.ratio >= 0.7)
+    ]
+
+
+def ratelimit(r: RateLimitResult) -> tuple[list[str], list[Target]]:
+    window = f"{r.period_s:g} s"
+    lines = [
+        f"Rate limit: {r.workers} relay worker processes, limit {r.limit}, "
+        f"run {r.run_s:g} s, {r.arrivals} arrivals",
+        *table(
+            [
+                ("", "value"),
+                (f"mean per {window} window (steady part)", f"{r.mean:.2f} of {r.count}"),
+                ("share of the limit reached", f"{r.share:.1%}"),
+                (f"worst {window} window", f"{r.worst} of {r.count}"),
+            ]
+        ),
+    ]
+    return lines, [
+        Target("rate limit share reached", f"{r.share:.1%}", ">= 98 %", r.share >= 0.98),
+        Target(
+            f"rate limit worst {window} window", str(r.worst), f"<= {r.count}", r.worst <= r.count
+        ),
+    ]
+
+
+def memory(r: MemoryResult) -> tuple[list[str], list[Target]]:
+    aof = "n/a (rewritten)" if r.aof_bytes is None else f"{r.aof_bytes:,.0f}"
+    rss = r.rss_kib
+    lines = [
+        f"Memory: {r.events:,} leads queued through the API (batches of 500, one contact each) "
+        f"in {r.ingest_s:.1f} s = {r.events / r.ingest_s:,.0f} events/s",
+        *table(
+            [
+                ("", "bytes/event"),
+                ("lead JSON as posted", f"{r.payload_bytes:,.0f}"),
+                ("Redis used_memory", f"{r.redis_bytes:,.0f}"),
+                ("Redis / payload", f"{r.ratio:.1f}x"),
+                ("append-only file", aof),
+                ("Redis keys per event", f"{r.keys_per_event:.2f}"),
+            ]
+        ),
+        f"  relay serve RSS: start {_mib(rss[0])}, mid {_mib(rss[1])}, end {_mib(rss[2])}, "
+        f"peak {_mib(r.rss_peak_kib)} MiB",
+    ]
+    growth = rss[2] - rss[1]
+    return lines, [
+        Target("Redis bytes per event / payload", f"{r.ratio:.1f}x", "<= 2x", r.ratio <= 2),
+        Target(
+            "relay RSS mid -> end",
+            f"{growth / 1024:+.1f} MiB",
+            "flat (< +10 %)",
+            growth <= rss[1] * 0.1,
+        ),
+    ]
+
+
+def targets(found: Sequence[Target]) -> list[str]:
+    rows = [("target", "measured", "goal", "")]
+    rows += [(t.name, t.value, t.goal, "met" if t.met else "MISSED") for t in found]
+    return table(rows)
