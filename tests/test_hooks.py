@@ -119,6 +119,7 @@ async def test_unknown_event_is_422_naming_the_field(client: Client, make_key: A
     doc = await resp.json()
     assert doc["errors"][0]["loc"] == ["body", "event"]
     assert "lead.received" in doc["errors"][0]["msg"]
+    assert doc["detail"].startswith("POST /v1/hooks: event: Input should be")
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,13 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from relay.errors import BodyTooLarge, MalformedBody, UnsupportedMediaType, ValidationFailed
+from relay.errors import (
+    BodyTooLarge,
+    FieldError,
+    MalformedBody,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 from relay.normalize import unflatten
 
 __all__ = ["read_items", "read_model"]
@@ -28,9 +34,14 @@ async def read_model(request: web.Request, model: type[M]) -> M:
     except ValidationError as exc:
         if any(e["type"] == "json_invalid" for e in exc.errors()):
             raise MalformedBody("the body is not valid JSON") from None
+        errors: list[FieldError] = [
+            {"loc": ["body", *e["loc"]], "msg": e["msg"]} for e in exc.errors()
+        ]
+        first = errors[0]
+        where = ".".join(str(p) for p in first["loc"][1:]) or "body"
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise ValidationFailed(
-            f"the {model.__name__} body is invalid",
-            errors=[{"loc": ["body", *e["loc"]], "msg": e["msg"]} for e in exc.errors()],
+            f"{request.method} {request.path}: {where}: {first['msg']}{more}", errors=errors
         ) from None
 
 
