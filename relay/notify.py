@@ -33,7 +33,7 @@ from relay.models import Notification
 from relay.redis_keys import NOTIFICATIONS
 from relay.settings import HooksSettings
 from relay.store import EventStore
-from relay.targets import GuardedResolver, TargetRefused, check_target
+from relay.targets import GuardedResolver, TargetRefused, TargetUnresolved, check_target
 
 __all__ = ["Notifier", "guarded_session"]
 
@@ -74,6 +74,8 @@ class Notifier:
             return _refused("subscription_deleted", "the subscription was deleted")
         try:
             await check_target(sub.target_url, allow_private=self._settings.allow_private_targets)
+        except TargetUnresolved as exc:  # DNS trouble may pass: try again later
+            return Attempt(Outcome.retry, None, 0.0, error="target_unresolved", note=str(exc))
         except TargetRefused as exc:
             return _refused("target_refused", str(exc))
         view = await self._events.get(record["event"])

@@ -8,11 +8,11 @@ loopback, the private network around it, or a cloud metadata service.
   not http(s), or whose host is, or resolves to, an address that is not
   globally routable (loopback, private, link-local incl. 169.254.169.254,
   shared, reserved, unspecified) or is multicast.
-- When a notification is sent, :class:`GuardedResolver` checks again what the
-  name resolves to *now* (a DNS answer may have changed since), so the
-  connection is only ever made to an address that passed, and an IP literal
-  is checked by :func:`refused_address`. Redirects are never followed
-  (``allow_redirects=False`` in :mod:`relay.adapters.transport`).
+- When a notification is sent, :func:`check_target` runs again, and
+  :class:`GuardedResolver` (the resolver of the notifications' client session)
+  checks what the name resolves to when connecting, so a DNS answer that changed
+  in between (rebinding) still cannot reach a private address. Redirects are
+  never followed (``allow_redirects=False`` in :mod:`relay.adapters.transport`).
 
 ``[hooks] allow_private_targets = true`` turns both checks off (a relay that
 notifies services on its own network, and the tests).
@@ -24,18 +24,32 @@ import asyncio
 import errno
 import ipaddress
 import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-__all__ = ["GuardedResolver", "TargetRefused", "check_literal", "check_target", "refused_address"]
+__all__ = [
+    "GuardedResolver",
+    "TargetRefused",
+    "TargetUnresolved",
+    "check_target",
+    "refused_address",
+]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+#: ``loop.getaddrinfo``'s shape.
+Resolve = Callable[..., Awaitable[list[tuple[Any, ...]]]]
 
 
 class TargetRefused(ValueError):
     """A target URL relay will not send to; the message says why, for the user."""
+
+
+class TargetUnresolved(TargetRefused):
+    """The target's host name did not resolve (now: DNS trouble may pass)."""
 
 
 def refused_address(address: str | IPAddress) -> str | None:
@@ -82,10 +96,11 @@ def _literal(host: str) -> IPAddress | None:
         return None
 
 
-async def check_target(url: str, *, allow_private: bool) -> None:
+async def check_target(url: str, *, allow_private: bool, resolve: Resolve | None = None) -> None:
     """Raise :class:`TargetRefused` unless relay may send notifications to ``url``.
 
-    A host name is resolved, and every address it resolves to must be public.
+    A host name is resolved (with ``resolve``, the loop's getaddrinfo unless
+    given), and every address it resolves to must be public.
     """
     host, port = _url_host(url)
     if allow_private:
@@ -96,22 +111,14 @@ async def check_target(url: str, *, allow_private: bool) -> None:
             raise TargetRefused(f"target refused: {literal} is {why}")
         return
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        resolve = resolve or asyncio.get_running_loop().getaddrinfo
+        infos = await resolve(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
-        raise TargetRefused(f"the host {host!r} does not resolve ({exc})") from None
+        raise TargetUnresolved(f"the host {host!r} does not resolve ({exc})") from None
     for *_, sockaddr in infos:
         address = str(sockaddr[0]).split("%", 1)[0]
         if (why := refused_address(address)) is not None:
             raise TargetRefused(f"target refused: {host} resolves to {address}, {why}")
-
-
-def check_literal(url: str) -> None:
-    """At send time: refuse an IP-literal host that is not public (names go through
-    :class:`GuardedResolver`, which aiohttp skips for literals)."""
-    host, _ = _url_host(url)
-    literal = _literal(host)
-    if literal is not None and (why := refused_address(literal)) is not None:
-        raise TargetRefused(f"target refused: {literal} is {why}")
 
 
 class GuardedResolver(AbstractResolver):

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from relay import redis_keys
 from relay.adapters import make_adapter
 from relay.adapters.base import Attempt, Outcome
+from relay.errors import StoreUnavailable
 from relay.hooks import HookStore, notification_records
 from relay.ids import random_base62
 from relay.models import DeliveryStatus
@@ -236,7 +237,7 @@ class Worker:
             try:
                 await self._deliver_entries(destination, entries)
                 return
-            except (OSError, RedisError) as exc:
+            except (OSError, RedisError, StoreUnavailable) as exc:
                 log.warning(
                     "delivery of %s to %s interrupted (%s); %s",
                     ", ".join(e for _, e in entries),

@@ -4,6 +4,8 @@ real worker to real loopback receivers (verified with the standardwebhooks libra
 from __future__ import annotations
 
 import asyncio
+import re
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -16,7 +18,7 @@ from standardwebhooks.webhooks import Webhook
 from relay import redis_keys
 from relay.hooks import HookStore
 from relay.settings import Settings
-from relay.targets import GuardedResolver, TargetRefused, check_target
+from relay.targets import GuardedResolver, TargetRefused, TargetUnresolved, check_target
 from relay.worker import Worker
 from tests.fakes import FakeReceiver
 
@@ -184,8 +186,19 @@ async def test_check_target_unit() -> None:
     await check_target("https://8.8.8.8/x", allow_private=False)
     with pytest.raises(TargetRefused, match="no host"):
         await check_target("http:///x", allow_private=False)
-    with pytest.raises(TargetRefused, match="does not resolve"):
-        await check_target("http://no-such-host.invalid/", allow_private=False)
+
+    async def no_dns(host: str, port: int, **_: Any) -> list[tuple[Any, ...]]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    async def to_metadata(host: str, port: int, **_: Any) -> list[tuple[Any, ...]]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("169.254.169.254", port))]
+
+    # Unresolvable now: refused when subscribing, retried when sending (TargetUnresolved).
+    with pytest.raises(TargetUnresolved, match="does not resolve"):
+        await check_target("http://hooks.example.com/", allow_private=False, resolve=no_dns)
+    with pytest.raises(TargetRefused, match=re.escape("169.254.169.254, a link-local")) as info:
+        await check_target("http://rebound.example.com/", allow_private=False, resolve=to_metadata)
+    assert not isinstance(info.value, TargetUnresolved)
 
 
 async def test_another_process_sees_a_new_subscription_at_once(redis: Redis) -> None:
