@@ -37,6 +37,8 @@ return #ops
 
 #: Values are sent as text (``bytes`` must be UTF-8: relay only writes JSON and ids).
 Value = str | bytes | int
+#: Writes one script call takes before the rest wait for the next (about 5 ms of Redis).
+_MAX_OPS = 5_000
 
 
 class Batch:
@@ -114,15 +116,25 @@ class GroupCommit:
     async def _flush(self) -> None:
         try:
             while self._pending:
-                group, self._pending = self._pending, []
-                self._rounds += 1
-                self._largest = max(self._largest, len(group))
+                batch, taken, failure = Batch(), 0, None
                 try:
-                    batch = Batch()
-                    for writes, _ in group:
+                    # Up to _MAX_OPS writes a call (a request's writes are never split):
+                    # one huge script would hold Redis up for everyone else.
+                    for writes, _ in self._pending:
+                        if taken and len(batch.ops) >= _MAX_OPS:
+                            break
+                        taken += 1
                         writes(batch)
                     if self._tail is not None:
                         self._tail(batch)
+                except Exception as exc:  # a bug: fail this group, not the whole loop
+                    failure = exc
+                group, self._pending = self._pending[:taken], self._pending[taken:]
+                self._rounds += 1
+                self._largest = max(self._largest, len(group))
+                try:
+                    if failure is not None:
+                        raise failure
                     await self._script(keys=batch.keys, args=[orjson.dumps(batch.ops)])
                 except BaseException as exc:
                     for _, future in group:

@@ -103,3 +103,33 @@ async def test_a_cancelled_caller_does_not_cancel_the_group(redis: Redis) -> Non
     # Both were written: a cancelled caller (a client that hung up) may get no answer,
     # but the others' writes went in the same MULTI.
     assert await redis.exists(redis_keys.event(a.id), redis_keys.event(b.id)) == 2
+
+
+async def test_a_big_group_is_split_without_splitting_a_request(redis: Redis) -> None:
+    store = EventStore(redis, retention_s=3600)
+    # 6 requests of 500 events: about 2,500 writes each, so at most 2 per script call.
+    batches = [[lead(i * 500 + j) for j in range(500)] for i in range(6)]
+    await asyncio.gather(*(store.enqueue(b) for b in batches))
+    assert store._commit._rounds >= 3
+    assert await redis.xlen(redis_keys.queue("crm")) == 3000
+
+
+async def test_a_failing_request_fails_its_group_and_the_next_goes_on(redis: Redis) -> None:
+    commit = GroupCommit(redis)
+
+    def broken(batch: Batch) -> None:
+        raise RuntimeError("a bug while building")
+
+    def fine(batch: Batch) -> None:
+        batch.rpush("{relay}:test:fine", "x")
+
+    first = asyncio.create_task(commit.submit(fine))
+    await asyncio.sleep(0)  # on its way
+    results = await asyncio.gather(
+        commit.submit(broken), commit.submit(fine), return_exceptions=True
+    )
+    await first
+    assert isinstance(results[0], RuntimeError)
+    assert results[1] is None  # after the broken one: left for the next call, which ran
+    await commit.submit(fine)  # the loop is still alive
+    assert await redis.llen("{relay}:test:fine") == 3
