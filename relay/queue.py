@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any, NamedTuple, cast
 
 import orjson
 from redis.asyncio import Redis
@@ -22,11 +23,19 @@ from relay import redis_keys
 from relay.groupcommit import Batch, GroupCommit
 from relay.hooks import queue_notifications
 from relay.models import DeliveryStatus
+from relay.ratelimit import NOW_LUA, TAKE_LEASE_LUA
 
 __all__ = ["DeliveryQueue", "Entry"]
 
-#: (stream entry id, event id)
-Entry = tuple[str, str]
+
+class Entry(NamedTuple):
+    """One stream entry: its id, the event's, and the event's contact digest when the
+    entry carries it (written at ingest; retries and replays do not carry it)."""
+
+    id: str
+    event: str
+    contact: str | None = None
+
 
 # Moves due retries back into their streams: ZRANGEBYSCORE + XADD + ZREM in one step,
 # so a retry is never lost nor doubled by two workers moving at once.
@@ -59,24 +68,76 @@ return 0
 """
 
 
+# A worker's one round trip before sending an entry to a destination without a rate
+# limit: load the event, check its contact's order (as _MAY_GO), the pause and the
+# in-flight lease (as relay.ratelimit), then mark it delivering.
+# KEYS: event hash, order list (any key when ARGV[2] is not '1'), retry zset, lease
+# zset, pause marker. ARGV: now ms or "", max in flight, holder, ttl ms (as the lease
+# script), event id, '1' when the order list applies, status field.
+# Returns {'gone'}, {'blocked', due ms or 0}, {'paused', ms}, 0 (every slot taken),
+# or {'ok', field, value, ...} (the event's hash as it was read).
+_TAKE = (
+    NOW_LUA
+    + """
+local fields = redis.call('HGETALL', KEYS[1])
+if #fields == 0 then return {'gone'} end
+if ARGV[6] == '1' then
+  local head = redis.call('LINDEX', KEYS[2], 0)
+  if head and head ~= ARGV[5] and redis.call('LPOS', KEYS[2], ARGV[5]) then
+    local due = redis.call('ZSCORE', KEYS[3], head)
+    return {'blocked', due and tonumber(due) or 0}
+  end
+end
+local paused = redis.call('PTTL', KEYS[5])
+if paused > 0 then return {'paused', paused} end
+do
+  local KEYS = {KEYS[4]}
+"""
+    + TAKE_LEASE_LUA
+    + """
+end
+redis.call('HSET', KEYS[1], ARGV[7], 'delivering')
+table.insert(fields, 1, 'ok')
+return fields
+"""
+)
+
 #: Dead letters replayed per transaction.
 _REPLAY_CHUNK = 500
 
 
 def _entries(reply: Any) -> list[Entry]:
-    return [(entry_id, fields["e"]) for entry_id, fields in reply if fields and "e" in fields]
+    return [
+        Entry(entry_id, fields["e"], fields.get("c") or None)
+        for entry_id, fields in reply
+        if fields and "e" in fields
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """What :meth:`DeliveryQueue.take` found: go (with the event's hash), or why not."""
+
+    #: "ok", "gone" (expired), "blocked" (an earlier event of the contact is on its
+    #: way), "paused" (an upstream 429) or "full" (every in-flight slot is taken).
+    state: str
+    fields: dict[str, str] | None = None
+    #: blocked: when the contact's head is due for its retry (ms; 0: under way);
+    #: paused: ms left.
+    ms: int = 0
 
 
 class DeliveryQueue:
     """Worker-side queue operations; expects a ``decode_responses=True`` client."""
 
-    __slots__ = ("_commit", "_may_go", "_move_due", "_redis", "_retention_s")
+    __slots__ = ("_commit", "_may_go", "_move_due", "_redis", "_retention_s", "_take")
 
     def __init__(self, redis: Redis, *, retention_s: int) -> None:
         self._redis = redis
         self._retention_s = retention_s
         self._move_due = redis.register_script(_MOVE_DUE)
         self._may_go = redis.register_script(_MAY_GO)
+        self._take = redis.register_script(_TAKE)
         self._commit = GroupCommit(redis)
 
     def __repr__(self) -> str:
@@ -145,9 +206,40 @@ class DeliveryQueue:
         answer = int(await self._may_go(keys=keys, args=[event_id]))
         return None if answer < 0 else answer
 
+    async def take(
+        self, destination: str, entry: Entry, *, max_in_flight: int, holder: str, ttl_ms: int
+    ) -> Taken:
+        """Load, order check, pause check, lease and 'delivering' mark, in one round trip.
+
+        Only for entries whose contact is known (``entry.contact``, or none at all when
+        ``ordered`` is False: notifications) and destinations without a rate limit.
+        """
+        ordered = entry.contact is not None
+        keys = [
+            redis_keys.event(entry.event),
+            redis_keys.order(destination, entry.contact or "")
+            if ordered
+            else redis_keys.retries(destination),
+            redis_keys.retries(destination),
+            redis_keys.inflight(destination),
+            redis_keys.paused(destination),
+        ]
+        status = redis_keys.STATUS_FIELD_PREFIX + destination
+        args: list[str | int] = [
+            *("", max_in_flight, holder, ttl_ms),
+            *(entry.event, "1" if ordered else "0", status),
+        ]
+        reply = await self._take(keys=keys, args=args)
+        if not isinstance(reply, list):
+            return Taken("full")
+        if reply[0] == "ok":
+            flat = reply[1:]
+            return Taken("ok", dict(zip(flat[::2], flat[1::2], strict=True)))
+        return Taken(reply[0], None, int(reply[1]) if len(reply) > 1 else 0)
+
     async def defer(self, destination: str, entry: Entry, *, until_ms: int) -> None:
         """Put an entry back until ``until_ms`` without counting an attempt."""
-        entry_id, event_id = entry
+        entry_id, event_id = entry.id, entry.event
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.zadd(redis_keys.retries(destination), {event_id: until_ms})
             pipe.xack(redis_keys.queue(destination), redis_keys.CONSUMER_GROUP, entry_id)
@@ -179,7 +271,7 @@ class DeliveryQueue:
         are queued in the same MULTI. ``release`` gives that holder's in-flight lease back,
         and a delivery marks the destination healthy, in the same MULTI too.
         """
-        entry_id, event_id = entry
+        entry_id, event_id = entry.id, entry.event
         record = orjson.dumps({"destination": destination, "at": time.time(), **attempt})
         event_key = redis_keys.event(event_id)
         attempts_key = redis_keys.attempts(event_id)

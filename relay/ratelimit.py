@@ -50,13 +50,14 @@ from redis.asyncio import Redis
 from relay import redis_keys
 from relay.settings import RateLimit
 
-__all__ = ["LOCAL_BURST", "RateLimiter", "local_limiter"]
+__all__ = ["LOCAL_BURST", "NOW_LUA", "TAKE_LEASE_LUA", "RateLimiter", "local_limiter"]
 
 #: Most requests one process sends back to back under :func:`local_limiter`.
 LOCAL_BURST = 10
 
 # The server's clock in ms, unless the caller passed one (tests simulate time).
-_NOW = """
+# (NOW_LUA and TAKE_LEASE_LUA are shared with relay.queue's take script.)
+NOW_LUA = """
 local now = tonumber(ARGV[1])
 if not now then
   local t = redis.call('TIME')
@@ -67,7 +68,7 @@ end
 # KEYS: rate log, pause marker. ARGV: now ms or "", count, period ms, request id.
 # Returns 0 (admitted and logged) or the ms to wait (nothing logged).
 _ACQUIRE = (
-    _NOW
+    NOW_LUA
     + """
 local paused = redis.call('PTTL', KEYS[2])
 if paused > 0 then return paused end
@@ -95,7 +96,7 @@ end
 """
 
 # KEYS[1]: lease zset. ARGV: now ms or "", max in flight, holder, ttl ms.
-_TAKE_LEASE = """
+TAKE_LEASE_LUA = """
 local cap, holder, ttl = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if not redis.call('ZSCORE', KEYS[1], holder) and redis.call('ZCARD', KEYS[1]) >= cap then
@@ -107,18 +108,18 @@ redis.call('PEXPIRE', KEYS[1], math.max(1, tonumber(last[2]) - now))
 """
 
 # Returns 1 (taken) or 0 (full).
-_LEASE = _NOW + _TAKE_LEASE + "return 1"
+_LEASE = NOW_LUA + TAKE_LEASE_LUA + "return 1"
 
 # A worker's one call before a request. KEYS: lease zset, pause marker, then hashes to
 # mark. ARGV: as _LEASE, then the field and value to set in each hash once the lease is
 # taken. Returns 1 (taken, marked), 0 (full), or minus the ms left of a pause.
 _BEGIN = (
-    _NOW
+    NOW_LUA
     + """
 local paused = redis.call('PTTL', KEYS[2])
 if paused > 0 then return -paused end
 """
-    + _TAKE_LEASE
+    + TAKE_LEASE_LUA
     + """
 for i = 3, #KEYS do redis.call('HSET', KEYS[i], ARGV[5], ARGV[6]) end
 return 1

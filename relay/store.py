@@ -138,7 +138,9 @@ class EventStore:
                             order = redis_keys.order(dest, contact)
                             pipe.rpush(order, ev.id)
                             pipe.expire(order, self._retention_s)
-                        pipe.xadd(redis_keys.queue(dest), {"e": ev.id})
+                        # The contact rides along: the worker checks order without a read.
+                        entry = {"e": ev.id, "c": contact} if contact else {"e": ev.id}
+                        pipe.xadd(redis_keys.queue(dest), entry)
             queue_notifications(pipe, notifications, retention_s=self._retention_s)
             if remember is not None:
                 pipe.set(remember[0], remember[1], ex=redis_keys.IDEMPOTENCY_TTL_S)

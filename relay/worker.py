@@ -58,6 +58,8 @@ _ORDER_WAIT_MS = 200
 _GUARD_S = 0.05
 #: Longest single sleep while waiting for a rate-limit slot (so stop() is noticed).
 _MAX_WAIT_S = 1.0
+#: How long to wait before asking again when every in-flight slot is taken.
+_FULL_POLL_S = 0.02
 
 
 class Worker:
@@ -240,7 +242,7 @@ class Worker:
             except (OSError, RedisError, StoreUnavailable) as exc:
                 log.warning(
                     "delivery of %s to %s interrupted (%s); %s",
-                    ", ".join(e for _, e in entries),
+                    ", ".join(e.event for e in entries),
                     destination,
                     exc,
                     "retrying" if attempt < _LOCAL_RETRIES else "left for another worker",
@@ -255,6 +257,11 @@ class Worker:
     async def _deliver_entries(self, destination: str, entries: list[Entry]) -> None:
         """Deliver one entry, or several in one call (ConveYour's ``batch_size``)."""
         config = self._config(destination)
+        one = entries[0]
+        known = one.contact is not None or destination == redis_keys.NOTIFICATIONS
+        if len(entries) == 1 and config.rate_limit is None and known:
+            await self._deliver_taken(destination, config, one)
+            return
         ready: list[tuple[Entry, dict[str, Any], int, str | None]] = []
         for entry in entries:
             fields = await self._queue.load(entry[1])
@@ -297,6 +304,43 @@ class Worker:
             release = None
         for (entry, event, made, contact), attempt in zip(ready, attempts, strict=True):
             await self._settle(destination, entry, event, attempt, made, contact, release)
+
+    async def _deliver_taken(
+        self, destination: str, config: DeliverySettings, entry: Entry
+    ) -> None:
+        """The short way for one entry whose contact the stream entry names, to a
+        destination without a rate limit: one round trip before the request
+        (:meth:`DeliveryQueue.take`), one after it (settling, shared with others)."""
+        holder = self._consumer + entry.id
+        ttl_ms = int((config.timeout_s + self._settings.claim_after_s) * 1000)
+        while True:
+            taken = await self._queue.take(
+                destination, entry, max_in_flight=config.max_in_flight, holder=holder, ttl_ms=ttl_ms
+            )
+            if taken.state == "ok":
+                break
+            if taken.state == "gone":
+                await self._queue.drop(destination, entry.id)  # expired: nothing to send
+                return
+            if taken.state == "blocked":  # as in _deliver_entries
+                soon = int(time.time() * 1000) + _ORDER_WAIT_MS
+                await self._queue.defer(destination, entry, until_ms=max(soon, taken.ms + 1))
+                return
+            wait_s = taken.ms / 1000 if taken.state == "paused" else _FULL_POLL_S
+            await asyncio.sleep(min(wait_s, _MAX_WAIT_S))
+        fields = taken.fields or {}
+        if redis_keys.EVENT_DATA_FIELD not in fields:
+            await self._limiter.release(destination, holder)
+            await self._queue.drop(destination, entry.id)
+            return
+        event = orjson.loads(fields[redis_keys.EVENT_DATA_FIELD])
+        made = int(fields.get(redis_keys.ATTEMPTS_FIELD_PREFIX + destination, "0")) + 1
+        try:
+            attempt = await self._adapters[destination].deliver(event)
+        except BaseException:
+            await self._limiter.release(destination, holder)
+            raise
+        await self._settle(destination, entry, event, attempt, made, entry.contact, holder)
 
     async def _rate_wait(self, destination: str, config: DeliverySettings) -> None:
         """Wait for a slot under the global rate limit (or the end of a 429 pause)."""

@@ -21,6 +21,7 @@ from tests.fakes import (
     CONVEYOUR_TOKEN,
     FakeConvertr,
     FakeConveyour,
+    FakeReceiver,
     fake_convertr,
     fake_conveyour,
 )
@@ -289,6 +290,46 @@ async def test_per_contact_order_with_two_workers(
         seen = [lead["fields"]["company"] for lead in fake_convertr.leads
                 if lead["fields"]["email"] == who]  # fmt: skip
         assert seen == ["0", "1", "2", "3", "4"], (who, seen)
+
+
+async def test_per_contact_order_without_a_rate_limit(
+    make_settings: Callable[..., Settings],
+    redis: Redis,
+    redis_server: Any,
+    app_client: Any,
+    make_key: Any,
+) -> None:
+    # A destination without a rate limit takes the worker's short way (one script
+    # loads the event, checks the contact's order and takes the lease): the same order.
+    async with FakeReceiver() as receiver:
+        settings = make_settings(
+            f'[destinations.crm]\ntype = "webhook"\nurl = "{receiver.url}/crm"\n'
+            'secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"\nevents = ["lead"]\n'
+            "retry_schedule = [0.05]\n"
+        )
+        client = await app_client(settings)
+        key = await make_key("write:leads")
+        receiver.script(status=500, body="busy", times=3)
+        receiver.script(status=429, headers={"Retry-After": "0"}, times=1)
+        people = [f"p{n}@example.com" for n in range(4)]
+        for seq in range(5):
+            batch = [{"email": who, "seq": str(seq)} for who in people]
+            resp = await client.post("/v1/leads", json=batch, headers={"X-API-Key": key})
+            assert resp.status == 202
+        other = redis_client(redis_server.url)
+        try:
+            workers = [Worker(settings, redis=r, concurrency=4) for r in (redis, other)]
+            await asyncio.wait_for(asyncio.gather(*(w.run(drain=True) for w in workers)), 30)
+        finally:
+            await other.aclose()
+        delivered = [r.parsed for r in receiver.requests[4:]]  # after the scripted answers
+        failed = [r.parsed for r in receiver.requests[:4]]
+    for who in people:
+        seen = [d["payload"]["traits"]["seq"] for d in delivered if d["payload"]["email"] == who]
+        retried = [d["payload"]["traits"]["seq"] for d in failed if d["payload"]["email"] == who]
+        # Each contact's deliveries in order; a failed one is retried before the next.
+        assert sorted(set(seen)) == ["0", "1", "2", "3", "4"], (who, seen)
+        assert seen == sorted(seen), (who, seen, retried)
 
 
 async def test_conveyour_batches_and_falls_back_to_single_sends(
