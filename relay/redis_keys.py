@@ -13,7 +13,7 @@ Layout::
                                            "n:<dest>" attempts made
     {relay}:att:<event id>          list   every attempt (JSON), all destinations, in order
     {relay}:events                  zset   event id by received time (ms), for listings
-    {relay}:q:<destination>         stream deliveries waiting (field "e" = event id)
+    {relay}:q:<destination>         stream deliveries waiting ("e" = event id, "c" = contact digest)
     {relay}:rate:<destination>      zset   sliding-window log: request id -> admitted ms
     {relay}:paused:<destination>    string upstream asked us to wait (429); PX = the wait
     {relay}:inflight:<destination>  zset   in-flight lease: holder -> lease expiry ms
