@@ -7,8 +7,8 @@ channel is up (as keys are cached), so routing an event to its subscribers
 costs no extra round trip on the ingest path.
 
 When something happens (an event received, delivered, dead-lettered), one
-notification per matching subscription is written *in the same MULTI* as the
-change itself (:func:`queue_notifications`): a record ``ntf_…`` and an entry
+notification per matching subscription is written *in the same atomic write* as
+the change itself (:func:`queue_notifications`): a record ``ntf_…`` and an entry
 in the ``_hooks`` stream. Workers send them like deliveries (see
 :mod:`relay.notify`), with the same retries, limits and dead letters.
 
@@ -210,7 +210,7 @@ def notification_records(
 def queue_notifications(
     pipe: Pipeline | Batch, records: Sequence[tuple[str, bytes]], *, retention_s: int
 ) -> None:
-    """Add the writes that queue these notifications to a MULTI being built."""
+    """Add the writes that queue these notifications to a transaction or batch being built."""
     for ntf_id, data in records:
         key = redis_keys.event(ntf_id)
         status = redis_keys.STATUS_FIELD_PREFIX + redis_keys.NOTIFICATIONS

@@ -2,7 +2,7 @@
 
 Each destination has a stream that every worker reads through one consumer
 group. An entry is acknowledged (and deleted, so memory stays bounded) only
-in the same MULTI that records the attempt and its consequence: a delivered
+in the same atomic script call that records the attempt and its consequence: a delivered
 status, a scheduled retry, or a dead letter. A worker that dies before that
 leaves the entry pending, and another worker claims it with XAUTOCLAIM once
 it has been idle longer than the visibility timeout.
@@ -268,8 +268,8 @@ class DeliveryQueue:
 
         ``contact`` (see ``store.contact_key``) lets the contact's next event go once
         this one is delivered or dead. ``notifications`` (see ``hooks.notification_records``)
-        are queued in the same MULTI. ``release`` gives that holder's in-flight lease back,
-        and a delivery marks the destination healthy, in the same MULTI too.
+        are queued in the same call. ``release`` gives that holder's in-flight lease back,
+        and a delivery marks the destination healthy, in the same call too.
         """
         entry_id, event_id = entry.id, entry.event
         record = orjson.dumps({"destination": destination, "at": time.time(), **attempt})

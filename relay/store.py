@@ -1,6 +1,7 @@
 """The Redis boundary for events: enqueue atomically, read back.
 
-An accepted event is written in one MULTI/EXEC with everything that makes it
+An accepted event is written in one atomic script call (a group commit, shared
+with concurrent requests; see :mod:`relay.groupcommit`) with everything that makes it
 deliverable: its record (JSON plus a status per destination), its place in
 the time index, and one entry in each destination's stream. Either all of it
 is in Redis when ``enqueue`` returns, or none of it and ``StoreUnavailable``
@@ -85,7 +86,7 @@ class EventStore:
     def __init__(self, redis: Redis, *, retention_s: int) -> None:
         self._redis = redis
         self._retention_s = retention_s
-        #: Concurrent enqueues share one MULTI and one round trip (see relay.groupcommit).
+        #: Concurrent enqueues share one script call and one round trip (relay.groupcommit).
         self._commit = GroupCommit(redis, tail=self._trim)
 
     def __repr__(self) -> str:

@@ -292,7 +292,7 @@ class Worker:
             except BaseException:
                 await self._limiter.release(destination, holder)
                 raise
-            release: str | None = holder  # given back in the MULTI that settles it
+            release: str | None = holder  # given back in the write that settles it
         else:
             try:
                 attempts = await adapter.deliver_batch(
