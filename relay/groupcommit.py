@@ -58,28 +58,26 @@ class Batch:
         self.keys.append(key)
         self.ops.append((command, *(a.decode() if isinstance(a, bytes) else str(a) for a in args)))
 
-    _op = call
-
     def hset(self, key: str, *, mapping: Mapping[str, Value]) -> None:
-        self._op("HSET", key, *(x for item in mapping.items() for x in item))
+        self.call("HSET", key, *(x for item in mapping.items() for x in item))
 
     def expire(self, key: str, seconds: int) -> None:
-        self._op("EXPIRE", key, seconds)
+        self.call("EXPIRE", key, seconds)
 
     def zadd(self, key: str, mapping: Mapping[str, int]) -> None:
-        self._op("ZADD", key, *(x for m, s in mapping.items() for x in (s, m)))
+        self.call("ZADD", key, *(x for m, s in mapping.items() for x in (s, m)))
 
     def rpush(self, key: str, *values: Value) -> None:
-        self._op("RPUSH", key, *values)
+        self.call("RPUSH", key, *values)
 
     def xadd(self, key: str, fields: Mapping[str, Value]) -> None:
-        self._op("XADD", key, "*", *(x for item in fields.items() for x in item))
+        self.call("XADD", key, "*", *(x for item in fields.items() for x in item))
 
     def set(self, key: str, value: Value, *, ex: int) -> None:
-        self._op("SET", key, value, "EX", ex)
+        self.call("SET", key, value, "EX", ex)
 
     def zremrangebyscore(self, key: str, low: Value, high: int) -> None:
-        self._op("ZREMRANGEBYSCORE", key, low, high)
+        self.call("ZREMRANGEBYSCORE", key, low, high)
 
 
 Writes = Callable[[Batch], None]

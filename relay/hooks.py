@@ -182,7 +182,7 @@ class HookStore:
 
 
 def notification_records(
-    subscriptions: list[Subscription],
+    subscriptions: Sequence[Subscription],
     topic: str,
     event_id: str,
     *,

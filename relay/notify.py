@@ -18,7 +18,6 @@ every retry.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import aiohttp
@@ -27,7 +26,7 @@ import orjson
 from relay.adapters.base import Attempt, Outcome
 from relay.adapters.classify import classify_status
 from relay.adapters.transport import attempt_for, send
-from relay.adapters.webhook import sign
+from relay.adapters.webhook import secret_forms, signed_headers
 from relay.hooks import HookStore
 from relay.models import Notification
 from relay.redis_keys import NOTIFICATIONS
@@ -88,8 +87,7 @@ class Notifier:
             destination=record.get("destination"),
         )
         data = orjson.dumps(body.model_dump(mode="json", exclude_none=True))  # as the list
-        timestamp = int(time.time())
-        secrets = (sub.secret, sub.secret.removeprefix("whsec_"))
+        secrets = secret_forms(sub.secret)
         answer = await send(
             self._session,
             "POST",
@@ -97,13 +95,7 @@ class Notifier:
             timeout_s=self._settings.timeout_s,
             secrets=secrets,
             data=data,
-            headers={
-                "Content-Type": "application/json",
-                "User-Agent": "relay-hooks",
-                "webhook-id": record["id"],
-                "webhook-timestamp": str(timestamp),
-                "webhook-signature": sign(sub.secret, record["id"], timestamp, data),
-            },
+            headers={**signed_headers(sub.secret, record["id"], data), "User-Agent": "relay-hooks"},
         )
         if isinstance(answer, Attempt):
             return answer

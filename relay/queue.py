@@ -246,11 +246,6 @@ class DeliveryQueue:
             pipe.xdel(redis_keys.queue(destination), entry_id)
             await pipe.execute()
 
-    async def mark(self, event_id: str, destination: str, status: DeliveryStatus) -> None:
-        await self._redis.hset(
-            redis_keys.event(event_id), redis_keys.STATUS_FIELD_PREFIX + destination, status.value
-        )
-
     async def finish(
         self,
         destination: str,

@@ -50,7 +50,14 @@ from redis.asyncio import Redis
 from relay import redis_keys
 from relay.settings import RateLimit
 
-__all__ = ["LOCAL_BURST", "NOW_LUA", "TAKE_LEASE_LUA", "RateLimiter", "local_limiter"]
+__all__ = [
+    "FULL_POLL_S",
+    "LOCAL_BURST",
+    "NOW_LUA",
+    "TAKE_LEASE_LUA",
+    "RateLimiter",
+    "local_limiter",
+]
 
 #: Most requests one process sends back to back under :func:`local_limiter`.
 LOCAL_BURST = 10
@@ -128,7 +135,7 @@ return 1
 
 
 #: How long a worker waits before asking again for a slot when all are taken.
-_FULL_POLL_S = 0.02
+FULL_POLL_S = 0.02
 
 
 def _ms(seconds: float) -> int:
@@ -255,7 +262,7 @@ class RateLimiter:
         )
         if answer == 1:
             return 0.0
-        return -answer / 1000 if answer < 0 else _FULL_POLL_S
+        return -answer / 1000 if answer < 0 else FULL_POLL_S
 
     async def release(self, destination: str, holder: str) -> None:
         """Give ``holder``'s slot back (nothing happens when it has none)."""

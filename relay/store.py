@@ -114,11 +114,9 @@ class EventStore:
         notifications = [
             record
             for ev in events
+            if subscribers
             for record in notification_records(
-                [s for s in subscribers if s.event == f"{ev.type}.received"],
-                f"{ev.type}.received",
-                ev.id,
-                mode=ev.mode,
+                subscribers, f"{ev.type}.received", ev.id, mode=ev.mode
             )
         ]
 

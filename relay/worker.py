@@ -33,7 +33,7 @@ from relay.ids import random_base62
 from relay.models import DeliveryStatus
 from relay.notify import Notifier, guarded_session
 from relay.queue import DeliveryQueue, Entry
-from relay.ratelimit import RateLimiter, local_limiter
+from relay.ratelimit import FULL_POLL_S, RateLimiter, local_limiter
 from relay.retry import next_delay_s
 from relay.settings import DeliverySettings, RateLimit, Settings
 from relay.store import EventStore, contact_key
@@ -58,8 +58,6 @@ _ORDER_WAIT_MS = 200
 _GUARD_S = 0.05
 #: Longest single sleep while waiting for a rate-limit slot (so stop() is noticed).
 _MAX_WAIT_S = 1.0
-#: How long to wait before asking again when every in-flight slot is taken.
-_FULL_POLL_S = 0.02
 
 
 class Worker:
@@ -272,10 +270,7 @@ class Worker:
             contact = contact_key(event.get("payload") or {})  # notifications: None
             blocked = await self._queue.blocked_until(destination, contact, entry[1])
             if blocked is not None:
-                # An earlier event of this contact is still on its way: keep their
-                # order, and look again just after that one's next try (or shortly).
-                soon = int(time.time() * 1000) + _ORDER_WAIT_MS
-                await self._queue.defer(destination, entry, until_ms=max(soon, blocked + 1))
+                await self._wait_behind(destination, entry, blocked)
                 continue
             made = int(fields.get(redis_keys.ATTEMPTS_FIELD_PREFIX + destination, "0")) + 1
             ready.append((entry, event, made, contact))
@@ -322,11 +317,10 @@ class Worker:
             if taken.state == "gone":
                 await self._queue.drop(destination, entry.id)  # expired: nothing to send
                 return
-            if taken.state == "blocked":  # as in _deliver_entries
-                soon = int(time.time() * 1000) + _ORDER_WAIT_MS
-                await self._queue.defer(destination, entry, until_ms=max(soon, taken.ms + 1))
+            if taken.state == "blocked":
+                await self._wait_behind(destination, entry, taken.ms)
                 return
-            wait_s = taken.ms / 1000 if taken.state == "paused" else _FULL_POLL_S
+            wait_s = taken.ms / 1000 if taken.state == "paused" else FULL_POLL_S
             await asyncio.sleep(min(wait_s, _MAX_WAIT_S))
         fields = taken.fields or {}
         if redis_keys.EVENT_DATA_FIELD not in fields:
@@ -341,6 +335,12 @@ class Worker:
             await self._limiter.release(destination, holder)
             raise
         await self._settle(destination, entry, event, attempt, made, entry.contact, holder)
+
+    async def _wait_behind(self, destination: str, entry: Entry, head_due_ms: int) -> None:
+        """An earlier event of this contact is still on its way: keep their order, and
+        look again just after that one's next try (``head_due_ms``; 0: shortly)."""
+        soon = int(time.time() * 1000) + _ORDER_WAIT_MS
+        await self._queue.defer(destination, entry, until_ms=max(soon, head_due_ms + 1))
 
     async def _rate_wait(self, destination: str, config: DeliverySettings) -> None:
         """Wait for a slot under the global rate limit (or the end of a 429 pause)."""
@@ -408,32 +408,22 @@ class Worker:
     ) -> None:
         """Record the attempt and what follows; ``release``: the lease to give back with it."""
         config = self._config(destination)
-        if attempt.outcome is Outcome.delivered:
+        if attempt.outcome in (Outcome.delivered, Outcome.rejected):
+            delivered = attempt.outcome is Outcome.delivered
             await self._queue.finish(
                 destination,
                 entry,
                 attempt.to_dict(),
-                status=DeliveryStatus.delivered,
+                status=DeliveryStatus.delivered if delivered else DeliveryStatus.dead,
                 contact=contact,
-                notifications=await self._notifications(destination, event, delivered=True),
+                notifications=await self._notifications(destination, event, delivered=delivered),
                 release=release,
             )
-            self._counts["delivered"] += 1
-            return
-        if attempt.outcome is Outcome.rejected:
-            await self._queue.finish(
-                destination,
-                entry,
-                attempt.to_dict(),
-                status=DeliveryStatus.dead,
-                contact=contact,
-                notifications=await self._notifications(destination, event, delivered=False),
-                release=release,
-            )
-            self._counts["dead"] += 1
-            log.warning(
-                "%s rejected %s: %s", destination, entry[1], attempt.error or attempt.status
-            )
+            self._counts["delivered" if delivered else "dead"] += 1
+            if not delivered:
+                log.warning(
+                    "%s rejected %s: %s", destination, entry.event, attempt.error or attempt.status
+                )
             return
         credentials = attempt.outcome is Outcome.credentials
         if credentials:

@@ -24,7 +24,7 @@ from relay.adapters.classify import classify_status
 from relay.adapters.transport import attempt_for, send
 from relay.settings import WebhookDestination
 
-__all__ = ["WebhookAdapter", "sign"]
+__all__ = ["WebhookAdapter", "secret_forms", "sign", "signed_headers"]
 
 _PREFIX = "whsec_"
 
@@ -39,6 +39,22 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     return signature
 
 
+def secret_forms(secret: str) -> tuple[str, str]:
+    """A ``whsec_`` secret as it may show in text (with and without its prefix), to scrub."""
+    return secret, secret.removeprefix(_PREFIX)
+
+
+def signed_headers(secret: str, msg_id: str, body: bytes) -> dict[str, str]:
+    """The JSON and Standard Webhooks headers of one message, signed now."""
+    timestamp = int(time.time())
+    return {
+        "Content-Type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(secret, msg_id, timestamp, body),
+    }
+
+
 class WebhookAdapter:
     """Delivers events to one signed HTTP endpoint."""
 
@@ -51,7 +67,7 @@ class WebhookAdapter:
         self._config = config
         self._session = session
         self._secret = config.secret.get_secret_value()
-        self._secrets = (self._secret, self._secret.removeprefix(_PREFIX))
+        self._secrets = secret_forms(self._secret)
 
     def __repr__(self) -> str:
         # The URL's query may hold a token of the receiver's: show where, not how.
@@ -62,14 +78,7 @@ class WebhookAdapter:
     async def deliver(self, event: dict[str, Any]) -> Attempt:
         """POST the event, signed; one attempt."""
         body = orjson.dumps(event)
-        msg_id = str(event["id"])
-        timestamp = int(time.time())
-        headers = {
-            "Content-Type": "application/json",
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(self._secret, msg_id, timestamp, body),
-        }
+        headers = signed_headers(self._secret, str(event["id"]), body)
         answer = await send(
             self._session,
             "POST",
