@@ -39,6 +39,7 @@ environment:
   RELAY_DATA_DIR    data of the embedded Redis (default ./.relay)
   RELAY_CONFIG      relay.toml to read (default ./relay.toml when it exists)
   RELAY_HOST, RELAY_PORT   where `relay serve` listens (default 127.0.0.1:8080)
+  RELAY_ALLOW_PRIVATE_TARGETS=1   let hooks notify loopback/private addresses
 
 examples:
   relay serve
@@ -77,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser(
         "worker",
-        help="deliver queued events (any number, on any hosts)",
+        help="deliver queued events and hook notifications (any number, on any hosts)",
         description="Deliver queued events to the destinations of relay.toml, and hook "
         "notifications to their subscribers. SIGTERM stops taking work and finishes the "
         "deliveries in flight.",
