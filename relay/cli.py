@@ -30,6 +30,9 @@ from relay.settings import Settings, load_settings
 
 __all__ = ["main"]
 
+#: The layout of every log line (relay.api.accesslog writes the same by hand).
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
 log = logging.getLogger("relay")
 
 _EPILOG = """\
@@ -179,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(
         level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
         stream=sys.stderr,
     )
     try:

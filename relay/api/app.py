@@ -7,11 +7,11 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 from redis.asyncio import Redis
 
 # Importing the route modules registers their handlers in ``routes``.
 from relay.api import dead_letters, events, health, hooks, ingest, keys, openapi  # noqa: F401
+from relay.api.accesslog import AccessLogger
 from relay.api.auth import auth_middleware
 from relay.api.problems import error_middleware
 from relay.api.routing import routes
@@ -27,15 +27,6 @@ __all__ = ["AccessLogger", "create_app"]
 
 #: How long shutdown waits for the invalidation listeners to notice their cancellation.
 _LISTENER_STOP_S = 2.0
-
-
-class AccessLogger(AbstractAccessLogger):
-    """One line a request, without the query string (it may hold ``api_key=``)."""
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info(
-            "%s %s %s %.1fms", request.method, request.path, response.status, time * 1000
-        )
 
 
 def create_app(settings: Settings, *, redis: Redis | None = None) -> web.Application:

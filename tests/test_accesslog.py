@@ -1,0 +1,69 @@
+"""The access log: the layout of every other log line, written once a loop turn."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Iterator
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+
+from relay.api.accesslog import AccessLogger
+from relay.cli import LOG_FORMAT
+
+_LINE = re.compile(
+    r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO aiohttp\.access: POST /v1/leads 202 1\.5ms"
+)
+
+
+@pytest.fixture(autouse=True)
+def _restore_level() -> Iterator[None]:
+    logger = logging.getLogger("aiohttp.access")
+    level = logger.level
+    yield
+    logger.setLevel(level)
+
+
+def _logger(level: int) -> AccessLogger:
+    logger = logging.getLogger("aiohttp.access")
+    logger.setLevel(level)
+    return AccessLogger(logger, "")
+
+
+async def test_lines_are_written_together_when_the_loop_turns(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    access = _logger(logging.INFO)
+    request = make_mocked_request("POST", "/v1/leads?api_key=rly_live_secret")
+    for _ in range(3):
+        access.log(request, web.Response(status=202), 0.0015)
+    assert capsys.readouterr().err == ""  # nothing yet: the loop has not come round
+    await asyncio.sleep(0)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3
+    assert all(_LINE.fullmatch(line) for line in lines), lines
+    assert "api_key" not in "".join(lines)  # the query string may hold the key
+
+
+async def test_the_layout_is_the_one_logging_gives_every_other_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    access = _logger(logging.INFO)
+    access.log(make_mocked_request("POST", "/v1/leads"), web.Response(status=202), 0.0015)
+    await asyncio.sleep(0)
+    ours = capsys.readouterr().err.rstrip("\n")
+    record = logging.LogRecord(
+        "aiohttp.access", logging.INFO, "", 0, "POST /v1/leads 202 1.5ms", (), None
+    )
+    theirs = logging.Formatter(LOG_FORMAT).format(record)
+    # Same text once the time is set aside (the two were stamped at different moments).
+    assert _LINE.fullmatch(ours)
+    assert ours.split(" ", 2)[2] == theirs.split(" ", 2)[2]
+
+
+def test_below_info_nothing_is_formatted() -> None:
+    assert not _logger(logging.WARNING).enabled
+    assert _logger(logging.INFO).enabled
