@@ -36,6 +36,14 @@ from typing import Any, Final, Literal
 
 import phonenumbers
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
+from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, PhoneMetadata, region_code_for_country_code
+
+# Private helpers of phonenumbers, for the E.164 fast path; pinned by its equivalence test.
+from phonenumbers.phonenumberutil import ValidationResult
+from phonenumbers.phonenumberutil import (
+    _maybe_strip_national_prefix_carrier_code as _strip_national_prefix,
+)
+from phonenumbers.phonenumberutil import _test_number_length as _length_check
 
 from relay.errors import FieldError, ValidationFailed
 from relay.models import CANONICAL_FIELDS, Contact, Lead
@@ -112,6 +120,15 @@ _PLAIN_EMAIL: Final = re.compile(
     re.IGNORECASE | re.ASCII,
 )
 _SPECIAL_USE: Final = tuple(SPECIAL_USE_DOMAIN_NAMES)
+_SPECIAL_USE_SUFFIXES: Final = tuple("." + d for d in _SPECIAL_USE)
+#: ``+`` then 7 to 15 ASCII digits, the first not 0: E.164's shape, for :func:`_e164_quick`.
+_E164_SHAPE: Final = re.compile(r"\+[1-9][0-9]{6,14}")
+_KEEP_UNSTRIPPED: Final = (
+    ValidationResult.TOO_SHORT,
+    ValidationResult.IS_POSSIBLE_LOCAL_ONLY,
+    ValidationResult.INVALID_LENGTH,
+)
+_POSSIBLE: Final = (ValidationResult.IS_POSSIBLE, ValidationResult.IS_POSSIBLE_LOCAL_ONLY)
 _PHONE_MSG: Final = (
     "not a phone number that can be written in E.164 (+ country code and number); "
     "include the country code, e.g. +44 7123 456789"
@@ -249,6 +266,10 @@ def _to_text(value: Any) -> str | None:
 
 def _phone(text: str, region: str) -> str | None:
     """E.164 form of a phone number, or None when it cannot be one."""
+    if _E164_SHAPE.fullmatch(text):
+        quick = _e164_quick(text[1:])
+        if quick is not False:
+            return quick
     candidates = [text]
     if text.startswith("00"):  # the ITU international prefix, which e.g. US parsing ignores
         candidates.append("+" + text[2:])
@@ -262,6 +283,36 @@ def _phone(text: str, region: str) -> str | None:
     return None
 
 
+def _e164_quick(digits: str) -> str | Literal[False] | None:
+    """What :func:`_phone` answers for ``+`` and ``digits`` (already E.164 in shape), by
+    phonenumbers' own steps for such a number without its general parsing (three quarters
+    of its cost); False when the country code is not one phonenumbers knows.
+
+    The steps are ``phonenumbers.parse``'s for a number written with ``+``: the country
+    code is the shortest known prefix; a national prefix is stripped when what remains
+    still has a possible length; then ``is_possible_number``. tests/test_normalize.py
+    checks this against the library on every country code.
+    """
+    for size in (1, 2, 3):
+        code = int(digits[:size])
+        if code in COUNTRY_CODE_TO_REGION_CODE:
+            break
+    else:
+        return False
+    national = digits[size:]
+    metadata = PhoneMetadata.metadata_for_region_or_calling_code(
+        code, region_code_for_country_code(code)
+    )
+    if metadata is None:
+        return False
+    _, stripped, _ = _strip_national_prefix(national, metadata)
+    if _length_check(stripped, metadata) not in _KEEP_UNSTRIPPED:
+        national = stripped
+    if _length_check(national, metadata) in _POSSIBLE:
+        return f"+{code}{national}"
+    return None
+
+
 def _plain_email(text: str) -> bool:
     """Whether email-validator would accept ``text`` as it is (see :data:`_PLAIN_EMAIL`)."""
     if len(text) > 254 or not _PLAIN_EMAIL.fullmatch(text):
@@ -270,7 +321,7 @@ def _plain_email(text: str) -> bool:
     if len(local) > 64 or "--" in domain:
         return False
     tld = domain.rsplit(".", 1)[1]
-    return tld not in _SPECIAL_USE and not domain.endswith(tuple("." + d for d in _SPECIAL_USE))
+    return tld not in _SPECIAL_USE and not domain.endswith(_SPECIAL_USE_SUFFIXES)
 
 
 def _check_field(field: str, text: str, region: str) -> tuple[str | None, str | None]:

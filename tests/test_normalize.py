@@ -6,6 +6,7 @@ import random
 import string
 from typing import Any
 
+import phonenumbers
 import pytest
 from email_validator import validate_email
 
@@ -17,6 +18,7 @@ from relay.normalize import (
     MAX_TRAIT_DEPTH,
     MAX_TRAIT_NAME_CHARS,
     MAX_TRAIT_STRING_CHARS,
+    _e164_quick,
     _plain_email,
     normalize_item,
     unflatten,
@@ -622,3 +624,50 @@ def test_plain_email_fast_path_agrees_with_email_validator() -> None:
     assert fast > 2_000  # the generator does reach the fast path
     for slow in ("a..b@x.com", "a@x.test", "a@x.123", "a@xn--bcher-kva.example", "a@-x.com"):
         assert not _plain_email(slow)
+
+
+def _phone_by_the_library(text: str) -> str | None:
+    """What phonenumbers itself makes of ``text``: the answer the fast path must give."""
+    try:
+        number = phonenumbers.parse(text, "US")
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def test_e164_fast_path_agrees_with_phonenumbers_on_every_country_code() -> None:
+    # For every country code: every length E.164 allows, random digits, and national
+    # numbers that start with the country's national prefix or with zeros (the cases
+    # where parsing strips or keeps digits).
+    rng = random.Random(11)
+    checked = possible = 0
+    for code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+        meta = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(
+            code, phonenumbers.region_code_for_country_code(code)
+        )
+        starts = ["", "0", "00", "1", (meta.national_prefix if meta else None) or ""]
+        for total in range(7, 16):
+            for start in starts:
+                size = total - len(str(code)) - len(start)
+                if size < 0:
+                    continue
+                rest = "".join(rng.choice(string.digits) for _ in range(size))
+                digits = f"{code}{start}{rest}"
+                quick = _e164_quick(digits)
+                assert quick == _phone_by_the_library("+" + digits), digits
+                checked += 1
+                possible += quick is not None
+    assert checked > 9_000
+    assert possible > checked // 4  # both answers are reached often
+
+
+def test_phone_fast_path_leaves_unknown_country_codes_to_the_library() -> None:
+    # +210... has no country code phonenumbers knows: the fast path does not guess,
+    # and the general path's answer (not a possible number) stands.
+    assert _e164_quick("2101234567") is False
+    with pytest.raises(ValidationFailed):
+        contact({"phone": "+2101234567"})
+    # Written with spaces, it is the general path too, with the same answer.
+    assert contact({"phone": "+1 415 555 0100"}).phone == "+14155550100"
