@@ -41,13 +41,13 @@ def new_event_id(*, now_ms: int | None = None, prefix: str = "evt_") -> str:
         rand = int.from_bytes(os.urandom(10), "big")
     _last = (ms, rand)
     value = (ms << 80) | rand
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return prefix + "".join(reversed(chars))
+    # 26 characters of 5 bits (130 bits, the top 2 zero), taken 10 bits at a time.
+    return prefix + "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
 _RAND_MASK = (1 << 80) - 1
+#: Every two-character Crockford string, indexed by the 10 bits it encodes.
+_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]
+_SHIFTS = range(120, -1, -10)
 #: (ms, random part) of the last id made by this process.
 _last: tuple[int, int] = (0, 0)
