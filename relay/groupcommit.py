@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from itertools import chain
 
 import orjson
 from redis.asyncio import Redis
@@ -35,7 +36,8 @@ end
 return #ops
 """
 
-#: Values are sent as text (``bytes`` must be UTF-8: relay only writes JSON and ids).
+#: Values as they are sent: text (``bytes`` must be UTF-8: relay only writes JSON and
+#: ids) and integers (a Lua number, which Redis writes back as the same digits).
 Value = str | bytes | int
 #: Writes one script call takes before the rest wait for the next (about 5 ms of Redis).
 _MAX_OPS = 5_000
@@ -48,7 +50,7 @@ class Batch:
 
     def __init__(self) -> None:
         self.keys: list[str] = []
-        self.ops: list[tuple[str, ...]] = []
+        self.ops: list[tuple[Value, ...]] = []
 
     def __repr__(self) -> str:
         return f"<Batch writes={len(self.keys)}>"
@@ -56,22 +58,25 @@ class Batch:
     def call(self, command: str, key: str, *args: Value) -> None:
         """Any command whose first argument is its one key (``XACK key group id``)."""
         self.keys.append(key)
-        self.ops.append((command, *(a.decode() if isinstance(a, bytes) else str(a) for a in args)))
+        self.ops.append((command, *args))
 
     def hset(self, key: str, *, mapping: Mapping[str, Value]) -> None:
-        self.call("HSET", key, *(x for item in mapping.items() for x in item))
+        self.call("HSET", key, *chain.from_iterable(mapping.items()))
 
     def expire(self, key: str, seconds: int) -> None:
         self.call("EXPIRE", key, seconds)
 
     def zadd(self, key: str, mapping: Mapping[str, int]) -> None:
-        self.call("ZADD", key, *(x for m, s in mapping.items() for x in (s, m)))
+        pairs: list[Value] = []
+        for member, score in mapping.items():
+            pairs += (score, member)
+        self.call("ZADD", key, *pairs)
 
     def rpush(self, key: str, *values: Value) -> None:
         self.call("RPUSH", key, *values)
 
     def xadd(self, key: str, fields: Mapping[str, Value]) -> None:
-        self.call("XADD", key, "*", *(x for item in fields.items() for x in item))
+        self.call("XADD", key, "*", *chain.from_iterable(fields.items()))
 
     def set(self, key: str, value: Value, *, ex: int) -> None:
         self.call("SET", key, value, "EX", ex)
@@ -81,6 +86,13 @@ class Batch:
 
 
 Writes = Callable[[Batch], None]
+
+
+def _text(value: object) -> str:
+    """orjson's fallback for what it cannot write itself: ``bytes`` (UTF-8) as text."""
+    if isinstance(value, bytes):
+        return value.decode()
+    raise TypeError(f"{type(value).__name__} is not a Redis value")
 
 
 class GroupCommit:
@@ -133,7 +145,8 @@ class GroupCommit:
                 try:
                     if failure is not None:
                         raise failure
-                    await self._script(keys=batch.keys, args=[orjson.dumps(batch.ops)])
+                    ops = orjson.dumps(batch.ops, default=_text)
+                    await self._script(keys=batch.keys, args=[ops])
                 except BaseException as exc:
                     for _, future in group:
                         if not future.done():
