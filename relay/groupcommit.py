@@ -26,12 +26,13 @@ from redis.asyncio import Redis
 
 __all__ = ["Batch", "GroupCommit"]
 
-#: Runs the commands of ``ARGV[1]`` (a JSON array of [name, args...]), each on the next key.
-#: One JSON argument rather than one per value: redis-py encodes each argument in Python.
+#: Runs the commands of ``ARGV[1]`` (a JSON array of [name, key index, args...]) in order.
+#: One JSON argument rather than one per value, and each key once however many commands
+#: touch it: redis-py encodes every argument in Python.
 _RUN = """
 local ops = cjson.decode(ARGV[1])
-for k, op in ipairs(ops) do
-  redis.call(op[1], KEYS[k], unpack(op, 2))
+for _, op in ipairs(ops) do
+  redis.call(op[1], KEYS[op[2]], unpack(op, 3))
 end
 return #ops
 """
@@ -46,19 +47,24 @@ _MAX_OPS = 5_000
 class Batch:
     """Writes to run in one script call; the methods mirror redis-py's pipeline."""
 
-    __slots__ = ("keys", "ops")
+    __slots__ = ("_index", "keys", "ops")
 
     def __init__(self) -> None:
+        #: Every key the writes touch, once, in order of first use (the script's KEYS).
         self.keys: list[str] = []
+        self._index: dict[str, int] = {}
         self.ops: list[tuple[Value, ...]] = []
 
     def __repr__(self) -> str:
-        return f"<Batch writes={len(self.keys)}>"
+        return f"<Batch writes={len(self.ops)} keys={len(self.keys)}>"
 
     def call(self, command: str, key: str, *args: Value) -> None:
         """Any command whose first argument is its one key (``XACK key group id``)."""
-        self.keys.append(key)
-        self.ops.append((command, *args))
+        index = self._index.get(key)
+        if index is None:
+            self.keys.append(key)
+            index = self._index[key] = len(self.keys)  # Lua counts from 1
+        self.ops.append((command, index, *args))
 
     def hset(self, key: str, *, mapping: Mapping[str, Value]) -> None:
         self.call("HSET", key, *chain.from_iterable(mapping.items()))

@@ -133,3 +133,37 @@ async def test_a_failing_request_fails_its_group_and_the_next_goes_on(redis: Red
     assert results[1] is None  # after the broken one: left for the next call, which ran
     await commit.submit(fine)  # the loop is still alive
     assert await redis.llen("{relay}:test:fine") == 3
+
+
+async def test_a_batch_names_each_key_once_and_runs_its_writes_in_order(redis: Redis) -> None:
+    commit = GroupCommit(redis)
+
+    def writes(batch: Batch) -> None:
+        batch.rpush("{relay}:t:list", "a")
+        batch.set("{relay}:t:str", "x", ex=60)
+        batch.rpush("{relay}:t:list", "b", b"c")
+        batch.expire("{relay}:t:list", 60)
+        assert batch.keys == ["{relay}:t:list", "{relay}:t:str"]
+
+    await commit.submit(writes)
+    assert await redis.lrange("{relay}:t:list", 0, -1) == ["a", "b", "c"]
+    assert 0 < await redis.ttl("{relay}:t:list") <= 60
+    assert await redis.get("{relay}:t:str") == "x"
+
+
+def test_the_client_packs_commands_as_redis_py_does() -> None:
+    # relay's connections pack commands in C (hiredis); the bytes must be redis-py's own.
+    from redis.asyncio.connection import Connection
+
+    from relay.connect import redis_client
+
+    ours = redis_client("redis://127.0.0.1:1/0").connection_pool.connection_class()
+    theirs = Connection()
+    for args in [
+        ("EVALSHA", "f" * 40, 2, "{relay}:a", "{relay}:b", '[["SET",1,"é"]]'),
+        ("SET", "k", b"\xff\x00", "EX", 60),
+        ("ZADD", "z", 1.5, "m", 10**15, "n"),
+        ("CONFIG GET", "maxmemory"),
+    ]:
+        assert b"".join(ours.pack_command(*args)) == b"".join(theirs.pack_command(*args))
+    assert type(ours).__mro__[1].__name__ == "_HiredisPacking"
