@@ -13,6 +13,7 @@ directly. The table (ARCHITECTURE.md, "Delivery semantics")::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from urllib.parse import quote, quote_plus
 
@@ -40,14 +41,17 @@ def classify_status(status: int) -> Outcome:
     return Outcome.credentials
 
 
-def _variants(secret: str) -> set[str]:
-    """A secret as it may appear: raw, and percent-encoded as in a URL query."""
-    return {s for s in (secret, quote(secret, safe=""), quote_plus(secret)) if s}
+@functools.lru_cache(maxsize=256)
+def _variants(secrets: tuple[str, ...]) -> tuple[str, ...]:
+    """Secrets as they may appear, raw and percent-encoded as in a URL query, longest
+    first. Worked out once per set of secrets (an adapter's are fixed), not per answer."""
+    forms = {v for s in secrets for v in (s, quote(s, safe=""), quote_plus(s)) if v}
+    return tuple(sorted(forms, key=len, reverse=True))
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
     """``text`` with every secret (and its URL-encoded forms) replaced by ``***``."""
-    for secret in sorted({v for s in secrets for v in _variants(s)}, key=len, reverse=True):
+    for secret in _variants(tuple(secrets)):
         text = text.replace(secret, "***")
     return text
 

@@ -10,6 +10,7 @@ everything else is classified as in :mod:`relay.adapters.classify`.
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -35,8 +36,12 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     ``secret`` is ``whsec_`` + base64 (the prefix is optional here).
     """
     when = datetime.fromtimestamp(timestamp, UTC)
-    signature: str = Webhook(secret).sign(msg_id, when, body.decode())
+    signature: str = _webhook(secret).sign(msg_id, when, body.decode())
     return signature
+
+
+#: A destination's signer, made once per secret (it decodes the key when made).
+_webhook = functools.lru_cache(maxsize=256)(Webhook)
 
 
 def secret_forms(secret: str) -> tuple[str, str]:
