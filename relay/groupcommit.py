@@ -18,13 +18,17 @@ connection) writes nothing, and every request in it fails alike.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from itertools import chain
+from typing import Any, Generic, TypeVar, cast
 
 import orjson
 from redis.asyncio import Redis
 
-__all__ = ["Batch", "GroupCommit"]
+__all__ = ["Batch", "GroupCall", "GroupCommit"]
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 #: Runs the commands of ``ARGV[1]`` (a JSON array of [name, key index, args...]) in order.
 #: One JSON argument rather than one per value, and each key once however many commands
@@ -101,58 +105,44 @@ def _text(value: object) -> str:
     raise TypeError(f"{type(value).__name__} is not a Redis value")
 
 
-class GroupCommit:
-    """Coalesce concurrent writes into one script call; see the module docstring."""
+class _Gathering(Generic[T, R]):
+    """Items submitted while a call is in flight wait, and go together in the next one."""
 
-    __slots__ = ("_flusher", "_largest", "_pending", "_rounds", "_script", "_tail")
+    __slots__ = ("_flusher", "_largest", "_pending", "_rounds")
 
-    def __init__(self, redis: Redis, *, tail: Writes | None = None) -> None:
-        self._script = redis.register_script(_RUN)
-        #: Added once to every group (e.g. trimming an index), after the requests' writes.
-        self._tail = tail
-        self._pending: list[tuple[Writes, asyncio.Future[None]]] = []
+    def __init__(self) -> None:
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._rounds = 0
         self._largest = 0
 
     def __repr__(self) -> str:
         return (
-            f"<GroupCommit rounds={self._rounds} largest={self._largest} "
+            f"<{type(self).__name__} rounds={self._rounds} largest={self._largest} "
             f"waiting={len(self._pending)}>"
         )
 
-    async def submit(self, writes: Writes) -> None:
-        """Returns once Redis has run ``writes`` (with others); raises what Redis raised."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((writes, future))
+    async def _submit(self, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
-        await asyncio.shield(future)  # a cancelled request must not cancel the group's write
+        return await asyncio.shield(future)  # a cancelled caller must not cancel the group
+
+    def _prepare(self, items: list[T]) -> tuple[int, Callable[[], Awaitable[list[R]]]]:
+        """How many of the waiting ``items`` go in the next call, and that call (which
+        answers each of them, in order, or raises for all of them)."""
+        raise NotImplementedError
 
     async def _flush(self) -> None:
         try:
             while self._pending:
-                batch, taken, failure = Batch(), 0, None
-                try:
-                    # Up to _MAX_OPS writes a call (a request's writes are never split):
-                    # one huge script would hold Redis up for everyone else.
-                    for writes, _ in self._pending:
-                        if taken and len(batch.ops) >= _MAX_OPS:
-                            break
-                        taken += 1
-                        writes(batch)
-                    if self._tail is not None:
-                        self._tail(batch)
-                except Exception as exc:  # a bug: fail this group, not the whole loop
-                    failure = exc
+                taken, call = self._prepare([item for item, _ in self._pending])
                 group, self._pending = self._pending[:taken], self._pending[taken:]
                 self._rounds += 1
                 self._largest = max(self._largest, len(group))
                 try:
-                    if failure is not None:
-                        raise failure
-                    ops = orjson.dumps(batch.ops, default=_text)
-                    await self._script(keys=batch.keys, args=[ops])
+                    results = await call()
                 except BaseException as exc:
                     for _, future in group:
                         if not future.done():
@@ -160,8 +150,105 @@ class GroupCommit:
                     if not isinstance(exc, Exception):
                         raise
                 else:
-                    for _, future in group:
+                    for (_, future), result in zip(group, results, strict=True):
                         if not future.done():
-                            future.set_result(None)
+                            future.set_result(result)
         finally:
             self._flusher = None
+
+
+class GroupCommit(_Gathering[Writes, None]):
+    """Coalesce concurrent writes into one script call; see the module docstring."""
+
+    __slots__ = ("_script", "_tail")
+
+    def __init__(self, redis: Redis, *, tail: Writes | None = None) -> None:
+        super().__init__()
+        self._script = redis.register_script(_RUN)
+        #: Added once to every group (e.g. trimming an index), after the requests' writes.
+        self._tail = tail
+
+    async def submit(self, writes: Writes) -> None:
+        """Returns once Redis has run ``writes`` (with others); raises what Redis raised."""
+        await self._submit(writes)
+
+    def _prepare(self, items: list[Writes]) -> tuple[int, Callable[[], Awaitable[list[None]]]]:
+        batch, taken, failure = Batch(), 0, None
+        try:
+            # Up to _MAX_OPS writes a call (a request's writes are never split):
+            # one huge script would hold Redis up for everyone else.
+            for writes in items:
+                if taken and len(batch.ops) >= _MAX_OPS:
+                    break
+                taken += 1
+                writes(batch)
+            if self._tail is not None:
+                self._tail(batch)
+        except Exception as exc:  # a bug: fail this group, not the whole loop
+            failure = exc
+
+        async def call() -> list[None]:
+            if failure is not None:
+                raise failure
+            await self._script(keys=batch.keys, args=[orjson.dumps(batch.ops, default=_text)])
+            return [None] * taken
+
+        return taken, call
+
+
+#: Runs one script body once per call gathered (``ARGV[1]``: each call's ARGV, as JSON;
+#: KEYS: each call's keys in turn) and returns the list of their answers.
+_EACH = """
+local function one(KEYS, ARGV)
+{body}
+end
+local calls, n, out = cjson.decode(ARGV[1]), {keys}, {}
+for i, argv in ipairs(calls) do
+  local keys = {}
+  for k = 1, n do keys[k] = KEYS[(i - 1) * n + k] end
+  out[i] = one(keys, argv)
+end
+return out
+"""
+#: Calls one script call takes at most.
+_MAX_CALLS = 256
+
+
+class GroupCall(_Gathering[tuple[Sequence[str], Sequence[str]], Any]):
+    """Concurrent calls of one Lua script body share a round trip: those made while one
+    is in flight go together, in one script call that runs the body once for each, in
+    order, and each caller gets its own answer. For the worker's many small calls
+    before a request (each one redis-py call of its own, else).
+
+    A body that raises (a Redis error) stops the script: every caller of that group
+    gets the error, and the calls before it in the group have run (Lua does not roll
+    back), so a body must be safe to run again, as the worker's take is."""
+
+    __slots__ = ("_keys", "_script")
+
+    def __init__(self, redis: Redis, body: str, *, keys: int) -> None:
+        """``body`` is a script's text, reading ``KEYS`` (exactly ``keys`` of them) and
+        ``ARGV`` (strings) and returning its answer, which must not be nil."""
+        super().__init__()
+        self._keys = keys
+        self._script = redis.register_script(
+            _EACH.replace("{body}", body).replace("{keys}", str(keys))
+        )
+
+    async def call(self, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        """The body's answer for these keys and arguments (run with others)."""
+        if len(keys) != self._keys:
+            raise ValueError(f"expected {self._keys} keys, got {len(keys)}")
+        return await self._submit((keys, [str(a) for a in args]))
+
+    def _prepare(
+        self, items: list[tuple[Sequence[str], Sequence[str]]]
+    ) -> tuple[int, Callable[[], Awaitable[list[Any]]]]:
+        group = items[:_MAX_CALLS]
+
+        async def call() -> list[Any]:
+            keys = [k for ks, _ in group for k in ks]
+            answers = await self._script(keys=keys, args=[orjson.dumps([a for _, a in group])])
+            return cast(list[Any], answers)
+
+        return len(group), call

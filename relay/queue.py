@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from relay import redis_keys
-from relay.groupcommit import Batch, GroupCommit
+from relay.groupcommit import Batch, GroupCall, GroupCommit
 from relay.hooks import queue_notifications
 from relay.models import DeliveryStatus
 from relay.ratelimit import NOW_LUA, TAKE_LEASE_LUA
@@ -137,7 +137,8 @@ class DeliveryQueue:
         self._retention_s = retention_s
         self._move_due = redis.register_script(_MOVE_DUE)
         self._may_go = redis.register_script(_MAY_GO)
-        self._take = redis.register_script(_TAKE)
+        #: Concurrent takes (one per delivery about to start) share a round trip.
+        self._take = GroupCall(redis, _TAKE, keys=5)
         self._commit = GroupCommit(redis)
 
     def __repr__(self) -> str:
@@ -229,7 +230,7 @@ class DeliveryQueue:
             *("", max_in_flight, holder, ttl_ms),
             *(entry.event, "1" if ordered else "0", status),
         ]
-        reply = await self._take(keys=keys, args=args)
+        reply = await self._take.call(keys, args)
         if not isinstance(reply, list):
             return Taken("full")
         if reply[0] == "ok":

@@ -9,10 +9,11 @@ from datetime import UTC, datetime
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from relay import redis_keys
 from relay.errors import StoreUnavailable
-from relay.groupcommit import Batch, GroupCommit
+from relay.groupcommit import Batch, GroupCall, GroupCommit
 from relay.ids import new_event_id
 from relay.models import Lead
 from relay.store import EventStore, NewEvent
@@ -167,3 +168,47 @@ def test_the_client_packs_commands_as_redis_py_does() -> None:
     ]:
         assert b"".join(ours.pack_command(*args)) == b"".join(theirs.pack_command(*args))
     assert type(ours).__mro__[1].__name__ == "_HiredisPacking"
+
+
+_ECHO = """
+redis.call('RPUSH', KEYS[1], ARGV[1])
+return {KEYS[1], ARGV[1], redis.call('LLEN', KEYS[1])}
+"""
+
+
+async def test_concurrent_calls_share_a_round_trip_and_get_their_own_answers(
+    redis: Redis,
+) -> None:
+    calls = GroupCall(redis, _ECHO, keys=1)
+    first = asyncio.create_task(calls.call(["{relay}:t:0"], ["v0"]))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the first call is on its way to Redis now
+    rest = await asyncio.gather(
+        *(calls.call([f"{{relay}}:t:{i % 2}"], [f"v{i}"]) for i in range(1, 10))
+    )
+    answers = [await first, *rest]
+    # The first went alone; the nine that came while it was in flight went together.
+    assert calls._rounds == 2
+    assert calls._largest == 9
+    assert [a[1] for a in answers] == [f"v{i}" for i in range(10)]
+    assert answers[-1] == ["{relay}:t:1", "v9", 5]  # run in order: the fifth on its list
+    assert await redis.lrange("{relay}:t:0", 0, -1) == ["v0", "v2", "v4", "v6", "v8"]
+
+
+async def test_a_call_that_raises_fails_its_group_only(redis: Redis) -> None:
+    calls = GroupCall(redis, _ECHO, keys=1)
+    await redis.set("{relay}:t:str", "not a list")
+    first = asyncio.create_task(calls.call(["{relay}:t:a"], ["x"]))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    rest = await asyncio.gather(
+        calls.call(["{relay}:t:a"], ["y"]),
+        calls.call(["{relay}:t:str"], ["z"]),  # RPUSH on a string: the script stops
+        return_exceptions=True,
+    )
+    assert (await first)[1] == "x"
+    assert all(isinstance(r, ResponseError) and "WRONGTYPE" in str(r) for r in rest)
+    # The next group goes through.
+    assert (await calls.call(["{relay}:t:a"], ["w"]))[1] == "w"
+    with pytest.raises(ValueError, match="expected 1 keys"):
+        await calls.call([], ["w"])
