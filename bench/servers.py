@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from relay.embedded import redis_server_binary
+from relay.embedded import SERVER_SETTINGS, redis_server_binary
 
 __all__ = [
     "BATCH",
@@ -185,7 +185,7 @@ def _start_redis(procs: Procs) -> tuple[Proc, int]:
     data = procs.workdir / "redis"
     data.mkdir()
     argv = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1"]
-    argv += ["--dir", str(data), "--appendonly", "yes", "--appendfsync", "everysec"]
+    argv += ["--dir", str(data), *SERVER_SETTINGS]
     argv += ["--save", "", "--logfile", ""]
     proc = procs.start("redis-server", argv)
     deadline = time.monotonic() + _READY_TIMEOUT_S

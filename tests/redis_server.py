@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from relay.embedded import redis_server_binary
+from relay.embedded import SERVER_SETTINGS, redis_server_binary
 
 
 def free_port() -> int:
@@ -41,10 +41,7 @@ class RedisServer:
                 "127.0.0.1",
                 "--dir",
                 str(self.data_dir),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
+                *SERVER_SETTINGS,
                 "--save",
                 "",
                 "--logfile",

@@ -212,3 +212,24 @@ async def test_a_call_that_raises_fails_its_group_only(redis: Redis) -> None:
     assert (await calls.call(["{relay}:t:a"], ["w"]))[1] == "w"
     with pytest.raises(ValueError, match="expected 1 keys"):
         await calls.call([], ["w"])
+
+
+async def test_an_event_record_stays_a_compact_hash(redis: Redis) -> None:
+    # Redis started as relay starts it (SERVER_SETTINGS) keeps an event's hash, JSON
+    # and all, as a listpack: about half the memory of a hash table per queued event.
+    store = EventStore(redis, retention_s=3600)
+    ev = lead(1)
+    await store.enqueue([ev])
+    assert await redis.object("encoding", redis_keys.event(ev.id)) in ("ziplist", "listpack")
+
+
+def test_deploy_redis_conf_says_what_relay_asks_of_its_own_redis() -> None:
+    from pathlib import Path
+
+    from relay.embedded import SERVER_SETTINGS
+
+    conf = (Path(__file__).parent.parent / "deploy" / "redis.conf").read_text()
+    lines = {line.strip() for line in conf.splitlines()}
+    pairs = zip(SERVER_SETTINGS[::2], SERVER_SETTINGS[1::2], strict=True)
+    for name, value in pairs:
+        assert f"{name.removeprefix('--')} {value}" in lines, name
