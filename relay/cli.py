@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 
 from relay import __version__
 from relay.commands import admin, delivery
-from relay.connect import check_version
+from relay.connect import check_version, memory_hint
 from relay.embedded import EmbeddedRedis
 from relay.errors import ConfigError, EmbeddedRedisError, RelayError, RequestError
 from relay.models import SCOPES
@@ -312,6 +312,8 @@ def _run_api(settings: Settings, host: str, port: int, *, reuse_port: bool, work
         try:
             version = await check_version(app[REDIS])
             log.info("redis %s: %s", version, where)
+            if hint := await memory_hint(app[REDIS]):
+                log.info("%s", hint)
         except RelayError as exc:
             log.warning("%s (%s); /readyz answers 503 until it is back", exc, where)
         log.info(

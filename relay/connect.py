@@ -16,7 +16,7 @@ from relay.embedded import EmbeddedRedis
 from relay.errors import StoreUnavailable
 from relay.settings import Settings
 
-__all__ = ["MIN_REDIS_VERSION", "check_version", "redis_client", "redis_for"]
+__all__ = ["MIN_REDIS_VERSION", "check_version", "memory_hint", "redis_client", "redis_for"]
 
 #: XAUTOCLAIM, GETDEL, ZRANGE BYSCORE… first came with Redis 6.2.
 MIN_REDIS_VERSION = (6, 2)
@@ -81,6 +81,26 @@ async def check_version(redis: Redis) -> str:
     if parts < MIN_REDIS_VERSION:
         raise StoreUnavailable(f"Redis {version} is too old: relay needs 6.2 or newer")
     return version
+
+
+#: Event records (a hash with the event's JSON) stay compact up to this value size.
+_COMPACT_HASH_VALUE = 1024
+
+
+async def memory_hint(redis: Redis) -> str | None:
+    """A sentence for the log when Redis keeps event records as hash tables (about
+    twice their listpack size), or None (compact, or CONFIG is not allowed here)."""
+    try:
+        found = await redis.config_get("hash-max-ziplist-value")
+        value = int(str(next(iter(found.values()))))
+    except (RedisError, OSError, ValueError, StopIteration):
+        return None
+    if value >= _COMPACT_HASH_VALUE:
+        return None
+    return (
+        f"this Redis has hash-max-ziplist-value {value}: each queued event takes about "
+        f"twice the memory it would with {_COMPACT_HASH_VALUE} (deploy/redis.conf sets it)"
+    )
 
 
 @contextlib.asynccontextmanager

@@ -233,3 +233,18 @@ def test_deploy_redis_conf_says_what_relay_asks_of_its_own_redis() -> None:
     pairs = zip(SERVER_SETTINGS[::2], SERVER_SETTINGS[1::2], strict=True)
     for name, value in pairs:
         assert f"{name.removeprefix('--')} {value}" in lines, name
+
+
+async def test_a_redis_that_would_keep_records_as_hash_tables_is_named_at_start(
+    redis: Redis,
+) -> None:
+    from relay.connect import memory_hint
+
+    assert await memory_hint(redis) is None  # the tests' Redis is set up as relay's own
+    await redis.config_set("hash-max-ziplist-value", "64")
+    try:
+        hint = await memory_hint(redis)
+    finally:
+        await redis.config_set("hash-max-ziplist-value", "1024")
+    assert hint is not None
+    assert "hash-max-ziplist-value 64" in hint
