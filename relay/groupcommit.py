@@ -13,6 +13,10 @@ instead of six per event, which is what the API spends its time on (parsing
 redis-py's ``QUEUED`` replies, one per command). Like MULTI, a batch that Redis
 refuses before its first write (out of memory, a read-only replica, a dead
 connection) writes nothing, and every request in it fails alike.
+
+:class:`GroupCall` does the same for calls of one script body (the worker's
+take before each request): those made while one is in flight go together in
+one script call, and each caller gets its own answer.
 """
 
 from __future__ import annotations
