@@ -256,6 +256,7 @@ def _run(
         if name not in only:
             continue
         _step(f"{name}")
+        stack.wait_quiet()
         started = time.monotonic()
         result = runs[name]()
         lines, targets = render[name](result)

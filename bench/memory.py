@@ -130,6 +130,7 @@ def _measure(stack: Stack, redis: Redis, events: int) -> MemoryResult:
         sampler.join()
     ingest_s = time.monotonic() - started
     rss_end = rss_kib(pid)
+    stack.wait_quiet()  # a rewrite's buffer would count as the events' memory
     after = _snapshot(redis)
     mid = next((rss for n, rss in samples if n >= events / 2), rss_end)
     return MemoryResult(

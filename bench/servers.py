@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from redis import Redis
 
 from relay.embedded import SERVER_SETTINGS, redis_server_binary
 
@@ -323,6 +324,20 @@ class Stack:
             answer = self.post(f"/v1/contacts?destination={destination}", orjson.dumps(items))
             if len(answer.get("accepted", ())) != len(items):
                 raise BenchError(f"relay did not queue every contact: {str(answer)[:300]}")
+
+    def wait_quiet(self, *, timeout_s: float = 120.0) -> None:
+        """Wait out a rewrite of Redis's append-only file (a fork and a rewrite buffer,
+        which the previous section's writes may have set off): it takes a core from
+        whatever is measured next, and counts in ``used_memory``."""
+        deadline = time.monotonic() + timeout_s
+        with Redis(host="127.0.0.1", port=self.redis_port) as redis:
+            while True:
+                info = redis.info("persistence")
+                if not (info.get("aof_rewrite_in_progress") or info.get("aof_rewrite_scheduled")):
+                    return
+                if time.monotonic() > deadline:
+                    raise BenchError(f"Redis still rewrote its AOF after {timeout_s:.0f} s")
+                time.sleep(0.1)
 
     def upstream_stats(self) -> dict[str, Any]:
         status, body = http("GET", self.upstream_url("/_stats"))
