@@ -88,8 +88,8 @@ _COMPACT_HASH_VALUE = 1024
 
 
 async def memory_hint(redis: Redis) -> str | None:
-    """A sentence for the log when Redis keeps event records as hash tables (about
-    twice their listpack size), or None (compact, or CONFIG is not allowed here)."""
+    """A sentence for the log when Redis keeps event records as hash tables (twice
+    their listpack size), or None (compact, or CONFIG is not allowed here)."""
     try:
         found = await redis.config_get("hash-max-ziplist-value")
         value = int(str(next(iter(found.values()))))
@@ -98,8 +98,8 @@ async def memory_hint(redis: Redis) -> str | None:
     if value >= _COMPACT_HASH_VALUE:
         return None
     return (
-        f"this Redis has hash-max-ziplist-value {value}: each queued event takes about "
-        f"twice the memory it would with {_COMPACT_HASH_VALUE} (deploy/redis.conf sets it)"
+        f"this Redis has hash-max-ziplist-value {value}: each queued event takes about a "
+        f"quarter more memory than with {_COMPACT_HASH_VALUE} (deploy/redis.conf sets it)"
     )
 
 

@@ -67,3 +67,26 @@ async def test_the_layout_is_the_one_logging_gives_every_other_line(
 def test_below_info_nothing_is_formatted() -> None:
     assert not _logger(logging.WARNING).enabled
     assert _logger(logging.INFO).enabled
+
+
+async def test_a_busy_turn_is_written_in_whole_lines_of_at_most_pipe_buf(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `serve --workers N` share one stderr: a pipe keeps writes of <= 4096 bytes whole.
+    writes: list[str] = []
+
+    class Stderr:
+        def write(self, text: str) -> None:
+            writes.append(text)
+
+        def flush(self) -> None:
+            pass
+
+    monkeypatch.setattr("sys.stderr", Stderr())
+    access = _logger(logging.INFO)
+    for _ in range(500):
+        access.log(make_mocked_request("POST", "/v1/leads"), web.Response(status=202), 0.0015)
+    await asyncio.sleep(0)
+    assert len(writes) > 1
+    assert all(len(w.encode()) <= 4096 and w.endswith("\n") for w in writes)
+    assert sum(w.count("\n") for w in writes) == 500

@@ -23,6 +23,10 @@ from aiohttp.abc import AbstractAccessLogger
 
 __all__ = ["AccessLogger"]
 
+#: Characters a write holds at most: POSIX's PIPE_BUF (4096 bytes), less room for
+#: the odd non-ASCII character in a path (counted once here, up to 4 bytes written).
+_PIPE_BUF = 3584
+
 
 class AccessLogger(AbstractAccessLogger):
     """``2026-12-01 12:50:18,123 INFO aiohttp.access: POST /v1/leads 202 1.2ms``."""
@@ -53,9 +57,19 @@ class AccessLogger(AbstractAccessLogger):
 
     def _flush(self) -> None:
         lines, self._lines = self._lines, []
+        # Writes of at most PIPE_BUF bytes, whole lines only: `serve --workers N`
+        # shares one stderr, and a pipe keeps only such writes from interleaving.
+        chunks, chunk = [], ""
+        for line in lines:
+            if chunk and len(chunk) + len(line) > _PIPE_BUF:
+                chunks.append(chunk)
+                chunk = ""
+            chunk += line
+        chunks.append(chunk)
         try:
-            sys.stderr.write("".join(lines))
-            sys.stderr.flush()
+            for text in chunks:
+                sys.stderr.write(text)
+                sys.stderr.flush()
         except (OSError, ValueError):  # a closed or full stderr must not fail requests
             pass
 
