@@ -24,13 +24,26 @@ that never exceeds a window is the one without burst (``tau = 0``: one request
 per ``T``, never two closer), which refuses the burst an idle destination is
 entitled to. Upstreams such as ConveYour (2000/5m) count per window, so relay
 keeps a log instead: a sorted set of the times (ms, Redis server clock) of the
-requests admitted in the last period. A request is admitted when the log holds
-fewer than ``count`` entries newer than ``now - period``, so every half-open
-window ``[t, t + period)`` holds at most ``count`` admissions (proof: take the
-last admission ``a`` in such a window; every earlier one in the window lies
-in ``(a - period, a]``, which held fewer than ``count`` others when ``a`` was
-admitted). The cost, ``count`` small zset entries per busy destination, is
-nothing next to the queue.
+requests of the last period. A request is admitted when the log holds fewer
+than ``count`` entries newer than ``now - period``. The cost, ``count`` small
+zset entries per busy destination, is nothing next to the queue.
+
+What the upstream counts is arrivals, not admissions, and a request arrives
+some time after it was admitted (a Redis round trip, the worker's loop, the
+network: tens of ms on a busy host, more over the internet). So a worker's
+request is logged as in flight, dated ``hold_ms`` ahead (counted by every
+check), until its answer comes back; then it is dated at that moment
+(:meth:`RateLimiter.answered`), the latest it can have arrived. Then every
+half-open window ``[t, t + period)`` of the upstream's clock holds at most
+``count`` arrivals, whatever the delays (proof: take the request ``r`` of that
+window admitted last, at ``a < t + period``; every other one in the window was
+admitted before ``a`` and, at ``a``, was either in flight or dated at its answer,
+after its arrival, so at or after ``t > a - period``: all counted, so there were
+fewer than ``count`` of them). A slot frees one period after an answer instead
+of after an admission: the share of the limit reached is ``period / (period +
+round trip)``, above 99 % of a per-second limit on loopback and of ConveYour's
+2000/5m over the internet. API keys' own limits count requests at admission
+(``hold_ms`` 0): they arrive there and then.
 
 The time is Redis's ``TIME`` inside the script, not the worker's clock, so
 hosts with skewed clocks still agree. (A script that reads TIME and then writes
@@ -72,25 +85,39 @@ if not now then
 end
 """
 
-# KEYS: rate log, pause marker. ARGV: now ms or "", count, period ms, request id.
-# Returns 0 (admitted and logged) or the ms to wait (nothing logged).
+# KEYS: rate log, pause marker. ARGV: now ms or "", count, period ms, request id,
+# hold ms (an entry is dated that far ahead until answered: see the module docstring),
+# poll ms. Returns 0 or less (admitted and logged) or the ms to wait (nothing logged).
 _ACQUIRE = (
     NOW_LUA
     + """
 local paused = redis.call('PTTL', KEYS[2])
 if paused > 0 then return paused end
-local count, period = tonumber(ARGV[2]), tonumber(ARGV[3])
+local count, period, hold = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[5])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - period)
 local n = redis.call('ZCARD', KEYS[1])
 if n < count then
-  redis.call('ZADD', KEYS[1], now, ARGV[4])
-  redis.call('PEXPIRE', KEYS[1], period)
+  redis.call('ZADD', KEYS[1], now + hold, ARGV[4])
+  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+  redis.call('PEXPIRE', KEYS[1], math.max(1, tonumber(last[2]) + period - now))
   return n - count  -- admitted: minus (requests still free in the window + 1)
 end
 -- Full: a slot frees when the entry that would leave it over the limit ages out
--- (n > count only after the limit was lowered).
+-- (n > count only after the limit was lowered); an entry still in flight ages out
+-- a period after its answer, which is not known yet: ask again shortly.
 local freeing = redis.call('ZRANGE', KEYS[1], n - count, n - count, 'WITHSCORES')
-return math.max(1, tonumber(freeing[2]) + period - now)
+local at = tonumber(freeing[2])
+if at > now then return tonumber(ARGV[6]) end
+return math.max(1, at + period - now)
+"""
+)
+
+# KEYS: rate log. ARGV: now ms or "", request ids. Dates each (still logged) request
+# at its answer: now, when it has certainly reached the upstream.
+_ANSWERED = (
+    NOW_LUA
+    + """
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', now, ARGV[i]) end
 """
 )
 
@@ -152,11 +179,21 @@ class RateLimiter:
     ...  # send one request
     """
 
-    __slots__ = ("_acquire", "_begin", "_lease", "_pause", "_redis", "admitted", "refused")
+    __slots__ = (
+        "_acquire",
+        "_answered",
+        "_begin",
+        "_lease",
+        "_pause",
+        "_redis",
+        "admitted",
+        "refused",
+    )
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._acquire = redis.register_script(_ACQUIRE)
+        self._answered = redis.register_script(_ANSWERED)
         self._pause = redis.register_script(_PAUSE)
         self._lease = redis.register_script(_LEASE)
         self._begin = redis.register_script(_BEGIN)
@@ -169,18 +206,37 @@ class RateLimiter:
         return f"<RateLimiter admitted={self.admitted} refused={self.refused}>"
 
     async def acquire(
-        self, destination: str, limit: RateLimit, *, now_ms: int | None = None
+        self,
+        destination: str,
+        limit: RateLimit,
+        *,
+        request_id: str | None = None,
+        hold_ms: int = 0,
+        now_ms: int | None = None,
     ) -> float:
         """0.0 when one request may be sent now (and it is counted), else seconds to wait.
 
         A wait records nothing: call again after it. While the destination is
         paused the wait is the rest of the pause. ``now_ms`` replaces Redis's
         clock (tests); otherwise the time is the server's.
+
+        With ``hold_ms`` the request counts as in flight until :meth:`answered`
+        (``request_id``) dates it, or for ``hold_ms`` at most (a worker that died
+        mid-request): make it longer than the request's timeout.
         """
-        return (await self.admit(destination, limit, now_ms=now_ms))[0]
+        answer = await self.admit(
+            destination, limit, request_id=request_id, hold_ms=hold_ms, now_ms=now_ms
+        )
+        return answer[0]
 
     async def admit(
-        self, name: str, limit: RateLimit, *, now_ms: int | None = None
+        self,
+        name: str,
+        limit: RateLimit,
+        *,
+        request_id: str | None = None,
+        hold_ms: int = 0,
+        now_ms: int | None = None,
     ) -> tuple[float, int]:
         """Like :meth:`acquire`, also giving how many requests the window still allows."""
         answer = int(
@@ -190,7 +246,9 @@ class RateLimiter:
                     "" if now_ms is None else now_ms,
                     limit.count,
                     _ms(limit.period_s),
-                    uuid.uuid4().hex,
+                    request_id or uuid.uuid4().hex,
+                    hold_ms,
+                    _ms(FULL_POLL_S),
                 ],
             )
         )
@@ -199,6 +257,17 @@ class RateLimiter:
             return 0.0, max(0, -answer - 1)
         self.refused += 1
         return answer / 1000, 0
+
+    async def answered(
+        self, destination: str, request_ids: Sequence[str], *, now_ms: int | None = None
+    ) -> None:
+        """The requests admitted as ``request_ids`` (with ``hold_ms``) were answered: they
+        count from now on as having reached the upstream now, and age out a period later."""
+        if request_ids:
+            await self._answered(
+                keys=[redis_keys.rate(destination)],
+                args=["" if now_ms is None else now_ms, *request_ids],
+            )
 
     async def pause(self, destination: str, seconds: float) -> None:
         """Stop every worker sending to ``destination`` for ``seconds`` (an upstream 429).

@@ -35,7 +35,7 @@ from relay.notify import Notifier, guarded_session
 from relay.queue import DeliveryQueue, Entry
 from relay.ratelimit import FULL_POLL_S, RateLimiter, local_limiter
 from relay.retry import next_delay_s
-from relay.settings import DeliverySettings, RateLimit, Settings
+from relay.settings import DeliverySettings, Settings
 from relay.store import EventStore, contact_key
 
 __all__ = ["Worker"]
@@ -51,11 +51,6 @@ _HOUSEKEEPING_S = 0.25
 _LOCAL_RETRIES = 3
 #: How long an event waits when an earlier event of its contact is still on its way.
 _ORDER_WAIT_MS = 200
-#: Added to every rate-limit window (see _rate_wait). It caps the share of a limit
-#: reached at period / (period + 50 ms): 95.2 % of a per-second limit, 99.98 % of
-#: ConveYour's 2000/5m. Tried at 15 ms: two workers at 10/s put 11 requests in one
-#: second of the upstream's clock (tests/test_delivery_processes.py); never above wins.
-_GUARD_S = 0.05
 #: Longest single sleep while waiting for a rate-limit slot (so stop() is noticed).
 _MAX_WAIT_S = 1.0
 
@@ -277,26 +272,32 @@ class Worker:
         if not ready:
             return
         holder = self._consumer + ready[0][0][0]
+        sent: list[str] = []  # the requests counted against the rate limit
         if config.rate_limit is not None:
-            await self._rate_wait(destination, config)
-        await self._begin(destination, config, holder, [redis_keys.event(e[1]) for e, *_ in ready])
-        adapter = self._adapters[destination]
-        if len(ready) == 1:
-            try:
-                attempts = [await adapter.deliver(ready[0][1])]
-            except BaseException:
-                await self._limiter.release(destination, holder)
-                raise
-            release: str | None = holder  # given back in the write that settles it
-        else:
-            try:
-                attempts = await adapter.deliver_batch(
-                    [event for _, event, _, _ in ready],
-                    before_each=lambda: self._rate_wait(destination, config),
-                )
-            finally:
-                await self._limiter.release(destination, holder)
-            release = None
+            await self._rate_wait(destination, config, sent)
+        try:
+            await self._begin(
+                destination, config, holder, [redis_keys.event(e[1]) for e, *_ in ready]
+            )
+            adapter = self._adapters[destination]
+            if len(ready) == 1:
+                try:
+                    attempts = [await adapter.deliver(ready[0][1])]
+                except BaseException:
+                    await self._limiter.release(destination, holder)
+                    raise
+                release: str | None = holder  # given back in the write that settles it
+            else:
+                try:
+                    attempts = await adapter.deliver_batch(
+                        [event for _, event, _, _ in ready],
+                        before_each=lambda: self._rate_wait(destination, config, sent),
+                    )
+                finally:
+                    await self._limiter.release(destination, holder)
+                release = None
+        finally:
+            await self._answered(destination, sent)
         for (entry, event, made, contact), attempt in zip(ready, attempts, strict=True):
             await self._settle(destination, entry, event, attempt, made, contact, release)
 
@@ -342,22 +343,42 @@ class Worker:
         soon = int(time.time() * 1000) + _ORDER_WAIT_MS
         await self._queue.defer(destination, entry, until_ms=max(soon, head_due_ms + 1))
 
-    async def _rate_wait(self, destination: str, config: DeliverySettings) -> None:
-        """Wait for a slot under the global rate limit (or the end of a 429 pause)."""
+    async def _rate_wait(self, destination: str, config: DeliverySettings, sent: list[str]) -> None:
+        """Wait for a slot under the global rate limit (or the end of a 429 pause).
+
+        The request counts as in flight until :meth:`_answered` (its id is added to
+        ``sent``): the upstream counts arrivals, which come after our admissions.
+        """
         if destination in self._local:
             await self._local[destination].acquire()
+        request_id = random_base62(16)
+        hold_ms = int((config.timeout_s + self._settings.claim_after_s) * 1000)
         while True:
             if config.rate_limit is not None:
-                # The window is held a little longer than configured, so that the
-                # upstream, which counts arrivals rather than our admissions, never
-                # sees more than the limit in a window of its own.
-                limit = RateLimit(config.rate_limit.count, config.rate_limit.period_s + _GUARD_S)
-                wait_s = await self._limiter.acquire(destination, limit)
+                wait_s = await self._limiter.acquire(
+                    destination, config.rate_limit, request_id=request_id, hold_ms=hold_ms
+                )
             else:
                 wait_s = await self._limiter.paused_for(destination)
             if wait_s <= 0:
+                if config.rate_limit is not None:
+                    sent.append(request_id)
                 return
             await asyncio.sleep(min(wait_s, _MAX_WAIT_S))
+
+    async def _answered(self, destination: str, sent: list[str]) -> None:
+        """Date the requests in ``sent`` at their answers (now) in the rate log. Never
+        raises: the delivery is done, and a request left undated only counts longer."""
+        try:
+            await self._limiter.answered(destination, sent)
+        except (OSError, RedisError) as exc:
+            log.warning(
+                "could not date %d answered request(s) to %s in the rate log (%s); "
+                "they count as in flight until their hold ends",
+                len(sent),
+                destination,
+                exc,
+            )
 
     async def _begin(
         self, destination: str, config: DeliverySettings, holder: str, events: list[str]

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from relay import redis_keys
 from relay.connect import redis_client
-from relay.ratelimit import LOCAL_BURST, RateLimiter, local_limiter
+from relay.ratelimit import FULL_POLL_S, LOCAL_BURST, RateLimiter, local_limiter
 from relay.settings import RateLimit
 from tests.redis_server import RedisServer
 
@@ -146,6 +146,30 @@ async def test_wait_is_until_the_oldest_admission_leaves(redis: Redis) -> None:
     # (log: +2 s, +5 s, +10 s; for 2/10s the +5 s one must leave, for 1/10s the +10 s one)
     assert await limiter.acquire(DEST, RateLimit(2, 10.0), now_ms=T0 + 11_000) == 4.0
     assert await limiter.acquire(DEST, RateLimit(1, 10.0), now_ms=T0 + 11_000) == 9.0
+
+
+async def test_a_request_in_flight_counts_until_a_period_after_its_answer(
+    redis: Redis,
+) -> None:
+    # The upstream counts arrivals: a request held in flight (hold_ms) frees its slot a
+    # period after its answer, the latest it can have arrived, not after its admission.
+    limiter = RateLimiter(redis)
+    limit = RateLimit(2, 1.0)
+    hold = {"hold_ms": 30_000}
+    assert await limiter.acquire(DEST, limit, request_id="a", now_ms=T0, **hold) == 0.0
+    assert await limiter.acquire(DEST, limit, request_id="b", now_ms=T0 + 10, **hold) == 0.0
+    # Long after both admissions, both still in flight: full, ask again shortly.
+    assert await limiter.acquire(DEST, limit, now_ms=T0 + 5_000, **hold) == FULL_POLL_S
+    await limiter.answered(DEST, ["a"], now_ms=T0 + 5_100)
+    # "a" reached the upstream at the latest at +5.1 s: its slot frees at +6.1 s.
+    assert await limiter.acquire(DEST, limit, now_ms=T0 + 6_000, **hold) == 0.1
+    assert await limiter.acquire(DEST, limit, request_id="c", now_ms=T0 + 6_100, **hold) == 0.0
+    # Answering an id that already left the log (or never was in it) adds nothing.
+    await limiter.answered(DEST, ["a", "never"], now_ms=T0 + 6_200)
+    assert await redis.zcard(redis_keys.rate(DEST)) == 2  # b and c, both in flight
+    # A worker that died mid-request: its entry ages out a period after its hold.
+    assert await limiter.acquire(DEST, limit, now_ms=T0 + 31_009, **hold) == 0.001
+    assert await limiter.acquire(DEST, limit, now_ms=T0 + 31_010, **hold) == 0.0
 
 
 async def test_pause_holds_every_worker_and_keeps_the_later(
