@@ -20,7 +20,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-from aiolimiter import AsyncLimiter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -28,12 +27,13 @@ from relay import redis_keys
 from relay.adapters import make_adapter
 from relay.adapters.base import Attempt, Outcome
 from relay.errors import StoreUnavailable
+from relay.gate import MAX_WAIT_S, Gate
 from relay.hooks import HookStore, notification_records
 from relay.ids import random_base62
 from relay.models import DeliveryStatus
 from relay.notify import Notifier, guarded_session
 from relay.queue import DeliveryQueue, Entry
-from relay.ratelimit import FULL_POLL_S, RateLimiter, local_limiter
+from relay.ratelimit import FULL_POLL_S, RateLimiter
 from relay.retry import next_delay_s
 from relay.settings import DeliverySettings, Settings
 from relay.store import EventStore, contact_key
@@ -51,8 +51,6 @@ _HOUSEKEEPING_S = 0.25
 _LOCAL_RETRIES = 3
 #: How long an event waits when an earlier event of its contact is still on its way.
 _ORDER_WAIT_MS = 200
-#: Longest single sleep while waiting for a rate-limit slot (so stop() is noticed).
-_MAX_WAIT_S = 1.0
 
 
 class Worker:
@@ -65,10 +63,10 @@ class Worker:
         "_adapters",
         "_consumer",
         "_counts",
+        "_gate",
         "_hooks",
         "_in_flight",
         "_limiter",
-        "_local",
         "_queue",
         "_redis",
         "_session",
@@ -97,9 +95,7 @@ class Worker:
         self._limiter = RateLimiter(redis)
         self._hooks = HookStore(redis)
         self._adapters: dict[str, Any] = {}
-        #: aiolimiter per rate-limited destination: spreads this process's requests
-        #: over the period instead of spending the shared budget in bursts.
-        self._local: dict[str, AsyncLimiter] = {}
+        self._gate = Gate(self._limiter, claim_after_s=settings.claim_after_s)
         self._counts = {"delivered": 0, "retrying": 0, "dead": 0}
         self._in_flight: set[asyncio.Task[None]] = set()
         self._slots: asyncio.Semaphore | None = None
@@ -138,11 +134,13 @@ class Worker:
                 session = await stack.enter_async_context(
                     aiohttp.ClientSession(json_serialize=lambda o: orjson.dumps(o).decode())
                 )
-            self._local = {
-                name: local_limiter(limit)
-                for name in self.destinations
-                if (limit := self._config(name).rate_limit) is not None
-            }
+            self._gate.start(
+                {
+                    name: limit
+                    for name in self.destinations
+                    if (limit := self._config(name).rate_limit) is not None
+                }
+            )
             self._adapters = {
                 name: make_adapter(name, self._settings.destinations[name], session)
                 for name in self.destinations
@@ -274,9 +272,9 @@ class Worker:
         holder = self._consumer + ready[0][0][0]
         sent: list[str] = []  # the requests counted against the rate limit
         if config.rate_limit is not None:
-            await self._rate_wait(destination, config, sent)
+            await self._gate.rate(destination, config, sent)
         try:
-            await self._begin(
+            await self._gate.begin(
                 destination, config, holder, [redis_keys.event(e[1]) for e, *_ in ready]
             )
             adapter = self._adapters[destination]
@@ -291,13 +289,13 @@ class Worker:
                 try:
                     attempts = await adapter.deliver_batch(
                         [event for _, event, _, _ in ready],
-                        before_each=lambda: self._rate_wait(destination, config, sent),
+                        before_each=lambda: self._gate.rate(destination, config, sent),
                     )
                 finally:
                     await self._limiter.release(destination, holder)
                 release = None
         finally:
-            await self._answered(destination, sent)
+            await self._gate.answered(destination, sent)
         for (entry, event, made, contact), attempt in zip(ready, attempts, strict=True):
             await self._settle(destination, entry, event, attempt, made, contact, release)
 
@@ -308,7 +306,7 @@ class Worker:
         destination without a rate limit: one round trip before the request
         (:meth:`DeliveryQueue.take`), one after it (settling, shared with others)."""
         holder = self._consumer + entry.id
-        ttl_ms = int((config.timeout_s + self._settings.claim_after_s) * 1000)
+        ttl_ms = self._gate.hold_ms(config)
         while True:
             taken = await self._queue.take(
                 destination, entry, max_in_flight=config.max_in_flight, holder=holder, ttl_ms=ttl_ms
@@ -322,7 +320,7 @@ class Worker:
                 await self._wait_behind(destination, entry, taken.ms)
                 return
             wait_s = taken.ms / 1000 if taken.state == "paused" else FULL_POLL_S
-            await asyncio.sleep(min(wait_s, _MAX_WAIT_S))
+            await asyncio.sleep(min(wait_s, MAX_WAIT_S))
         fields = taken.fields or {}
         if redis_keys.EVENT_DATA_FIELD not in fields:
             await self._limiter.release(destination, holder)
@@ -342,65 +340,6 @@ class Worker:
         look again just after that one's next try (``head_due_ms``; 0: shortly)."""
         soon = int(time.time() * 1000) + _ORDER_WAIT_MS
         await self._queue.defer(destination, entry, until_ms=max(soon, head_due_ms + 1))
-
-    async def _rate_wait(self, destination: str, config: DeliverySettings, sent: list[str]) -> None:
-        """Wait for a slot under the global rate limit (or the end of a 429 pause).
-
-        The request counts as in flight until :meth:`_answered` (its id is added to
-        ``sent``): the upstream counts arrivals, which come after our admissions.
-        """
-        if destination in self._local:
-            await self._local[destination].acquire()
-        request_id = random_base62(16)
-        hold_ms = int((config.timeout_s + self._settings.claim_after_s) * 1000)
-        while True:
-            if config.rate_limit is not None:
-                wait_s = await self._limiter.acquire(
-                    destination, config.rate_limit, request_id=request_id, hold_ms=hold_ms
-                )
-            else:
-                wait_s = await self._limiter.paused_for(destination)
-            if wait_s <= 0:
-                if config.rate_limit is not None:
-                    sent.append(request_id)
-                return
-            await asyncio.sleep(min(wait_s, _MAX_WAIT_S))
-
-    async def _answered(self, destination: str, sent: list[str]) -> None:
-        """Date the requests in ``sent`` at their answers (now) in the rate log. Never
-        raises: the delivery is done, and a request left undated only counts longer."""
-        try:
-            await self._limiter.answered(destination, sent)
-        except (OSError, RedisError) as exc:
-            log.warning(
-                "could not date %d answered request(s) to %s in the rate log (%s); "
-                "they count as in flight until their hold ends",
-                len(sent),
-                destination,
-                exc,
-            )
-
-    async def _begin(
-        self, destination: str, config: DeliverySettings, holder: str, events: list[str]
-    ) -> None:
-        """Wait for the end of a pause (an upstream 429) and a place under
-        ``max_in_flight`` (counted across every process), then mark the events
-        delivering: one round trip when nothing is in the way."""
-        ttl_ms = int((config.timeout_s + self._settings.claim_after_s) * 1000)
-        status = redis_keys.STATUS_FIELD_PREFIX + destination
-        while True:
-            wait_s = await self._limiter.begin(
-                destination,
-                config.max_in_flight,
-                holder,
-                ttl_ms=ttl_ms,
-                mark=events,
-                field=status,
-                value=DeliveryStatus.delivering.value,
-            )
-            if wait_s <= 0:
-                return
-            await asyncio.sleep(min(wait_s, _MAX_WAIT_S))
 
     async def _notifications(
         self, destination: str, event: dict[str, Any], *, delivered: bool
