@@ -14,7 +14,8 @@ Layout::
     {relay}:att:<event id>          list   every attempt (JSON), all destinations, in order
     {relay}:events                  zset   event id by received time (ms), for listings
     {relay}:q:<destination>         stream deliveries waiting ("e" = event id, "c" = contact digest)
-    {relay}:rate:<destination>      zset   sliding-window log: request id -> admitted ms
+    {relay}:rate:<destination>      zset   sliding-window log: request id -> answered ms
+                                           (in flight: admitted ms + hold)
     {relay}:paused:<destination>    string upstream asked us to wait (429); PX = the wait
     {relay}:inflight:<destination>  zset   in-flight lease: holder -> lease expiry ms
     {relay}:retry:<destination>     zset   scheduled retries: event id -> due ms
@@ -137,9 +138,10 @@ def queue(destination: str) -> str:
 
 
 def rate(destination: str) -> str:
-    """Zset of one destination's requests admitted in the last period (score: ms).
+    """Zset of one destination's requests of the last period (score: ms of the answer;
+    of admission plus the hold while a request is in flight, see relay.ratelimit).
 
-    Expires one period after the last admission, so an idle destination leaves nothing.
+    Expires when its newest entry has aged out, so an idle destination leaves nothing.
     """
     return f"{_TAG}:rate:{destination}"
 
