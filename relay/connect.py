@@ -12,7 +12,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError, RedisError
 from redis.retry import Retry
 
-from relay.embedded import EmbeddedRedis
+from relay.embedded import COMPACT_HASH_VALUE, EmbeddedRedis
 from relay.errors import StoreUnavailable
 from relay.settings import Settings
 
@@ -83,10 +83,6 @@ async def check_version(redis: Redis) -> str:
     return version
 
 
-#: Event records (a hash with the event's JSON) stay compact up to this value size.
-_COMPACT_HASH_VALUE = 1024
-
-
 async def memory_hint(redis: Redis) -> str | None:
     """A sentence for the log when Redis keeps event records as hash tables (twice
     their listpack size), or None (compact, or CONFIG is not allowed here)."""
@@ -95,11 +91,11 @@ async def memory_hint(redis: Redis) -> str | None:
         value = int(str(next(iter(found.values()))))
     except (RedisError, OSError, ValueError, StopIteration):
         return None
-    if value >= _COMPACT_HASH_VALUE:
+    if value >= COMPACT_HASH_VALUE:
         return None
     return (
         f"this Redis has hash-max-ziplist-value {value}: each queued event takes about a "
-        f"quarter more memory than with {_COMPACT_HASH_VALUE} (deploy/redis.conf sets it)"
+        f"quarter more memory than with {COMPACT_HASH_VALUE} (deploy/redis.conf sets it)"
     )
 
 

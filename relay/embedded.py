@@ -30,7 +30,10 @@ from types import TracebackType
 
 from relay.errors import EmbeddedRedisError
 
-__all__ = ["SERVER_SETTINGS", "EmbeddedRedis", "redis_server_binary"]
+__all__ = ["COMPACT_HASH_VALUE", "SERVER_SETTINGS", "EmbeddedRedis", "redis_server_binary"]
+
+#: Bytes up to which a hash value keeps the hash a listpack (see SERVER_SETTINGS).
+COMPACT_HASH_VALUE = 1024
 
 #: What relay asks of a redis-server it starts (deploy/redis.conf says the same; the
 #: tests and the benchmark start theirs with these too). The append-only file makes
@@ -40,7 +43,7 @@ __all__ = ["SERVER_SETTINGS", "EmbeddedRedis", "redis_server_binary"]
 SERVER_SETTINGS: tuple[str, ...] = (
     "--appendonly", "yes",
     "--appendfsync", "everysec",
-    "--hash-max-ziplist-value", "1024",
+    "--hash-max-ziplist-value", str(COMPACT_HASH_VALUE),
 )  # fmt: skip
 
 #: How long a starting redis-server may take to answer PING.

@@ -60,19 +60,16 @@ class Gate:
         """
         if destination in self._local:
             await self._local[destination].acquire()
-        request_id = random_base62(16)
+        limit, request_id, hold_ms = config.rate_limit, random_base62(16), self.hold_ms(config)
         while True:
-            if config.rate_limit is not None:
+            if limit is not None:
                 wait_s = await self._limiter.acquire(
-                    destination,
-                    config.rate_limit,
-                    request_id=request_id,
-                    hold_ms=self.hold_ms(config),
+                    destination, limit, request_id=request_id, hold_ms=hold_ms
                 )
             else:
                 wait_s = await self._limiter.paused_for(destination)
             if wait_s <= 0:
-                if config.rate_limit is not None:
+                if limit is not None:
                     sent.append(request_id)
                 return
             await asyncio.sleep(min(wait_s, MAX_WAIT_S))

@@ -236,7 +236,7 @@ class GroupCall(_Gathering[tuple[Sequence[str], Sequence[str]], Any]):
         super().__init__()
         self._keys = keys
         self._script = redis.register_script(
-            _EACH.replace("{body}", body).replace("{keys}", str(keys))
+            _EACH.replace("{keys}", str(keys)).replace("{body}", body)  # body last: verbatim
         )
 
     async def call(self, keys: Sequence[str], args: Sequence[str | int]) -> Any:
