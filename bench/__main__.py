@@ -26,6 +26,7 @@ from bench.delivery import run_delivery
 from bench.ingest import run_ingest
 from bench.load import generator_name
 from bench.memory import run_memory
+from bench.profile import Profiler
 from bench.ratelimit import run_ratelimit
 from bench.servers import BenchError, Procs, Stack
 from relay.settings import parse_rate_limit
@@ -54,6 +55,7 @@ examples:
   python -m bench --smoke               # about 20 s: does everything still run?
   python -m bench --only ingest --duration 10 --connections 128 --json
   python -m bench --only memory --events 1000000
+  python -m bench --only ingest,delivery --deliveries 20000 --profile prof/
 """
 
 
@@ -72,6 +74,7 @@ class Plan:
     rate_limit: str
     events: int
     use_wrk: bool
+    profile_dir: Path | None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -154,6 +157,13 @@ def _parser() -> argparse.ArgumentParser:
         help="leads queued for the memory section (default 200000; --smoke 2000)",
     )
     parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="record relay serve (ingest) and relay worker (delivery) with py-spy; write "
+        "DIR/<section>.txt (collapsed stacks) and print where their time goes",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="also print every figure as one JSON line at the end"
     )
     return parser
@@ -206,6 +216,7 @@ def _plan(args: argparse.Namespace) -> Plan:
         rate_limit=args.rate_limit,
         events=pick(args.events, 200_000, 2000),
         use_wrk=not args.no_wrk,
+        profile_dir=args.profile,
     )
 
 
@@ -222,6 +233,7 @@ def _run(
 ) -> list[report.Target]:
     """Run the chosen sections in order, printing each table as it is done."""
     _step("starting redis-server, the fake upstream and relay serve --no-worker")
+    profiler = Profiler(procs, plan.profile_dir)
     stack = Stack(procs, concurrency=plan.concurrency, rate_limit=plan.rate_limit)
     runs: dict[str, Callable[[], Any]] = {
         "ingest": lambda: run_ingest(
@@ -232,9 +244,10 @@ def _run(
             rounds=plan.rounds,
             warmup_s=plan.warmup_s,
             use_wrk=plan.use_wrk,
+            profiler=profiler,
         ),
         "delivery": lambda: run_delivery(
-            procs, stack, events=plan.deliveries, concurrency=plan.concurrency
+            procs, stack, events=plan.deliveries, concurrency=plan.concurrency, profiler=profiler
         ),
         "ratelimit": lambda: run_ratelimit(
             procs,
@@ -260,8 +273,11 @@ def _run(
         started = time.monotonic()
         result = runs[name]()
         lines, targets = render[name](result)
-        print("\n" + "\n".join(lines), flush=True)
         results[name] = result.to_dict() | {"seconds": round(time.monotonic() - started, 1)}
+        if (profile := profiler.profiles.get(name)) is not None:
+            lines += report.profile(profile)
+            results[name]["profile"] = profile.to_dict()
+        print("\n" + "\n".join(lines), flush=True)
         found += targets
     return found
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.load import run_load
+from bench.profile import Profiler
 from bench.servers import BenchError, Procs, Stack
 
 __all__ = ["DeliveryResult", "run_delivery"]
@@ -49,7 +50,9 @@ def _rate(times: list[float]) -> float:
     return (len(times) - 1) / (times[-1] - times[0])
 
 
-def run_delivery(procs: Procs, stack: Stack, *, events: int, concurrency: int) -> DeliveryResult:
+def run_delivery(
+    procs: Procs, stack: Stack, *, events: int, concurrency: int, profiler: Profiler
+) -> DeliveryResult:
     stack.reset_upstream()
     stack.enqueue_contacts("fast", events, tag=f"d{time.monotonic_ns()}-")
     started = time.monotonic()
@@ -62,7 +65,8 @@ def run_delivery(procs: Procs, stack: Stack, *, events: int, concurrency: int) -
         str(concurrency),
         env=stack.worker_env("fast"),
     )
-    code = procs.wait(worker, timeout_s=60 + events / 20)
+    with profiler.attach(worker, "delivery"):
+        code = procs.wait(worker, timeout_s=60 + events / 20)
     wall_s = time.monotonic() - started
     if code != 0:
         raise BenchError(f"relay worker --drain exited with {code}:\n{worker.log_tail()}")

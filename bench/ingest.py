@@ -13,6 +13,7 @@ from typing import Any
 
 from bench.apps import event_loop_name
 from bench.load import LoadResult, run_load
+from bench.profile import Profiler
 from bench.servers import Procs, Stack, free_port, rss_kib
 
 __all__ = ["LEAD", "IngestResult", "run_ingest"]
@@ -95,6 +96,7 @@ def run_ingest(
     rounds: int,
     warmup_s: float,
     use_wrk: bool,
+    profiler: Profiler,
 ) -> IngestResult:
     port = free_port()
     base = procs.python("baseline", "bench.apps", "ingest", "--port", str(port))
@@ -116,10 +118,11 @@ def run_ingest(
         if warmup_s > 0:
             load(url, warmup_s)
     measured: dict[str, list[LoadResult]] = {name: [] for name in targets}
-    for _ in range(rounds):
-        for name, url in targets.items():
-            measured[name].append(load(url, round_s))
-            stack.serve.check_alive()
+    with profiler.attach(stack.serve, "ingest"):  # idle in the baseline's rounds: not sampled
+        for _ in range(rounds):
+            for name, url in targets.items():
+                measured[name].append(load(url, round_s))
+                stack.serve.check_alive()
     rss_after = rss_kib(stack.serve.pid)
     procs.stop(base)
     return IngestResult(

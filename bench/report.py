@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from bench.delivery import DeliveryResult
 from bench.ingest import IngestResult
 from bench.memory import MemoryResult
+from bench.profile import Profile
 from bench.ratelimit import RateLimitResult
 
-__all__ = ["Target", "delivery", "ingest", "memory", "ratelimit", "table", "targets"]
+__all__ = ["Target", "delivery", "ingest", "memory", "profile", "ratelimit", "table", "targets"]
 
 
 @dataclass(frozen=True)
@@ -158,3 +159,18 @@ def targets(found: Sequence[Target]) -> list[str]:
     rows = [("target", "measured", "goal", "")]
     rows += [(t.name, t.value, t.goal, "met" if t.met else "MISSED") for t in found]
     return table(rows)
+
+
+def _shares(rows: Sequence[tuple[str, float]]) -> list[tuple[str, str]]:
+    return [(name, f"{share:.1%}") for name, share in rows]
+
+
+def profile(p: Profile, *, rows: int = 8) -> list[str]:
+    """Where a profiled process spent its time: self time by module, then by function."""
+    return [
+        f"  py-spy, {p.process}: {p.samples:,} samples; stacks in {p.path}",
+        "  (C code counts toward its Python caller: uvloop's loop shows as run_app/Runner.run)",
+        *table([("self time, module", "share"), *_shares(p.modules[:rows])]),
+        *table([("self time, function", "share"), *_shares(p.functions[:rows])]),
+        *table([("relay function, inclusive", "share"), *_shares(p.inclusive[:rows])]),
+    ]
