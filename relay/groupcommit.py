@@ -36,11 +36,19 @@ R = TypeVar("R")
 
 #: Runs the commands of ``ARGV[1]`` (a JSON array of [name, key index, args...]) in order.
 #: One JSON argument rather than one per value, and each key once however many commands
-#: touch it: redis-py encodes every argument in Python.
+#: touch it: redis-py encodes every argument in Python. A name found in ``procedures``
+#: (filled in by the GroupCommit's own Lua) calls that function with the op instead.
 _RUN = """
+local procedures = {}
+{procedures}
 local ops = cjson.decode(ARGV[1])
 for _, op in ipairs(ops) do
-  redis.call(op[1], KEYS[op[2]], unpack(op, 3))
+  local procedure = procedures[op[1]]
+  if procedure then
+    procedure(op)
+  else
+    redis.call(op[1], KEYS[op[2]], unpack(op, 3))
+  end
 end
 return #ops
 """
@@ -66,13 +74,19 @@ class Batch:
     def __repr__(self) -> str:
         return f"<Batch writes={len(self.ops)} keys={len(self.keys)}>"
 
-    def call(self, command: str, key: str, *args: Value) -> None:
-        """Any command whose first argument is its one key (``XACK key group id``)."""
+    def key(self, key: str) -> int:
+        """The index of ``key`` in the script's KEYS (from 1), for a procedure's op that
+        names more keys than its first."""
         index = self._index.get(key)
         if index is None:
             self.keys.append(key)
             index = self._index[key] = len(self.keys)  # Lua counts from 1
-        self.ops.append((command, index, *args))
+        return index
+
+    def call(self, command: str, key: str, *args: Value) -> None:
+        """Any command whose first argument is its one key (``XACK key group id``), or a
+        procedure of the GroupCommit's."""
+        self.ops.append((command, self.key(key), *args))
 
     def hset(self, key: str, *, mapping: Mapping[str, Value]) -> None:
         self.call("HSET", key, *chain.from_iterable(mapping.items()))
@@ -166,9 +180,12 @@ class GroupCommit(_Gathering[Writes, None]):
 
     __slots__ = ("_script", "_tail")
 
-    def __init__(self, redis: Redis, *, tail: Writes | None = None) -> None:
+    def __init__(self, redis: Redis, *, tail: Writes | None = None, procedures: str = "") -> None:
+        """``procedures``: Lua that adds functions to the table ``procedures``, each
+        called as ``procedures[name](op)`` for an op of that name (op[2] is its first
+        key's index in KEYS; see :meth:`Batch.key` for more keys)."""
         super().__init__()
-        self._script = redis.register_script(_RUN)
+        self._script = redis.register_script(_RUN.replace("{procedures}", procedures))
         #: Added once to every group (e.g. trimming an index), after the requests' writes.
         self._tail = tail
 

@@ -19,7 +19,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from relay import redis_keys
+from relay import order, redis_keys
 from relay.groupcommit import Batch, GroupCall, GroupCommit
 from relay.hooks import queue_notifications
 from relay.models import DeliveryStatus
@@ -55,43 +55,40 @@ return moved
 """
 
 
-# May this event go now? Yes (-1) when it heads its contact's list, or is not in it
-# at all (a replay, or a list that expired). Else: when the head is due for a retry
-# (ms), or 0 when the head is not waiting for one. KEYS: order list, retry zset.
-_MAY_GO = """
-local head = redis.call('LINDEX', KEYS[1], 0)
-if not head or head == ARGV[1] then return -1 end
-if not redis.call('LPOS', KEYS[1], ARGV[1]) then return -1 end
-local due = redis.call('ZSCORE', KEYS[2], head)
-if due then return tonumber(due) end
-return 0
+# May this event go now? -1: yes; else when its contact's head is due for a retry
+# (ms), or 0 when the head is not waiting for one (relay.order).
+# KEYS: heads hash, order list, retry zset; ARGV: contact, event id, event key prefix.
+_MAY_GO = (
+    order.LUA
+    + """
+return order_may_go(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])
 """
+)
 
 
 # A worker's one round trip before sending an entry to a destination without a rate
 # limit: load the event, check its contact's order (as _MAY_GO), the pause and the
 # in-flight lease (as relay.ratelimit), then mark it delivering.
-# KEYS: event hash, order list (any key when ARGV[2] is not '1'), retry zset, lease
-# zset, pause marker. ARGV: now ms or "", max in flight, holder, ttl ms (as the lease
-# script), event id, '1' when the order list applies, status field.
+# KEYS: event hash, heads hash, order list (any keys when ARGV[6] is not '1'), retry
+# zset, lease zset, pause marker. ARGV: now ms or "", max in flight, holder, ttl ms (as
+# the lease script), event id, '1' when the order applies, status field, contact, event
+# key prefix.
 # Returns {'gone'}, {'blocked', due ms or 0}, {'paused', ms}, 0 (every slot taken),
 # or {'ok', field, value, ...} (the event's hash as it was read).
 _TAKE = (
     NOW_LUA
+    + order.LUA
     + """
 local fields = redis.call('HGETALL', KEYS[1])
 if #fields == 0 then return {'gone'} end
 if ARGV[6] == '1' then
-  local head = redis.call('LINDEX', KEYS[2], 0)
-  if head and head ~= ARGV[5] and redis.call('LPOS', KEYS[2], ARGV[5]) then
-    local due = redis.call('ZSCORE', KEYS[3], head)
-    return {'blocked', due and tonumber(due) or 0}
-  end
+  local due = order_may_go(KEYS[2], KEYS[3], KEYS[4], ARGV[8], ARGV[5], ARGV[9])
+  if due >= 0 then return {'blocked', due} end
 end
-local paused = redis.call('PTTL', KEYS[5])
+local paused = redis.call('PTTL', KEYS[6])
 if paused > 0 then return {'paused', paused} end
 do
-  local KEYS = {KEYS[4]}
+  local KEYS = {KEYS[5]}
 """
     + TAKE_LEASE_LUA
     + """
@@ -102,6 +99,8 @@ return fields
 """
 )
 
+#: What every event key starts with, for the order scripts (relay.order).
+_EVENT_PREFIX = redis_keys.event("")
 #: Dead letters replayed per transaction.
 _REPLAY_CHUNK = 500
 
@@ -138,8 +137,8 @@ class DeliveryQueue:
         self._move_due = redis.register_script(_MOVE_DUE)
         self._may_go = redis.register_script(_MAY_GO)
         #: Concurrent takes (one per delivery about to start) share a round trip.
-        self._take = GroupCall(redis, _TAKE, keys=5)
-        self._commit = GroupCommit(redis)
+        self._take = GroupCall(redis, _TAKE, keys=6)
+        self._commit = GroupCommit(redis, procedures=order.PROCEDURES)
 
     def __repr__(self) -> str:
         return f"<DeliveryQueue retention_s={self._retention_s}>"
@@ -203,8 +202,12 @@ class DeliveryQueue:
         when the earliest one is due for its retry (ms), or 0 when it is under way."""
         if contact is None:
             return None
-        keys = [redis_keys.order(destination, contact), redis_keys.retries(destination)]
-        answer = int(await self._may_go(keys=keys, args=[event_id]))
+        keys = [
+            redis_keys.heads(destination),
+            redis_keys.order(destination, contact),
+            redis_keys.retries(destination),
+        ]
+        answer = int(await self._may_go(keys=keys, args=[contact, event_id, _EVENT_PREFIX]))
         return None if answer < 0 else answer
 
     async def take(
@@ -215,20 +218,23 @@ class DeliveryQueue:
         Only for entries whose contact is known (``entry.contact``, or none at all when
         ``ordered`` is False: notifications) and destinations without a rate limit.
         """
-        ordered = entry.contact is not None
+        contact = entry.contact
+        retries = redis_keys.retries(destination)
         keys = [
             redis_keys.event(entry.event),
-            redis_keys.order(destination, entry.contact or "")
-            if ordered
-            else redis_keys.retries(destination),
-            redis_keys.retries(destination),
+            *(
+                (redis_keys.heads(destination), redis_keys.order(destination, contact))
+                if contact is not None
+                else (retries, retries)
+            ),
+            retries,
             redis_keys.inflight(destination),
             redis_keys.paused(destination),
         ]
         status = redis_keys.STATUS_FIELD_PREFIX + destination
         args: list[str | int] = [
             *("", max_in_flight, holder, ttl_ms),
-            *(entry.event, "1" if ordered else "0", status),
+            *(entry.event, "0" if contact is None else "1", status, contact or "", _EVENT_PREFIX),
         ]
         reply = await self._take.call(keys, args)
         if not isinstance(reply, list):
@@ -282,7 +288,7 @@ class DeliveryQueue:
             if status is DeliveryStatus.dead:
                 batch.zadd(redis_keys.dead(destination), {event_id: now_ms})
             if contact is not None and status in (DeliveryStatus.dead, DeliveryStatus.delivered):
-                batch.call("LREM", redis_keys.order(destination, contact), 1, event_id)  # next
+                order.done(batch, destination, contact, event_id)  # the contact's next may go
             if retry_at_ms is not None:
                 batch.zadd(redis_keys.retries(destination), {event_id: retry_at_ms})
             if status is DeliveryStatus.delivered:
@@ -299,12 +305,19 @@ class DeliveryQueue:
 
         await self._commit.submit(writes)
 
-    async def drop(self, destination: str, entry_id: str) -> None:
-        """Ack and delete an entry whose event no longer exists (expired)."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xack(redis_keys.queue(destination), redis_keys.CONSUMER_GROUP, entry_id)
-            pipe.xdel(redis_keys.queue(destination), entry_id)
-            await pipe.execute()
+    async def drop(self, destination: str, entry: Entry) -> None:
+        """Ack and delete an entry whose event no longer exists (expired), and take it out
+        of its contact's order when the entry names the contact (else the contact's next
+        check skips it: relay.order)."""
+        stream = redis_keys.queue(destination)
+
+        def writes(batch: Batch) -> None:
+            if entry.contact is not None:
+                order.done(batch, destination, entry.contact, entry.event)
+            batch.call("XACK", stream, redis_keys.CONSUMER_GROUP, entry.id)
+            batch.call("XDEL", stream, entry.id)
+
+        await self._commit.submit(writes)
 
     async def move_due_retries(
         self, destinations: list[str], *, now_ms: int | None = None, limit: int = 500

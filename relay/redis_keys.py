@@ -22,7 +22,9 @@ Layout::
     {relay}:dead:<destination>      zset   dead letters: event id -> dead-lettered ms
     {relay}:done:<dest>:<minute>    string deliveries in that minute (for `relay status`)
     {relay}:health                  hash   destination -> why it is unhealthy (JSON)
-    {relay}:order:<dest>:<contact>  list   a contact's undelivered event ids, in accepted order
+    {relay}:heads:<dest>            hash   contact digest -> its undelivered event that goes first
+    {relay}:order:<dest>:<contact>  list   that contact's later undelivered events, in accepted
+                                           order (see relay.order)
     {relay}:idem:<key id>:<digest>  string the first answer to an Idempotency-Key (24 h)
     {relay}:hooks                   hash   hook id -> subscription JSON (with its secret)
     {relay}:hooks:changed           pubsub a subscription was added or deleted (cache invalidation)
@@ -56,6 +58,7 @@ __all__ = [
     "dead",
     "delivered_minute",
     "event",
+    "heads",
     "idempotency",
     "inflight",
     "key",
@@ -162,10 +165,16 @@ def inflight(destination: str) -> str:
     return f"{_TAG}:inflight:{destination}"
 
 
+def heads(destination: str) -> str:
+    """Hash of the contacts with an undelivered event to one destination: contact digest
+    -> the event that goes first. ``contact`` is a digest of the email (else phone)."""
+    return f"{_TAG}:heads:{destination}"
+
+
 def order(destination: str, contact: str) -> str:
-    """List of one contact's events not yet delivered or dead, oldest first: only its head
-    may be delivered, so a contact's events reach the upstream in the order accepted.
-    ``contact`` is a digest of the email (else phone); expires with the events."""
+    """List of one contact's events after its head (see :func:`heads`), oldest first, not
+    yet delivered or dead; expires with the events. (Written before the heads hash: the
+    head too, first.) See relay.order."""
     return f"{_TAG}:order:{destination}:{contact}"
 
 

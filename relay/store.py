@@ -21,7 +21,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from relay import redis_keys
+from relay import order, redis_keys
 from relay.errors import StoreUnavailable
 from relay.groupcommit import Batch, GroupCommit
 from relay.hooks import Subscription, notification_records, queue_notifications
@@ -87,7 +87,7 @@ class EventStore:
         self._redis = redis
         self._retention_s = retention_s
         #: Concurrent enqueues share one script call and one round trip (relay.groupcommit).
-        self._commit = GroupCommit(redis, tail=self._trim)
+        self._commit = GroupCommit(redis, tail=self._trim, procedures=order.PROCEDURES)
 
     def __repr__(self) -> str:
         return f"<EventStore retention_s={self._retention_s}>"
@@ -134,9 +134,7 @@ class EventStore:
                     contact = contact_key({"email": ev.payload.email, "phone": ev.payload.phone})
                     for dest in ev.destinations:
                         if contact is not None:
-                            order = redis_keys.order(dest, contact)
-                            pipe.rpush(order, ev.id)
-                            pipe.expire(order, self._retention_s)
+                            order.push(pipe, dest, contact, ev.id, ttl_s=self._retention_s)
                         # The contact rides along: the worker checks order without a read.
                         entry = {"e": ev.id, "c": contact} if contact else {"e": ev.id}
                         pipe.xadd(redis_keys.queue(dest), entry)

@@ -257,7 +257,7 @@ class Worker:
         for entry in entries:
             fields = await self._queue.load(entry[1])
             if fields is None or redis_keys.EVENT_DATA_FIELD not in fields:
-                await self._queue.drop(destination, entry[0])  # expired: nothing to send
+                await self._queue.drop(destination, entry)  # expired: nothing to send
                 continue
             event = orjson.loads(fields[redis_keys.EVENT_DATA_FIELD])
             contact = contact_key(event.get("payload") or {})  # notifications: None
@@ -314,7 +314,7 @@ class Worker:
             if taken.state == "ok":
                 break
             if taken.state == "gone":
-                await self._queue.drop(destination, entry.id)  # expired: nothing to send
+                await self._queue.drop(destination, entry)  # expired: nothing to send
                 return
             if taken.state == "blocked":
                 await self._wait_behind(destination, entry, taken.ms)
@@ -324,7 +324,7 @@ class Worker:
         fields = taken.fields or {}
         if redis_keys.EVENT_DATA_FIELD not in fields:
             await self._limiter.release(destination, holder)
-            await self._queue.drop(destination, entry.id)
+            await self._queue.drop(destination, entry)
             return
         event = orjson.loads(fields[redis_keys.EVENT_DATA_FIELD])
         made = int(fields.get(redis_keys.ATTEMPTS_FIELD_PREFIX + destination, "0")) + 1

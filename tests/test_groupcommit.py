@@ -152,6 +152,27 @@ async def test_a_batch_names_each_key_once_and_runs_its_writes_in_order(redis: R
     assert await redis.get("{relay}:t:str") == "x"
 
 
+async def test_a_procedure_op_calls_its_lua_function_with_more_keys(redis: Redis) -> None:
+    # A procedure gets its op: op[2] is its first key's index, later keys via Batch.key.
+    commit = GroupCommit(
+        redis,
+        procedures="""
+procedures.move = function(op)
+  redis.call('RPUSH', KEYS[op[3]], redis.call('LPOP', KEYS[op[2]]) .. op[4])
+end
+""",
+    )
+
+    def writes(batch: Batch) -> None:
+        batch.rpush("{relay}:t:from", "a", "b")
+        batch.call("move", "{relay}:t:from", batch.key("{relay}:t:to"), "!")
+        batch.call("move", "{relay}:t:from", batch.key("{relay}:t:to"), "?")
+
+    await commit.submit(writes)
+    assert await redis.lrange("{relay}:t:to", 0, -1) == ["a!", "b?"]
+    assert not await redis.exists("{relay}:t:from")
+
+
 def test_the_client_packs_commands_as_redis_py_does() -> None:
     # relay's connections pack commands in C (hiredis); the bytes must be redis-py's own.
     from redis.asyncio.connection import Connection
