@@ -4,24 +4,35 @@ Each destination keeps, for every contact with an undelivered event, the event
 that goes first (its *head*) in one hash, and the events after it in a list::
 
     {relay}:heads:<dest>             hash  contact digest -> head event id
+                                           ("#parked" -> how many wait in the lists)
     {relay}:order:<dest>:<contact>   list  the contact's later events, oldest first
 
-Only the head may be sent; an event that is neither the head nor in the list
-(a replayed dead letter) may go at once. When the head is delivered or dead,
-the list's first event becomes the head. Most contacts have one undelivered
-event at a time, so most cost one hash field (about 100 bytes) instead of a
+Only the head has a stream entry (or a scheduled retry, or is being sent). The
+events after it are *parked*: they wait in the list, with no stream entry and
+nothing polling for them. When the head is delivered or dead, in the same
+script that settles it, the list's first event becomes the head and gets its
+stream entry. A contact therefore moves as fast as its upstream answers, and
+a contact with thousands of queued events costs no more work than one.
+
+A lone undelivered event costs one hash field (about 100 bytes) instead of a
 list key with a TTL (about 280).
 
-A head whose event record expired (retention) is skipped by the next check
-of that contact, so it never blocks the contact's later events.
+Heads whose event record expired (an event still unsent at the end of the
+retention) are dropped from the order when their entry comes up
+(``DeliveryQueue.drop``) and by the workers' sweep of the heads hash
+(:data:`SWEEP`), whichever comes first; the next event goes on then. The sweep
+also moves on past heads already delivered or dead: a worker of an earlier
+release (during a rolling upgrade) settles an event without knowing of heads.
 
-Lists written before the heads hash existed hold their head themselves: a
-contact without a heads field is ordered by its list alone, and new events
-join that list until it empties. No migration is needed.
+Lists written before the heads hash existed hold their head themselves and
+all their events have stream entries: a contact without a heads field whose
+list exists is ordered by that list alone, as before (its later events look
+again shortly when they find an earlier one under way), and new events join
+it until it empties. No migration is needed.
 
-Everything here is Lua, run inside the scripts that write an event
-(:data:`PROCEDURES`, in the group commit) and that check it before sending
-(:data:`LUA`'s ``order_may_go``, in the worker's take).
+Everything here is Lua, run inside the scripts that write an event and settle
+it (:data:`PROCEDURES`, in the group commit) and that check it before sending
+(:data:`LUA`'s ``order_check``, in the worker's take).
 """
 
 from __future__ import annotations
@@ -29,75 +40,122 @@ from __future__ import annotations
 from relay import redis_keys
 from relay.groupcommit import Batch
 
-__all__ = ["LUA", "PROCEDURES", "done", "push"]
+__all__ = ["LUA", "PARKED_FIELD", "PROCEDURES", "SWEEP", "done", "push"]
 
-#: Lua functions: order_push, order_done and order_may_go. Keys are passed in by
-#: name: ``heads`` and ``list`` are the two keys above, ``retries`` the destination's
-#: retry zset; ``evt`` is the event keys' prefix (``redis_keys.event("")``).
-LUA = """
-local function order_push(heads, list, contact, id, ttl)
-  if redis.call('EXISTS', list) == 0 and redis.call('HSETNX', heads, contact, id) == 1 then
+#: Field of the heads hash counting the events parked in the destination's lists
+#: (contact fields are hex digests, so it cannot clash with one).
+PARKED_FIELD = "#parked"
+
+#: Lua functions: order_push, order_done and order_check. ``heads`` and ``list`` are
+#: the two keys above, ``stream`` the destination's queue, ``retries`` its retry zset;
+#: ``evt`` is the event keys' prefix (``redis_keys.event("")``).
+LUA = (
+    f"local PARKED = '{PARKED_FIELD}'"
+    + """
+local function order_push(heads, list, stream, contact, id, ttl)
+  if redis.call('HEXISTS', heads, contact) == 1 then
+    redis.call('RPUSH', list, id)
+    redis.call('HINCRBY', heads, PARKED, 1)
     return
   end
-  redis.call('RPUSH', list, id)
-  redis.call('EXPIRE', list, ttl)
+  if redis.call('EXISTS', list) == 1 then
+    redis.call('RPUSH', list, id)  -- an old-style list: join it, with a stream entry
+    redis.call('EXPIRE', list, ttl)
+  else
+    redis.call('HSET', heads, contact, id)
+  end
+  redis.call('XADD', stream, '*', 'e', id, 'c', contact)
 end
 
-local function order_done(heads, list, contact, id)
+local function order_done(heads, list, stream, contact, id)
   if redis.call('HGET', heads, contact) == id then
     local next_id = redis.call('LPOP', list)
     if next_id then
       redis.call('HSET', heads, contact, next_id)
+      redis.call('HINCRBY', heads, PARKED, -1)
+      redis.call('XADD', stream, '*', 'e', next_id, 'c', contact)
     else
       redis.call('HDEL', heads, contact)
     end
-  else
-    redis.call('LREM', list, 1, id)
+  elseif redis.call('LREM', list, 1, id) > 0 and redis.call('HEXISTS', heads, contact) == 1 then
+    redis.call('HINCRBY', heads, PARKED, -1)
   end
 end
 
--- The contact's first event whose record still exists (expired ones are dropped).
-local function order_head(heads, list, contact, evt)
+-- -1: the event may go (it heads its contact's order, or is not in it: a replayed
+-- dead letter); -2: it is parked, and gets a new stream entry when its turn comes;
+-- else (an old-style list) when the head is due for its retry (ms), or 0 when the
+-- head is under way.
+local function order_check(heads, list, retries, contact, id, evt)
+  local head = redis.call('HGET', heads, contact)
+  if head then
+    if head == id or not redis.call('LPOS', list, id) then return -1 end
+    return -2
+  end
   while true do
-    local head = redis.call('HGET', heads, contact)
-    if not head then head = redis.call('LINDEX', list, 0) end
-    if not head then return nil end
-    if redis.call('EXISTS', evt .. head) == 1 then return head end
-    order_done(heads, list, contact, head)
+    head = redis.call('LINDEX', list, 0)
+    if not head or head == id then return -1 end
+    if redis.call('EXISTS', evt .. head) == 1 then break end
+    redis.call('LPOP', list)  -- expired before it was sent: it holds nobody up
   end
-end
-
--- -1: the event may go; else when the head is due for its retry (ms), or 0 when
--- the head is under way.
-local function order_may_go(heads, list, retries, contact, id, evt)
-  local head = order_head(heads, list, contact, evt)
-  if not head or head == id or not redis.call('LPOS', list, id) then return -1 end
+  if not redis.call('LPOS', list, id) then return -1 end
   local due = redis.call('ZSCORE', retries, head)
   return due and tonumber(due) or 0
 end
 """
+)
 
 #: For :class:`relay.groupcommit.GroupCommit`: the batch ops :func:`push` and :func:`done`.
 PROCEDURES = (
     LUA
     + """
 procedures.order_push = function(op)
-  order_push(KEYS[op[2]], KEYS[op[3]], op[4], op[5], op[6])
+  order_push(KEYS[op[2]], KEYS[op[3]], KEYS[op[4]], op[5], op[6], op[7])
 end
 procedures.order_done = function(op)
-  order_done(KEYS[op[2]], KEYS[op[3]], op[4], op[5])
+  order_done(KEYS[op[2]], KEYS[op[3]], KEYS[op[4]], op[5], op[6])
 end
+"""
+)
+
+#: A slice of the heads hash: heads whose event record is gone, or who are already
+#: delivered or dead (settled by a worker of a release before the heads hash), are
+#: done, so the next event goes. KEYS: heads hash, stream. ARGV: HSCAN cursor, count,
+#: event key prefix, order list key prefix (+ contact: the contact's list), the
+#: destination's status field. Returns the next cursor ("0": the sweep went round)
+#: and how many heads it dropped.
+SWEEP = (
+    LUA
+    + """
+local heads, stream = KEYS[1], KEYS[2]
+local page = redis.call('HSCAN', heads, ARGV[1], 'COUNT', tonumber(ARGV[2]))
+local dropped = 0
+local fields = page[2]
+for i = 1, #fields, 2 do
+  local contact, id = fields[i], fields[i + 1]
+  if contact ~= PARKED then
+    local status = redis.call('HGET', ARGV[3] .. id, ARGV[5])
+    if not status or status == 'delivered' or status == 'dead' then
+      order_done(heads, ARGV[4] .. contact, stream, contact, id)
+      dropped = dropped + 1
+    end
+  end
+end
+return {page[1], dropped}
 """
 )
 
 
 def push(batch: Batch, destination: str, contact: str, event_id: str, *, ttl_s: int) -> None:
-    """Queue ``event_id`` last in its contact's order (in a batch run with PROCEDURES)."""
+    """Queue ``event_id`` last in its contact's order, with a stream entry if it heads
+    it (in a batch run with :data:`PROCEDURES`)."""
     order = batch.key(redis_keys.order(destination, contact))
-    batch.call("order_push", redis_keys.heads(destination), order, contact, event_id, ttl_s)
+    stream = batch.key(redis_keys.queue(destination))
+    batch.call("order_push", redis_keys.heads(destination), order, stream, contact, event_id, ttl_s)
 
 
 def done(batch: Batch, destination: str, contact: str, event_id: str) -> None:
-    """``event_id`` is delivered or dead: the contact's next event may go."""
+    """``event_id`` is delivered or dead: the contact's next event gets its stream entry."""
     order = batch.key(redis_keys.order(destination, contact))
-    batch.call("order_done", redis_keys.heads(destination), order, contact, event_id)
+    stream = batch.key(redis_keys.queue(destination))
+    batch.call("order_done", redis_keys.heads(destination), order, stream, contact, event_id)

@@ -55,26 +55,25 @@ return moved
 """
 
 
-# May this event go now? -1: yes; else when its contact's head is due for a retry
-# (ms), or 0 when the head is not waiting for one (relay.order).
+# May this event go now? See order_check (relay.order).
 # KEYS: heads hash, order list, retry zset; ARGV: contact, event id, event key prefix.
-_MAY_GO = (
+_CHECK = (
     order.LUA
     + """
-return order_may_go(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])
+return order_check(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])
 """
 )
 
 
 # A worker's one round trip before sending an entry to a destination without a rate
-# limit: load the event, check its contact's order (as _MAY_GO), the pause and the
+# limit: load the event, check its contact's order (as _CHECK), the pause and the
 # in-flight lease (as relay.ratelimit), then mark it delivering.
 # KEYS: event hash, heads hash, order list (any keys when ARGV[6] is not '1'), retry
 # zset, lease zset, pause marker. ARGV: now ms or "", max in flight, holder, ttl ms (as
 # the lease script), event id, '1' when the order applies, status field, contact, event
 # key prefix.
-# Returns {'gone'}, {'blocked', due ms or 0}, {'paused', ms}, 0 (every slot taken),
-# or {'ok', field, value, ...} (the event's hash as it was read).
+# Returns {'gone'}, {'parked'}, {'blocked', due ms or 0}, {'paused', ms}, 0 (every
+# slot taken), or {'ok', field, value, ...} (the event's hash as it was read).
 _TAKE = (
     NOW_LUA
     + order.LUA
@@ -82,7 +81,8 @@ _TAKE = (
 local fields = redis.call('HGETALL', KEYS[1])
 if #fields == 0 then return {'gone'} end
 if ARGV[6] == '1' then
-  local due = order_may_go(KEYS[2], KEYS[3], KEYS[4], ARGV[8], ARGV[5], ARGV[9])
+  local due = order_check(KEYS[2], KEYS[3], KEYS[4], ARGV[8], ARGV[5], ARGV[9])
+  if due == -2 then return {'parked'} end
   if due >= 0 then return {'blocked', due} end
 end
 local paused = redis.call('PTTL', KEYS[6])
@@ -117,8 +117,10 @@ def _entries(reply: Any) -> list[Entry]:
 class Taken:
     """What :meth:`DeliveryQueue.take` found: go (with the event's hash), or why not."""
 
-    #: "ok", "gone" (expired), "blocked" (an earlier event of the contact is on its
-    #: way), "paused" (an upstream 429) or "full" (every in-flight slot is taken).
+    #: "ok", "gone" (expired), "parked" (it waits in its contact's order, and gets a
+    #: new entry when its turn comes: drop this one), "blocked" (an earlier event of
+    #: the contact is on its way: look again), "paused" (an upstream 429) or "full"
+    #: (every in-flight slot is taken).
     state: str
     fields: dict[str, str] | None = None
     #: blocked: when the contact's head is due for its retry (ms; 0: under way);
@@ -129,13 +131,14 @@ class Taken:
 class DeliveryQueue:
     """Worker-side queue operations; expects a ``decode_responses=True`` client."""
 
-    __slots__ = ("_commit", "_may_go", "_move_due", "_redis", "_retention_s", "_take")
+    __slots__ = ("_check", "_commit", "_move_due", "_redis", "_retention_s", "_sweep", "_take")
 
     def __init__(self, redis: Redis, *, retention_s: int) -> None:
         self._redis = redis
         self._retention_s = retention_s
         self._move_due = redis.register_script(_MOVE_DUE)
-        self._may_go = redis.register_script(_MAY_GO)
+        self._check = redis.register_script(_CHECK)
+        self._sweep = redis.register_script(order.SWEEP)
         #: Concurrent takes (one per delivery about to start) share a round trip.
         self._take = GroupCall(redis, _TAKE, keys=6)
         self._commit = GroupCommit(redis, procedures=order.PROCEDURES)
@@ -195,20 +198,21 @@ class DeliveryQueue:
         raw = await self._redis.hgetall(redis_keys.event(event_id))
         return cast(dict[str, str], raw) if raw else None
 
-    async def blocked_until(
-        self, destination: str, contact: str | None, event_id: str
-    ) -> int | None:
-        """None when every earlier event of the same contact is delivered or dead; else
-        when the earliest one is due for its retry (ms), or 0 when it is under way."""
+    async def check_order(self, destination: str, contact: str | None, event_id: str) -> Taken:
+        """Whether the event may go now, as far as its contact's order goes: "ok",
+        "parked" (see :class:`Taken`) or "blocked" (``ms``: when the earlier event is
+        due for its retry, or 0 when it is under way)."""
         if contact is None:
-            return None
+            return Taken("ok")
         keys = [
             redis_keys.heads(destination),
             redis_keys.order(destination, contact),
             redis_keys.retries(destination),
         ]
-        answer = int(await self._may_go(keys=keys, args=[contact, event_id, _EVENT_PREFIX]))
-        return None if answer < 0 else answer
+        answer = int(await self._check(keys=keys, args=[contact, event_id, _EVENT_PREFIX]))
+        if answer == -1:
+            return Taken("ok")
+        return Taken("parked") if answer == -2 else Taken("blocked", ms=answer)
 
     async def take(
         self, destination: str, entry: Entry, *, max_in_flight: int, holder: str, ttl_ms: int
@@ -305,6 +309,27 @@ class DeliveryQueue:
 
         await self._commit.submit(writes)
 
+    async def park(self, destination: str, entry: Entry) -> None:
+        """Ack and delete the entry of an event parked in its contact's order: the event
+        gets a new entry when the one before it is settled (relay.order)."""
+        stream = redis_keys.queue(destination)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xack(stream, redis_keys.CONSUMER_GROUP, entry.id)
+            pipe.xdel(stream, entry.id)
+            await pipe.execute()
+
+    async def sweep_heads(self, destination: str, cursor: str = "0", *, count: int = 500) -> str:
+        """Drop from one slice of the destination's heads the events that are gone,
+        delivered or dead, so the contacts' next events go (relay.order.SWEEP); the
+        cursor to go on from ("0": the sweep went round)."""
+        keys = [redis_keys.heads(destination), redis_keys.queue(destination)]
+        args: list[str | int] = [
+            *(cursor, count, _EVENT_PREFIX, redis_keys.order(destination, "")),
+            redis_keys.STATUS_FIELD_PREFIX + destination,
+        ]
+        reply = await self._sweep(keys=keys, args=args)
+        return str(reply[0])
+
     async def drop(self, destination: str, entry: Entry) -> None:
         """Ack and delete an entry whose event no longer exists (expired), and take it out
         of its contact's order when the entry names the contact (else the contact's next
@@ -331,17 +356,19 @@ class DeliveryQueue:
         return int(await self._move_due(keys=keys, args=[now_ms, limit]))
 
     async def counts(self, destination: str) -> dict[str, int]:
-        """pending, retrying, dead, and delivered in the last hour, for one destination."""
+        """pending (queued, or parked behind an earlier event of its contact), retrying,
+        dead, and delivered in the last hour, for one destination."""
         now_minute = int(time.time() // 60)
         minutes = [redis_keys.delivered_minute(destination, now_minute - i) for i in range(60)]
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.xlen(redis_keys.queue(destination))
+            pipe.hget(redis_keys.heads(destination), order.PARKED_FIELD)
             pipe.zcard(redis_keys.retries(destination))
             pipe.zcard(redis_keys.dead(destination))
             pipe.mget(minutes)
-            pending, retrying, dead, delivered = await pipe.execute()
+            pending, parked, retrying, dead, delivered = await pipe.execute()
         return {
-            "pending": int(pending),
+            "pending": int(pending) + int(parked or 0),
             "retrying": int(retrying),
             "dead": int(dead),
             "delivered_last_hour": sum(int(v) for v in delivered if v),

@@ -23,8 +23,9 @@ Layout::
     {relay}:done:<dest>:<minute>    string deliveries in that minute (for `relay status`)
     {relay}:health                  hash   destination -> why it is unhealthy (JSON)
     {relay}:heads:<dest>            hash   contact digest -> its undelivered event that goes first
-    {relay}:order:<dest>:<contact>  list   that contact's later undelivered events, in accepted
-                                           order (see relay.order)
+                                           (the only one with a stream entry); "#parked" -> count
+    {relay}:order:<dest>:<contact>  list   that contact's later events, parked, in accepted order
+                                           (see relay.order)
     {relay}:idem:<key id>:<digest>  string the first answer to an Idempotency-Key (24 h)
     {relay}:hooks                   hash   hook id -> subscription JSON (with its secret)
     {relay}:hooks:changed           pubsub a subscription was added or deleted (cache invalidation)
@@ -167,14 +168,16 @@ def inflight(destination: str) -> str:
 
 def heads(destination: str) -> str:
     """Hash of the contacts with an undelivered event to one destination: contact digest
-    -> the event that goes first. ``contact`` is a digest of the email (else phone)."""
+    (of the email, else phone) -> the event that goes first, the only one of that contact
+    with a stream entry; and ``relay.order.PARKED_FIELD`` -> how many wait behind heads."""
     return f"{_TAG}:heads:{destination}"
 
 
 def order(destination: str, contact: str) -> str:
-    """List of one contact's events after its head (see :func:`heads`), oldest first, not
-    yet delivered or dead; expires with the events. (Written before the heads hash: the
-    head too, first.) See relay.order."""
+    """List of one contact's events after its head (see :func:`heads`), oldest first,
+    parked: each gets its stream entry when the one before it is settled. (Written
+    before the heads hash: the head too, first, every event with a stream entry, and a
+    TTL.) See relay.order."""
     return f"{_TAG}:order:{destination}:{contact}"
 
 

@@ -133,11 +133,10 @@ class EventStore:
                 if ev.mode == "live":
                     contact = contact_key({"email": ev.payload.email, "phone": ev.payload.phone})
                     for dest in ev.destinations:
-                        if contact is not None:
+                        if contact is None:
+                            pipe.xadd(redis_keys.queue(dest), {"e": ev.id})
+                        else:  # its stream entry (with the contact) when it heads the order
                             order.push(pipe, dest, contact, ev.id, ttl_s=self._retention_s)
-                        # The contact rides along: the worker checks order without a read.
-                        entry = {"e": ev.id, "c": contact} if contact else {"e": ev.id}
-                        pipe.xadd(redis_keys.queue(dest), entry)
             queue_notifications(pipe, notifications, retention_s=self._retention_s)
             if remember is not None:
                 pipe.set(remember[0], remember[1], ex=redis_keys.IDEMPOTENCY_TTL_S)

@@ -46,6 +46,9 @@ log = logging.getLogger("relay.worker")
 _BLOCK_MS = 500
 #: How often due retries are moved back into their streams, and stale entries claimed.
 _HOUSEKEEPING_S = 0.25
+#: Every this many housekeeping passes (5 s), a slice of each heads hash is swept for
+#: events that expired unsent, so the contact's next event goes.
+_SWEEP_EVERY = 20
 #: Times a delivery interrupted by a Redis error is resumed here before it is left
 #: pending for another worker to claim.
 _LOCAL_RETRIES = 3
@@ -194,9 +197,15 @@ class Worker:
 
     async def _housekeeping(self) -> None:
         assert self._stopping is not None
+        sweeps = dict.fromkeys(self.destinations, "0")  # heads-hash cursors (relay.order)
+        passes = 0
         while not self._stopping.is_set():
             try:
                 await self._queue.move_due_retries(self.destinations)
+                if passes % _SWEEP_EVERY == 0:
+                    for name, cursor in sweeps.items():
+                        sweeps[name] = await self._queue.sweep_heads(name, cursor)
+                passes += 1
                 for name in self.destinations:
                     timeout_s = self._config(name).timeout_s
                     idle_ms = int((timeout_s + self._settings.claim_after_s) * 1000)
@@ -261,9 +270,9 @@ class Worker:
                 continue
             event = orjson.loads(fields[redis_keys.EVENT_DATA_FIELD])
             contact = contact_key(event.get("payload") or {})  # notifications: None
-            blocked = await self._queue.blocked_until(destination, contact, entry[1])
-            if blocked is not None:
-                await self._wait_behind(destination, entry, blocked)
+            order = await self._queue.check_order(destination, contact, entry[1])
+            if order.state != "ok":
+                await self._not_yet(destination, entry, order.state, order.ms)
                 continue
             made = int(fields.get(redis_keys.ATTEMPTS_FIELD_PREFIX + destination, "0")) + 1
             ready.append((entry, event, made, contact))
@@ -316,8 +325,8 @@ class Worker:
             if taken.state == "gone":
                 await self._queue.drop(destination, entry)  # expired: nothing to send
                 return
-            if taken.state == "blocked":
-                await self._wait_behind(destination, entry, taken.ms)
+            if taken.state in ("parked", "blocked"):
+                await self._not_yet(destination, entry, taken.state, taken.ms)
                 return
             wait_s = taken.ms / 1000 if taken.state == "paused" else FULL_POLL_S
             await asyncio.sleep(min(wait_s, MAX_WAIT_S))
@@ -335,9 +344,13 @@ class Worker:
             raise
         await self._settle(destination, entry, event, attempt, made, entry.contact, holder)
 
-    async def _wait_behind(self, destination: str, entry: Entry, head_due_ms: int) -> None:
-        """An earlier event of this contact is still on its way: keep their order, and
-        look again just after that one's next try (``head_due_ms``; 0: shortly)."""
+    async def _not_yet(self, destination: str, entry: Entry, state: str, head_due_ms: int) -> None:
+        """An earlier event of this contact is still on its way. Parked: the event comes
+        back by itself when that one is settled. Blocked (a contact ordered the old way,
+        relay.order): look again just after that one's next try (0: shortly)."""
+        if state == "parked":
+            await self._queue.park(destination, entry)
+            return
         soon = int(time.time() * 1000) + _ORDER_WAIT_MS
         await self._queue.defer(destination, entry, until_ms=max(soon, head_due_ms + 1))
 

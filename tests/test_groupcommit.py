@@ -108,11 +108,11 @@ async def test_a_cancelled_caller_does_not_cancel_the_group(redis: Redis) -> Non
 
 async def test_a_big_group_is_split_without_splitting_a_request(redis: Redis) -> None:
     store = EventStore(redis, retention_s=3600)
-    # 6 requests of 500 events: about 2,500 writes each, so at most 2 per script call.
-    batches = [[lead(i * 500 + j) for j in range(500)] for i in range(6)]
+    # 6 requests of 700 events: 4 writes an event, 2,800 a request, so at most 2 a call.
+    batches = [[lead(i * 700 + j) for j in range(700)] for i in range(6)]
     await asyncio.gather(*(store.enqueue(b) for b in batches))
     assert store._commit._rounds >= 3
-    assert await redis.xlen(redis_keys.queue("crm")) == 3000
+    assert await redis.xlen(redis_keys.queue("crm")) == 4200
 
 
 async def test_a_failing_request_fails_its_group_and_the_next_goes_on(redis: Redis) -> None:
