@@ -332,8 +332,8 @@ class DeliveryQueue:
 
     async def drop(self, destination: str, entry: Entry) -> None:
         """Ack and delete an entry whose event no longer exists (expired), and take it out
-        of its contact's order when the entry names the contact (else the contact's next
-        check skips it: relay.order)."""
+        of its contact's order when the entry names the contact (else the workers' sweep
+        of the heads does: relay.order), so the contact's next event goes."""
         stream = redis_keys.queue(destination)
 
         def writes(batch: Batch) -> None:

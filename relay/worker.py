@@ -47,7 +47,7 @@ _BLOCK_MS = 500
 #: How often due retries are moved back into their streams, and stale entries claimed.
 _HOUSEKEEPING_S = 0.25
 #: Every this many housekeeping passes (5 s), a slice of each heads hash is swept for
-#: events that expired unsent, so the contact's next event goes.
+#: heads that expired unsent (or that an older release settled), so the next one goes.
 _SWEEP_EVERY = 20
 #: Times a delivery interrupted by a Redis error is resumed here before it is left
 #: pending for another worker to claim.
