@@ -99,6 +99,18 @@ return fields
 """
 )
 
+# Group-commit procedure: record an attempt and the status it leaves in the event's
+# hash, as attempt n (n: the destination's attempts made, counted here), unless the
+# event is gone (it expired while being sent: a hash written now would never expire).
+# op: event key, status field, status, attempts-made field, record field prefix, JSON.
+_ATTEMPT = """
+procedures.attempt = function(op)
+  local key = KEYS[op[2]]
+  if redis.call('EXISTS', key) == 0 then return end
+  local n = redis.call('HINCRBY', key, op[5], 1)
+  redis.call('HSET', key, op[3], op[4], op[6] .. n, op[7])
+end
+"""
 #: What every event key starts with, for the order scripts (relay.order).
 _EVENT_PREFIX = redis_keys.event("")
 #: Dead letters replayed per transaction.
@@ -141,7 +153,7 @@ class DeliveryQueue:
         self._sweep = redis.register_script(order.SWEEP)
         #: Concurrent takes (one per delivery about to start) share a round trip.
         self._take = GroupCall(redis, _TAKE, keys=6)
-        self._commit = GroupCommit(redis, procedures=order.PROCEDURES)
+        self._commit = GroupCommit(redis, procedures=order.PROCEDURES + _ATTEMPT)
 
     def __repr__(self) -> str:
         return f"<DeliveryQueue retention_s={self._retention_s}>"
@@ -278,17 +290,19 @@ class DeliveryQueue:
         and a delivery marks the destination healthy, in the same call too.
         """
         entry_id, event_id = entry.id, entry.event
-        record = orjson.dumps({"destination": destination, "at": time.time(), **attempt})
-        event_key = redis_keys.event(event_id)
-        attempts_key = redis_keys.attempts(event_id)
+        record = orjson.dumps({"at": time.time(), **attempt})
         stream = redis_keys.queue(destination)
         now_ms = int(time.time() * 1000)
 
         def writes(batch: Batch) -> None:
-            batch.rpush(attempts_key, record)
-            batch.expire(attempts_key, self._retention_s)
-            batch.hset(event_key, mapping={redis_keys.STATUS_FIELD_PREFIX + destination: status})
-            batch.call("HINCRBY", event_key, redis_keys.ATTEMPTS_FIELD_PREFIX + destination, 1)
+            batch.call(
+                "attempt",
+                redis_keys.event(event_id),
+                *(redis_keys.STATUS_FIELD_PREFIX + destination, status),
+                redis_keys.ATTEMPTS_FIELD_PREFIX + destination,
+                f"{redis_keys.ATTEMPT_RECORD_PREFIX}{destination}:",
+                record,
+            )
             if status is DeliveryStatus.dead:
                 batch.zadd(redis_keys.dead(destination), {event_id: now_ms})
             if contact is not None and status in (DeliveryStatus.dead, DeliveryStatus.delivered):

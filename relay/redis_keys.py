@@ -10,8 +10,9 @@ Layout::
     {relay}:keys                    hash   key id -> digest, for list and revoke by id
     {relay}:keys:changed            pubsub digest of a key that changed (cache invalidation)
     {relay}:evt:<event id>          hash   one event: "data" (JSON), "st:<dest>" statuses,
-                                           "n:<dest>" attempts made
-    {relay}:att:<event id>          list   every attempt (JSON), all destinations, in order
+                                           "n:<dest>" attempts made, "a:<dest>:<n>" attempt n
+    {relay}:att:<event id>          list   attempts (JSON) written by releases before the
+                                           "a:" fields; read, never written
     {relay}:events                  zset   event id by received time (ms), for listings
     {relay}:q:<destination>         stream deliveries waiting ("e" = event id, "c" = contact digest)
     {relay}:rate:<destination>      zset   sliding-window log: request id -> answered ms
@@ -42,6 +43,7 @@ import hashlib
 
 __all__ = [
     "ATTEMPTS_FIELD_PREFIX",
+    "ATTEMPT_RECORD_PREFIX",
     "CONSUMER_GROUP",
     "DELIVERED_MINUTE_TTL_S",
     "EVENTS_INDEX",
@@ -94,6 +96,9 @@ EVENT_DATA_FIELD = "data"
 STATUS_FIELD_PREFIX = "st:"
 #: Prefix of an event hash's per-destination attempt counters: ``n:<destination>``.
 ATTEMPTS_FIELD_PREFIX = "n:"
+#: Prefix of an event hash's attempt records: ``a:<destination>:<n>`` (JSON), n from 1.
+#: In the event's own hash, they cost no key of their own and expire with it.
+ATTEMPT_RECORD_PREFIX = "a:"
 #: hash: destination -> JSON {"problem", "since"} while its upstream refuses our credentials.
 HEALTH = f"{_TAG}:health"
 #: A repeated Idempotency-Key within this long gets the first answer back.
@@ -106,7 +111,8 @@ DELIVERED_MINUTE_TTL_S = 2 * 3600
 
 
 def attempts(event_id: str) -> str:
-    """List of one event's attempts; expires with the event (``Settings.retention_s``)."""
+    """List of one event's attempts as earlier releases kept them (read for events they
+    settled; attempts now go in the event's hash, :data:`ATTEMPT_RECORD_PREFIX`)."""
     return f"{_TAG}:att:{event_id}"
 
 

@@ -232,16 +232,24 @@ _LIST_PAGE = 200
 
 
 def _view(raw: dict[str, str], attempts: list[str]) -> EventView | None:
-    """An event as the API shows it, from its hash and its attempts list."""
+    """An event as the API shows it, from its hash (and the attempts list of a release
+    before attempts went in the hash)."""
     if not raw or redis_keys.EVENT_DATA_FIELD not in raw:
         return None
     data = orjson.loads(raw[redis_keys.EVENT_DATA_FIELD])
     if "payload" not in data:
         return None  # a notification's record (relay.hooks), not an event
     by_dest: dict[str, list[dict[str, Any]]] = {}
-    for item in attempts:
+    for item in attempts:  # kept by an earlier release: before any in the hash
         attempt = orjson.loads(item)
         by_dest.setdefault(attempt.pop("destination"), []).append(attempt)
+    numbered = []
+    for field, value in raw.items():
+        if field.startswith(redis_keys.ATTEMPT_RECORD_PREFIX):
+            dest, _, n = field.removeprefix(redis_keys.ATTEMPT_RECORD_PREFIX).rpartition(":")
+            numbered.append((dest, int(n), value))
+    for dest, _, value in sorted(numbered):
+        by_dest.setdefault(dest, []).append(orjson.loads(value))
     views = [
         DestinationView(
             name=dest,

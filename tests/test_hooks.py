@@ -381,7 +381,7 @@ async def test_redirects_are_not_followed(
     assert len(other_receiver.requests) == 1  # and not retried
     dead = await redis.zrange(redis_keys.dead(redis_keys.NOTIFICATIONS), 0, -1)
     assert len(dead) == 1
-    attempts = await redis.lrange(redis_keys.attempts(dead[0]), 0, -1)
+    attempts = await redis.hmget(redis_keys.event(dead[0]), f"a:{redis_keys.NOTIFICATIONS}:1")
     assert "redirects are not followed" in attempts[0]
 
 
@@ -407,7 +407,7 @@ async def test_guard_applies_again_when_sending(
     await drain(strict, redis)
     assert [r.path for r in receiver.requests] == ["/crm"]  # the delivery, no notification
     dead = await redis.zrange(redis_keys.dead(redis_keys.NOTIFICATIONS), 0, -1)
-    attempts = await redis.lrange(redis_keys.attempts(dead[0]), 0, -1)
+    attempts = await redis.hmget(redis_keys.event(dead[0]), f"a:{redis_keys.NOTIFICATIONS}:1")
     assert "target_refused" in attempts[0]
     assert "loopback" in attempts[0]
 
