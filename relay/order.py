@@ -20,7 +20,7 @@ list key with a TTL (about 280).
 Heads whose event record expired (an event still unsent at the end of the
 retention) are dropped from the order when their entry comes up
 (``DeliveryQueue.drop``) and by the workers' sweep of the heads hash
-(:data:`SWEEP`), whichever comes first; the next event goes on then. The sweep
+(:meth:`ContactOrder.sweep`), whichever comes first; the next event goes on then. The sweep
 also moves on past heads already delivered or dead: a worker of an earlier
 release (during a rolling upgrade) settles an event without knowing of heads.
 
@@ -30,17 +30,33 @@ list exists is ordered by that list alone, as before (its later events look
 again shortly when they find an earlier one under way), and new events join
 it until it empties. No migration is needed.
 
-Everything here is Lua, run inside the scripts that write an event and settle
-it (:data:`PROCEDURES`, in the group commit) and that check it before sending
-(:data:`LUA`'s ``order_check``, in the worker's take).
+The rules are Lua (:data:`LUA`), run inside the scripts that write an event
+and settle it (:data:`PROCEDURES`, in the group commit) and that check it before
+sending (``order_check``, in the worker's take, and :meth:`ContactOrder.check`).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+from redis.asyncio import Redis
+
 from relay import redis_keys
 from relay.groupcommit import Batch
 
-__all__ = ["LUA", "PARKED_FIELD", "PROCEDURES", "SWEEP", "done", "push"]
+__all__ = [
+    "EVENT_PREFIX",
+    "LUA",
+    "PARKED_FIELD",
+    "PROCEDURES",
+    "ContactOrder",
+    "Turn",
+    "done",
+    "push",
+]
+
+#: What every event key starts with, for the scripts that look an event up by id.
+EVENT_PREFIX = redis_keys.event("")
 
 #: Field of the heads hash counting the events parked in the destination's lists
 #: (contact fields are hex digests, so it cannot clash with one).
@@ -118,13 +134,22 @@ end
 """
 )
 
+# May this event go now? See order_check.
+# KEYS: heads hash, order list, retry zset; ARGV: contact, event id, event key prefix.
+_CHECK = (
+    LUA
+    + """
+return order_check(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])
+"""
+)
+
 #: A slice of the heads hash: heads whose event record is gone, or who are already
 #: delivered or dead (settled by a worker of a release before the heads hash), are
 #: done, so the next event goes. KEYS: heads hash, stream. ARGV: HSCAN cursor, count,
 #: event key prefix, order list key prefix (+ contact: the contact's list), the
 #: destination's status field. Returns the next cursor ("0": the sweep went round)
 #: and how many heads it dropped.
-SWEEP = (
+_SWEEP = (
     LUA
     + """
 local heads, stream = KEYS[1], KEYS[2]
@@ -159,3 +184,62 @@ def done(batch: Batch, destination: str, contact: str, event_id: str) -> None:
     order = batch.key(redis_keys.order(destination, contact))
     stream = batch.key(redis_keys.queue(destination))
     batch.call("order_done", redis_keys.heads(destination), order, stream, contact, event_id)
+
+
+class Turn(NamedTuple):
+    """Whether an event may go, as far as its contact's order goes."""
+
+    #: "ok"; "parked" (it waits in its contact's list and gets a stream entry of its
+    #: own when its turn comes: drop the one it has); "blocked" (a contact ordered the
+    #: old way: look again, ``ms``: when the earlier event is due for its retry, or 0
+    #: when it is under way)
+    state: str
+    ms: int = 0
+
+
+class ContactOrder:
+    """The worker's order operations beyond those inside its take and settle scripts."""
+
+    __slots__ = ("_check", "_redis", "_sweep")
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._check = redis.register_script(_CHECK)
+        self._sweep = redis.register_script(_SWEEP)
+
+    def __repr__(self) -> str:
+        return "<ContactOrder>"
+
+    async def check(self, destination: str, contact: str | None, event_id: str) -> Turn:
+        """May ``event_id`` go now (``contact``: its digest, None for no order)?"""
+        if contact is None:
+            return Turn("ok")
+        keys = [
+            redis_keys.heads(destination),
+            redis_keys.order(destination, contact),
+            redis_keys.retries(destination),
+        ]
+        answer = int(await self._check(keys=keys, args=[contact, event_id, EVENT_PREFIX]))
+        if answer == -1:
+            return Turn("ok")
+        return Turn("parked") if answer == -2 else Turn("blocked", answer)
+
+    async def park(self, destination: str, entry_id: str) -> None:
+        """Ack and delete the stream entry of a parked event (see :class:`Turn`)."""
+        stream = redis_keys.queue(destination)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xack(stream, redis_keys.CONSUMER_GROUP, entry_id)
+            pipe.xdel(stream, entry_id)
+            await pipe.execute()
+
+    async def sweep(self, destination: str, cursor: str = "0", *, count: int = 500) -> str:
+        """Drop from one slice of the destination's heads the events that are gone,
+        delivered or dead, so the contacts' next events go; the cursor to go on from
+        ("0": the sweep went round)."""
+        keys = [redis_keys.heads(destination), redis_keys.queue(destination)]
+        args: list[str | int] = [
+            *(cursor, count, EVENT_PREFIX, redis_keys.order(destination, "")),
+            redis_keys.STATUS_FIELD_PREFIX + destination,
+        ]
+        reply = await self._sweep(keys=keys, args=args)
+        return str(reply[0])

@@ -55,18 +55,8 @@ return moved
 """
 
 
-# May this event go now? See order_check (relay.order).
-# KEYS: heads hash, order list, retry zset; ARGV: contact, event id, event key prefix.
-_CHECK = (
-    order.LUA
-    + """
-return order_check(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])
-"""
-)
-
-
 # A worker's one round trip before sending an entry to a destination without a rate
-# limit: load the event, check its contact's order (as _CHECK), the pause and the
+# limit: load the event, check its contact's order (relay.order), the pause and the
 # in-flight lease (as relay.ratelimit), then mark it delivering.
 # KEYS: event hash, heads hash, order list (any keys when ARGV[6] is not '1'), retry
 # zset, lease zset, pause marker. ARGV: now ms or "", max in flight, holder, ttl ms (as
@@ -111,8 +101,6 @@ procedures.attempt = function(op)
   redis.call('HSET', key, op[3], op[4], op[6] .. n, op[7])
 end
 """
-#: What every event key starts with, for the order scripts (relay.order).
-_EVENT_PREFIX = redis_keys.event("")
 #: Dead letters replayed per transaction.
 _REPLAY_CHUNK = 500
 
@@ -143,14 +131,12 @@ class Taken:
 class DeliveryQueue:
     """Worker-side queue operations; expects a ``decode_responses=True`` client."""
 
-    __slots__ = ("_check", "_commit", "_move_due", "_redis", "_retention_s", "_sweep", "_take")
+    __slots__ = ("_commit", "_move_due", "_redis", "_retention_s", "_take")
 
     def __init__(self, redis: Redis, *, retention_s: int) -> None:
         self._redis = redis
         self._retention_s = retention_s
         self._move_due = redis.register_script(_MOVE_DUE)
-        self._check = redis.register_script(_CHECK)
-        self._sweep = redis.register_script(order.SWEEP)
         #: Concurrent takes (one per delivery about to start) share a round trip.
         self._take = GroupCall(redis, _TAKE, keys=6)
         self._commit = GroupCommit(redis, procedures=order.PROCEDURES + _ATTEMPT)
@@ -210,22 +196,6 @@ class DeliveryQueue:
         raw = await self._redis.hgetall(redis_keys.event(event_id))
         return cast(dict[str, str], raw) if raw else None
 
-    async def check_order(self, destination: str, contact: str | None, event_id: str) -> Taken:
-        """Whether the event may go now, as far as its contact's order goes: "ok",
-        "parked" (see :class:`Taken`) or "blocked" (``ms``: when the earlier event is
-        due for its retry, or 0 when it is under way)."""
-        if contact is None:
-            return Taken("ok")
-        keys = [
-            redis_keys.heads(destination),
-            redis_keys.order(destination, contact),
-            redis_keys.retries(destination),
-        ]
-        answer = int(await self._check(keys=keys, args=[contact, event_id, _EVENT_PREFIX]))
-        if answer == -1:
-            return Taken("ok")
-        return Taken("parked") if answer == -2 else Taken("blocked", ms=answer)
-
     async def take(
         self, destination: str, entry: Entry, *, max_in_flight: int, holder: str, ttl_ms: int
     ) -> Taken:
@@ -250,7 +220,13 @@ class DeliveryQueue:
         status = redis_keys.STATUS_FIELD_PREFIX + destination
         args: list[str | int] = [
             *("", max_in_flight, holder, ttl_ms),
-            *(entry.event, "0" if contact is None else "1", status, contact or "", _EVENT_PREFIX),
+            *(
+                entry.event,
+                "0" if contact is None else "1",
+                status,
+                contact or "",
+                order.EVENT_PREFIX,
+            ),
         ]
         reply = await self._take.call(keys, args)
         if not isinstance(reply, list):
@@ -322,27 +298,6 @@ class DeliveryQueue:
             batch.call("XDEL", stream, entry_id)
 
         await self._commit.submit(writes)
-
-    async def park(self, destination: str, entry: Entry) -> None:
-        """Ack and delete the entry of an event parked in its contact's order: the event
-        gets a new entry when the one before it is settled (relay.order)."""
-        stream = redis_keys.queue(destination)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xack(stream, redis_keys.CONSUMER_GROUP, entry.id)
-            pipe.xdel(stream, entry.id)
-            await pipe.execute()
-
-    async def sweep_heads(self, destination: str, cursor: str = "0", *, count: int = 500) -> str:
-        """Drop from one slice of the destination's heads the events that are gone,
-        delivered or dead, so the contacts' next events go (relay.order.SWEEP); the
-        cursor to go on from ("0": the sweep went round)."""
-        keys = [redis_keys.heads(destination), redis_keys.queue(destination)]
-        args: list[str | int] = [
-            *(cursor, count, _EVENT_PREFIX, redis_keys.order(destination, "")),
-            redis_keys.STATUS_FIELD_PREFIX + destination,
-        ]
-        reply = await self._sweep(keys=keys, args=args)
-        return str(reply[0])
 
     async def drop(self, destination: str, entry: Entry) -> None:
         """Ack and delete an entry whose event no longer exists (expired), and take it out

@@ -32,6 +32,7 @@ from relay.hooks import HookStore, notification_records
 from relay.ids import random_base62
 from relay.models import DeliveryStatus
 from relay.notify import Notifier, guarded_session
+from relay.order import ContactOrder
 from relay.queue import DeliveryQueue, Entry
 from relay.ratelimit import FULL_POLL_S, RateLimiter
 from relay.retry import next_delay_s
@@ -70,6 +71,7 @@ class Worker:
         "_hooks",
         "_in_flight",
         "_limiter",
+        "_order",
         "_queue",
         "_redis",
         "_session",
@@ -95,6 +97,7 @@ class Worker:
         self.concurrency = concurrency
         self._consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{random_base62(6)}"
         self._queue = DeliveryQueue(redis, retention_s=settings.retention_s)
+        self._order = ContactOrder(redis)
         self._limiter = RateLimiter(redis)
         self._hooks = HookStore(redis)
         self._adapters: dict[str, Any] = {}
@@ -204,7 +207,7 @@ class Worker:
                 await self._queue.move_due_retries(self.destinations)
                 if passes % _SWEEP_EVERY == 0:
                     for name, cursor in sweeps.items():
-                        sweeps[name] = await self._queue.sweep_heads(name, cursor)
+                        sweeps[name] = await self._order.sweep(name, cursor)
                 passes += 1
                 for name in self.destinations:
                     timeout_s = self._config(name).timeout_s
@@ -270,9 +273,9 @@ class Worker:
                 continue
             event = orjson.loads(fields[redis_keys.EVENT_DATA_FIELD])
             contact = contact_key(event.get("payload") or {})  # notifications: None
-            order = await self._queue.check_order(destination, contact, entry[1])
-            if order.state != "ok":
-                await self._not_yet(destination, entry, order.state, order.ms)
+            turn = await self._order.check(destination, contact, entry[1])
+            if turn.state != "ok":
+                await self._not_yet(destination, entry, turn.state, turn.ms)
                 continue
             made = int(fields.get(redis_keys.ATTEMPTS_FIELD_PREFIX + destination, "0")) + 1
             ready.append((entry, event, made, contact))
@@ -349,7 +352,7 @@ class Worker:
         back by itself when that one is settled. Blocked (a contact ordered the old way,
         relay.order): look again just after that one's next try (0: shortly)."""
         if state == "parked":
-            await self._queue.park(destination, entry)
+            await self._order.park(destination, entry.id)
             return
         soon = int(time.time() * 1000) + _ORDER_WAIT_MS
         await self._queue.defer(destination, entry, until_ms=max(soon, head_due_ms + 1))

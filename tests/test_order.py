@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from relay import redis_keys
 from relay.ids import new_event_id
 from relay.models import Contact, DeliveryStatus
-from relay.order import PARKED_FIELD
+from relay.order import PARKED_FIELD, ContactOrder
 from relay.queue import DeliveryQueue, Entry
 from relay.settings import Settings
 from relay.store import EventStore, NewEvent, contact_key
@@ -93,13 +93,13 @@ async def test_the_take_and_the_check_agree_on_who_may_go(redis: Redis) -> None:
     queue = DeliveryQueue(redis, retention_s=60)
     (head,) = (await _read(queue)).values()
     parked = Entry("0-1", second.id, head.contact)  # an entry it should not have
-    assert (await queue.check_order(DEST, head.contact, parked.event)).state == "parked"
+    assert (await ContactOrder(redis).check(DEST, head.contact, parked.event)).state == "parked"
     assert (await queue.take(DEST, parked, **_TAKE)).state == "parked"
-    assert (await queue.check_order(DEST, head.contact, head.event)).state == "ok"
+    assert (await ContactOrder(redis).check(DEST, head.contact, head.event)).state == "ok"
     assert (await queue.take(DEST, head, **_TAKE)).state == "ok"
     # A replayed dead letter is in no order: it goes at once.
     replayed = (await _enqueue(redis, "carl@example.com"))[0]
-    assert (await queue.check_order(DEST, head.contact, replayed.id)).state == "ok"
+    assert (await ContactOrder(redis).check(DEST, head.contact, replayed.id)).state == "ok"
 
 
 async def test_a_list_written_before_the_heads_hash_orders_its_contact(redis: Redis) -> None:
@@ -120,13 +120,13 @@ async def test_a_list_written_before_the_heads_hash_orders_its_contact(redis: Re
     assert not await redis.hexists(redis_keys.heads(DEST), contact)
 
     async def states() -> list[str]:
-        return [(await queue.check_order(DEST, contact, e)).state for e in [*old, new.id]]
+        return [(await ContactOrder(redis).check(DEST, contact, e)).state for e in [*old, new.id]]
 
     assert await states() == ["ok", "blocked", "blocked"]
     await _done(queue, Entry("0-1", old[0], contact))
     assert await states() == ["ok", "ok", "blocked"]
     await redis.delete(redis_keys.event(old[1]))  # expired unsent: it holds nobody up
-    assert (await queue.check_order(DEST, contact, new.id)).state == "ok"
+    assert (await ContactOrder(redis).check(DEST, contact, new.id)).state == "ok"
     assert await _read(queue) == {}  # old-style: nobody was given a new entry
 
 
@@ -158,7 +158,7 @@ async def test_the_sweep_moves_past_heads_gone_or_settled_without_knowing_of_hea
     await redis.hset(redis_keys.event(events[8].id), status, "retrying")  # still its turn
     cursor = "0"
     for _ in range(20):
-        cursor = await queue.sweep_heads(DEST, cursor, count=2)
+        cursor = await ContactOrder(redis).sweep(DEST, cursor, count=2)
         if cursor == "0":
             break
     assert cursor == "0"
