@@ -20,9 +20,10 @@ list key with a TTL (about 280).
 Heads whose event record expired (an event still unsent at the end of the
 retention) are dropped from the order when their entry comes up
 (``DeliveryQueue.drop``) and by the workers' sweep of the heads hash
-(:meth:`ContactOrder.sweep`), whichever comes first; the next event goes on then. The sweep
-also moves on past heads already delivered or dead: a worker of an earlier
-release (during a rolling upgrade) settles an event without knowing of heads.
+(:meth:`ContactOrder.sweep`), whichever comes first; the next event goes on
+then. The sweep also moves on past heads already delivered or dead: a worker
+of an earlier release (during a rolling upgrade) settles an event without
+knowing of heads.
 
 Lists written before the heads hash existed hold their head themselves and
 all their events have stream entries: a contact without a heads field whose
@@ -33,6 +34,9 @@ it until it empties. No migration is needed.
 The rules are Lua (:data:`LUA`), run inside the scripts that write an event
 and settle it (:data:`PROCEDURES`, in the group commit) and that check it before
 sending (``order_check``, in the worker's take, and :meth:`ContactOrder.check`).
+The check and the sweep name an event's key and a contact's list from their
+prefixes inside Lua; every key carries the ``{relay}`` hash tag, so they are in
+the script's slot on Redis Cluster too.
 """
 
 from __future__ import annotations
