@@ -5,9 +5,7 @@ N contacts are queued for the ``fast`` webhook destination (no rate limit,
 bundled generator posts N copies of a request relay sent (same body, same
 headers) with the same concurrency. Both rates come from the upstream's own
 clock: (arrivals - 1) / (last arrival - first arrival), so process start-up
-counts for neither. Redis ``used_memory`` before the events are queued and after
-the worker is done gives what a delivered event keeps in Redis for the retention
-(its record with its attempt).
+counts for neither.
 """
 
 from __future__ import annotations
@@ -30,7 +28,6 @@ class DeliveryResult:
     relay_rate: float  #: events/s
     baseline_rate: float  #: requests/s
     worker_wall_s: float  #: from starting the worker process to its exit
-    kept_bytes: float  #: Redis used_memory per delivered event, kept for the retention
 
     @property
     def ratio(self) -> float:
@@ -44,7 +41,6 @@ class DeliveryResult:
             "baseline_requests_per_s": round(self.baseline_rate, 1),
             "ratio": round(self.ratio, 3),
             "worker_wall_s": round(self.worker_wall_s, 2),
-            "redis_bytes_per_delivered_event": round(self.kept_bytes, 1),
         }
 
 
@@ -58,7 +54,6 @@ def run_delivery(
     procs: Procs, stack: Stack, *, events: int, concurrency: int, profiler: Profiler
 ) -> DeliveryResult:
     stack.reset_upstream()
-    before = stack.used_memory()
     stack.enqueue_contacts("fast", events, tag=f"d{time.monotonic_ns()}-")
     started = time.monotonic()
     worker = procs.python(
@@ -75,7 +70,6 @@ def run_delivery(
     wall_s = time.monotonic() - started
     if code != 0:
         raise BenchError(f"relay worker --drain exited with {code}:\n{worker.log_tail()}")
-    kept = (stack.used_memory() - before) / events
     relay = stack.upstream_stats()
     if relay["unique"] != events:
         raise BenchError(f"the upstream got {relay['unique']} of {events} events")
@@ -100,5 +94,4 @@ def run_delivery(
         relay_rate=_rate(relay["times"]),
         baseline_rate=_rate(baseline["times"]),
         worker_wall_s=wall_s,
-        kept_bytes=kept,
     )

@@ -96,8 +96,6 @@ def delivery(r: DeliveryResult) -> tuple[list[str], list[Target]]:
         ),
         f"  rates from the upstream's clock, first to last arrival; the worker process "
         f"took {r.worker_wall_s:.1f} s from start to exit",
-        f"  Redis keeps {r.kept_bytes:,.0f} bytes per delivered event (its record and "
-        "attempt) for the retention",
     ]
     return lines, [
         Target("delivery events/s relay/baseline", f"{r.ratio:.2f}", ">= 0.70", r.ratio >= 0.7)

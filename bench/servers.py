@@ -339,12 +339,6 @@ class Stack:
                     raise BenchError(f"Redis still rewrote its AOF after {timeout_s:.0f} s")
                 time.sleep(0.1)
 
-    def used_memory(self) -> int:
-        """Redis ``used_memory`` now (after waiting out a rewrite: see wait_quiet)."""
-        self.wait_quiet()
-        with Redis(host="127.0.0.1", port=self.redis_port) as redis:
-            return int(redis.info("memory")["used_memory"])
-
     def upstream_stats(self) -> dict[str, Any]:
         status, body = http("GET", self.upstream_url("/_stats"))
         if status != 200:
