@@ -40,7 +40,10 @@ retry_schedule = [0.2]
 """
 
 
-async def enqueue(redis: Redis, count: int, *, tag: str = "") -> list[str]:
+async def enqueue(
+    redis: Redis, count: int = 0, *, tag: str = "", leads: list[Lead] | None = None
+) -> list[str]:
+    """Queue ``leads`` for convertr, in order (default: ``count`` different contacts)."""
     events = [
         NewEvent(
             id=new_event_id(),
@@ -48,10 +51,10 @@ async def enqueue(redis: Redis, count: int, *, tag: str = "") -> list[str]:
             mode="live",
             key_id="key_test",
             received_at=datetime.now(UTC),
-            payload=Lead(email=f"u{tag}{i}@example.com"),
+            payload=lead,
             destinations=("convertr",),
         )
-        for i in range(count)
+        for lead in leads or [Lead(email=f"u{tag}{i}@example.com") for i in range(count)]
     ]
     await EventStore(redis, retention_s=3600).enqueue(events)
     return [e.id for e in events]
@@ -114,6 +117,38 @@ async def test_kill_9_mid_delivery_loses_nothing(
     duplicates = len(delivered) - len(set(delivered))
     print(f"kill -9: {len(ids)} events, {len(delivered)} leads created, {duplicates} duplicates")
     assert len(set(delivered)) == len(ids)
+
+
+async def test_kill_9_with_contacts_waiting_behind_keeps_their_order(
+    tmp_path: Path, redis_server: RedisServer, redis: Redis
+) -> None:
+    # Each contact's later events wait parked behind the one in flight (relay.order):
+    # a worker killed then must leave them to come, in order, after the reclaim.
+    fields = '\n[destinations.convertr.fields]\nemail = "email"\ncompany = "company"\n'
+    async with FakeConvertr() as fake:
+        (tmp_path / "relay.toml").write_text(convertr_toml(fake, "timeout_s = 2") + fields)
+        env = clean_env(RELAY_REDIS_URL=redis_server.url, RELAY_CLAIM_AFTER_S="0.5")
+        fake.script(delay_s=1.5, times=3)  # the three heads are in flight when it dies
+        people = [f"p{n}@example.com" for n in range(3)]
+        leads = [Lead(email=who, company=str(seq)) for seq in range(4) for who in people]
+        ids = await enqueue(redis, leads=leads)
+        first = await start_worker(tmp_path, env, "--concurrency", "3")
+        for _ in range(200):
+            if len(fake.requests) == 3:
+                break
+            await asyncio.sleep(0.02)
+        assert len(fake.requests) == 3, "the first worker should have sent the three heads"
+        os.kill(first.pid, signal.SIGKILL)
+        await first.wait()
+        second = await start_worker(tmp_path, env, "--drain")
+        _, err = await asyncio.wait_for(second.communicate(), 60)
+        assert second.returncode == 0, err.decode()
+        sent = [(lead["fields"]["email"], lead["fields"]["company"]) for lead in fake.leads]
+    assert set(await statuses(redis, ids)) == {"delivered"}
+    for who in people:
+        seen = [seq for email, seq in sent if email == who]
+        # At least once: a head the killed worker had sent may come twice, never late.
+        assert list(dict.fromkeys(seen)) == ["0", "1", "2", "3"], (who, seen)
 
 
 async def test_delivery_resumes_after_redis_restarts(tmp_path: Path) -> None:
