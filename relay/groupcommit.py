@@ -145,7 +145,9 @@ class _Gathering(Generic[T, R]):
         self._pending.append((item, future))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
-        return await asyncio.shield(future)  # a cancelled caller must not cancel the group
+        # Each caller has a future of its own: a cancelled caller cancels only that one,
+        # never the group (its writes still go, as they would have with a shield).
+        return await future
 
     def _prepare(self, items: list[T]) -> tuple[int, Callable[[], Awaitable[list[R]]]]:
         """How many of the waiting ``items`` go in the next call, and that call (which
