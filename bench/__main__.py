@@ -38,7 +38,8 @@ sections:
   ingest     relay serve --no-worker vs a bare aiohttp server (orjson, 202), same lead,
              alternating rounds; req/s, p50, p99, non-2xx (targets: ratio >= 0.8,
              p99 <= 25 ms, 0 non-2xx). Load by wrk when on PATH, else a bundled
-             aiohttp generator; either runs in its own process.
+             aiohttp generator; either runs in its own process. relay serve
+             --workers N (--api-workers) takes its turn too, for what all cores reach.
   delivery   one relay worker --drain vs a bare aiohttp ClientSession loop, same
              upstream, same requests, same concurrency (target: ratio >= 0.7)
   ratelimit  several relay worker processes on one rate-limited destination: share of
@@ -75,6 +76,7 @@ class Plan:
     events: int
     use_wrk: bool
     profile_dir: Path | None
+    api_workers: int
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -116,6 +118,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--no-wrk", action="store_true", help="use the bundled load generator even if wrk is found"
+    )
+    parser.add_argument(
+        "--api-workers",
+        type=_positive_int,
+        default=2,
+        metavar="N",
+        help="also load relay serve --workers N in the ingest rounds (default 2; 1: skip it)",
     )
     parser.add_argument(
         "--deliveries",
@@ -217,6 +226,7 @@ def _plan(args: argparse.Namespace) -> Plan:
         events=pick(args.events, 200_000, 2000),
         use_wrk=not args.no_wrk,
         profile_dir=args.profile,
+        api_workers=args.api_workers,
     )
 
 
@@ -245,6 +255,7 @@ def _run(
             warmup_s=plan.warmup_s,
             use_wrk=plan.use_wrk,
             profiler=profiler,
+            api_workers=plan.api_workers,
         ),
         "delivery": lambda: run_delivery(
             procs, stack, events=plan.deliveries, concurrency=plan.concurrency, profiler=profiler
@@ -286,8 +297,8 @@ def _broken(results: dict[str, Any]) -> list[str]:
     """What went wrong beyond a missed target: bad answers, a limit exceeded."""
     problems = []
     if (ingest := results.get("ingest")) is not None:
-        for side in ("baseline", "relay"):
-            if bad := ingest[side]["non_2xx"] + ingest[side]["errors"]:
+        for side in ("baseline", "relay", "relay_multi"):
+            if side in ingest and (bad := ingest[side]["non_2xx"] + ingest[side]["errors"]):
                 problems.append(f"ingest: {bad} {side} requests were not answered 2xx")
     if (limited := results.get("ratelimit")) is not None:
         count = parse_rate_limit(limited["limit"]).count

@@ -3,6 +3,9 @@
 Both answer the same lead with the same headers at the same concurrency:
 baseline, relay, baseline, relay… so a slow moment of the machine hits both.
 Requests/s add up over the rounds; p50 is the rounds' median, p99 the worst round's.
+With ``api_workers`` > 1, a second ``relay serve --workers N --no-worker`` (N API
+processes on one port) takes its turn in each round too: the figure all cores
+reach, beside the one-process figure the target is about.
 """
 
 from __future__ import annotations
@@ -69,6 +72,8 @@ class IngestResult:
     relay: Side
     #: relay serve's RSS (KiB) before and after the rounds
     rss_kib: tuple[int, int]
+    #: relay serve --workers N (N, its rounds), when measured
+    multi: tuple[int, Side] | None = None
 
     @property
     def ratio(self) -> float:
@@ -84,6 +89,11 @@ class IngestResult:
             "relay": self.relay.to_dict(),
             "ratio": round(self.ratio, 3),
             "relay_rss_kib": list(self.rss_kib),
+            **(
+                {}
+                if self.multi is None
+                else {"relay_api_workers": self.multi[0], "relay_multi": self.multi[1].to_dict()}
+            ),
         }
 
 
@@ -97,6 +107,7 @@ def run_ingest(
     warmup_s: float,
     use_wrk: bool,
     profiler: Profiler,
+    api_workers: int,
 ) -> IngestResult:
     port = free_port()
     base = procs.python("baseline", "bench.apps", "ingest", "--port", str(port))
@@ -105,6 +116,17 @@ def run_ingest(
         "baseline": f"http://127.0.0.1:{port}/v1/leads",
         "relay": stack.url("/v1/leads"),
     }
+    multi = None
+    if api_workers > 1:
+        multi_port = free_port()
+        multi = procs.python(
+            "relay-serve-multi",
+            *("relay", "serve", "--no-worker", "--workers", str(api_workers)),
+            *("--host", "127.0.0.1", "--port", str(multi_port)),
+            env=stack.env,
+        )
+        procs.wait_http(multi, f"http://127.0.0.1:{multi_port}/readyz")
+        targets["multi"] = f"http://127.0.0.1:{multi_port}/v1/leads"
     headers = stack.auth
 
     def load(url: str, seconds: float) -> LoadResult:
@@ -118,13 +140,17 @@ def run_ingest(
         if warmup_s > 0:
             load(url, warmup_s)
     measured: dict[str, list[LoadResult]] = {name: [] for name in targets}
-    with profiler.attach(stack.serve, "ingest"):  # idle in the baseline's rounds: not sampled
+    with profiler.attach(stack.serve, "ingest"):  # idle in the others' rounds: not sampled
         for _ in range(rounds):
             for name, url in targets.items():
                 measured[name].append(load(url, round_s))
                 stack.serve.check_alive()
+                if multi is not None:
+                    multi.check_alive()
     rss_after = rss_kib(stack.serve.pid)
     procs.stop(base)
+    if multi is not None:
+        procs.stop(multi)
     return IngestResult(
         generator=measured["relay"][0].generator,
         loop=event_loop_name(),
@@ -133,4 +159,5 @@ def run_ingest(
         baseline=Side(measured["baseline"]),
         relay=Side(measured["relay"]),
         rss_kib=(rss_before, rss_after),
+        multi=None if multi is None else (api_workers, Side(measured["multi"])),
     )

@@ -42,6 +42,7 @@ def _mib(kib: int) -> str:
 
 def ingest(r: IngestResult) -> tuple[list[str], list[Target]]:
     rounds = len(r.relay.rounds)
+    multi = [] if r.multi is None else [(f"relay --workers {r.multi[0]}", r.multi[1])]  # N cores
     lines = [
         f"Ingest: POST /v1/leads, {r.connections} connections, {rounds} x {r.round_s:g} s "
         f"rounds each, alternating; load by {r.generator}; baseline on {r.loop}"
@@ -58,7 +59,7 @@ def ingest(r: IngestResult) -> tuple[list[str], list[Target]]:
                         str(s.non_2xx),
                         str(s.errors),
                     )
-                    for name, s in (("bare aiohttp", r.baseline), ("relay", r.relay))
+                    for name, s in (("bare aiohttp", r.baseline), ("relay", r.relay), *multi)
                 ),
                 ("relay/baseline", f"{r.ratio:.2f}", "", "", "", ""),
             ]
