@@ -45,7 +45,8 @@ sections:
   ratelimit  several relay worker processes on one rate-limited destination: share of
              the limit reached (target >= 98 %), worst window (never above the limit)
   memory     Redis bytes per queued event vs the lead's JSON (target <= 2x), and relay
-             serve's RSS at the start, middle and end of sustained ingest
+             serve's RSS at the start, middle and end of sustained ingest (a relay serve
+             of its own, on a Redis database of its own)
 
 Everything runs on 127.0.0.1: a redis-server (append-only file, everysec) in a
 temp dir, relay as subprocesses, the fake upstream and the baseline; all of it is

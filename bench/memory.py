@@ -1,10 +1,12 @@
 """Memory: Redis bytes per queued event, and relay's RSS under sustained ingest.
 
 N leads, each a different contact, are posted to ``/v1/leads`` in batches of
-500 by a few concurrent connections; nothing delivers them (``sink`` has no
-worker), so every one stays queued. Redis ``used_memory`` after minus before,
-divided by N, is compared with the bytes of one lead's JSON. relay serve's
-VmRSS is read before the load, when half the events are in, and at the end.
+500 by a few concurrent connections, to a relay serve of the section's own
+that keeps its data in a Redis database of its own (as a fresh Redis would);
+nothing delivers them (``sink`` has no worker), so every one stays queued.
+Redis ``used_memory`` after minus before, divided by N, is compared with the
+bytes of one lead's JSON. That relay serve's VmRSS is read before the load,
+when half the events are in, and at the end.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import orjson
 from redis import Redis
 
-from bench.servers import BATCH, BenchError, Stack, rss_kib
+from bench.servers import BATCH, Api, BenchError, Stack, rss_kib
 
 __all__ = ["MemoryResult", "run_memory"]
 
@@ -27,6 +29,11 @@ _POSTERS = 4
 _PHONE = "+14155550100"
 #: How often relay's RSS is read during the load.
 _SAMPLE_S = 0.2
+#: The Redis database the section's own relay serve uses: a keyspace of its own, so the
+#: figure does not depend on how many keys the earlier sections left (the keyspace's
+#: hash tables double as it grows, and one doubling more or less in the measured
+#: window moved the figure by 100 bytes an event).
+_DB = 1
 
 
 @dataclass(frozen=True)
@@ -83,15 +90,17 @@ def _per_event(before: int | None, after: int | None, events: int) -> float | No
 
 
 def run_memory(stack: Stack, *, events: int) -> MemoryResult:
-    redis = Redis(host="127.0.0.1", port=stack.redis_port)
+    api = stack.start_api("relay-serve-memory", db=_DB)
+    redis = Redis(host="127.0.0.1", port=stack.redis_port, db=_DB)
     try:
-        return _measure(stack, redis, events)
+        return _measure(stack, api, redis, events)
     finally:
         redis.close()
+        stack.procs.stop(api.proc)
 
 
-def _measure(stack: Stack, redis: Redis, events: int) -> MemoryResult:
-    pid = stack.serve.pid
+def _measure(stack: Stack, api: Api, redis: Redis, events: int) -> MemoryResult:
+    pid = api.proc.pid
     tag = f"m{time.monotonic_ns()}-"
     done = 0
     payload = 0
@@ -105,7 +114,7 @@ def _measure(stack: Stack, redis: Redis, events: int) -> MemoryResult:
             orjson.dumps({"email": f"{tag}{i}@example.com", "first_name": "Ann", "phone": _PHONE})
             for i in range(start, min(events, start + BATCH))
         ]
-        answer = stack.post("/v1/leads", b"[" + b",".join(items) + b"]")
+        answer = api.post("/v1/leads", b"[" + b",".join(items) + b"]")
         if len(answer.get("accepted", ())) != len(items):
             raise BenchError(f"relay did not queue every lead: {str(answer)[:300]}")
         with lock:
@@ -124,7 +133,7 @@ def _measure(stack: Stack, redis: Redis, events: int) -> MemoryResult:
     try:
         with ThreadPoolExecutor(_POSTERS) as pool:
             for _ in pool.map(post, range(0, events, BATCH)):
-                stack.serve.check_alive()
+                api.proc.check_alive()
     finally:
         finished.set()
         sampler.join()

@@ -215,6 +215,35 @@ events = [{events}]
 """
 
 
+@dataclass(frozen=True)
+class Api:
+    """One ``relay serve --no-worker`` and an API key of its own."""
+
+    proc: Proc
+    port: int
+    key: str
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"}
+
+    def post(self, path: str, body: bytes) -> dict[str, Any]:
+        """POST to relay; the JSON answer. BenchError unless 2xx."""
+        try:
+            status, answer = http("POST", self.url(path), body=body, headers=self.auth)
+        except OSError as exc:
+            raise BenchError(
+                f"POST {path}: {exc!r}; relay serve's log ends:\n{self.proc.log_tail()}"
+            ) from exc
+        if not 200 <= status < 300:
+            raise BenchError(f"POST {path}: {status} {answer[:300]!r}")
+        doc: dict[str, Any] = orjson.loads(answer)
+        return doc
+
+
 class Stack:
     """Redis (AOF, everysec), the fake upstream, ``relay serve --no-worker``, one key.
 
@@ -236,23 +265,33 @@ class Stack:
         procs.wait_http(self.upstream, self.upstream_url("/healthz"))
         self.toml = self._write_toml("relay.toml", "sink", "fast", "limited")
         self.env = self.relay_env(self.toml)
-        self.key = self._create_key()
-        self.port = free_port()
-        self.serve = procs.python(
-            "relay-serve",
-            "relay",
-            "serve",
-            "--no-worker",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            env=self.env,
+        self.api = self.start_api("relay-serve")
+
+    def start_api(self, name: str, *, db: int = 0) -> Api:
+        """A ``relay serve --no-worker`` on Redis database ``db`` (``db`` > 0: a keyspace
+        of its own, as fresh as a new Redis), with a key of its own."""
+        env = self.env | {"RELAY_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/{db}"}
+        key = self._create_key(env)
+        port = free_port()
+        proc = self.procs.python(
+            name,
+            *("relay", "serve", "--no-worker", "--host", "127.0.0.1", "--port", str(port)),
+            env=env,
         )
-        procs.wait_http(self.serve, self.url("/readyz"))
+        api = Api(proc, port, key)
+        self.procs.wait_http(proc, api.url("/readyz"))
+        return api
+
+    @property
+    def serve(self) -> Proc:
+        return self.api.proc
+
+    @property
+    def key(self) -> str:
+        return self.api.key
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return self.api.url(path)
 
     def upstream_url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.upstream_port}{path}"
@@ -281,13 +320,13 @@ class Stack:
         path.write_text("".join(tables[name] for name in names))
         return path
 
-    def _create_key(self) -> str:
+    def _create_key(self, env: dict[str, str]) -> str:
         argv = [sys.executable, "-m", "relay", "keys", "create", "--name", "bench"]
         argv += ["--scope", "write:leads", "--scope", "write:contacts", "--json"]
         done = subprocess.run(
             argv,
             cwd=self.procs.workdir,
-            env=self.env,
+            env=env,
             capture_output=True,
             timeout=60,
             check=False,
@@ -299,20 +338,10 @@ class Stack:
 
     @property
     def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"}
+        return self.api.auth
 
     def post(self, path: str, body: bytes) -> dict[str, Any]:
-        """POST to relay; the JSON answer. BenchError unless 2xx."""
-        try:
-            status, answer = http("POST", self.url(path), body=body, headers=self.auth)
-        except OSError as exc:
-            raise BenchError(
-                f"POST {path}: {exc!r}; relay serve's log ends:\n{self.serve.log_tail()}"
-            ) from exc
-        if not 200 <= status < 300:
-            raise BenchError(f"POST {path}: {status} {answer[:300]!r}")
-        doc: dict[str, Any] = orjson.loads(answer)
-        return doc
+        return self.api.post(path, body)
 
     def enqueue_contacts(self, destination: str, count: int, *, tag: str) -> None:
         """Queue ``count`` contacts (one contact each) for ``destination`` through the API."""
