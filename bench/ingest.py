@@ -112,45 +112,37 @@ def run_ingest(
     port = free_port()
     base = procs.python("baseline", "bench.apps", "ingest", "--port", str(port))
     procs.wait_http(base, f"http://127.0.0.1:{port}/healthz")
-    targets = {
-        "baseline": f"http://127.0.0.1:{port}/v1/leads",
-        "relay": stack.url("/v1/leads"),
-    }
-    multi = None
+    apis = {"relay": stack.api}
     if api_workers > 1:
-        multi_port = free_port()
-        multi = procs.python(
-            "relay-serve-multi",
-            *("relay", "serve", "--no-worker", "--workers", str(api_workers)),
-            *("--host", "127.0.0.1", "--port", str(multi_port)),
-            env=stack.env,
-        )
-        procs.wait_http(multi, f"http://127.0.0.1:{multi_port}/readyz")
-        targets["multi"] = f"http://127.0.0.1:{multi_port}/v1/leads"
-    headers = stack.auth
+        apis["multi"] = stack.start_api("relay-serve-multi", "--workers", str(api_workers))
+    # The baseline gets relay's headers too: the same bytes on the wire.
+    targets = {
+        "baseline": (f"http://127.0.0.1:{port}/v1/leads", stack.auth),
+        **{name: (api.url("/v1/leads"), api.auth) for name, api in apis.items()},
+    }
 
-    def load(url: str, seconds: float) -> LoadResult:
+    def load(target: tuple[str, dict[str, str]], seconds: float) -> LoadResult:
+        url, headers = target
         return run_load(
             procs, url, LEAD, headers, connections=connections, duration_s=seconds,
             use_wrk=use_wrk,
         )  # fmt: skip
 
     rss_before = rss_kib(stack.serve.pid)
-    for url in targets.values():
+    for target in targets.values():
         if warmup_s > 0:
-            load(url, warmup_s)
+            load(target, warmup_s)
     measured: dict[str, list[LoadResult]] = {name: [] for name in targets}
     with profiler.attach(stack.serve, "ingest"):  # idle in the others' rounds: not sampled
         for _ in range(rounds):
-            for name, url in targets.items():
-                measured[name].append(load(url, round_s))
-                stack.serve.check_alive()
-                if multi is not None:
-                    multi.check_alive()
+            for name, target in targets.items():
+                measured[name].append(load(target, round_s))
+                for api in apis.values():
+                    api.proc.check_alive()
     rss_after = rss_kib(stack.serve.pid)
     procs.stop(base)
-    if multi is not None:
-        procs.stop(multi)
+    if "multi" in apis:
+        procs.stop(apis["multi"].proc)
     return IngestResult(
         generator=measured["relay"][0].generator,
         loop=event_loop_name(),
@@ -159,5 +151,5 @@ def run_ingest(
         baseline=Side(measured["baseline"]),
         relay=Side(measured["relay"]),
         rss_kib=(rss_before, rss_after),
-        multi=None if multi is None else (api_workers, Side(measured["multi"])),
+        multi=(api_workers, Side(measured["multi"])) if "multi" in apis else None,
     )

@@ -267,15 +267,16 @@ class Stack:
         self.env = self.relay_env(self.toml)
         self.api = self.start_api("relay-serve")
 
-    def start_api(self, name: str, *, db: int = 0) -> Api:
-        """A ``relay serve --no-worker`` on Redis database ``db`` (``db`` > 0: a keyspace
-        of its own, as fresh as a new Redis), with a key of its own."""
+    def start_api(self, name: str, *flags: str, db: int = 0) -> Api:
+        """A ``relay serve --no-worker [flags]`` on Redis database ``db`` (``db`` > 0: a
+        keyspace of its own, as fresh as a new Redis), with a key of its own."""
         env = self.env | {"RELAY_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/{db}"}
         key = self._create_key(env)
         port = free_port()
         proc = self.procs.python(
             name,
-            *("relay", "serve", "--no-worker", "--host", "127.0.0.1", "--port", str(port)),
+            *("relay", "serve", "--no-worker", *flags),
+            *("--host", "127.0.0.1", "--port", str(port)),
             env=env,
         )
         api = Api(proc, port, key)
