@@ -3,29 +3,19 @@ those an earlier release kept in a list of their own are still shown. Real Redis
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import orjson
 from redis.asyncio import Redis
 
 from relay import redis_keys
-from relay.ids import new_event_id
-from relay.models import Contact, DeliveryStatus
+from relay.models import DeliveryStatus
 from relay.queue import DeliveryQueue, Entry
 from relay.store import EventStore, NewEvent
+from tests.events import new_lead
 
 
 async def _queued(redis: Redis, *destinations: str) -> tuple[EventStore, NewEvent]:
     store = EventStore(redis, retention_s=60)
-    event = NewEvent(
-        id=new_event_id(),
-        type="lead",
-        mode="live",
-        key_id="key_test",
-        received_at=datetime.now(UTC),
-        payload=Contact(email="ann@example.com"),
-        destinations=destinations,
-    )
+    event = new_lead("ann@example.com", *destinations)
     await store.enqueue([event])
     return store, event
 

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,9 @@ import pytest
 from redis.asyncio import Redis
 
 from relay.connect import redis_client
-from relay.ids import new_event_id
 from relay.models import Lead
-from relay.store import EventStore, NewEvent
+from relay.store import EventStore
+from tests.events import new_lead
 from tests.fakes import CONVERTR_API_KEY, FakeConvertr
 from tests.procs import Serve, clean_env, http, relay
 from tests.redis_server import RedisServer
@@ -45,15 +44,7 @@ async def enqueue(
 ) -> list[str]:
     """Queue ``leads`` for convertr, in order (default: ``count`` different contacts)."""
     events = [
-        NewEvent(
-            id=new_event_id(),
-            type="lead",
-            mode="live",
-            key_id="key_test",
-            received_at=datetime.now(UTC),
-            payload=lead,
-            destinations=("convertr",),
-        )
+        new_lead("", "convertr", payload=lead)
         for lead in leads or [Lead(email=f"u{tag}{i}@example.com") for i in range(count)]
     ]
     await EventStore(redis, retention_s=3600).enqueue(events)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import pytest
 from redis.asyncio import Redis
@@ -14,21 +13,12 @@ from redis.exceptions import ResponseError
 from relay import redis_keys
 from relay.errors import StoreUnavailable
 from relay.groupcommit import Batch, GroupCall, GroupCommit
-from relay.ids import new_event_id
-from relay.models import Lead
 from relay.store import EventStore, NewEvent
+from tests.events import new_lead
 
 
 def lead(i: int) -> NewEvent:
-    return NewEvent(
-        id=new_event_id(),
-        type="lead",
-        mode="live",
-        key_id="key_t",
-        received_at=datetime.now(UTC),
-        payload=Lead(email=f"p{i}@example.com"),
-        destinations=("crm",),
-    )
+    return new_lead(f"p{i}@example.com", "crm")
 
 
 async def test_concurrent_enqueues_share_round_trips_and_all_land(redis: Redis) -> None:

@@ -5,39 +5,27 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import pytest
 from redis.asyncio import Redis
 
 from relay import redis_keys
 from relay.ids import new_event_id
-from relay.models import Contact, DeliveryStatus
+from relay.models import DeliveryStatus
 from relay.order import PARKED_FIELD, ContactOrder
 from relay.queue import DeliveryQueue, Entry
 from relay.settings import Settings
 from relay.store import EventStore, NewEvent, contact_key
 from relay.worker import Worker
+from tests.events import new_lead
 from tests.fakes import FakeReceiver
 
 DEST = "crm"
 _TAKE = {"max_in_flight": 16, "holder": "w1", "ttl_ms": 10_000}
 
 
-def _event(email: str) -> NewEvent:
-    return NewEvent(
-        id=new_event_id(),
-        type="lead",
-        mode="live",
-        key_id="key_test",
-        received_at=datetime.now(UTC),
-        payload=Contact(email=email),
-        destinations=(DEST,),
-    )
-
-
 async def _enqueue(redis: Redis, *emails: str) -> list[NewEvent]:
-    events = [_event(email) for email in emails]
+    events = [new_lead(email, DEST) for email in emails]
     await DeliveryQueue(redis, retention_s=60).ensure_group(DEST)
     await EventStore(redis, retention_s=60).enqueue(events)
     return events
