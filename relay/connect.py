@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError, RedisError
-from redis.retry import Retry
 
 from relay.embedded import COMPACT_HASH_VALUE, EmbeddedRedis
 from relay.errors import StoreUnavailable
@@ -28,7 +28,7 @@ RECONNECT_RETRIES = 4
 try:
     from redis.connection import HiredisRespSerializer
 
-    _HIREDIS: HiredisRespSerializer | None = HiredisRespSerializer()
+    _HIREDIS: HiredisRespSerializer | None = HiredisRespSerializer()  # type: ignore[no-untyped-call,unused-ignore]
 except ImportError:  # redis-py without hiredis: its own Python packing
     _HIREDIS = None
 

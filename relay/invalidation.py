@@ -52,5 +52,5 @@ async def listen(
         finally:
             on_down()
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
         await asyncio.sleep(_RESUBSCRIBE_S)

@@ -39,7 +39,7 @@ async def test_attempts_live_in_the_event_hash_and_show_in_order(redis: Redis) -
     await _attempt(redis, "crm", event.id, 503, "retrying")
     await _attempt(redis, "crm", event.id, 200, "delivered")
     raw = await redis.hgetall(redis_keys.event(event.id))
-    assert sorted(f for f in raw if f.startswith("a:")) == [
+    assert sorted(str(f) for f in raw if str(f).startswith("a:")) == [
         "a:crm:1", "a:crm:2", "a:crm:3", "a:sheet:1"
     ]  # fmt: skip
     assert raw["n:crm"] == "3"

@@ -381,8 +381,8 @@ async def test_redirects_are_not_followed(
     assert len(other_receiver.requests) == 1  # and not retried
     dead = await redis.zrange(redis_keys.dead(redis_keys.NOTIFICATIONS), 0, -1)
     assert len(dead) == 1
-    attempts = await redis.hmget(redis_keys.event(dead[0]), f"a:{redis_keys.NOTIFICATIONS}:1")
-    assert "redirects are not followed" in attempts[0]
+    attempts = await redis.hmget(redis_keys.event(str(dead[0])), f"a:{redis_keys.NOTIFICATIONS}:1")
+    assert "redirects are not followed" in str(attempts[0])
 
 
 async def test_guard_applies_again_when_sending(
@@ -407,9 +407,9 @@ async def test_guard_applies_again_when_sending(
     await drain(strict, redis)
     assert [r.path for r in receiver.requests] == ["/crm"]  # the delivery, no notification
     dead = await redis.zrange(redis_keys.dead(redis_keys.NOTIFICATIONS), 0, -1)
-    attempts = await redis.hmget(redis_keys.event(dead[0]), f"a:{redis_keys.NOTIFICATIONS}:1")
-    assert "target_refused" in attempts[0]
-    assert "loopback" in attempts[0]
+    attempts = await redis.hmget(redis_keys.event(str(dead[0])), f"a:{redis_keys.NOTIFICATIONS}:1")
+    assert "target_refused" in str(attempts[0])
+    assert "loopback" in str(attempts[0])
 
 
 async def test_notifications_retry_like_deliveries(

@@ -63,7 +63,7 @@ async def test_lead_is_stored_before_the_answer(
         "traits": {"utm_source": "ads"},
     }
     for dest in ("conveyour", "convertr"):
-        entries = await redis.xrange(redis_keys.queue(dest))
+        entries: Any = await redis.xrange(redis_keys.queue(dest))
         assert [e[1]["e"] for e in entries] == [body["id"]]
     assert await redis.ttl(redis_keys.event(body["id"])) > 6 * 86400
 

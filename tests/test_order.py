@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -21,7 +22,7 @@ from tests.events import new_lead
 from tests.fakes import FakeReceiver
 
 DEST = "crm"
-_TAKE = {"max_in_flight": 16, "holder": "w1", "ttl_ms": 10_000}
+_TAKE: dict[str, Any] = {"max_in_flight": 16, "holder": "w1", "ttl_ms": 10_000}
 
 
 async def _enqueue(redis: Redis, *emails: str) -> list[NewEvent]:

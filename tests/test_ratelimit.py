@@ -155,21 +155,23 @@ async def test_a_request_in_flight_counts_until_a_period_after_its_answer(
     # period after its answer, the latest it can have arrived, not after its admission.
     limiter = RateLimiter(redis)
     limit = RateLimit(2, 1.0)
-    hold = {"hold_ms": 30_000}
-    assert await limiter.acquire(DEST, limit, request_id="a", now_ms=T0, **hold) == 0.0
-    assert await limiter.acquire(DEST, limit, request_id="b", now_ms=T0 + 10, **hold) == 0.0
+    hold = 30_000
+    assert await limiter.acquire(DEST, limit, request_id="a", now_ms=T0, hold_ms=hold) == 0.0
+    assert await limiter.acquire(DEST, limit, request_id="b", now_ms=T0 + 10, hold_ms=hold) == 0.0
     # Long after both admissions, both still in flight: full, ask again shortly.
-    assert await limiter.acquire(DEST, limit, now_ms=T0 + 5_000, **hold) == FULL_POLL_S
+    assert await limiter.acquire(DEST, limit, now_ms=T0 + 5_000, hold_ms=hold) == FULL_POLL_S
     await limiter.answered(DEST, ["a"], now_ms=T0 + 5_100)
     # "a" reached the upstream at the latest at +5.1 s: its slot frees at +6.1 s.
-    assert await limiter.acquire(DEST, limit, now_ms=T0 + 6_000, **hold) == 0.1
-    assert await limiter.acquire(DEST, limit, request_id="c", now_ms=T0 + 6_100, **hold) == 0.0
+    assert await limiter.acquire(DEST, limit, now_ms=T0 + 6_000, hold_ms=hold) == 0.1
+    assert (
+        await limiter.acquire(DEST, limit, request_id="c", now_ms=T0 + 6_100, hold_ms=hold) == 0.0
+    )
     # Answering an id that already left the log (or never was in it) adds nothing.
     await limiter.answered(DEST, ["a", "never"], now_ms=T0 + 6_200)
     assert await redis.zcard(redis_keys.rate(DEST)) == 2  # b and c, both in flight
     # A worker that died mid-request: its entry ages out a period after its hold.
-    assert await limiter.acquire(DEST, limit, now_ms=T0 + 31_009, **hold) == 0.001
-    assert await limiter.acquire(DEST, limit, now_ms=T0 + 31_010, **hold) == 0.0
+    assert await limiter.acquire(DEST, limit, now_ms=T0 + 31_009, hold_ms=hold) == 0.001
+    assert await limiter.acquire(DEST, limit, now_ms=T0 + 31_010, hold_ms=hold) == 0.0
 
 
 async def test_pause_holds_every_worker_and_keeps_the_later(
