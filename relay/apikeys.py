@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import orjson
 
-from relay.errors import FieldError, ValidationFailed
+from relay.errors import FieldError, Forbidden, ValidationFailed
 from relay.ids import random_base62
 from relay.models import SCOPES, ApiKeyInfo, CreatedKey, KeyCreate, Me
 from relay.settings import parse_rate_limit
@@ -29,6 +29,7 @@ __all__ = [
     "KeyRecord",
     "broader_fields",
     "check_key_request",
+    "check_reach",
     "check_scopes",
     "digest",
     "new_key",
@@ -197,6 +198,24 @@ def broader_fields(
                 )
             )
     return out
+
+
+def check_reach(holder: KeyRecord, args: Mapping[str, Any]) -> None:
+    """Forbidden, naming each field, unless ``holder`` may create the key of ``args``
+    (what :func:`check_key_request` returned)."""
+    broader = broader_fields(
+        holder,
+        scopes=args["scopes"],
+        destinations=args["destinations"],
+        mode=args["mode"],
+        expires_at=args["expires_at"],
+        rate_limit=args["rate_limit"],
+    )
+    if broader:
+        errors: list[FieldError] = [{"loc": ["body", f], "msg": why} for f, why in broader]
+        raise Forbidden(
+            f"the new key would be broader than this key: {broader[0][1]}", errors=errors
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -253,3 +253,15 @@ async def test_a_restricted_admin_replays_only_its_destinations(
     assert await replayed.json() == {"replayed": 1}
     assert await _dead_ids(redis, "convertr") == set()
     assert await _dead_ids(redis, "conveyour") == {both, other}
+
+
+async def test_openapi_says_how_far_a_restricted_admin_reaches(client: Client) -> None:
+    paths = (await (await client.get("/openapi.json")).json())["paths"]
+    assert "never creates a key broader than itself" in paths["/v1/keys"]["post"]["description"]
+    assert "within the calling key's reach" in paths["/v1/keys"]["get"]["summary"]
+    revoke = paths["/v1/keys/{id}"]["delete"]["description"]
+    assert "cannot revoke an unrestricted admin's key (403)" in revoke
+    replay = paths["/v1/dead-letters/replay"]["post"]["description"]
+    assert "the replay is limited to them" in replay
+    assert "naming a destination it may not use is 403" in replay
+    assert "lists only their dead letters" in paths["/v1/dead-letters"]["get"]["description"]

@@ -13,8 +13,8 @@ from relay.api.body import read_model
 from relay.api.problems import json_response
 from relay.api.routing import ANY_KEY, routes
 from relay.api.state import API_KEY, KEYS, SETTINGS
-from relay.apikeys import broader_fields, check_key_request
-from relay.errors import FieldError, Forbidden
+from relay.apikeys import check_key_request, check_reach
+from relay.errors import Forbidden
 from relay.models import ApiKeyInfo, CreatedKey, KeyCreate, Me, Problem
 
 __all__: list[str] = []
@@ -64,19 +64,7 @@ async def post_key(request: web.Request) -> web.Response:
     """
     body = await read_model(request, KeyCreate)
     args = check_key_request(body, known_destinations=request.app[SETTINGS].destinations)
-    broader = broader_fields(
-        request[API_KEY],
-        scopes=args["scopes"],
-        destinations=args["destinations"],
-        mode=args["mode"],
-        expires_at=args["expires_at"],
-        rate_limit=args["rate_limit"],
-    )
-    if broader:
-        errors: list[FieldError] = [{"loc": ["body", f], "msg": why} for f, why in broader]
-        raise Forbidden(
-            f"the new key would be broader than this key: {broader[0][1]}", errors=errors
-        )
+    check_reach(request[API_KEY], args)
     record, key = await request.app[KEYS].create(**args)
     return json_response(record.created(key).model_dump(mode="json"), status=201)
 
