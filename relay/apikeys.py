@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import orjson
 
-from relay.errors import FieldError, ValidationFailed
+from relay.errors import FieldError, Forbidden, ValidationFailed
 from relay.ids import random_base62
 from relay.models import SCOPES, ApiKeyInfo, CreatedKey, KeyCreate, Me
 from relay.settings import parse_rate_limit
@@ -27,7 +27,9 @@ __all__ = [
     "KEY_RE",
     "PREFIX_LENGTH",
     "KeyRecord",
+    "broader_fields",
     "check_key_request",
+    "check_reach",
     "check_scopes",
     "digest",
     "new_key",
@@ -137,6 +139,85 @@ def check_key_request(
     return out
 
 
+def broader_fields(
+    holder: KeyRecord,
+    *,
+    scopes: Collection[str],
+    destinations: Collection[str],
+    mode: KeyMode,
+    expires_at: datetime | None,
+    rate_limit: str | None,
+) -> list[tuple[str, str]]:
+    """How a key with these attributes would be broader than ``holder``:
+    ``(field, why)`` pairs, none when it is within the holder's reach.
+
+    A key may create, list and revoke only keys within its reach, so a restricted
+    admin cannot mint (or remove) a key that does more than it may. ``admin``
+    counts as every scope: an admin key can already mint a key with any scope.
+    A per-key rate limit is no broader when its count and its rate are both at
+    most the holder's (limits are per key: they do not add up to the holder's).
+    """
+    out: list[tuple[str, str]] = []
+    granted = SCOPES if "admin" in holder.scopes else holder.scopes
+    if extra := [s for s in scopes if s not in granted]:
+        out.append(("scopes", f"this key cannot grant {', '.join(extra)}, which it lacks"))
+    allowed = holder.destinations
+    if allowed and (not destinations or not set(destinations) <= set(allowed)):
+        name = f"{', '.join(d for d in destinations if d not in allowed)}" or "every destination"
+        out.append(
+            (
+                "destinations",
+                f"this key may use only {', '.join(allowed)}, not {name}: name some of those "
+                "(an empty list means every destination)",
+            )
+        )
+    if holder.mode == "test" and mode != "test":
+        out.append(("mode", "a test-mode key cannot make live keys"))
+    if holder.expires_at is not None and (expires_at is None or expires_at > holder.expires_at):
+        when = "never" if expires_at is None else expires_at.isoformat()
+        out.append(
+            (
+                "expires",
+                f"this key expires at {holder.expires_at.isoformat()}; a key it makes must "
+                f"expire by then, not {when}",
+            )
+        )
+    if holder.rate_limit is not None:
+        mine = parse_rate_limit(holder.rate_limit)
+        theirs = parse_rate_limit(rate_limit) if rate_limit else None
+        if (
+            theirs is None
+            or theirs.count > mine.count
+            or theirs.count / theirs.period_s > mine.count / mine.period_s
+        ):
+            out.append(
+                (
+                    "rate_limit",
+                    f"this key is limited to {mine}; a key it makes needs a limit within "
+                    f"that, not {theirs or 'none'}",
+                )
+            )
+    return out
+
+
+def check_reach(holder: KeyRecord, args: Mapping[str, Any]) -> None:
+    """Forbidden, naming each field, unless ``holder`` may create the key of ``args``
+    (what :func:`check_key_request` returned)."""
+    broader = broader_fields(
+        holder,
+        scopes=args["scopes"],
+        destinations=args["destinations"],
+        mode=args["mode"],
+        expires_at=args["expires_at"],
+        rate_limit=args["rate_limit"],
+    )
+    if broader:
+        errors: list[FieldError] = [{"loc": ["body", f], "msg": why} for f, why in broader]
+        raise Forbidden(
+            f"the new key would be broader than this key: {broader[0][1]}", errors=errors
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class KeyRecord:
     """What relay keeps of a key: everything but the key."""
@@ -167,6 +248,21 @@ class KeyRecord:
         if self.expires_at is not None and self.expires_at <= (now or datetime.now(UTC)):
             return "expired"
         return "active"
+
+    def reaches(self, other: KeyRecord) -> bool:
+        """Whether ``other`` is within this key's reach (see :func:`broader_fields`)."""
+        return not self.broader_fields_of(other)
+
+    def broader_fields_of(self, other: KeyRecord) -> list[tuple[str, str]]:
+        """How ``other`` is broader than this key (:func:`broader_fields`)."""
+        return broader_fields(
+            self,
+            scopes=other.scopes,
+            destinations=other.destinations,
+            mode=other.mode,
+            expires_at=other.expires_at,
+            rate_limit=other.rate_limit,
+        )
 
     def may_use(self, destination: str) -> bool:
         """Whether this key may send to a destination (an empty list allows all)."""

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 from standardwebhooks.webhooks import Webhook
@@ -133,6 +134,27 @@ async def test_unknown_event_is_422_naming_the_field(client: Client, make_key: A
         ("http://192.168.0.10/hook", "private"),
         ("http://169.254.169.254/latest/meta-data/", "link-local"),
         ("http://[::ffff:127.0.0.1]/hook", "loopback"),
+        # IPv6 forms that carry an IPv4 address: judged by that address.
+        ("http://[64:ff9b::a00:1]/", "IPv6 form of 10.0.0.1, a private"),
+        ("http://[64:ff9b::a9fe:a9fe]/", "IPv6 form of 169.254.169.254, a link-local"),
+        ("http://[64:ff9b::7f00:1]/", "IPv6 form of 127.0.0.1, a loopback"),
+        ("http://[64:ff9b:1::a9fe:a9fe]/", "local-use NAT64"),
+        ("http://[::7f00:1]/", "IPv6 form of 127.0.0.1, a loopback"),
+        ("http://[::127.0.0.1]/", "IPv6 form of 127.0.0.1, a loopback"),
+        ("http://[::ffff:0:a00:1]/", "IPv6 form of 10.0.0.1, a private"),
+        ("http://[2002:a9fe:a9fe::1]/", "IPv6 form of 169.254.169.254"),
+        ("http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/", "IPv6 form of 127.0.0.1"),
+        ("http://0.0.0.0/hook", "unspecified"),
+        ("http://[::]/hook", "unspecified"),
+        # Hosts that are IPv4 addresses written as numbers.
+        ("http://2130706433/", "2130706433 means 127.0.0.1, a loopback"),
+        ("http://0x7f.1/", "0x7f.1 means 127.0.0.1, a loopback"),
+        ("http://127.1/", "127.1 means 127.0.0.1, a loopback"),
+        ("http://0177.0.0.1/", "0177.0.0.1 means 127.0.0.1, a loopback"),
+        ("http://0xa9.0xfe.0xa9.0xfe/", "means 169.254.169.254, a link-local"),
+        ("http://127.0.0.1./", "means 127.0.0.1, a loopback"),
+        ("http://0x08080808/", "non-standard form: write it as 8.8.8.8"),
+        ("http://1.2.3.256/", "1.2.3.256 is not a valid IPv4 address"),
         ("http://224.0.0.1/hook", "multicast"),
         ("http://localhost/hook", "localhost resolves to"),
         ("ftp://93.184.216.34/hook", "only http and https"),
@@ -199,6 +221,63 @@ async def test_check_target_unit() -> None:
     with pytest.raises(TargetRefused, match=re.escape("169.254.169.254, a link-local")) as info:
         await check_target("http://rebound.example.com/", allow_private=False, resolve=to_metadata)
     assert not isinstance(info.value, TargetUnresolved)
+
+
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("64:ff9b::a00:1", "10.0.0.1, a private address"),
+        ("64:ff9b::a9fe:a9fe", "169.254.169.254, a link-local address"),
+        ("64:ff9b::7f00:1", "127.0.0.1, a loopback address"),
+        ("64:ff9b:1::a9fe:a9fe", "local-use NAT64"),
+        ("64:ff9b:1:fffe::7f00:1", "local-use NAT64"),
+        ("::7f00:1", "127.0.0.1, a loopback address"),
+        ("::a9fe:a9fe", "169.254.169.254, a link-local address"),
+        ("::ffff:10.0.0.1", "10.0.0.1, a private address"),
+        ("::ffff:0:7f00:1", "127.0.0.1, a loopback address"),
+        ("2002:7f00:1::", "127.0.0.1, a loopback address"),
+        ("2001:0:4136:e378:8000:63bf:80ff:fffe", "127.0.0.1, a loopback address"),
+        ("::", "unspecified"),
+        ("0.0.0.0", "unspecified"),  # noqa: S104 (a target refused, not a bind)
+    ],
+)
+async def test_send_time_check_judges_the_ipv4_inside_ipv6(address: str, why: str) -> None:
+    # What the worker runs before each notification (relay.notify), as a function:
+    # the literal, and a name that now resolves to it (DNS rebinding).
+    host = f"[{address}]" if ":" in address else address
+    with pytest.raises(TargetRefused, match=re.escape(why)):
+        await check_target(f"http://{host}/hook", allow_private=False)
+
+    async def rebound(host: str, port: int, **_: Any) -> list[tuple[Any, ...]]:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        return [(family, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    with pytest.raises(TargetRefused, match=re.escape(why)):
+        await check_target("http://hooks.example.com/", allow_private=False, resolve=rebound)
+
+    class Inner(AbstractResolver):
+        async def resolve(
+            self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+        ) -> list[ResolveResult]:
+            return [
+                ResolveResult(
+                    hostname=host, host=address, port=port, family=family, proto=6, flags=0
+                )
+            ]
+
+        async def close(self) -> None:
+            pass
+
+    with pytest.raises(OSError, match="not a public address"):
+        await GuardedResolver(Inner()).resolve("hooks.example.com", 443)
+
+
+@pytest.mark.parametrize(
+    "address", ["64:ff9b::808:808", "2002:808:808::1", "::ffff:8.8.8.8", "2606:4700::1111"]
+)
+async def test_ipv6_forms_of_public_addresses_pass(address: str) -> None:
+    # No request is made: the check is about the literal only.
+    await check_target(f"https://[{address}]/hook", allow_private=False)
 
 
 async def test_another_process_sees_a_new_subscription_at_once(redis: Redis) -> None:

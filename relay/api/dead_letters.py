@@ -1,4 +1,7 @@
-"""Dead letters over HTTP: ``GET /v1/dead-letters``, ``POST /v1/dead-letters/replay`` (admin)."""
+"""Dead letters over HTTP: ``GET /v1/dead-letters``, ``POST /v1/dead-letters/replay`` (admin).
+
+An admin key restricted to some destinations sees and replays only theirs.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from relay.api.body import read_model
 from relay.api.problems import json_response
 from relay.api.routing import QueryParam, routes
-from relay.api.state import REDIS, SETTINGS
-from relay.errors import ValidationFailed
+from relay.api.state import API_KEY, REDIS, SETTINGS
+from relay.errors import Forbidden, ValidationFailed
 from relay.models import Problem
 from relay.queue import DeliveryQueue
 
@@ -38,19 +41,29 @@ class Replayed(BaseModel):
 
 _AUTH = {
     401: ("Missing, unknown, expired or revoked key", Problem),
-    403: ("The key lacks the admin scope", Problem),
+    403: ("The key lacks the admin scope, or may not use the destination named", Problem),
 }
 
 
-def _destinations(request: web.Request, only: str | None) -> list[str]:
+def _destinations(request: web.Request, only: str | None, *, where: str) -> list[str]:
+    """The destinations to act on: ``only`` or every one, among those the key may use."""
     known = list(request.app[SETTINGS].destinations)
+    key = request[API_KEY]
     if only is None:
-        return known
+        return [d for d in known if key.may_use(d)]
     if only not in known:
         raise ValidationFailed(
             f"unknown destination {only!r}",
-            errors=[{"loc": ["destination"], "msg": f"configured: {', '.join(known) or 'none'}"}],
+            errors=[
+                {"loc": [where, "destination"], "msg": f"configured: {', '.join(known) or 'none'}"}
+            ],
         )
+    if not key.may_use(only):
+        msg = (
+            f"API key {key.prefix}… may not use destination {only!r} "
+            f"(it may use: {', '.join(key.destinations)})"
+        )
+        raise Forbidden(msg, errors=[{"loc": [where, "destination"], "msg": msg}])
     return [only]
 
 
@@ -68,11 +81,13 @@ def _destinations(request: web.Request, only: str | None) -> list[str]:
     tag="dead-letters",
 )
 async def list_dead_letters(request: web.Request) -> web.Response:
+    """A key restricted to some destinations lists only their dead letters; naming
+    another destination is 403."""
     settings = request.app[SETTINGS]
     queue = DeliveryQueue(request.app[REDIS], retention_s=settings.retention_s)
     rows = [
         DeadLetter(destination=dest, event_id=event_id, dead_at=at).model_dump()
-        for dest in _destinations(request, request.query.get("destination"))
+        for dest in _destinations(request, request.query.get("destination"), where="query")
         for event_id, at in await queue.dead_letters(dest)
     ]
     return json_response(rows)
@@ -93,6 +108,12 @@ async def list_dead_letters(request: web.Request) -> web.Response:
     tag="dead-letters",
 )
 async def replay_dead_letters(request: web.Request) -> web.Response:
+    """``all`` or ``event_ids``, of ``destination`` or of every destination. A key
+    restricted to some destinations replays only their dead letters: without
+    ``destination`` (``all`` or ``event_ids``) the replay is limited to them, and
+    an event that is dead only at another destination is not replayed (``replayed``
+    counts what was); naming a destination it may not use is 403.
+    """
     body = await read_model(request, ReplayRequest)
     if not body.all and not body.event_ids:
         raise ValidationFailed(
@@ -102,6 +123,6 @@ async def replay_dead_letters(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     queue = DeliveryQueue(request.app[REDIS], retention_s=settings.retention_s)
     total = 0
-    for dest in _destinations(request, body.destination):
+    for dest in _destinations(request, body.destination, where="body"):
         total += await queue.replay(dest, None if body.all else body.event_ids)
     return json_response(Replayed(replayed=total).model_dump())

@@ -1,4 +1,9 @@
-"""Keys over HTTP: ``/v1/me`` for any key, ``/v1/keys`` for admin keys."""
+"""Keys over HTTP: ``/v1/me`` for any key, ``/v1/keys`` for admin keys.
+
+An admin key creates, lists and revokes only keys within its reach
+(:func:`relay.apikeys.broader_fields`): a key restricted to some destinations,
+in test mode, expiring or rate-limited cannot make or remove a broader one.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ from relay.api.body import read_model
 from relay.api.problems import json_response
 from relay.api.routing import ANY_KEY, routes
 from relay.api.state import API_KEY, KEYS, SETTINGS
-from relay.apikeys import check_key_request
+from relay.apikeys import check_key_request, check_reach
+from relay.errors import Forbidden
 from relay.models import ApiKeyInfo, CreatedKey, KeyCreate, Me, Problem
 
 __all__: list[str] = []
@@ -17,6 +23,7 @@ _AUTH_ERRORS = {
     401: ("Missing, unknown, expired or revoked key", Problem),
     403: ("The key lacks the admin scope", Problem),
 }
+_BROADER = "; or the key asked for, or named, is broader than the calling key"
 
 
 @routes.route(
@@ -40,14 +47,24 @@ async def get_me(request: web.Request) -> web.Response:
     responses={
         201: ("The new key", CreatedKey),
         400: ("Malformed JSON", Problem),
-        **_AUTH_ERRORS,
+        401: _AUTH_ERRORS[401],
+        403: (_AUTH_ERRORS[403][0] + _BROADER, Problem),
         422: ("Invalid name, scope, expiry, destination or rate limit", Problem),
     },
     tag="keys",
 )
 async def post_key(request: web.Request) -> web.Response:
+    """A key never creates a key broader than itself: the new key's scopes are
+    among the caller's (``admin`` counts as all of them); a caller restricted to
+    destinations must name some of its own (an empty list, meaning all, is
+    broader); a test-mode caller makes only test-mode keys; an expiring caller
+    makes keys that expire no later than it does; a rate-limited caller makes
+    keys whose limit allows no more requests per period, nor a faster rate.
+    Otherwise 403, naming each field (``loc: ["body", "destinations"]``, ...).
+    """
     body = await read_model(request, KeyCreate)
     args = check_key_request(body, known_destinations=request.app[SETTINGS].destinations)
+    check_reach(request[API_KEY], args)
     record, key = await request.app[KEYS].create(**args)
     return json_response(record.created(key).model_dump(mode="json"), status=201)
 
@@ -55,13 +72,17 @@ async def post_key(request: web.Request) -> web.Response:
 @routes.route(
     "GET",
     "/v1/keys",
-    summary="Every key (never the key itself), revoked ones included",
+    summary="Every key within the calling key's reach (never the key itself), revoked ones "
+    "included",
     scope="admin",
     responses={200: ("The keys, oldest first", list[ApiKeyInfo]), **_AUTH_ERRORS},
     tag="keys",
 )
 async def list_keys(request: web.Request) -> web.Response:
-    records = await request.app[KEYS].list()
+    """An unrestricted admin key sees every key; a restricted one (destinations,
+    test mode, expiry, rate limit) sees only the keys it could have created."""
+    caller = request[API_KEY]
+    records = [r for r in await request.app[KEYS].list() if caller.reaches(r)]
     return json_response([r.info().model_dump(mode="json") for r in records])
 
 
@@ -70,9 +91,24 @@ async def list_keys(request: web.Request) -> web.Response:
     "/v1/keys/{id}",
     summary="Revoke a key: it answers 401 at once, on every API process",
     scope="admin",
-    responses={204: ("Revoked", None), **_AUTH_ERRORS, 404: ("No such key", Problem)},
+    responses={
+        204: ("Revoked", None),
+        401: _AUTH_ERRORS[401],
+        403: (_AUTH_ERRORS[403][0] + _BROADER, Problem),
+        404: ("No such key", Problem),
+    },
     tag="keys",
 )
 async def delete_key(request: web.Request) -> web.Response:
-    await request.app[KEYS].revoke(request.match_info["id"])
+    """A key revokes only keys within its reach (those it could have created, itself
+    included): a restricted admin cannot revoke an unrestricted admin's key (403)."""
+    caller, keys = request[API_KEY], request.app[KEYS]
+    target = await keys.get(request.match_info["id"])
+    if broader := caller.broader_fields_of(target):
+        msg = (
+            f"key {target.id} is broader than this key ({', '.join(f for f, _ in broader)}), "
+            "so this key may not revoke it"
+        )
+        raise Forbidden(msg, errors=[{"loc": ["path", "id"], "msg": msg}])
+    await keys.revoke(target.id)
     return web.Response(status=204)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import re
 from typing import Any
 
@@ -47,7 +48,7 @@ def _operation(spec: RouteSpec, schemas: _Schemas) -> dict[str, Any]:
         "tags": [spec.tag],
     }
     if spec.handler.__doc__:
-        op["description"] = spec.handler.__doc__.strip()
+        op["description"] = inspect.cleandoc(spec.handler.__doc__)
     params = [
         {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
         for name in _PATH_PARAM.findall(spec.path)
