@@ -13,9 +13,11 @@ import gc
 import logging
 import multiprocessing
 import os
+import platform
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -60,7 +62,13 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    top.add_argument("--version", action="version", version=f"relay {__version__}")
+    top.add_argument(
+        "--version",
+        action="version",
+        version=f"relay {__version__} from {Path(__file__).parent} "
+        f"(python {platform.python_version()})",
+        help="show the version, where relay runs from, and exit",
+    )
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the HTTP API", description="Run the HTTP API.")
