@@ -35,15 +35,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def relay_package(env: dict[str, str], cwd: Path) -> Path:
     """The directory of the ``relay`` package that ``python -m relay`` runs in ``env``."""
-    done = subprocess.run(
-        [sys.executable, "-m", "relay", "--version"],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = _run("--version", cwd=cwd, env=env)
     # "relay 0.1.0 from /path/to/relay (python 3.11.9)"
     found = re.fullmatch(r"relay \S+ from (.+) \(python \S+\)\n", done.stdout)
     if done.returncode != 0 or found is None:
@@ -69,7 +61,14 @@ def relay(
     *args: str, cwd: Path, env: dict[str, str], check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     assert_tree_under_test(env, cwd)
-    done = subprocess.run(
+    done = _run(*args, cwd=cwd, env=env)
+    if check and done.returncode != 0:
+        raise AssertionError(f"relay {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
+    return done
+
+
+def _run(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "relay", *args],
         cwd=cwd,
         env=env,
@@ -78,9 +77,6 @@ def relay(
         timeout=60,
         check=False,
     )
-    if check and done.returncode != 0:
-        raise AssertionError(f"relay {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
-    return done
 
 
 def http(
