@@ -300,6 +300,8 @@ class Stack:
     def relay_env(self, toml: Path) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
         env |= {
+            # This checkout's relay, whatever the interpreter's venv has installed.
+            "PYTHONPATH": os.pathsep.join(filter(None, [_ROOT, env.get("PYTHONPATH")])),
             "RELAY_REDIS_URL": self.redis_url,
             "RELAY_CONFIG": str(toml),
             "RELAY_DATA_DIR": str(self.procs.workdir / "relay-data"),

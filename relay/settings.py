@@ -39,6 +39,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from relay.config_errors import dotted, explain
@@ -55,6 +56,7 @@ __all__ = [
     "RateLimit",
     "Settings",
     "WebhookDestination",
+    "environment_variables",
     "load_settings",
     "parse_rate_limit",
 ]
@@ -289,8 +291,9 @@ class HooksSettings(DeliverySettings):
     ``rate_limit`` and ``max_in_flight`` count every subscription together.
     """
 
-    #: Accept hook targets on loopback, private or link-local addresses.
-    allow_private_targets: bool = False
+    allow_private_targets: bool = Field(
+        False, description="1: let hooks notify loopback, private and link-local addresses"
+    )
 
 
 class Settings(BaseSettings):
@@ -302,37 +305,45 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RELAY_", extra="forbid", frozen=True)
 
-    #: Redis to use (the URL may hold a password); None: start the embedded Redis.
-    redis_url: RedisUrl | None = None
-    #: The embedded Redis keeps its data and append-only file here.
-    data_dir: Path = Path(".relay")
+    redis_url: RedisUrl | None = Field(
+        None,
+        description="Redis to use: redis://, rediss:// or unix:// (may hold a password); "
+        "unset: an embedded redis-server with its append-only file under RELAY_DATA_DIR",
+    )
+    data_dir: Path = Field(
+        Path(".relay"), description="the embedded Redis's data, append-only file and socket"
+    )
     #: The relay.toml that was loaded; None when there was none.
-    config: Path | None = None
-    #: Address the API listens on.
-    host: str = Field("127.0.0.1", min_length=1)
-    port: int = Field(8080, ge=1, le=65535)
-    #: ISO 3166 alpha-2 region for phone numbers written without a country code.
+    config: Path | None = Field(
+        None, description="the relay.toml to read (default ./relay.toml when it exists)"
+    )
+    host: str = Field("127.0.0.1", min_length=1, description="address `relay serve` listens on")
+    port: int = Field(8080, ge=1, le=65535, description="port `relay serve` listens on")
     default_region: Annotated[
         str,
         _must(lambda v: v.upper() in phonenumbers.SUPPORTED_REGIONS, "an ISO 3166 code like 'US'"),
         AfterValidator(str.upper),
-    ] = "US"
-    #: Largest request body accepted (413 above).
-    max_body_bytes: int = Field(1_048_576, ge=1)
-    #: Most items in one batch (413 above).
-    max_batch: int = Field(500, ge=1)
-    #: Seconds an event record is kept.
-    retention_s: int = Field(7 * 86400, ge=1)
-    #: A delivery unfinished this long past its destination's ``timeout_s`` is taken
-    #: over by another worker (the visibility timeout, always above the upstream timeout).
-    claim_after_s: float = Field(30.0, gt=0, le=3600)
+    ] = Field("US", description="ISO 3166 region of phone numbers given without a country code")
+    max_body_bytes: int = Field(
+        1_048_576, ge=1, description="largest request body accepted, in bytes; 413 above"
+    )
+    max_batch: int = Field(500, ge=1, description="most items in one batch; 413 above")
+    retention_s: int = Field(7 * 86400, ge=1, description="seconds an event record is kept")
+    #: The visibility timeout, always above the upstream timeout.
+    claim_after_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="seconds a delivery may stay unfinished past its destination's "
+        "timeout_s before another worker takes it over",
+    )
     log_level: Annotated[
         str,
         _must(
             lambda v: v.upper() in logging.getLevelNamesMapping(), "DEBUG, INFO, WARNING or ERROR"
         ),
         AfterValidator(str.upper),
-    ] = "INFO"
+    ] = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     #: Destinations by name, in file order.
     destinations: dict[DestinationName, Destination] = {}
     hooks: HooksSettings = HooksSettings()
@@ -356,6 +367,23 @@ class Settings(BaseSettings):
 
 #: Settings read from ``RELAY_<NAME>``; destinations and hooks come from the file.
 _ENV_FIELDS = [n for n in Settings.model_fields if n not in ("config", "destinations", "hooks")]
+
+
+def environment_variables() -> list[tuple[str, str]]:
+    """Every variable :func:`load_settings` reads and what it does (for ``relay --help``),
+    from the fields' descriptions, with the default when there is one."""
+    prefix = Settings.model_config.get("env_prefix", "")
+    fields = [(n, f) for n, f in Settings.model_fields.items() if n in ("config", *_ENV_FIELDS)]
+    fields.append(("allow_private_targets", HooksSettings.model_fields["allow_private_targets"]))
+    found = []
+    for name, field in fields:
+        text, default = field.description or "", field.default
+        if default not in (None, False, PydanticUndefined):
+            text += (
+                f" (default {default:g})" if isinstance(default, float) else f" (default {default})"
+            )
+        found.append((prefix + name.upper(), text))
+    return found
 
 
 def load_settings(*, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -1,8 +1,15 @@
-"""Run the real ``relay`` command in subprocesses, the way a user does."""
+"""Run the real ``relay`` command in subprocesses, the way a user does.
+
+Every child runs the tree under test: :func:`clean_env` puts this checkout first
+on ``PYTHONPATH`` (a venv made from another checkout would otherwise run that
+one's ``relay``), and :func:`relay` and :class:`Serve` check it once per
+environment with ``relay --version``, which names the package's directory.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,18 +20,55 @@ from typing import IO, Any
 
 from tests.redis_server import free_port
 
+#: The checkout under test: the directory holding ``relay/`` and ``tests/``.
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The environment minus any RELAY_* of the developer's, plus ``extra``."""
+    """The environment minus any RELAY_* of the developer's, plus ``extra``, with this
+    checkout first on ``PYTHONPATH`` so that ``python -m relay`` imports it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.update(extra)
     return env
+
+
+def relay_package(env: dict[str, str], cwd: Path) -> Path:
+    """The directory of the ``relay`` package that ``python -m relay`` runs in ``env``."""
+    done = _run("--version", cwd=cwd, env=env)
+    # "relay 0.1.0 from /path/to/relay (python 3.11.9)"
+    found = re.fullmatch(r"relay \S+ from (.+) \(python \S+\)\n", done.stdout)
+    if done.returncode != 0 or found is None:
+        raise AssertionError(f"relay --version said {done.stdout!r} {done.stderr!r}")
+    return Path(found[1])
+
+
+def assert_tree_under_test(env: dict[str, str], cwd: Path) -> None:
+    """Fail the test when a child started with ``env`` would import relay from anywhere
+    but this checkout (checked once per ``PYTHONPATH``: it costs a process)."""
+    pythonpath = env.get("PYTHONPATH", "")
+    if pythonpath not in _CHECKED:
+        found = relay_package(env, cwd)
+        assert found == ROOT / "relay", f"children run {found}, not the tree under test {ROOT}"
+        _CHECKED.add(pythonpath)
+
+
+#: The PYTHONPATH values whose children were seen to import this checkout.
+_CHECKED: set[str] = set()
 
 
 def relay(
     *args: str, cwd: Path, env: dict[str, str], check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
+    assert_tree_under_test(env, cwd)
+    done = _run(*args, cwd=cwd, env=env)
+    if check and done.returncode != 0:
+        raise AssertionError(f"relay {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
+    return done
+
+
+def _run(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "relay", *args],
         cwd=cwd,
         env=env,
@@ -33,9 +77,6 @@ def relay(
         timeout=60,
         check=False,
     )
-    if check and done.returncode != 0:
-        raise AssertionError(f"relay {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
-    return done
 
 
 def http(
@@ -54,6 +95,7 @@ class Serve:
     """``relay serve`` in a subprocess, its stderr kept in a file."""
 
     def __init__(self, *, cwd: Path, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
+        assert_tree_under_test(env, cwd)
         self.port = free_port()
         self.log_path = cwd / f"serve-{self.port}.log"
         self._log: IO[Any] = self.log_path.open("wb")

@@ -18,7 +18,7 @@ from relay.models import Lead
 from relay.store import EventStore
 from tests.events import new_lead
 from tests.fakes import CONVERTR_API_KEY, FakeConvertr
-from tests.procs import Serve, clean_env, http, relay
+from tests.procs import Serve, assert_tree_under_test, clean_env, http, relay
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
@@ -52,6 +52,7 @@ async def enqueue(
 
 
 async def start_worker(cwd: Path, env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
+    await asyncio.to_thread(assert_tree_under_test, env, cwd)
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "relay", "worker", *args, cwd=cwd, env=env,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
@@ -186,6 +187,7 @@ async def wait_delivered(redis: Redis, ids: list[str], timeout_s: float = 30) ->
 
 
 async def config_check(cwd: Path, env: dict[str, str]) -> tuple[int, str, str]:
+    await asyncio.to_thread(assert_tree_under_test, env, cwd)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "relay", "config", "check", cwd=cwd, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

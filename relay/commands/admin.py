@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -12,8 +11,9 @@ import aiohttp
 import orjson
 
 from relay.adapters.convertr import ConvertrAdapter, check_mapping
-from relay.apikeys import check_key_request
-from relay.connect import redis_for
+from relay.apikeys import KEY_RE, check_key_request
+from relay.commands.reach import reach_redis
+from relay.connect import check_version
 from relay.errors import ConfigError, RelayError
 from relay.keystore import KeyStore
 from relay.models import KeyCreate
@@ -39,7 +39,7 @@ async def keys_create(settings: Settings, args: argparse.Namespace) -> int:
     if len(args.name) > 100:
         raise RelayError(f"--name: at most 100 characters (got {len(args.name)})")
     checked = check_key_request(body, known_destinations=settings.destinations)
-    async with redis_for(settings) as redis:
+    async with reach_redis(settings) as redis:
         record, key = await KeyStore(redis).create(**checked)
     created = record.created(key)
     if args.json:
@@ -62,7 +62,7 @@ async def keys_create(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def keys_list(settings: Settings, args: argparse.Namespace) -> int:
-    async with redis_for(settings) as redis:
+    async with reach_redis(settings) as redis:
         records = await KeyStore(redis).list()
     if args.json:
         print(orjson.dumps([r.info().model_dump(mode="json") for r in records]).decode())
@@ -89,8 +89,18 @@ async def keys_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
-    async with redis_for(settings) as redis:
-        record = await KeyStore(redis).revoke(args.key_id)
+    async with reach_redis(settings) as redis:
+        store = KeyStore(redis)
+        key_id = args.key_id
+        if KEY_RE.match(key_id):  # the key itself: find it by digest, never print it
+            found = await store.lookup(key_id)
+            if found is None:
+                raise RelayError("KEY_ID: that is a key relay never made (it is not shown here)")
+            key_id = found.id
+        elif not key_id.startswith("key_"):
+            # Whatever it is (a key with a typo?), it is not echoed.
+            raise RelayError("KEY_ID: expected a key id like key_… (see `relay keys list`)")
+        record = await store.revoke(key_id)
     when = record.revoked_at.isoformat() if record.revoked_at else "?"
     print(f"Revoked {record.id} ({record.prefix}…, {record.name!r}) at {when}.")
     print("It answers 401 from now on, on every API process.")
@@ -101,7 +111,7 @@ async def keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def events_show(settings: Settings, args: argparse.Namespace) -> int:
-    async with redis_for(settings) as redis:
+    async with reach_redis(settings) as redis:
         view = await EventStore(redis, retention_s=settings.retention_s).get(args.event_id)
     if view is None:
         print(
@@ -144,19 +154,22 @@ async def events_show(settings: Settings, args: argparse.Namespace) -> int:
 # --- config ------------------------------------------------------------------
 
 
-def config_check(settings: Settings) -> int:
-    """Validate the configuration; for Convertr, compare the field mapping with the form."""
+async def config_check(settings: Settings, args: argparse.Namespace) -> int:
+    """Validate the configuration and reach Redis; for Convertr, compare the field
+    mapping with the form."""
+    async with reach_redis(settings) as redis:
+        version = await check_version(redis)
     source = str(settings.config) if settings.config else "no relay.toml (defaults and RELAY_*)"
     print(f"Configuration OK: {source}")
-    redis = "embedded, data in " + str(settings.data_dir) if settings.redis_url is None else "URL"
-    print(f"  redis: {redis}")
+    where = f"embedded, data in {settings.data_dir}" if settings.redis_url is None else "URL"
+    print(f"  redis: {version}, reachable ({where})")
     if not settings.destinations:
         print("  destinations: none (events are stored but go nowhere)")
     for name, dest in settings.destinations.items():
         state = "" if dest.enabled else " (disabled)"
         limit = f", limit {dest.rate_limit}" if dest.rate_limit else ""
         print(f"  {name}: {dest.type}, events {', '.join(dest.events)}{limit}{state}")
-    problems = asyncio.run(_check_convertr_forms(settings))
+    problems = await _check_convertr_forms(settings)
     for name, problem in problems:
         print(f"relay: {name}: {problem}", file=sys.stderr)
     return 1 if problems else 0

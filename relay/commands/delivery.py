@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from relay import redis_keys
+from relay.commands.reach import reach_redis
 from relay.connect import check_version, redis_for
 from relay.errors import RelayError
 from relay.queue import DeliveryQueue
@@ -56,7 +57,7 @@ def _destinations(settings: Settings, only: str | None) -> list[str]:
 
 
 async def dlq_list(settings: Settings, args: argparse.Namespace) -> int:
-    async with redis_for(settings) as redis:
+    async with reach_redis(settings) as redis:
         queue = DeliveryQueue(redis, retention_s=settings.retention_s)
         rows: list[dict[str, Any]] = [
             {"destination": dest, "event_id": event_id, "dead_at": at}
@@ -80,7 +81,7 @@ async def dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
     if not args.all and not args.event_ids:
         raise RelayError("name EVENT_IDs to replay, or --all")
     total = 0
-    async with redis_for(settings) as redis:
+    async with reach_redis(settings) as redis:
         queue = DeliveryQueue(redis, retention_s=settings.retention_s)
         for dest in _destinations(settings, args.destination):
 
@@ -100,7 +101,7 @@ async def dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def status(settings: Settings, args: argparse.Namespace) -> int:
-    async with redis_for(settings) as redis:
+    async with reach_redis(settings) as redis:
         queue = DeliveryQueue(redis, retention_s=settings.retention_s)
         unhealthy = await queue.health()
         rows = []
