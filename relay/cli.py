@@ -95,11 +95,17 @@ def _parser() -> argparse.ArgumentParser:
 
     dlq = sub.add_parser("dlq", help="dead letters: list and replay")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
-    dlq_ls = dlq_sub.add_parser("list", help="events a destination rejected")
+    dlq_ls = dlq_sub.add_parser(
+        "list",
+        help="events a destination rejected, or whose retries ran out; each with its last "
+        "attempt's status code, error and answer",
+    )
     dlq_ls.add_argument("--destination", metavar="NAME", help="only this destination")
     dlq_ls.add_argument("--json", action="store_true", help="print a JSON array")
     replay = dlq_sub.add_parser(
-        "replay", help="send dead letters again (their earlier attempts stay visible)"
+        "replay",
+        help="send dead letters again, each with a fresh retry schedule "
+        "(their earlier attempts stay visible)",
     )
     replay.add_argument("event_ids", nargs="*", metavar="EVENT_ID")
     replay.add_argument("--all", action="store_true", help="every dead letter")

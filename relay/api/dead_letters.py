@@ -9,17 +9,12 @@ from relay.api.body import read_model
 from relay.api.problems import json_response
 from relay.api.routing import QueryParam, routes
 from relay.api.state import REDIS, SETTINGS
+from relay.deadletters import list_dead_letters as read_dead_letters
 from relay.errors import ValidationFailed
-from relay.models import Problem
+from relay.models import DeadLetter, Problem
 from relay.queue import DeliveryQueue
 
 __all__: list[str] = []
-
-
-class DeadLetter(BaseModel):
-    destination: str
-    event_id: str
-    dead_at: float = Field(description="Unix seconds when it was dead-lettered")
 
 
 class ReplayRequest(BaseModel):
@@ -57,7 +52,8 @@ def _destinations(request: web.Request, only: str | None) -> list[str]:
 @routes.route(
     "GET",
     "/v1/dead-letters",
-    summary="Events an upstream rejected, oldest first (see each with GET /v1/events/{id})",
+    summary="Events an upstream rejected or that ran out of retries, oldest first, each with "
+    "its last attempt (every attempt: GET /v1/events/{id})",
     scope="admin",
     query=(QueryParam("destination", "Only this destination"),),
     responses={
@@ -68,12 +64,10 @@ def _destinations(request: web.Request, only: str | None) -> list[str]:
     tag="dead-letters",
 )
 async def list_dead_letters(request: web.Request) -> web.Response:
-    settings = request.app[SETTINGS]
-    queue = DeliveryQueue(request.app[REDIS], retention_s=settings.retention_s)
     rows = [
-        DeadLetter(destination=dest, event_id=event_id, dead_at=at).model_dump()
+        letter.model_dump()
         for dest in _destinations(request, request.query.get("destination"))
-        for event_id, at in await queue.dead_letters(dest)
+        for letter in await read_dead_letters(request.app[REDIS], dest)
     ]
     return json_response(rows)
 
