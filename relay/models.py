@@ -311,5 +311,5 @@ class DeadLetter(BaseModel):
         "the destination's secrets replaced by ***)"
     )
     note: str | None = Field(
-        default=None, description="What relay made of the last attempt, where it said"
+        default=None, description="relay's note on the last attempt (e.g. no answer within 10 s)"
     )
