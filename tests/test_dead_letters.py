@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import unicodedata
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
@@ -16,7 +18,7 @@ from standardwebhooks.webhooks import Webhook
 
 from relay import redis_keys
 from relay.commands.delivery import dlq_list
-from relay.commands.text import one_line, width_of
+from relay.commands.text import one_line, terminal_json, width_of
 from relay.queue import DeliveryQueue
 from relay.settings import Settings
 from relay.store import EventStore
@@ -155,9 +157,12 @@ async def test_retries_end_in_the_dead_letters_then_a_replay_gets_a_fresh_schedu
 
     schema = (await (await client.get("/openapi.json")).json())["components"]["schemas"]
     assert {"status_code", "error", "excerpt"} <= set(schema["DeadLetter"]["required"])
-    # relay dlq list --json: the same object.
-    [listed] = json.loads(await cli_list(settings, capsys, as_json=True))
+    # relay dlq list --json: the same object, nothing raw for a terminal either.
+    out = await cli_list(settings, capsys, as_json=True)
+    [listed] = json.loads(out)
     assert listed == letter
+    assert not any(ch in out for ch in "\x1b\x9b\u202e\r")
+    assert "\\u009b6n" in out
     # The table: one line per dead letter, nothing raw reaches the terminal.
     monkeypatch.setenv("COLUMNS", "120")
     table = await cli_list(settings, capsys, as_json=False)
@@ -244,6 +249,24 @@ async def test_credentials_rejections_do_not_spend_the_schedule(
     assert view.status == "delivered"
 
 
+async def test_a_contact_whose_event_ran_out_of_retries_is_not_held_up(
+    make_settings: Callable[..., Settings],
+    redis: Redis,
+    fake_convertr: FakeConvertr,
+) -> None:
+    # Per-contact order keeps a contact's later events behind its first until that one
+    # is settled: dead-lettered after its schedule counts as settled.
+    settings = make_settings(convertr_toml(fake_convertr))
+    fake_convertr.script(status=503, body="busy", times=3)
+    first, second = new_lead("eve@example.com", "convertr"), new_lead("eve@example.com", "convertr")
+    await EventStore(redis, retention_s=60).enqueue([first, second])
+    await drain(settings, redis)
+    store = EventStore(redis, retention_s=60)
+    views = [await store.get(e.id) for e in (first, second)]
+    assert [v.status if v else None for v in views] == ["dead", "delivered"]
+    assert len(fake_convertr.requests) == 4  # the first three times, then the second
+
+
 async def test_notifications_end_in_the_dead_letters_too(
     app_client: Any,
     make_settings: Callable[..., Settings],
@@ -303,3 +326,13 @@ async def test_a_dead_letter_whose_event_expired_is_listed_without_an_answer(
 def test_one_line(text: str, width: int, shown: str) -> None:
     assert one_line(text, width) == shown
     assert width_of(one_line(text, width)) <= width
+
+
+def test_terminal_json_is_the_same_document_without_raw_controls() -> None:
+    doc = {"excerpt": "\x1b[2J\x9b6n \u202eevil\U000e0001 日本 é \x7f", "n": 1}
+    text = terminal_json(orjson.dumps(doc).decode())
+    assert json.loads(text) == doc
+    assert "日本 é" in text  # letters stay as they are: only controls are escaped
+    assert all(unicodedata.category(ch) not in ("Cc", "Cf") for ch in text)
+    assert "\\u202e" in text
+    assert "\\udb40\\udc01" in text  # beyond the BMP: a surrogate pair, as JSON writes it

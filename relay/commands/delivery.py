@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import orjson
 
 from relay import redis_keys
-from relay.commands.text import one_line, width_of
+from relay.commands.text import one_line, terminal_json, width_of
 from relay.connect import check_version, redis_for
 from relay.deadletters import list_dead_letters
 from relay.errors import RelayError
@@ -66,7 +66,7 @@ async def dlq_list(settings: Settings, args: argparse.Namespace) -> int:
             for letter in await list_dead_letters(redis, dest)
         ]
     if args.json:
-        print(orjson.dumps([letter.model_dump() for letter in letters]).decode())
+        print(terminal_json(orjson.dumps([letter.model_dump() for letter in letters]).decode()))
         return 0
     if not letters:
         print("No dead letters.")

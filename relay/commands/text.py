@@ -1,4 +1,5 @@
-"""Text from outside (an upstream's answer) made safe for one cell of a terminal table.
+"""Text from outside (an upstream's answer) made safe for a terminal: one cell of a table,
+or JSON.
 
 An upstream's answer is attacker-controlled: an ANSI escape sequence printed raw
 can clear the screen, recolour or rewrite earlier lines, or set the window
@@ -9,17 +10,24 @@ and format characters are shown escaped, the way Python writes them.
 'Service Unavailable\\\\x1b[2J\\\\u202e'
 >>> one_line("x" * 30, 10)
 'xxxxxxxxx…'
+>>> terminal_json('["\\x9b2J"]')  # JSON leaves C1 controls raw: escape them the JSON way
+'["\\\\u009b2J"]'
 """
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
-__all__ = ["one_line", "width_of"]
+__all__ = ["one_line", "terminal_json", "width_of"]
 
 #: Unicode categories shown escaped: controls (C0, DEL, C1) and format characters
 #: (bidi overrides, zero-width joiners), and lone surrogates.
 _ESCAPED = frozenset({"Cc", "Cf", "Cs"})
+
+
+#: What a JSON writer may leave raw that is not plain ASCII (orjson escapes C0 itself).
+_NOT_ASCII = re.compile(r"[^\x20-\x7e\n]")
 
 
 def _columns(ch: str) -> int:
@@ -59,3 +67,17 @@ def one_line(text: str, width: int) -> str:
         out.append(part)
         used += cols
     return "".join(out)
+
+
+def terminal_json(text: str) -> str:
+    """JSON text with the control and format characters JSON allows raw (DEL, C1, bidi
+    overrides) written as ``\\uXXXX`` escapes: the same document once parsed."""
+
+    def escape(match: re.Match[str]) -> str:
+        ch = match.group()
+        if unicodedata.category(ch) not in _ESCAPED:
+            return ch
+        units = ch.encode("utf-16-be")  # a surrogate pair beyond the BMP, as JSON wants
+        return "".join(f"\\u{units[i]:02x}{units[i + 1]:02x}" for i in range(0, len(units), 2))
+
+    return _NOT_ASCII.sub(escape, text)
