@@ -72,7 +72,8 @@ async def dlq_list(settings: Settings, args: argparse.Namespace) -> int:
         print("No dead letters.")
         return 0
     _dead_letter_table(letters, columns=shutil.get_terminal_size((120, 24)).columns)
-    print(f"\n{len(letters)} dead letters. Every attempt: relay events show EVENT_ID")
+    many = "dead letter" if len(letters) == 1 else "dead letters"
+    print(f"\n{len(letters)} {many}. Every attempt: relay events show EVENT_ID")
     return 0
 
 
