@@ -1,9 +1,10 @@
 """Why each dead letter died: its last attempt, for ``relay dlq list`` and ``GET /v1/dead-letters``.
 
 Read in two pipelined round trips per :data:`_CHUNK` dead letters (each event's
-attempt count for the destination, then that attempt's record), never the whole
-event. The excerpt was scrubbed of the destination's secrets when the attempt
-was recorded (:func:`relay.adapters.classify.excerpt`), so nothing here scrubs.
+attempt count for the destination, then that attempt's record; a third for the
+attempts an earlier release kept in a list), never the whole event. The excerpt
+was scrubbed of the destination's secrets when the attempt was recorded
+(:func:`relay.adapters.classify.excerpt`), so nothing here scrubs.
 """
 
 from __future__ import annotations
@@ -47,22 +48,31 @@ async def _explain(
         counts = [int(n or 0) for n in await pipe.execute()]
     async with redis.pipeline(transaction=False) as pipe:
         for (event_id, _), n in zip(rows, counts, strict=True):
-            record = f"{redis_keys.ATTEMPT_RECORD_PREFIX}{destination}:{n}"
-            pipe.hget(redis_keys.event(event_id), record)
-        last = await pipe.execute()
-    out = []
-    for (event_id, score), n, raw in zip(rows, counts, last, strict=True):
-        attempt: dict[str, Any] = orjson.loads(raw) if raw else {}
-        out.append(
-            DeadLetter(
-                destination=destination,
-                event_id=event_id,
-                dead_at=score / 1000,
-                attempts=n,
-                status_code=attempt.get("status"),
-                error=attempt.get("error"),
-                excerpt=attempt.get("excerpt"),
-                note=attempt.get("note"),
+            pipe.hget(
+                redis_keys.event(event_id), f"{redis_keys.ATTEMPT_RECORD_PREFIX}{destination}:{n}"
             )
+        last: list[dict[str, Any] | None] = [
+            orjson.loads(raw) if raw else None for raw in await pipe.execute()
+        ]
+    # Attempts made but not in the hash: an earlier release kept them in a list.
+    legacy = [i for i, attempt in enumerate(last) if attempt is None and counts[i]]
+    if legacy:
+        async with redis.pipeline(transaction=False) as pipe:
+            for i in legacy:
+                pipe.lrange(redis_keys.attempts(rows[i][0]), 0, -1)
+            for i, items in zip(legacy, await pipe.execute(), strict=True):
+                mine = [a for a in map(orjson.loads, items) if a.get("destination") == destination]
+                last[i] = mine[-1] if mine else None
+    return [
+        DeadLetter(
+            destination=destination,
+            event_id=event_id,
+            dead_at=score / 1000,
+            attempts=n,
+            status_code=attempt.get("status"),
+            error=attempt.get("error"),
+            excerpt=attempt.get("excerpt"),
+            note=attempt.get("note"),
         )
-    return out
+        for (event_id, score), n, attempt in zip(rows, counts, [a or {} for a in last], strict=True)
+    ]
