@@ -122,17 +122,18 @@ def _parser() -> argparse.ArgumentParser:
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
     dlq_ls = dlq_sub.add_parser(
         "list",
-        help="events a destination rejected",
-        description="List dead letters: destination, event id and when it died. "
-        "`relay events show EVENT_ID` shows why.",
+        help="events a destination rejected, or whose retries ran out",
+        description="List dead letters: destination, event id, when it died, and its last "
+        "attempt's status code, error and answer. Every attempt: `relay events show EVENT_ID`.",
     )
     dlq_ls.add_argument("--destination", metavar="NAME", help="only this destination")
     dlq_ls.add_argument("--json", action="store_true", help="print a JSON array")
     replay = dlq_sub.add_parser(
         "replay",
-        help="send dead letters again (their earlier attempts stay visible)",
-        description="Queue dead letters for delivery again, at once; their earlier attempts "
-        "stay visible. Exit 1 when EVENT_IDs were named and none of them was dead.",
+        help="send dead letters again, each with a fresh retry schedule",
+        description="Queue dead letters for delivery again, at once, each with a fresh retry "
+        "schedule; their earlier attempts stay visible. Exit 1 when EVENT_IDs were named and "
+        "none of them was dead.",
     )
     replay.add_argument("event_ids", nargs="*", metavar="EVENT_ID")
     replay.add_argument("--all", action="store_true", help="every dead letter")

@@ -23,6 +23,7 @@ __all__ = [
     "Contact",
     "CreatedHook",
     "CreatedKey",
+    "DeadLetter",
     "DeliveryStatus",
     "DestinationView",
     "EventKind",
@@ -284,4 +285,31 @@ class Notification(EventView):
     test: bool = Field(description="True for events sent with a test-mode key")
     destination: str | None = Field(
         default=None, description="For *.delivered and event.failed: which destination"
+    )
+
+
+# --- dead letters --------------------------------------------------------------
+
+
+class DeadLetter(BaseModel):
+    """A dead letter as ``GET /v1/dead-letters`` and ``relay dlq list --json`` give it:
+    what died where, and why (its last attempt; null where that record is gone with the
+    event, past its retention)."""
+
+    destination: str
+    event_id: str
+    dead_at: float = Field(description="Unix seconds when it was dead-lettered")
+    attempts: int = Field(description="Attempts made to this destination")
+    status_code: int | None = Field(
+        description="HTTP status of the last attempt; null when no answer came"
+    )
+    error: str | None = Field(
+        description="Error class of the last attempt (http_503, TimeoutError, ...)"
+    )
+    excerpt: str | None = Field(
+        description="The start of the upstream's last answer (at most 500 characters, "
+        "the destination's secrets replaced by ***)"
+    )
+    note: str | None = Field(
+        default=None, description="relay's note on the last attempt (e.g. no answer within 10 s)"
     )

@@ -92,13 +92,15 @@ return fields
 # Group-commit procedure: record an attempt and the status it leaves in the event's
 # hash, as attempt n (n: the destination's attempts made, counted here), unless the
 # event is gone (it expired while being sent: a hash written now would never expire).
-# op: event key, status field, status, attempts-made field, record field prefix, JSON.
+# op: event key, status field, status, attempts-made field, record field prefix, JSON,
+# and optionally a field to count one more in (the retries spent of the schedule).
 _ATTEMPT = """
 procedures.attempt = function(op)
   local key = KEYS[op[2]]
   if redis.call('EXISTS', key) == 0 then return end
   local n = redis.call('HINCRBY', key, op[5], 1)
   redis.call('HSET', key, op[3], op[4], op[6] .. n, op[7])
+  if op[8] then redis.call('HINCRBY', key, op[8], 1) end
 end
 """
 #: Dead letters replayed per transaction.
@@ -256,9 +258,11 @@ class DeliveryQueue:
         retry_at_ms: int | None = None,
         notifications: Sequence[tuple[str, bytes]] = (),
         release: str | None = None,
+        spends_step: bool = False,
     ) -> None:
         """Record the attempt and its consequence, then ack and delete the entry, atomically
         (in one script call, shared with other deliveries finishing at the same time).
+        ``spends_step``: the retry uses up a step of the schedule (counted on the event).
 
         ``contact`` (see ``store.contact_key``) lets the contact's next event go once
         this one is delivered or dead. ``notifications`` (see ``hooks.notification_records``)
@@ -278,6 +282,7 @@ class DeliveryQueue:
                 redis_keys.ATTEMPTS_FIELD_PREFIX + destination,
                 f"{redis_keys.ATTEMPT_RECORD_PREFIX}{destination}:",
                 record,
+                *((redis_keys.RETRIES_FIELD_PREFIX + destination,) if spends_step else ()),
             )
             if status is DeliveryStatus.dead:
                 batch.zadd(redis_keys.dead(destination), {event_id: now_ms})
@@ -380,9 +385,10 @@ class DeliveryQueue:
         *,
         progress: Callable[[int, int], None] | None = None,
     ) -> int:
-        """Queue dead letters again (``None``: all of them); their earlier attempts stay
-        on the event. Works in chunks, so replaying 100 000 is not one giant MULTI;
-        ``progress(done, total)`` is called after each. Returns how many were queued.
+        """Queue dead letters again (``None``: all of them), each with a fresh retry
+        schedule; their earlier attempts stay on the event. Works in chunks, so replaying
+        100 000 is not one giant MULTI; ``progress(done, total)`` is called after each.
+        Returns how many were queued.
         """
         ids = (
             [e for e, _ in await self.dead_letters(destination)] if event_ids is None else event_ids
@@ -420,6 +426,7 @@ class DeliveryQueue:
                     redis_keys.STATUS_FIELD_PREFIX + destination,
                     DeliveryStatus.pending.value,
                 )
+                pipe.hdel(redis_keys.event(event_id), redis_keys.RETRIES_FIELD_PREFIX + destination)
                 pipe.xadd(redis_keys.queue(destination), {"e": event_id})
             await pipe.execute()
         return len(present)

@@ -10,7 +10,8 @@ Layout::
     {relay}:keys                    hash   key id -> digest, for list and revoke by id
     {relay}:keys:changed            pubsub digest of a key that changed (cache invalidation)
     {relay}:evt:<event id>          hash   one event: "data" (JSON), "st:<dest>" statuses,
-                                           "n:<dest>" attempts made, "a:<dest>:<n>" attempt n
+                                           "n:<dest>" attempts made, "a:<dest>:<n>" attempt n,
+                                           "r:<dest>" retries spent of the current schedule
     {relay}:att:<event id>          list   attempts (JSON) written by releases before the
                                            "a:" fields; read, never written
     {relay}:events                  zset   event id by received time (ms), for listings
@@ -56,6 +57,7 @@ __all__ = [
     "KEYS_CHANGED_CHANNEL",
     "KEYS_INDEX",
     "NOTIFICATIONS",
+    "RETRIES_FIELD_PREFIX",
     "STATUS_FIELD_PREFIX",
     "attempts",
     "dead",
@@ -99,6 +101,10 @@ ATTEMPTS_FIELD_PREFIX = "n:"
 #: Prefix of an event hash's attempt records: ``a:<destination>:<n>`` (JSON), n from 1.
 #: In the event's own hash, they cost no key of their own and expire with it.
 ATTEMPT_RECORD_PREFIX = "a:"
+#: Prefix of an event hash's per-destination count of retryable failures since its
+#: schedule began: ``r:<destination>``. A replay deletes it (a fresh schedule), while
+#: ``n:`` and the attempt records go on; rejected credentials do not count here.
+RETRIES_FIELD_PREFIX = "r:"
 #: hash: destination -> JSON {"problem", "since"} while its upstream refuses our credentials.
 HEALTH = f"{_TAG}:health"
 #: A repeated Idempotency-Key within this long gets the first answer back.

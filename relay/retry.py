@@ -1,12 +1,18 @@
 """Retry policy: when to try a failed delivery again. Pure functions, no I/O.
 
-A failed delivery waits ``schedule[attempt - 1]`` seconds (the last step
-repeats forever: the schedule never drops an event), jittered by ±20 % so that
-a burst of failures does not come back as a burst, and never less than the
-upstream's ``Retry-After``. Rejected credentials (401/403) wait on the long
-end of the schedule: there is no point knocking every 5 s on a locked door.
+A failed delivery waits ``schedule[retry - 1]`` seconds before retry number
+``retry``, jittered by ±20 % so that a burst of failures does not come back as
+a burst, and never less than the upstream's ``Retry-After``. Once every step is
+spent the answer is None: the worker dead-letters the event (kept, replayable,
+``event.failed`` fires). With the default schedule that is 11 attempts over
+about 46 h 43 m (:func:`window_s`). Rejected credentials (401/403) are never
+dead-lettered: they wait on the long end of the schedule, its last step
+repeating, for as long as it takes someone to fix the token (there is no point
+knocking every 5 s on a locked door).
 
 >>> 4.0 <= next_delay_s(1, DEFAULT_SCHEDULE_S) <= 6.0  # 5 s ± 20 %
+True
+>>> next_delay_s(11, DEFAULT_SCHEDULE_S) is None  # 10 steps: retry 11 never comes
 True
 """
 
@@ -26,6 +32,7 @@ __all__ = [
     "JITTER",
     "next_delay_s",
     "parse_retry_after",
+    "window_s",
 ]
 
 #: Seconds between attempts: 5 s, 30 s, 2 m, 10 m, 30 m, 1 h, 3 h, 6 h, 12 h, 24 h.
@@ -77,41 +84,56 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
 
 
 def next_delay_s(
-    attempt: int,
+    retry: int,
     schedule: Sequence[float],
     *,
     retry_after_s: float | None = None,
     rng: random.Random | None = None,
     credentials: bool = False,
-) -> float:
-    """Seconds to wait before retry number ``attempt`` (1 for the first retry).
+) -> float | None:
+    """Seconds to wait before retry number ``retry`` (1 for the first retry), or None
+    when the schedule is spent: dead-letter the event.
 
-    The step is ``schedule[attempt - 1]``; past the end, the last step repeats
-    forever. The step is jittered by ±:data:`JITTER` and the result is never
-    below ``retry_after_s``.
+    The step is ``schedule[retry - 1]``, jittered by ±:data:`JITTER`; the result is
+    never below ``retry_after_s``.
 
     ``credentials=True`` (the upstream answered 401/403: our credentials were
-    rejected) skips the short steps: retry 1 waits the first step of at least
-    :data:`CREDENTIALS_MIN_STEP_S` (or the last step if none is that long) and
-    later retries go on from there. The event is kept; an operator fixing the
-    token sees it delivered within one long step.
+    rejected) is never None: retry 1 waits the first step of at least
+    :data:`CREDENTIALS_MIN_STEP_S` (or the last step if none is that long), later
+    retries go on from there, and past the end the last step repeats. The event is
+    kept; an operator fixing the token sees it delivered within one long step.
 
     >>> rng = random.Random(1)
-    >>> [round(next_delay_s(n, [5, 30, 120], rng=rng)) for n in (1, 2, 3, 4)]
-    [4, 34, 133, 108]
+    >>> [round(next_delay_s(n, [5, 30, 120], rng=rng) or -1) for n in (1, 2, 3, 4)]
+    [4, 34, 133, -1]
     >>> next_delay_s(1, [5, 30], retry_after_s=90, rng=rng)
     90.0
-    >>> 480 <= next_delay_s(1, DEFAULT_SCHEDULE_S, credentials=True) <= 720
+    >>> 480 <= (next_delay_s(1, DEFAULT_SCHEDULE_S, credentials=True) or 0) <= 720
+    True
+    >>> 69120 <= (next_delay_s(99, DEFAULT_SCHEDULE_S, credentials=True) or 0) <= 103680
     True
     """
-    if attempt < 1:
-        raise ValueError(f"attempt counts from 1, got {attempt}")
+    if retry < 1:
+        raise ValueError(f"retries count from 1, got {retry}")
     if not schedule:
         raise ValueError("the retry schedule is empty")
     last = len(schedule) - 1
-    start = 0
     if credentials:
         start = next((i for i, s in enumerate(schedule) if s >= CREDENTIALS_MIN_STEP_S), last)
-    step = schedule[min(start + attempt - 1, last)]
+        step = schedule[min(start + retry - 1, last)]
+    elif retry - 1 > last:
+        return None
+    else:
+        step = schedule[retry - 1]
     jittered = step * (rng or _RNG).uniform(1 - JITTER, 1 + JITTER)
     return float(max(jittered, retry_after_s or 0.0))
+
+
+def window_s(schedule: Sequence[float]) -> float:
+    """Seconds from a delivery's first attempt to its last before it is dead-lettered,
+    without jitter (which moves it by up to ±:data:`JITTER`) and the attempts' own time.
+
+    >>> round(window_s(DEFAULT_SCHEDULE_S) / 3600, 2)  # about 46 h 43 m
+    46.71
+    """
+    return float(sum(schedule))

@@ -176,7 +176,8 @@ class DeliverySettings(BaseModel):
 
     #: Seconds to wait for one upstream answer (the visibility timeout is longer).
     timeout_s: float = Field(10, gt=0, le=120)
-    #: Seconds to wait before each retry; after the last one the delivery is dead-lettered.
+    #: Seconds to wait before each retry; when the retry after the last step fails too,
+    #: the delivery is dead-lettered (rejected credentials excepted: relay.retry).
     retry_schedule: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)] = list(
         DEFAULT_RETRY_SCHEDULE_S
     )

@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import orjson
@@ -265,7 +265,7 @@ class Worker:
         if len(entries) == 1 and config.rate_limit is None and known:
             await self._deliver_taken(destination, config, one)
             return
-        ready: list[tuple[Entry, dict[str, Any], int, str | None]] = []
+        ready: list[tuple[Entry, dict[str, Any], _Tries, str | None]] = []
         for entry in entries:
             fields = await self._queue.load(entry[1])
             if fields is None or redis_keys.EVENT_DATA_FIELD not in fields:
@@ -277,8 +277,7 @@ class Worker:
             if turn.state != "ok":
                 await self._not_yet(destination, entry, turn.state, turn.ms)
                 continue
-            made = int(fields.get(redis_keys.ATTEMPTS_FIELD_PREFIX + destination, "0")) + 1
-            ready.append((entry, event, made, contact))
+            ready.append((entry, event, _tries(fields, destination), contact))
         if not ready:
             return
         holder = self._consumer + ready[0][0][0]
@@ -308,8 +307,8 @@ class Worker:
                 release = None
         finally:
             await self._gate.answered(destination, sent)
-        for (entry, event, made, contact), attempt in zip(ready, attempts, strict=True):
-            await self._settle(destination, entry, event, attempt, made, contact, release)
+        for (entry, event, tries, contact), attempt in zip(ready, attempts, strict=True):
+            await self._settle(destination, entry, event, attempt, tries, contact, release)
 
     async def _deliver_taken(
         self, destination: str, config: DeliverySettings, entry: Entry
@@ -339,13 +338,13 @@ class Worker:
             await self._queue.drop(destination, entry)
             return
         event = orjson.loads(fields[redis_keys.EVENT_DATA_FIELD])
-        made = int(fields.get(redis_keys.ATTEMPTS_FIELD_PREFIX + destination, "0")) + 1
+        tries = _tries(fields, destination)
         try:
             attempt = await self._adapters[destination].deliver(event)
         except BaseException:
             await self._limiter.release(destination, holder)
             raise
-        await self._settle(destination, entry, event, attempt, made, entry.contact, holder)
+        await self._settle(destination, entry, event, attempt, tries, entry.contact, holder)
 
     async def _not_yet(self, destination: str, entry: Entry, state: str, head_due_ms: int) -> None:
         """An earlier event of this contact is still on its way. Parked: the event comes
@@ -378,49 +377,77 @@ class Worker:
         entry: Entry,
         event: dict[str, Any],
         attempt: Attempt,
-        made: int,
+        tries: _Tries,
         contact: str | None,
         release: str | None = None,
     ) -> None:
         """Record the attempt and what follows; ``release``: the lease to give back with it."""
         config = self._config(destination)
-        if attempt.outcome in (Outcome.delivered, Outcome.rejected):
-            delivered = attempt.outcome is Outcome.delivered
+        credentials = attempt.outcome is Outcome.credentials
+        delay_s: float | None = None
+        if credentials or attempt.outcome is Outcome.retry:
+            if credentials:
+                await self._queue.set_health(
+                    destination, f"upstream answered {attempt.status}: credentials or configuration"
+                )
+            if attempt.status == 429 and attempt.retry_after_s:
+                await self._limiter.pause(destination, attempt.retry_after_s)
+            # Rejected credentials walk the long end by every attempt made, and never end;
+            # other failures spend the schedule, which a replay starts afresh.
+            delay_s = next_delay_s(
+                tries.made if credentials else tries.retried + 1,
+                config.retry_schedule,
+                retry_after_s=attempt.retry_after_s,
+                credentials=credentials,
+            )
+        if delay_s is not None:
             await self._queue.finish(
                 destination,
                 entry,
                 attempt.to_dict(),
-                status=DeliveryStatus.delivered if delivered else DeliveryStatus.dead,
+                status=DeliveryStatus.retrying,
+                retry_at_ms=int((time.time() + delay_s) * 1000),
                 contact=contact,
-                notifications=await self._notifications(destination, event, delivered=delivered),
                 release=release,
+                spends_step=not credentials,
             )
-            self._counts["delivered" if delivered else "dead"] += 1
-            if not delivered:
-                log.warning(
-                    "%s rejected %s: %s", destination, entry.event, attempt.error or attempt.status
-                )
+            self._counts["retrying"] += 1
             return
-        credentials = attempt.outcome is Outcome.credentials
-        if credentials:
-            await self._queue.set_health(
-                destination, f"upstream answered {attempt.status}: credentials or configuration"
-            )
-        if attempt.status == 429 and attempt.retry_after_s:
-            await self._limiter.pause(destination, attempt.retry_after_s)
-        delay_s = next_delay_s(
-            made,
-            config.retry_schedule,
-            retry_after_s=attempt.retry_after_s,
-            credentials=credentials,
-        )
+        delivered = attempt.outcome is Outcome.delivered
         await self._queue.finish(
             destination,
             entry,
             attempt.to_dict(),
-            status=DeliveryStatus.retrying,
-            retry_at_ms=int((time.time() + delay_s) * 1000),
+            status=DeliveryStatus.delivered if delivered else DeliveryStatus.dead,
             contact=contact,
+            notifications=await self._notifications(destination, event, delivered=delivered),
             release=release,
         )
-        self._counts["retrying"] += 1
+        self._counts["delivered" if delivered else "dead"] += 1
+        if not delivered:
+            why = attempt.error or attempt.status
+            if attempt.outcome is Outcome.rejected:
+                log.warning("%s rejected %s: %s", destination, entry.event, why)
+            else:
+                log.warning(
+                    "%s: %s dead-lettered after %d attempts, the retry schedule spent (last: %s)",
+                    destination,
+                    entry.event,
+                    tries.made,
+                    why,
+                )
+
+
+class _Tries(NamedTuple):
+    """How far an event's delivery to one destination has gone, this attempt included."""
+
+    #: Attempts made (this one too): numbers the records, walks the credentials wait.
+    made: int
+    #: Retryable failures before this attempt since the schedule began (or was replayed).
+    retried: int
+
+
+def _tries(fields: dict[str, str], destination: str) -> _Tries:
+    """The counts kept in an event's hash (see :mod:`relay.redis_keys`)."""
+    made = int(fields.get(redis_keys.ATTEMPTS_FIELD_PREFIX + destination, "0")) + 1
+    return _Tries(made, int(fields.get(redis_keys.RETRIES_FIELD_PREFIX + destination, "0")))

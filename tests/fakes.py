@@ -62,10 +62,14 @@ class Recorded:
     parsed: Any
 
 
+#: A scripted body made from the request it answers (e.g. one that echoes a header back).
+Echo = Callable[[Recorded], str]
+
+
 @dataclass(slots=True)
 class _Scripted:
     status: int | None
-    body: bytes
+    body: bytes | Echo
     headers: dict[str, str]
     delay_s: float
     times: int = field(default=1)
@@ -94,14 +98,15 @@ class _Fake:
         self,
         *,
         status: int | None = None,
-        body: bytes | str | dict[str, Any] | list[Any] = b"",
+        body: bytes | str | dict[str, Any] | list[Any] | Echo = b"",
         headers: dict[str, str] | None = None,
         delay_s: float = 0.0,
         times: int = 1,
     ) -> None:
         """Answer the next ``times`` requests with ``status``/``body``/``headers``.
 
-        A dict or list body is sent as JSON. ``delay_s`` waits before answering;
+        A dict or list body is sent as JSON; a callable makes the body from the
+        :class:`Recorded` request it answers. ``delay_s`` waits before answering;
         with ``status=None`` the fake then answers normally (a slow upstream).
         Scripts queue up: the first one is used up before the next applies.
         """
@@ -126,17 +131,16 @@ class _Fake:
                 parsed = None
         elif request.content_type == "application/x-www-form-urlencoded":
             parsed = dict(parse_qsl(body.decode(), keep_blank_values=True))
-        self.requests.append(
-            Recorded(
-                time.time(),
-                request.method,
-                request.path,
-                dict(request.query),
-                dict(request.headers),
-                body,
-                parsed,
-            )
+        recorded = Recorded(
+            time.time(),
+            request.method,
+            request.path,
+            dict(request.query),
+            dict(request.headers),
+            body,
+            parsed,
         )
+        self.requests.append(recorded)
         if self._scripts:
             step = self._scripts[0]
             step.times -= 1
@@ -145,7 +149,8 @@ class _Fake:
             if step.delay_s:
                 await asyncio.sleep(step.delay_s)
             if step.status is not None:
-                return web.Response(status=step.status, body=step.body, headers=step.headers)
+                answer = step.body if isinstance(step.body, bytes) else step.body(recorded).encode()
+                return web.Response(status=step.status, body=answer, headers=step.headers)
         return await handler(request)
 
     async def start(self) -> None:

@@ -1,13 +1,14 @@
-"""Retry policy: schedule steps, jitter bounds, Retry-After, rejected credentials."""
+"""Retry policy: schedule steps, its end, jitter bounds, Retry-After, rejected credentials."""
 
 from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
-from relay.retry import DEFAULT_SCHEDULE_S, JITTER, next_delay_s, parse_retry_after
+from relay.retry import DEFAULT_SCHEDULE_S, JITTER, next_delay_s, parse_retry_after, window_s
 from relay.settings import DEFAULT_RETRY_SCHEDULE_S
 
 SEEDS = range(500)
@@ -42,9 +43,6 @@ def test_default_schedule_is_the_settings_one() -> None:
         (8, 21600),
         (9, 43200),
         (10, 86400),
-        (11, 86400),
-        (12, 86400),
-        (1000, 86400),
     ],
 )
 def test_steps_of_the_default_schedule(attempt: int, step: float) -> None:
@@ -54,10 +52,19 @@ def test_steps_of_the_default_schedule(attempt: int, step: float) -> None:
     assert high == pytest.approx(step * 1.2)
 
 
-@pytest.mark.parametrize("attempt", [1, 2, 5, 10, 11, 50])
+@pytest.mark.parametrize("retry", [11, 12, 1000])
+def test_the_default_schedule_ends_after_ten_retries(retry: int) -> None:
+    assert next_delay_s(retry, DEFAULT_SCHEDULE_S, rng=_Fixed("high")) is None
+    # However long the upstream asked us to wait: the schedule is spent.
+    assert next_delay_s(retry, DEFAULT_SCHEDULE_S, retry_after_s=5) is None
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 5, 10])
 def test_jitter_stays_within_twenty_percent(attempt: int) -> None:
-    step = DEFAULT_SCHEDULE_S[min(attempt - 1, len(DEFAULT_SCHEDULE_S) - 1)]
-    delays = [next_delay_s(attempt, DEFAULT_SCHEDULE_S, rng=random.Random(seed)) for seed in SEEDS]
+    step = DEFAULT_SCHEDULE_S[attempt - 1]
+    delays = [
+        next_delay_s(attempt, DEFAULT_SCHEDULE_S, rng=random.Random(seed)) or 0.0 for seed in SEEDS
+    ]
     assert all(step * (1 - JITTER) <= d <= step * (1 + JITTER) for d in delays)
     # It really is spread (not a constant), over most of the band on both sides.
     assert min(delays) < step * 0.85
@@ -66,15 +73,33 @@ def test_jitter_stays_within_twenty_percent(attempt: int) -> None:
 
 
 def test_jitter_without_an_rng_is_in_bounds() -> None:
-    delays = [next_delay_s(1, [10]) for _ in range(200)]
+    delays = [next_delay_s(1, [10]) or 0.0 for _ in range(200)]
     assert all(8 <= d <= 12 for d in delays)
     assert len(set(delays)) > 1
 
 
-def test_last_step_repeats_forever() -> None:
+def test_after_the_last_step_nothing() -> None:
     schedule = [1.0, 2.0, 7.0]
-    for attempt in range(3, 200):
-        assert next_delay_s(attempt, schedule, rng=_Fixed("low")) == pytest.approx(7 * 0.8)
+    assert next_delay_s(3, schedule, rng=_Fixed("low")) == pytest.approx(7 * 0.8)
+    for retry in range(4, 200):
+        assert next_delay_s(retry, schedule, rng=_Fixed("low")) is None
+    assert next_delay_s(1, [0.05]) is not None
+    assert next_delay_s(2, [0.05]) is None
+
+
+def test_the_window_is_the_sum_of_the_steps() -> None:
+    assert window_s(DEFAULT_SCHEDULE_S) == 168_155
+    assert window_s([0.05, 0.05]) == pytest.approx(0.1)
+    # What the README promises, from the first attempt to the last, and with the jitter.
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+
+    def hm(seconds: float) -> str:
+        hours, minutes = divmod(round(seconds / 60), 60)
+        return f"{hours} h {minutes} m"
+
+    window = window_s(DEFAULT_SCHEDULE_S)
+    assert f"11 attempts over about {hm(window)}" in readme
+    assert f"{hm(window * (1 - JITTER))} to {hm(window * (1 + JITTER))} with the jitter" in readme
 
 
 def test_retry_after_wins_when_longer() -> None:
@@ -89,7 +114,9 @@ def test_retry_after_wins_when_longer() -> None:
 
 def test_rejected_credentials_use_the_long_end() -> None:
     def step(attempt: int, schedule: tuple[float, ...] = DEFAULT_SCHEDULE_S) -> float:
-        return next_delay_s(attempt, schedule, rng=_Fixed("low"), credentials=True) / 0.8
+        delay = next_delay_s(attempt, schedule, rng=_Fixed("low"), credentials=True)
+        assert delay is not None  # never dead-lettered
+        return delay / 0.8
 
     assert [round(step(n)) for n in range(1, 9)] == [
         600,
@@ -101,18 +128,20 @@ def test_rejected_credentials_use_the_long_end() -> None:
         86400,
         86400,
     ]
+    # Long past the schedule's end: its last step, forever.
+    assert round(step(1000)) == 86400
     # No step that long: the last step, forever.
-    assert [round(step(n, (1, 2, 3))) for n in (1, 2, 9)] == [3, 3, 3]
+    assert [round(step(n, (1, 2, 3))) for n in (1, 2, 9, 1000)] == [3, 3, 3, 3]
     # A schedule whose first step is long already starts there.
     assert [round(step(n, (900, 1000))) for n in (1, 2, 3)] == [900, 1000, 1000]
     # Retry-After still counts.
     assert next_delay_s(1, (5,), retry_after_s=10, credentials=True, rng=_Fixed("low")) == 10
 
 
-@pytest.mark.parametrize("attempt", [0, -1])
-def test_attempt_counts_from_one(attempt: int) -> None:
-    with pytest.raises(ValueError, match="attempt"):
-        next_delay_s(attempt, DEFAULT_SCHEDULE_S)
+@pytest.mark.parametrize("retry", [0, -1])
+def test_retries_count_from_one(retry: int) -> None:
+    with pytest.raises(ValueError, match="count from 1"):
+        next_delay_s(retry, DEFAULT_SCHEDULE_S)
 
 
 def test_empty_schedule_is_refused() -> None:

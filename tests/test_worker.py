@@ -29,6 +29,11 @@ from tests.fakes import (
 __all__ = ["fake_convertr", "fake_conveyour"]  # fixtures used below
 
 
+#: Quick retries, enough of them that the scripted failures below never use them up
+#: (an event with more retryable failures than steps is dead-lettered).
+FAST_RETRIES = "retry_schedule = [0.05, 0.05, 0.05, 0.05, 0.05]"
+
+
 def toml_for(conveyour: FakeConveyour, convertr: FakeConvertr, *, extra: str = "") -> str:
     return f"""
 [destinations.conveyour]
@@ -36,7 +41,7 @@ type = "conveyour"
 base_url = "{conveyour.url}"
 token = "{CONVEYOUR_TOKEN}"
 events = ["contact", "lead"]
-retry_schedule = [0.05]
+{FAST_RETRIES}
 {extra}
 
 [destinations.convertr]
@@ -47,7 +52,7 @@ campaign_id = 123
 form_id = 45
 publisher_id = 6
 events = ["lead"]
-retry_schedule = [0.05]
+{FAST_RETRIES}
 {extra}
 """
 
@@ -199,7 +204,7 @@ async def test_rejected_credentials_keep_the_event_and_mark_unhealthy(
     settings = make_settings(
         toml_for(fake_conveyour, fake_convertr)
         .replace(CONVERTR_API_KEY, "wrong-key-123")
-        .replace("retry_schedule = [0.05]", "")  # the default schedule
+        .replace(FAST_RETRIES, "")  # the default schedule
     )
     client = await app_client(settings)
     key = await make_key("write:leads")
@@ -305,7 +310,7 @@ async def test_per_contact_order_without_a_rate_limit(
         settings = make_settings(
             f'[destinations.crm]\ntype = "webhook"\nurl = "{receiver.url}/crm"\n'
             'secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"\nevents = ["lead"]\n'
-            "retry_schedule = [0.05]\n"
+            f"{FAST_RETRIES}\n"
         )
         client = await app_client(settings)
         key = await make_key("write:leads")

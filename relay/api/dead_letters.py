@@ -12,17 +12,12 @@ from relay.api.body import read_model
 from relay.api.problems import json_response
 from relay.api.routing import QueryParam, routes
 from relay.api.state import API_KEY, REDIS, SETTINGS
+from relay.deadletters import list_dead_letters as read_dead_letters
 from relay.errors import Forbidden, ValidationFailed
-from relay.models import Problem
+from relay.models import DeadLetter, Problem
 from relay.queue import DeliveryQueue
 
 __all__: list[str] = []
-
-
-class DeadLetter(BaseModel):
-    destination: str
-    event_id: str
-    dead_at: float = Field(description="Unix seconds when it was dead-lettered")
 
 
 class ReplayRequest(BaseModel):
@@ -70,7 +65,8 @@ def _destinations(request: web.Request, only: str | None, *, where: str) -> list
 @routes.route(
     "GET",
     "/v1/dead-letters",
-    summary="Events an upstream rejected, oldest first (see each with GET /v1/events/{id})",
+    summary="Events an upstream rejected or that ran out of retries, oldest first, each with "
+    "its last attempt (every attempt: GET /v1/events/{id})",
     scope="admin",
     query=(QueryParam("destination", "Only this destination"),),
     responses={
@@ -83,12 +79,10 @@ def _destinations(request: web.Request, only: str | None, *, where: str) -> list
 async def list_dead_letters(request: web.Request) -> web.Response:
     """A key restricted to some destinations lists only their dead letters; naming
     another destination is 403."""
-    settings = request.app[SETTINGS]
-    queue = DeliveryQueue(request.app[REDIS], retention_s=settings.retention_s)
     rows = [
-        DeadLetter(destination=dest, event_id=event_id, dead_at=at).model_dump()
+        letter.model_dump()
         for dest in _destinations(request, request.query.get("destination"), where="query")
-        for event_id, at in await queue.dead_letters(dest)
+        for letter in await read_dead_letters(request.app[REDIS], dest)
     ]
     return json_response(rows)
 

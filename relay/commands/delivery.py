@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import signal
 import sys
 from datetime import UTC, datetime
-from typing import Any
 
 import orjson
 
 from relay import redis_keys
 from relay.commands.reach import reach_redis
+from relay.commands.text import one_line, terminal_json, width_of
 from relay.connect import check_version, redis_for
+from relay.deadletters import list_dead_letters
 from relay.errors import RelayError
+from relay.models import DeadLetter
 from relay.queue import DeliveryQueue
 from relay.settings import Settings
 from relay.worker import Worker
@@ -58,23 +61,43 @@ def _destinations(settings: Settings, only: str | None) -> list[str]:
 
 async def dlq_list(settings: Settings, args: argparse.Namespace) -> int:
     async with reach_redis(settings) as redis:
-        queue = DeliveryQueue(redis, retention_s=settings.retention_s)
-        rows: list[dict[str, Any]] = [
-            {"destination": dest, "event_id": event_id, "dead_at": at}
+        letters = [
+            letter
             for dest in _destinations(settings, args.destination)
-            for event_id, at in await queue.dead_letters(dest)
+            for letter in await list_dead_letters(redis, dest)
         ]
     if args.json:
-        print(orjson.dumps(rows).decode())
+        print(terminal_json(orjson.dumps([letter.model_dump() for letter in letters]).decode()))
         return 0
-    if not rows:
+    if not letters:
         print("No dead letters.")
         return 0
-    for row in rows:
-        when = datetime.fromtimestamp(float(row["dead_at"]), UTC).strftime("%Y-%m-%d %H:%M:%S")
-        print(f"{row['destination']:<16} {row['event_id']}  {when}")
-    print(f"\n{len(rows)} dead letters. See why: relay events show EVENT_ID")
+    _dead_letter_table(letters, columns=shutil.get_terminal_size((120, 24)).columns)
+    many = "dead letter" if len(letters) == 1 else "dead letters"
+    print(f"\n{len(letters)} {many}. Every attempt: relay events show EVENT_ID")
     return 0
+
+
+def _dead_letter_table(letters: list[DeadLetter], *, columns: int) -> None:
+    """One line per dead letter, the answer cut to what is left of ``columns``; every
+    cell that came from an upstream is escaped (relay.commands.text)."""
+    head = ("DESTINATION", "EVENT", "DEAD AT (UTC)", "STATUS", "ERROR", "ANSWER")
+    rows = [
+        (
+            one_line(d.destination, 24),
+            one_line(d.event_id, 40),
+            datetime.fromtimestamp(d.dead_at, UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            "-" if d.status_code is None else str(d.status_code),
+            one_line(d.error or "-", 24),
+            d.excerpt or d.note or "-",
+        )
+        for d in letters
+    ]
+    widths = [max(width_of(r[i]) for r in [head, *rows]) for i in range(5)]
+    answer_width = max(20, columns - sum(widths) - 2 * len(widths))
+    for row in [head, *rows]:
+        cells = [cell + " " * (w - width_of(cell)) for cell, w in zip(row, widths, strict=False)]
+        print("  ".join([*cells, one_line(row[5], answer_width)]).rstrip())
 
 
 async def dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
