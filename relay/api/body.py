@@ -2,17 +2,24 @@
 
 JSON (an object, or an array as a batch), ``application/x-www-form-urlencoded``
 and ``multipart/form-data`` are accepted; form keys written flat
-(``traits[city]``) are unflattened here, JSON keys by the normalizer.
+(``traits[city]``) are unflattened here, JSON keys by the normalizer. The work
+is bounded before anything is parsed or normalized (see ``relay.api.bounds``),
+and what cannot be kept exactly as sent is refused, never altered.
 """
 
 from __future__ import annotations
 
+import codecs
+import json
+from decimal import Decimal
 from typing import Any, TypeVar
+from urllib.parse import unquote_to_bytes
 
 import orjson
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from pydantic import BaseModel, ValidationError
 
+from relay.api.bounds import MAX_BODY_VALUES, MAX_FORM_FIELDS, check_item, too_many_values
 from relay.errors import (
     BodyTooLarge,
     FieldError,
@@ -50,36 +57,60 @@ _ACCEPTED = "application/json, application/x-www-form-urlencoded or multipart/fo
 
 
 async def read_items(request: web.Request, *, max_batch: int) -> tuple[list[Any], bool]:
-    """The body's items and whether it was a batch (a JSON array)."""
+    """The body's items and whether it was a batch (a JSON array).
+
+    An item that fails the bounds is a :class:`ValidationFailed` in the list (its
+    ``loc`` relative to the item), so that a batch's other items still queue.
+    """
     ctype = request.content_type
     if ctype == "application/json" or ctype.endswith("+json"):
-        doc = await _read_json(request)
+        raw = await request.read()
+        doc = _parse_json(raw)
     elif ctype in _FORM_TYPES:
-        doc = await _read_form(request, ctype)
+        return [await _read_form(request, ctype)], False
     else:
         sent = request.headers.get("Content-Type") or "no Content-Type"
         raise UnsupportedMediaType(f"{sent} is not accepted; send {_ACCEPTED}")
-    if not isinstance(doc, list):
-        return [doc], False
-    if not doc:
+    is_batch = isinstance(doc, list)
+    if not is_batch:
+        doc = [doc]
+    elif not doc:
         raise ValidationFailed(
             "the batch is empty; send at least one item",
             errors=[{"loc": ["body"], "msg": "empty array"}],
         )
-    if len(doc) > max_batch:
+    elif len(doc) > max_batch:
         raise BodyTooLarge(
             f"the batch has {len(doc)} items; at most {max_batch} are accepted in one request",
             errors=[{"loc": ["body"], "msg": f"more than {max_batch} items"}],
         )
-    return doc, True
+    nul = b"\\u0000" in raw  # JSON can only write NUL so (orjson refuses a raw one)
+    checks = [check_item(item, nul=nul) for item in doc]
+    if any(floats for _, floats in checks):
+        # orjson has turned any integer beyond 64 bits into a float and rounded any
+        # number a float cannot hold: read the body again, exactly, to refuse those.
+        exact = _parse_exact(raw)
+        doc = exact if is_batch else [exact]
+        doc = [float(item) if type(item) is Decimal else item for item in doc]
+        checks = [check_item(item, nul=nul) for item in doc]
+    return [
+        ValidationFailed("the item is out of bounds", errors=errors) if errors else item
+        for item, (errors, _) in zip(doc, checks, strict=True)
+    ], is_batch
 
 
-async def _read_json(request: web.Request) -> Any:
-    raw = await request.read()
+def _parse_json(raw: bytes) -> Any:
     if not raw.strip():
         raise MalformedBody(
             "the body is empty; send a JSON object or an array of them",
             errors=[{"loc": ["body"], "msg": "empty body"}],
+        )
+    if too_many_values(raw):
+        msg = f"more than {MAX_BODY_VALUES} values"
+        raise BodyTooLarge(
+            f"the body has {msg} (fields, array elements and items counted together); "
+            "send fewer fields or split the batch",
+            errors=[{"loc": ["body"], "msg": msg}],
         )
     try:
         return orjson.loads(raw)
@@ -89,24 +120,103 @@ async def _read_json(request: web.Request) -> Any:
         ) from None
 
 
-async def _read_form(request: web.Request, ctype: str) -> dict[str, Any]:
+def _parse_exact(raw: bytes) -> Any:
+    """``raw`` (valid JSON: orjson read it) with every number exact: ints and Decimals."""
+    try:
+        return json.loads(raw, parse_float=Decimal)
+    except ValueError as exc:  # an integer of more than 4,300 digits
+        msg = f"a number cannot be read exactly: {exc}"
+        raise ValidationFailed(msg, errors=[{"loc": ["body"], "msg": msg}]) from None
+
+
+async def _read_form(request: web.Request, ctype: str) -> Any:
+    """The form as one raw item, or the :class:`ValidationFailed` naming its bad fields."""
+    raw = await request.read()
+    charset = request.charset or "utf-8"
+    try:
+        codecs.lookup(charset)
+    except LookupError:
+        raise UnsupportedMediaType(f"charset {charset!r} is not supported; send UTF-8") from None
     if ctype == _FORM_TYPES[0]:
-        peek = (await request.read()).lstrip()[:1]
-        if peek in (b"{", b"["):
+        if raw.lstrip()[:1] in (b"{", b"["):
             raise UnsupportedMediaType(
                 "the body looks like JSON but was sent as application/x-www-form-urlencoded "
                 "(curl -d does that); add the header Content-Type: application/json"
             )
+        if raw.count(b"&") >= MAX_FORM_FIELDS:
+            raise _too_many_fields()
+        pairs, errors = _urlencoded(raw, charset)
+    else:
+        pairs, errors = await _multipart(request, charset)
+    if errors:
+        return ValidationFailed("the form has fields that cannot be read", errors=errors)
     try:
-        form = await request.post()
-    except (ValueError, UnicodeDecodeError) as exc:
+        item = unflatten(pairs)
+    except ValidationFailed as exc:
+        return exc
+    errors, _ = check_item(item)
+    return ValidationFailed("the form is out of bounds", errors=errors) if errors else item
+
+
+def _too_many_fields() -> BodyTooLarge:
+    msg = f"more than {MAX_FORM_FIELDS} fields"
+    return BodyTooLarge(
+        f"the form has {msg}; a form is one item, send fewer fields",
+        errors=[{"loc": ["body"], "msg": msg}],
+    )
+
+
+def _urlencoded(raw: bytes, charset: str) -> tuple[list[tuple[str, str]], list[FieldError]]:
+    """Name-value pairs, each decoded strictly (never U+FFFD), and the fields that would not."""
+    pairs: list[tuple[str, str]] = []
+    errors: list[FieldError] = []
+    for field in raw.rstrip().split(b"&"):
+        if not field:
+            continue
+        name_b, value_b = (
+            unquote_to_bytes(part.replace(b"+", b" ")) for part in field.partition(b"=")[::2]
+        )
+        try:
+            name = name_b.decode(charset)
+        except UnicodeDecodeError as exc:
+            shown = name_b.decode(charset, "backslashreplace")
+            errors.append({"loc": [shown], "msg": f"the field name is not valid {charset}: {exc}"})
+            continue
+        try:
+            pairs.append((name, value_b.decode(charset)))
+        except UnicodeDecodeError as exc:
+            errors.append({"loc": [name], "msg": f"not valid {charset}: {exc}"})
+    return pairs, errors
+
+
+async def _multipart(
+    request: web.Request, charset: str
+) -> tuple[list[tuple[str, str]], list[FieldError]]:
+    """Text parts as name-value pairs, decoded strictly, and the parts refused (files)."""
+    pairs: list[tuple[str, str]] = []
+    errors: list[FieldError] = []
+    try:
+        reader = await request.multipart()
+        count = 0
+        while (part := await reader.next()) is not None:
+            count += 1
+            if count > MAX_FORM_FIELDS:
+                raise _too_many_fields()
+            if not isinstance(part, BodyPartReader):
+                raise MalformedBody("nested multipart bodies are not accepted")
+            if part.name is None:
+                raise MalformedBody("a multipart part has no name (Content-Disposition)")
+            if part.filename is not None:
+                errors.append({"loc": [part.name], "msg": "a file, not a text field"})
+                continue
+            data = await part.read(decode=True)
+            part_charset = part.get_charset(default=charset)
+            try:
+                pairs.append((part.name, bytes(data).decode(part_charset)))
+            except (UnicodeDecodeError, LookupError) as exc:
+                errors.append({"loc": [part.name], "msg": f"not valid {part_charset}: {exc}"})
+    except ValueError as exc:
         raise MalformedBody(
             f"the form body cannot be parsed: {exc}", errors=[{"loc": ["body"], "msg": str(exc)}]
         ) from None
-    files = [name for name, value in form.items() if isinstance(value, web.FileField)]
-    if files:
-        raise ValidationFailed(
-            "file uploads are not accepted; send text fields only",
-            errors=[{"loc": ["body", name], "msg": "a file, not a text field"} for name in files],
-        )
-    return unflatten((name, value) for name, value in form.items())
+    return pairs, errors
