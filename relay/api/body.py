@@ -13,13 +13,13 @@ import codecs
 import json
 from decimal import Decimal
 from typing import Any, TypeVar
-from urllib.parse import unquote_to_bytes
 
 import orjson
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from relay.api.bounds import MAX_BODY_VALUES, MAX_FORM_FIELDS, check_item, too_many_values
+from relay.api.bounds import MAX_BODY_VALUES, check_item, too_many_values
+from relay.api.forms import header_params, multipart_pairs, urlencoded_pairs
 from relay.errors import (
     BodyTooLarge,
     FieldError,
@@ -143,11 +143,15 @@ async def _read_form(request: web.Request, ctype: str) -> Any:
                 "the body looks like JSON but was sent as application/x-www-form-urlencoded "
                 "(curl -d does that); add the header Content-Type: application/json"
             )
-        if raw.count(b"&") >= MAX_FORM_FIELDS:
-            raise _too_many_fields()
-        pairs, errors = _urlencoded(raw, charset)
+        pairs, errors = urlencoded_pairs(raw, charset)
     else:
-        pairs, errors = await _multipart(request, charset)
+        boundary = header_params(request.headers.get("Content-Type", "")).get("boundary")
+        if not boundary:
+            raise MalformedBody(
+                "multipart/form-data needs a boundary in its Content-Type",
+                errors=[{"loc": ["body"], "msg": "no boundary"}],
+            )
+        pairs, errors = multipart_pairs(raw, boundary, charset)
     if errors:
         return ValidationFailed("the form has fields that cannot be read", errors=errors)
     try:
@@ -156,67 +160,3 @@ async def _read_form(request: web.Request, ctype: str) -> Any:
         return exc
     errors, _ = check_item(item)
     return ValidationFailed("the form is out of bounds", errors=errors) if errors else item
-
-
-def _too_many_fields() -> BodyTooLarge:
-    msg = f"more than {MAX_FORM_FIELDS} fields"
-    return BodyTooLarge(
-        f"the form has {msg}; a form is one item, send fewer fields",
-        errors=[{"loc": ["body"], "msg": msg}],
-    )
-
-
-def _urlencoded(raw: bytes, charset: str) -> tuple[list[tuple[str, str]], list[FieldError]]:
-    """Name-value pairs, each decoded strictly (never U+FFFD), and the fields that would not."""
-    pairs: list[tuple[str, str]] = []
-    errors: list[FieldError] = []
-    for field in raw.rstrip().split(b"&"):
-        if not field:
-            continue
-        name_b, value_b = (
-            unquote_to_bytes(part.replace(b"+", b" ")) for part in field.partition(b"=")[::2]
-        )
-        try:
-            name = name_b.decode(charset)
-        except UnicodeDecodeError as exc:
-            shown = name_b.decode(charset, "backslashreplace")
-            errors.append({"loc": [shown], "msg": f"the field name is not valid {charset}: {exc}"})
-            continue
-        try:
-            pairs.append((name, value_b.decode(charset)))
-        except UnicodeDecodeError as exc:
-            errors.append({"loc": [name], "msg": f"not valid {charset}: {exc}"})
-    return pairs, errors
-
-
-async def _multipart(
-    request: web.Request, charset: str
-) -> tuple[list[tuple[str, str]], list[FieldError]]:
-    """Text parts as name-value pairs, decoded strictly, and the parts refused (files)."""
-    pairs: list[tuple[str, str]] = []
-    errors: list[FieldError] = []
-    try:
-        reader = await request.multipart()
-        count = 0
-        while (part := await reader.next()) is not None:
-            count += 1
-            if count > MAX_FORM_FIELDS:
-                raise _too_many_fields()
-            if not isinstance(part, BodyPartReader):
-                raise MalformedBody("nested multipart bodies are not accepted")
-            if part.name is None:
-                raise MalformedBody("a multipart part has no name (Content-Disposition)")
-            if part.filename is not None:
-                errors.append({"loc": [part.name], "msg": "a file, not a text field"})
-                continue
-            data = await part.read(decode=True)
-            part_charset = part.get_charset(default=charset)
-            try:
-                pairs.append((part.name, bytes(data).decode(part_charset)))
-            except (UnicodeDecodeError, LookupError) as exc:
-                errors.append({"loc": [part.name], "msg": f"not valid {part_charset}: {exc}"})
-    except ValueError as exc:
-        raise MalformedBody(
-            f"the form body cannot be parsed: {exc}", errors=[{"loc": ["body"], "msg": str(exc)}]
-        ) from None
-    return pairs, errors

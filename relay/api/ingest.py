@@ -42,7 +42,7 @@ __all__ = ["choose_destinations"]
 _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
 #: Longest a batch normalizes before it yields to the event loop (every item is
 #: bounded by relay.api.bounds, so one costs well under this).
-_SLICE_S = 0.002
+_SLICE_S = 0.0002
 _DESTINATION_PARAM = QueryParam(
     "destination",
     "Send only to these destinations (repeat or comma-separate); default: every "
