@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from relay.api.bounds import MAX_BODY_VALUES, check_item, too_many_values
+from relay.api.bounds import MAX_BODY_VALUES, Slicer, check_item, too_many_values
 from relay.api.forms import header_params, multipart_pairs, urlencoded_pairs
 from relay.errors import (
     BodyTooLarge,
@@ -85,18 +85,26 @@ async def read_items(request: web.Request, *, max_batch: int) -> tuple[list[Any]
             errors=[{"loc": ["body"], "msg": f"more than {max_batch} items"}],
         )
     nul = b"\\u0000" in raw  # JSON can only write NUL so (orjson refuses a raw one)
-    checks = [check_item(item, nul=nul) for item in doc]
+    checks = await _check_all(doc, nul=nul)
     if any(floats for _, floats in checks):
         # orjson has turned any integer beyond 64 bits into a float and rounded any
         # number a float cannot hold: read the body again, exactly, to refuse those.
         exact = _parse_exact(raw)
         doc = exact if is_batch else [exact]
         doc = [float(item) if type(item) is Decimal else item for item in doc]
-        checks = [check_item(item, nul=nul) for item in doc]
+        checks = await _check_all(doc, nul=nul)
     return [
         ValidationFailed("the item is out of bounds", errors=errors) if errors else item
         for item, (errors, _) in zip(doc, checks, strict=True)
     ], is_batch
+
+
+async def _check_all(items: list[Any], *, nul: bool) -> list[tuple[list[FieldError], bool]]:
+    slicer, checks = Slicer(), []
+    for item in items:
+        await slicer.tick()
+        checks.append(check_item(item, nul=nul))
+    return checks
 
 
 def _parse_json(raw: bytes) -> Any:

@@ -18,7 +18,9 @@ a number a 64-bit float cannot hold (``1e-400``, 20 significant digits).
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any, Final
@@ -31,6 +33,8 @@ __all__ = [
     "MAX_ITEM_DEPTH",
     "MAX_ITEM_KEYS",
     "MAX_ITEM_VALUES",
+    "SLICE_S",
+    "Slicer",
     "check_item",
     "too_many_values",
 ]
@@ -48,6 +52,10 @@ MAX_ITEM_VALUES: Final = 1_000
 MAX_ITEM_DEPTH: Final = 8
 #: Fields of a form body, which is always one item.
 MAX_FORM_FIELDS: Final = MAX_ITEM_VALUES
+
+#: Longest a request's bounded steps (an item walked, an item normalized) run
+#: before it lets other requests in: a big batch is many small steps.
+SLICE_S: Final = 0.0002
 
 #: What orjson and the stored events hold exactly: a signed or an unsigned 64-bit integer.
 _INT_RANGE: Final = range(-(2**63), 2**64)
@@ -162,3 +170,17 @@ def check_item(item: Any, *, nul: bool = True) -> tuple[list[FieldError], bool]:
             msg = f"too many values: more than {MAX_ITEM_VALUES} fields and array elements"
             walk.errors.append({"loc": [], "msg": msg})
     return walk.errors, walk.floats
+
+
+class Slicer:
+    """Lets other requests in when this one has worked :data:`SLICE_S` since it last did."""
+
+    __slots__ = ("_since",)
+
+    def __init__(self) -> None:
+        self._since = time.perf_counter()
+
+    async def tick(self) -> None:
+        if time.perf_counter() - self._since > SLICE_S:
+            await asyncio.sleep(0)
+            self._since = time.perf_counter()

@@ -6,8 +6,6 @@ accepted item. A bad item in a batch never holds back the good ones.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +13,7 @@ import orjson
 from aiohttp import web
 
 from relay.api.body import read_items
+from relay.api.bounds import Slicer
 from relay.api.idempotency import Claim, claim, idempotency_key, release
 from relay.api.problems import problem
 from relay.api.routing import QueryParam, routes
@@ -40,9 +39,6 @@ from relay.store import NewEvent
 __all__ = ["choose_destinations"]
 
 _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
-#: Longest a batch normalizes before it yields to the event loop (every item is
-#: bounded by relay.api.bounds, so one costs well under this).
-_SLICE_S = 0.0002
 _DESTINATION_PARAM = QueryParam(
     "destination",
     "Send only to these destinations (repeat or comma-separate); default: every "
@@ -141,11 +137,9 @@ async def _accept(request: web.Request, kind: EventKind, claimed: Claim | None) 
     events: list[NewEvent] = []
     accepted: list[BatchAccepted] = []  # only for a batch's answer
     rejected: list[BatchRejected] = []
-    slice_start = time.perf_counter()
+    slicer = Slicer()  # a big batch lets other requests in between its items
     for index, raw in enumerate(items):
-        if time.perf_counter() - slice_start > _SLICE_S:
-            await asyncio.sleep(0)  # a big batch lets other requests in between its items
-            slice_start = time.perf_counter()
+        await slicer.tick()
         try:
             if isinstance(raw, ValidationFailed):
                 raise raw  # out of bounds (relay.api.bounds): never normalized
