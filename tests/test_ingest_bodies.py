@@ -21,6 +21,7 @@ from relay.api.bounds import (
     MAX_ITEM_DEPTH,
     MAX_ITEM_KEYS,
     MAX_ITEM_VALUES,
+    may_be_inexact,
     too_many_values,
 )
 
@@ -58,9 +59,10 @@ async def _payload(client: TestClient[Any, Any], headers: dict[str, str], event_
         (b"-9223372036854775809", "beyond 64 bits"),  # -(2**63) - 1
         (b"1e-400", "would become 0"),
         (b"0.12345678901234567890123", "significant digits"),
+        (b"123456789.123456789", "significant digits"),
         (b'"a\\u0000b"', "NUL"),
     ],
-    ids=["huge-int", "2**64", "below-int64", "underflow", "too-precise", "nul"],
+    ids=["huge-int", "2**64", "below-int64", "underflow", "too-precise", "18-digits", "nul"],
 )
 async def test_json_value_that_cannot_be_kept_is_422_naming_the_field(
     client: TestClient[Any, Any], redis: Redis, headers: dict[str, str], value: bytes, says: str
@@ -82,6 +84,26 @@ async def test_nul_in_a_field_name_is_422(
     assert status == 422
     assert answer["errors"][0]["loc"] == ["body", "n\x00"]
     assert "field name contains a NUL" in answer["errors"][0]["msg"]
+
+
+def test_only_long_digit_runs_and_big_exponents_may_be_inexact() -> None:
+    assert not may_be_inexact(b'[1.5, 123456789012345, 1e99, 1E-99, "+44 7123 456789"]')
+    for number in (b"1.234567890123456", b"1e-400", b"1E+300", b"1e0400", b"12345678.12345678"):
+        assert may_be_inexact(b"[" + number + b"]"), number
+
+
+async def test_a_long_digit_run_in_a_string_beside_floats_is_kept(
+    client: TestClient[Any, Any], headers: dict[str, str]
+) -> None:
+    body = b'{"email": "a@example.com", "ref": "12345678901234567890", "score": 0.5, "n": 7}'
+    status, answer = await _post(client, headers, body, JSON)
+    assert status == 202, answer
+    payload = await _payload(client, headers, answer["id"])
+    assert payload["traits"] == {"ref": "12345678901234567890", "score": 0.5, "n": 7}
+    assert type(payload["traits"]["n"]) is int
+    status, answer = await _post(client, headers, body.replace(b"1234567890", b""), JSON)
+    assert status == 202, answer  # read once: no number here can be inexact
+    assert (await _payload(client, headers, answer["id"]))["traits"]["score"] == 0.5
 
 
 async def test_numbers_that_fit_are_kept_exactly(

@@ -18,7 +18,13 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from relay.api.bounds import MAX_BODY_VALUES, Slicer, check_item, too_many_values
+from relay.api.bounds import (
+    MAX_BODY_VALUES,
+    Slicer,
+    check_item,
+    may_be_inexact,
+    too_many_values,
+)
 from relay.api.forms import header_params, multipart_pairs, urlencoded_pairs
 from relay.errors import (
     BodyTooLarge,
@@ -29,7 +35,7 @@ from relay.errors import (
 )
 from relay.normalize import unflatten
 
-__all__ = ["read_items", "read_model"]
+__all__ = ["json_items", "read_items", "read_model"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -64,13 +70,16 @@ async def read_items(request: web.Request, *, max_batch: int) -> tuple[list[Any]
     """
     ctype = request.content_type
     if ctype == "application/json" or ctype.endswith("+json"):
-        raw = await request.read()
-        doc = _parse_json(raw)
-    elif ctype in _FORM_TYPES:
+        return await json_items(await request.read(), max_batch=max_batch)
+    if ctype in _FORM_TYPES:
         return [await _read_form(request, ctype)], False
-    else:
-        sent = request.headers.get("Content-Type") or "no Content-Type"
-        raise UnsupportedMediaType(f"{sent} is not accepted; send {_ACCEPTED}")
+    sent = request.headers.get("Content-Type") or "no Content-Type"
+    raise UnsupportedMediaType(f"{sent} is not accepted; send {_ACCEPTED}")
+
+
+async def json_items(raw: bytes, *, max_batch: int) -> tuple[list[Any], bool]:
+    """:func:`read_items` for a JSON body."""
+    doc = _parse_json(raw)
     is_batch = isinstance(doc, list)
     if not is_batch:
         doc = [doc]
@@ -86,7 +95,7 @@ async def read_items(request: web.Request, *, max_batch: int) -> tuple[list[Any]
         )
     nul = b"\\u0000" in raw  # JSON can only write NUL so (orjson refuses a raw one)
     checks = await _check_all(doc, nul=nul)
-    if any(floats for _, floats in checks):
+    if any(floats for _, floats in checks) and may_be_inexact(raw):
         # orjson has turned any integer beyond 64 bits into a float and rounded any
         # number a float cannot hold: read the body again, exactly, to refuse those.
         exact = _parse_exact(raw)

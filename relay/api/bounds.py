@@ -36,6 +36,7 @@ __all__ = [
     "SLICE_S",
     "Slicer",
     "check_item",
+    "may_be_inexact",
     "too_many_values",
 ]
 
@@ -59,6 +60,11 @@ SLICE_S: Final = 0.0002
 
 #: What orjson and the stored events hold exactly: a signed or an unsigned 64-bit integer.
 _INT_RANGE: Final = range(-(2**63), 2**64)
+#: Maps a JSON text's digits and "." to "0", "e" and "E" to "e", signs to "s", the rest to " ".
+_NUMBER_SHAPE: Final = bytes(
+    ord("0") if c in b"0123456789." else ord("e") if c in b"eE" else ord("s") if c in b"+-" else 32
+    for c in range(256)
+)
 _NUL_MSG: Final = "contains a NUL character (U+0000), which relay does not accept"
 
 
@@ -85,6 +91,18 @@ def too_many_values(raw: bytes) -> bool:
 
 def _structural(raw: bytes) -> int:
     return len(raw) - len(raw.translate(None, b",[{"))
+
+
+def may_be_inexact(raw: bytes) -> bool:
+    """Whether the JSON text ``raw`` may hold a number orjson cannot keep exactly.
+
+    Such a number has 16 or more digits in a row (a ``.`` among them counts), or a
+    3-digit exponent (``1e-400``): a number with at most 15 significant digits and
+    a 2-digit exponent survives a 64-bit float (C's ``DBL_DIG``). True is only a
+    maybe (the bytes of strings are looked at too); False is certain.
+    """
+    shape = raw.translate(_NUMBER_SHAPE)
+    return b"0" * 16 in shape or b"e000" in shape or b"es000" in shape
 
 
 class _Full(Exception):
@@ -139,7 +157,8 @@ class _Walk:
     def number(self, exact: Decimal, loc: list[str | int]) -> float | None:
         """The float for a JSON number read exactly, or None after an error."""
         value = float(exact)
-        if math.isfinite(value) and Decimal(repr(value)) == exact:
+        shortest = repr(value)
+        if math.isfinite(value) and (shortest == str(exact) or Decimal(shortest) == exact):
             return value
         if value == 0:
             msg = "too close to zero for a 64-bit float (it would become 0); send it as a string"
