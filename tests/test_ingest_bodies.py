@@ -303,6 +303,8 @@ async def test_worst_bodies_do_not_stall_other_clients(
         orjson.dumps({"email": "a@example.com", "traits": {f"f__{i}": "x" for i in range(40_000)}}),
         # just under the body's bound: every item normalized, none valid
         orjson.dumps([{f"f{j}": "x" for j in range(47)} for _ in range(500)]),
+        # the same with floats and a long digit run: read a second time, exactly
+        orjson.dumps([{"id": "1" * 20, **{f"f{j}": 1.5 for j in range(46)}} for _ in range(500)]),
     ]
     assert all(len(body) < 1_048_576 for body in worst)
     await _p50(client, headers, 20)  # warm up
