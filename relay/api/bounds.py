@@ -125,17 +125,14 @@ class _Walk:
             msg = f"nested too deeply: at most {MAX_ITEM_DEPTH} levels of objects and arrays"
             self.errors.append({"loc": loc, "msg": msg})
             return
+        if isinstance(obj, dict) and len(obj) > MAX_ITEM_KEYS:
+            msg = f"too many fields in one object: {len(obj)}, at most {MAX_ITEM_KEYS}"
+            self.errors.append({"loc": loc, "msg": msg})
+            return
         self.values += len(obj)
         if self.values > MAX_ITEM_VALUES:
             raise _Full
-        if isinstance(obj, dict):
-            if len(obj) > MAX_ITEM_KEYS:
-                msg = f"too many fields in one object: {len(obj)}, at most {MAX_ITEM_KEYS}"
-                self.errors.append({"loc": loc, "msg": msg})
-                return
-            pairs: Iterable[tuple[Any, Any]] = obj.items()
-        else:
-            pairs = enumerate(obj)
+        pairs: Iterable[tuple[Any, Any]] = obj.items() if isinstance(obj, dict) else enumerate(obj)
         for k, v in pairs:
             if self.nul and isinstance(k, str) and "\x00" in k:
                 self.errors.append({"loc": [*loc, k], "msg": "the field name " + _NUL_MSG})
