@@ -42,6 +42,7 @@ def test_multipart_text_parts_in_order() -> None:
         _part("b64", b"RGFsbGFz", "Content-Transfer-Encoding: base64"),
         _part("qp", b"Dall=C3=A9s", "Content-Transfer-Encoding: quoted-printable"),
         _part("empty", b""),
+        b"Content-Disposition: form-data; name*=utf-8''na%C3%AFve\r\n\r\nyes",
     )
     pairs, errors = multipart_pairs(body, "XyZ", "utf-8")
     assert errors == []
@@ -52,6 +53,7 @@ def test_multipart_text_parts_in_order() -> None:
         ("b64", "Dallas"),
         ("qp", "Dallés"),
         ("empty", ""),
+        ("naïve", "yes"),
     ]
 
 

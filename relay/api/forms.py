@@ -84,7 +84,7 @@ def multipart_pairs(raw: bytes, boundary: str, charset: str) -> tuple[Pairs, lis
             head, _, body = part.partition(b"\r\n\r\n")
         headers = _headers(head)
         params = header_params(headers.get("content-disposition", ""))
-        name = params.get("name")
+        name = params.get("name") or _extended(params.get("name*", ""))
         if not headers.get("content-disposition", "").lower().startswith("form-data") or not name:
             raise MalformedBody(
                 "a multipart part has no Content-Disposition: form-data; name=...",
@@ -123,6 +123,16 @@ def header_params(header: str) -> dict[str, str]:
         )
         for m in _PARAM.finditer(header)
     }
+
+
+def _extended(value: str) -> str:
+    """An RFC 8187 ``name*=utf-8''%E2%82%AC`` value, decoded; "" when there is none."""
+    charset, _, rest = value.partition("'")
+    _, _, encoded = rest.partition("'")
+    try:
+        return unquote_to_bytes(encoded).decode(charset or "utf-8") if encoded else ""
+    except (UnicodeDecodeError, LookupError):
+        return ""
 
 
 def _transfer_decoded(body: bytes, encoding: str, name: str) -> bytes:
