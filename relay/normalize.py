@@ -157,28 +157,34 @@ def unflatten(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
     """Nest flattened keys: ``traits__city``, ``traits.city``, ``traits[city]`` -> ``traits.city``.
 
     A path given more than once collects its values in a list, in order, and a
-    ``tags[]`` key always makes a list. Paths are placed shallowest first, and a
-    key that would have to descend into a value that is not an object (``a=1``
-    with ``a__b=2``) stays flat, spelled as sent: ``{"a": 1, "a__b": 2}``.
-    Values that are already objects are merged into, never mutated.
+    ``tags[]`` key always makes a list. Paths are placed shallowest first. A key
+    that would have to descend into a value that is not an object (``traits=foo``
+    with ``traits[city]=Dallas``) is a conflict: :class:`ValidationFailed` names
+    each such key as sent. Values that are already objects are merged into, never
+    mutated.
     """
     parsed = [(key, *_split_key(key), value) for key, value in pairs]
     parsed.sort(key=lambda p: len(p[1]))  # stable: repeated keys keep their order
     out: dict[str, Any] = {}
     owned: set[int] = set()  # ids of the dicts and lists built here (safe to change)
+    errors: list[FieldError] = []
     for key, path, append, value in parsed:
         node = out
-        for seg in path[:-1]:
+        for depth, seg in enumerate(path[:-1]):
             child = node.get(seg, _MISSING)
             if child is _MISSING or (isinstance(child, dict) and id(child) not in owned):
                 child = node[seg] = {} if child is _MISSING else dict(child)
                 owned.add(id(child))
             elif not isinstance(child, dict):
-                _put(out, key, value, append=False, owned=owned)
+                where = ".".join(path[: depth + 1])
+                msg = f"conflicts with {where!r}, which was sent as {_json_type(child)}, not fields"
+                errors.append({"loc": [key], "msg": msg})
                 break
             node = child
         else:
             _put(node, path[-1], value, append=append, owned=owned)
+    if errors:
+        raise ValidationFailed(_detail("item", errors), errors=errors)
     return out
 
 
@@ -239,7 +245,11 @@ def _entries(item: dict[Any, Any]) -> list[tuple[str, Any, list[str | int], int]
     if len(item) == 1:
         ((key, inner),) = item.items()
         if isinstance(key, str) and key.strip().lower() in _WRAPPERS and isinstance(inner, dict):
-            item, prefix = _maybe_unflatten(inner), [key]
+            try:
+                item, prefix = _maybe_unflatten(inner), [key]
+            except ValidationFailed as exc:
+                errors: list[FieldError] = [{**e, "loc": [key, *e["loc"]]} for e in exc.errors]
+                raise ValidationFailed(_detail("item", errors), errors=errors) from None
     top: list[tuple[str, Any, list[str | int], int]] = []
     traits: list[tuple[str, Any, list[str | int], int]] = []
     for key, value in item.items():

@@ -95,12 +95,31 @@ def test_unflatten_append_extends_a_list_sent_as_value() -> None:
     [[("a", 1), ("a__b", 2)], [("a__b", 2), ("a", 1)]],
     ids=["scalar-first", "nested-first"],
 )
-def test_unflatten_conflict_keeps_flat_key_whatever_the_order(pairs: list[Any]) -> None:
-    assert unflatten(pairs) == {"a": 1, "a__b": 2}
+def test_unflatten_conflict_names_the_nested_key_whatever_the_order(pairs: list[Any]) -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        unflatten(pairs)
+    assert exc.value.errors == [
+        {"loc": ["a__b"], "msg": "conflicts with 'a', which was sent as a number, not fields"}
+    ]
 
 
 def test_unflatten_deeper_conflict() -> None:
-    assert unflatten([("a.b.c", 3), ("a.b", 2)]) == {"a": {"b": 2}, "a.b.c": 3}
+    with pytest.raises(ValidationFailed) as exc:
+        unflatten([("a.b.c", 3), ("a.b", 2), ("tags[]", "x"), ("tags[x]", "y")])
+    assert [e["loc"] for e in exc.value.errors] == [["tags[x]"], ["a.b.c"]]
+    assert "'a.b', which was sent as a number" in exc.value.errors[1]["msg"]
+    assert "'tags', which was sent as an array" in exc.value.errors[0]["msg"]
+
+
+def test_flattened_key_conflicting_with_a_string_is_refused_not_kept_flat() -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        normalize_item(
+            {"email": "a@example.com", "traits": "foo", "traits__city": "Dallas"}, kind="lead"
+        )
+    assert [e["loc"] for e in exc.value.errors] == [["traits__city"]]
+    with pytest.raises(ValidationFailed) as exc:
+        normalize_item({"lead": {"email": "a@example.com", "a": 1, "a.b": 2}}, kind="lead")
+    assert [e["loc"] for e in exc.value.errors] == [["lead", "a.b"]]
 
 
 def test_unflatten_merges_into_dict_value_without_mutating_it() -> None:

@@ -2,17 +2,30 @@
 
 JSON (an object, or an array as a batch), ``application/x-www-form-urlencoded``
 and ``multipart/form-data`` are accepted; form keys written flat
-(``traits[city]``) are unflattened here, JSON keys by the normalizer.
+(``traits[city]``) are unflattened here, JSON keys by the normalizer. The work
+is bounded before anything is parsed or normalized (see ``relay.api.bounds``),
+and what cannot be kept exactly as sent is refused, never altered.
 """
 
 from __future__ import annotations
 
+import codecs
+import json
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from relay.api.bounds import (
+    MAX_BODY_VALUES,
+    Slicer,
+    check_item,
+    may_be_inexact,
+    too_many_values,
+)
+from relay.api.forms import header_params, multipart_pairs, urlencoded_pairs
 from relay.errors import (
     BodyTooLarge,
     FieldError,
@@ -22,7 +35,7 @@ from relay.errors import (
 )
 from relay.normalize import unflatten
 
-__all__ = ["read_items", "read_model"]
+__all__ = ["json_items", "read_items", "read_model"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -50,36 +63,71 @@ _ACCEPTED = "application/json, application/x-www-form-urlencoded or multipart/fo
 
 
 async def read_items(request: web.Request, *, max_batch: int) -> tuple[list[Any], bool]:
-    """The body's items and whether it was a batch (a JSON array)."""
+    """The body's items and whether it was a batch (a JSON array).
+
+    An item that fails the bounds is a :class:`ValidationFailed` in the list (its
+    ``loc`` relative to the item), so that a batch's other items still queue.
+    """
     ctype = request.content_type
     if ctype == "application/json" or ctype.endswith("+json"):
-        doc = await _read_json(request)
-    elif ctype in _FORM_TYPES:
-        doc = await _read_form(request, ctype)
-    else:
-        sent = request.headers.get("Content-Type") or "no Content-Type"
-        raise UnsupportedMediaType(f"{sent} is not accepted; send {_ACCEPTED}")
-    if not isinstance(doc, list):
-        return [doc], False
-    if not doc:
+        return await json_items(await request.read(), max_batch=max_batch)
+    if ctype in _FORM_TYPES:
+        return [await _read_form(request, ctype)], False
+    sent = request.headers.get("Content-Type") or "no Content-Type"
+    raise UnsupportedMediaType(f"{sent} is not accepted; send {_ACCEPTED}")
+
+
+async def json_items(raw: bytes, *, max_batch: int) -> tuple[list[Any], bool]:
+    """:func:`read_items` for a JSON body."""
+    doc = _parse_json(raw)
+    is_batch = isinstance(doc, list)
+    if not is_batch:
+        doc = [doc]
+    elif not doc:
         raise ValidationFailed(
             "the batch is empty; send at least one item",
             errors=[{"loc": ["body"], "msg": "empty array"}],
         )
-    if len(doc) > max_batch:
+    elif len(doc) > max_batch:
         raise BodyTooLarge(
             f"the batch has {len(doc)} items; at most {max_batch} are accepted in one request",
             errors=[{"loc": ["body"], "msg": f"more than {max_batch} items"}],
         )
-    return doc, True
+    nul = b"\\u0000" in raw  # JSON can only write NUL so (orjson refuses a raw one)
+    checks = await _check_all(doc, nul=nul)
+    if any(floats for _, floats in checks) and may_be_inexact(raw):
+        # orjson has turned any integer beyond 64 bits into a float and rounded any
+        # number a float cannot hold: read the body again, exactly, to refuse those.
+        exact = _parse_exact(raw)
+        doc = exact if is_batch else [exact]
+        doc = [float(item) if type(item) is Decimal else item for item in doc]
+        checks = await _check_all(doc, nul=nul)
+    return [
+        ValidationFailed("the item is out of bounds", errors=errors) if errors else item
+        for item, (errors, _) in zip(doc, checks, strict=True)
+    ], is_batch
 
 
-async def _read_json(request: web.Request) -> Any:
-    raw = await request.read()
+async def _check_all(items: list[Any], *, nul: bool) -> list[tuple[list[FieldError], bool]]:
+    slicer, checks = Slicer(), []
+    for item in items:
+        await slicer.tick()
+        checks.append(check_item(item, nul=nul))
+    return checks
+
+
+def _parse_json(raw: bytes) -> Any:
     if not raw.strip():
         raise MalformedBody(
             "the body is empty; send a JSON object or an array of them",
             errors=[{"loc": ["body"], "msg": "empty body"}],
+        )
+    if too_many_values(raw):
+        msg = f"more than {MAX_BODY_VALUES} values"
+        raise BodyTooLarge(
+            f"the body has {msg} (fields, array elements and items counted together); "
+            "send fewer fields or split the batch",
+            errors=[{"loc": ["body"], "msg": msg}],
         )
     try:
         return orjson.loads(raw)
@@ -89,24 +137,43 @@ async def _read_json(request: web.Request) -> Any:
         ) from None
 
 
-async def _read_form(request: web.Request, ctype: str) -> dict[str, Any]:
+def _parse_exact(raw: bytes) -> Any:
+    """``raw`` (valid JSON: orjson read it) with every number exact: ints and Decimals."""
+    try:
+        return json.loads(raw, parse_float=Decimal)
+    except ValueError as exc:  # an integer of more than 4,300 digits
+        msg = f"a number cannot be read exactly: {exc}"
+        raise ValidationFailed(msg, errors=[{"loc": ["body"], "msg": msg}]) from None
+
+
+async def _read_form(request: web.Request, ctype: str) -> Any:
+    """The form as one raw item, or the :class:`ValidationFailed` naming its bad fields."""
+    raw = await request.read()
+    charset = request.charset or "utf-8"
+    try:
+        codecs.lookup(charset)
+    except LookupError:
+        raise UnsupportedMediaType(f"charset {charset!r} is not supported; send UTF-8") from None
     if ctype == _FORM_TYPES[0]:
-        peek = (await request.read()).lstrip()[:1]
-        if peek in (b"{", b"["):
+        if raw.lstrip()[:1] in (b"{", b"["):
             raise UnsupportedMediaType(
                 "the body looks like JSON but was sent as application/x-www-form-urlencoded "
                 "(curl -d does that); add the header Content-Type: application/json"
             )
+        pairs, errors = urlencoded_pairs(raw, charset)
+    else:
+        boundary = header_params(request.headers.get("Content-Type", "")).get("boundary")
+        if not boundary:
+            raise MalformedBody(
+                "multipart/form-data needs a boundary in its Content-Type",
+                errors=[{"loc": ["body"], "msg": "no boundary"}],
+            )
+        pairs, errors = multipart_pairs(raw, boundary, charset)
+    if errors:
+        return ValidationFailed("the form has fields that cannot be read", errors=errors)
     try:
-        form = await request.post()
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedBody(
-            f"the form body cannot be parsed: {exc}", errors=[{"loc": ["body"], "msg": str(exc)}]
-        ) from None
-    files = [name for name, value in form.items() if isinstance(value, web.FileField)]
-    if files:
-        raise ValidationFailed(
-            "file uploads are not accepted; send text fields only",
-            errors=[{"loc": ["body", name], "msg": "a file, not a text field"} for name in files],
-        )
-    return unflatten((name, value) for name, value in form.items())
+        item = unflatten(pairs)
+    except ValidationFailed as exc:
+        return exc
+    errors, _ = check_item(item)
+    return ValidationFailed("the form is out of bounds", errors=errors) if errors else item

@@ -13,6 +13,14 @@ import orjson
 from aiohttp import web
 
 from relay.api.body import read_items
+from relay.api.bounds import (
+    MAX_BODY_VALUES,
+    MAX_FORM_FIELDS,
+    MAX_ITEM_DEPTH,
+    MAX_ITEM_KEYS,
+    MAX_ITEM_VALUES,
+    Slicer,
+)
 from relay.api.idempotency import Claim, claim, idempotency_key, release
 from relay.api.problems import problem
 from relay.api.routing import QueryParam, routes
@@ -57,9 +65,20 @@ _RESPONSES: dict[int, tuple[str, Any]] = {
     401: ("Missing, unknown, expired or revoked key", Problem),
     403: ("The key lacks the scope, or may not use a named destination", Problem),
     409: ("A request with the same Idempotency-Key is still being handled", Problem),
-    413: ("Body over the size limit, or a batch over the item limit", Problem),
+    413: (
+        "Body over the size limit, a batch over the item limit, a JSON body over "
+        f"{MAX_BODY_VALUES} values in all, or a form over {MAX_FORM_FIELDS} fields",
+        Problem,
+    ),
     415: ("Unsupported Content-Type", Problem),
-    422: ("Nothing valid to queue (for a batch: with accepted and rejected)", Problem),
+    422: (
+        "Nothing valid to queue (for a batch: with accepted and rejected); also an item over "
+        f"{MAX_ITEM_KEYS} keys in one object, {MAX_ITEM_DEPTH} levels or {MAX_ITEM_VALUES} "
+        "values, and any value relay cannot keep exactly (NUL, an integer beyond 64 bits, a "
+        "number a 64-bit float cannot hold, bytes not valid in the charset, a name sent both "
+        "as a value and as fields): each named in errors",
+        Problem,
+    ),
     429: ("The key's own rate limit is spent (Retry-After, RateLimit-*)", Problem),
     503: ("Redis cannot take the event now; nothing was queued, retry", Problem),
 }
@@ -68,9 +87,12 @@ _RESPONSES: dict[int, tuple[str, Any]] = {
 def _body_schema(model: type[Contact]) -> dict[str, Any]:
     one = {
         "description": "Flat fields, ConveYour style {id, traits}, or wrapped "
-        "{contact: {...}} / {lead: {...}}; aliases and flattened keys (a__b, a.b, a[b]) accepted",
+        "{contact: {...}} / {lead: {...}}; aliases and flattened keys (a__b, a.b, a[b]) "
+        f"accepted. At most {MAX_ITEM_KEYS} keys in any one object of an item, "
+        f"{MAX_ITEM_DEPTH} levels of objects and arrays, {MAX_ITEM_VALUES} values in all",
         **model.model_json_schema(ref_template="#/components/schemas/{model}"),
         "additionalProperties": True,
+        "maxProperties": MAX_ITEM_KEYS,
     }
     one.pop("title", None)
     return {"oneOf": [one, {"type": "array", "maxItems": 500, "items": one}]}
@@ -136,8 +158,12 @@ async def _accept(request: web.Request, kind: EventKind, claimed: Claim | None) 
     events: list[NewEvent] = []
     accepted: list[BatchAccepted] = []  # only for a batch's answer
     rejected: list[BatchRejected] = []
+    slicer = Slicer()  # a big batch lets other requests in between its items
     for index, raw in enumerate(items):
+        await slicer.tick()
         try:
+            if isinstance(raw, ValidationFailed):
+                raise raw  # out of bounds (relay.api.bounds): never normalized
             record = normalize_item(raw, kind=kind, default_region=settings.default_region)
         except ValidationFailed as exc:
             where: list[str | int] = ["body", index] if is_batch else ["body"]
