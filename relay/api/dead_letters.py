@@ -10,7 +10,7 @@ from relay.api.problems import json_response
 from relay.api.routing import QueryParam, routes
 from relay.api.state import REDIS, SETTINGS
 from relay.errors import ValidationFailed
-from relay.models import Problem
+from relay.models import Problem, destination_name_schema
 from relay.queue import DeliveryQueue
 
 __all__: list[str] = []
@@ -25,11 +25,26 @@ class DeadLetter(BaseModel):
 class ReplayRequest(BaseModel):
     """Replay ``event_ids`` (or every dead letter with ``all``), of one destination or all."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        # What the handler checks: all, or at least one id.
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["all"], "properties": {"all": {"const": True}}},
+                {"required": ["event_ids"], "properties": {"event_ids": {"minItems": 1}}},
+            ]
+        },
+    )
 
-    event_ids: list[str] = Field(default_factory=list)
+    event_ids: list[str] = Field(
+        default_factory=list, description="Ids that are not dead letters are skipped"
+    )
     all: bool = False
-    destination: str | None = None
+    destination: str | None = Field(
+        default=None,
+        description="Only this destination (null or empty: every one)",
+        json_schema_extra={"anyOf": [destination_name_schema(empty=True), {"type": "null"}]},
+    )
 
 
 class Replayed(BaseModel):
@@ -44,7 +59,7 @@ _AUTH = {
 
 def _destinations(request: web.Request, only: str | None) -> list[str]:
     known = list(request.app[SETTINGS].destinations)
-    if only is None:
+    if not only:  # absent or empty (?destination=): every destination
         return known
     if only not in known:
         raise ValidationFailed(
@@ -59,7 +74,13 @@ def _destinations(request: web.Request, only: str | None) -> list[str]:
     "/v1/dead-letters",
     summary="Events an upstream rejected, oldest first (see each with GET /v1/events/{id})",
     scope="admin",
-    query=(QueryParam("destination", "Only this destination"),),
+    query=(
+        QueryParam(
+            "destination",
+            "Only this destination (empty: every one)",
+            destination_name_schema(empty=True),
+        ),
+    ),
     responses={
         200: ("Dead letters", list[DeadLetter]),
         **_AUTH,
