@@ -123,3 +123,35 @@ async def test_signed_requests(
     stale = signed("msg_3", now - timedelta(minutes=6))
     assert (await client.post("/v1/leads", data=body, headers=stale)).status == 401
     assert await redis.zcard(redis_keys.EVENTS_INDEX) == 1
+
+
+async def test_a_key_that_is_not_utf8_is_a_key_like_any_other(
+    client: TestClient[Any, Any], redis: Redis, make_key: KeyMaker
+) -> None:
+    """Header bytes are opaque (here Latin-1 "été-1"): the same bytes repeat, others do not."""
+    key = await make_key("write:leads")
+    assert client.server.port is not None
+
+    async def post(idem: bytes) -> tuple[int, bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+        body = b'{"email": "ida@example.com"}'
+        writer.write(
+            b"POST /v1/leads HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\nX-API-Key: " + key.encode() + b"\r\n"
+            b"Idempotency-Key: " + idem + b"\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        answer = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+        head, _, payload = answer.partition(b"\r\n\r\n")
+        return int(head.split(b" ")[1]), payload
+
+    first, again, other = (
+        await post(b"\xe9t\xe9-1"),
+        await post(b"\xe9t\xe9-1"),
+        await post(b"\xe9t\xe9-2"),
+    )
+    assert [first[0], again[0], other[0]] == [202, 202, 202]
+    assert again[1] == first[1] != other[1]
+    assert await redis.zcard(redis_keys.EVENTS_INDEX) == 2

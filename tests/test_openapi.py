@@ -136,3 +136,14 @@ async def test_the_document_is_valid_with_no_destination(
 
 def test_build_openapi_is_valid_openapi_3_1() -> None:
     validate(build_openapi(version="0", destinations={"crm": ("lead",)}))
+
+
+async def test_ingest_answers_match_their_documented_schemas(
+    client: TestClient[Any, Any], doc: dict[str, Any], make_key: KeyMaker
+) -> None:
+    headers = {"X-API-Key": await make_key("write:leads")}
+    answers = doc["paths"]["/v1/leads"]["post"]["responses"]
+    for body in ({"email": "a@example.com"}, [{"email": "b@example.com"}]):
+        resp = await client.post("/v1/leads", json=body, headers=headers)
+        schema = answers[str(resp.status)]["content"]["application/json"]["schema"]
+        _validator(doc, schema).validate(await resp.json())

@@ -61,7 +61,10 @@ _IDEMPOTENCY_HEADER = QueryParam(
 #: The default batch limit (RELAY_MAX_BATCH).
 _MAX_BATCH: int = Settings.model_fields["max_batch"].default
 _RESPONSES: dict[int, tuple[str, Any]] = {
-    202: ("Queued: one event, or a batch whose every item was queued", Queued),
+    202: (
+        "Queued: one event, or a batch whose every item was queued",
+        Queued | BatchResult,
+    ),
     207: ("A batch of which some items were rejected (the rest are queued)", BatchResult),
     400: ("Malformed JSON or form", Problem),
     401: ("Missing, unknown, expired or revoked key", Problem),
