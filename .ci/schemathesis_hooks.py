@@ -9,9 +9,10 @@ import schemathesis
 
 
 @schemathesis.hook
-def map_headers(context: Any, headers: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A fresh Idempotency-Key per generated request: relay rightly answers 422 when a key
-    comes back with another body, and that is state the schema cannot say."""
-    if headers and "Idempotency-Key" in headers:
-        headers["Idempotency-Key"] = f"{str(headers['Idempotency-Key'])[:200]}-{uuid.uuid4().hex}"
-    return headers
+def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
+    """A fresh Idempotency-Key on every request, in every phase: relay rightly answers 422
+    when a key comes back with another body, and that is state the schema cannot say."""
+    for headers in (case.headers, kwargs.get("headers")):
+        if headers and "Idempotency-Key" in headers:
+            sent = str(headers["Idempotency-Key"])[:200]
+            headers["Idempotency-Key"] = f"{sent}-{uuid.uuid4().hex}"

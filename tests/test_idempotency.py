@@ -155,3 +155,33 @@ async def test_a_key_that_is_not_utf8_is_a_key_like_any_other(
     assert [first[0], again[0], other[0]] == [202, 202, 202]
     assert again[1] == first[1] != other[1]
     assert await redis.zcard(redis_keys.EVENTS_INDEX) == 2
+
+
+async def test_multipart_bodies_with_a_key(
+    client: TestClient[Any, Any], redis: Redis, make_key: KeyMaker
+) -> None:
+    """The key's digest reads the body first; the multipart form is still parsed from it."""
+    from aiohttp import FormData
+
+    headers = {"X-API-Key": await make_key("write:contacts"), "Idempotency-Key": "form-1"}
+
+    def form() -> FormData:
+        data = FormData(default_to_multipart=True)
+        data.add_field("email", "Cy@Example.com")
+        data.add_field("traits[city]", "Dallas")
+        return data
+
+    first = await client.post("/v1/contacts", data=form(), headers=headers)
+    assert first.status == 202, await first.text()
+    reader = {"X-API-Key": await make_key("read:events")}
+    shown = await client.get(f"/v1/events/{(await first.json())['id']}", headers=reader)
+    event = await shown.json()
+    assert (event["payload"]["email"], event["payload"]["city"]) == ("cy@example.com", "Dallas")
+    upload = FormData()
+    upload.add_field("email", "cy@example.com")
+    upload.add_field("cv", b"%PDF", filename="cv.pdf")
+    refused = await client.post(
+        "/v1/contacts", data=upload, headers={**headers, "Idempotency-Key": "form-2"}
+    )
+    assert refused.status == 422
+    assert (await refused.json())["errors"][0]["loc"] == ["body", "cv"]

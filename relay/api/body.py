@@ -7,10 +7,11 @@ and ``multipart/form-data`` are accepted; form keys written flat
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, TypeVar
 
 import orjson
-from aiohttp import web
+from aiohttp import BodyPartReader, MultipartReader, StreamReader, web
 from pydantic import BaseModel, ValidationError
 
 from relay.errors import (
@@ -45,6 +46,8 @@ async def read_model(request: web.Request, model: type[M]) -> M:
         ) from None
 
 
+#: Buffer size of the stream a multipart body is parsed from (it is all in memory already).
+_CHUNK = 2**16
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 _ACCEPTED = "application/json, application/x-www-form-urlencoded or multipart/form-data"
 
@@ -98,15 +101,40 @@ async def _read_form(request: web.Request, ctype: str) -> dict[str, Any]:
                 "(curl -d does that); add the header Content-Type: application/json"
             )
     try:
-        form = await request.post()
+        fields: list[tuple[str, str | None]]
+        if ctype == _FORM_TYPES[0]:  # text only: parsed from the body's bytes
+            fields = [
+                (k, v if isinstance(v, str) else None) for k, v in (await request.post()).items()
+            ]
+        else:
+            fields = await _multipart_fields(request)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedBody(
             f"the form body cannot be parsed: {exc}", errors=[{"loc": ["body"], "msg": str(exc)}]
         ) from None
-    files = [name for name, value in form.items() if isinstance(value, web.FileField)]
+    files = [name for name, value in fields if value is None]
     if files:
         raise ValidationFailed(
             "file uploads are not accepted; send text fields only",
             errors=[{"loc": ["body", name], "msg": "a file, not a text field"} for name in files],
         )
-    return unflatten((name, value) for name, value in form.items())
+    return unflatten((name, value) for name, value in fields)
+
+
+async def _multipart_fields(request: web.Request) -> list[tuple[str, str | None]]:
+    """``(name, text)`` of each part; None for a file. Parsed from the body's bytes, not
+    with ``request.post()``: that reads the stream, which is already empty when the body
+    was read before (for an Idempotency-Key's digest, or a signature)."""
+    stream = StreamReader(request.protocol, _CHUNK, loop=asyncio.get_running_loop())
+    stream.feed_data(await request.read())
+    stream.feed_eof()
+    fields: list[tuple[str, str | None]] = []
+    reader = MultipartReader(request.headers, stream)
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader) or not part.name:
+            raise ValueError("every part needs a name (nested multipart is not accepted)")
+        if part.filename:
+            fields.append((part.name, None))
+        else:
+            fields.append((part.name, await part.text()))
+    return fields
