@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import orjson
 from aiohttp import BodyPartReader, MultipartReader, StreamReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
 
 from relay.errors import (
@@ -108,9 +109,10 @@ async def _read_form(request: web.Request, ctype: str) -> dict[str, Any]:
             ]
         else:
             fields = await _multipart_fields(request)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, HttpProcessingError) as exc:
+        why = " ".join(str(exc.message if isinstance(exc, HttpProcessingError) else exc).split())
         raise MalformedBody(
-            f"the form body cannot be parsed: {exc}", errors=[{"loc": ["body"], "msg": str(exc)}]
+            f"the form body cannot be parsed: {why}", errors=[{"loc": ["body"], "msg": why}]
         ) from None
     files = [name for name, value in fields if value is None]
     if files:
