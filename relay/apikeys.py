@@ -77,7 +77,10 @@ def parse_expires(text: str, *, now: datetime | None = None) -> datetime:
         amount, unit = int(match[1]), match[2]
         if amount <= 0:
             raise ValueError(f"expiry {text!r} must be a positive duration")
-        return now + timedelta(seconds=amount * _UNIT_S[unit])
+        try:
+            return now + timedelta(seconds=amount * _UNIT_S[unit])
+        except OverflowError:  # past year 9999
+            raise ValueError(f"expiry {text!r} is too far in the future") from None
     try:
         when = datetime.fromisoformat(text.strip().replace("z", "Z"))
     except ValueError:

@@ -4,7 +4,8 @@
 
     RelayError
     ├── ConfigError              relay.toml or the environment is wrong (names the file and key)
-    ├── StoreUnavailable         Redis cannot take or give data right now (API: 503)
+    ├── StoreUnavailable         Redis cannot take or give data right now (API: 503, as for
+    │                            any redis-py error: the stores let those rise unwrapped)
     ├── EmbeddedRedisError       the embedded redis-server would not start
     └── RequestError             a client's request is wrong; carries an HTTP status
         ├── MalformedBody        400: not JSON / not a form that parses

@@ -26,11 +26,9 @@ from typing import Any, cast
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import RedisError
 
 from relay import redis_keys
 from relay.apikeys import new_signing_secret
-from relay.errors import StoreUnavailable
 from relay.groupcommit import Batch
 from relay.ids import new_event_id, random_base62
 from relay.invalidation import listen
@@ -112,11 +110,8 @@ class HookStore:
             created_at=datetime.now(UTC).replace(microsecond=0),
             secret=new_signing_secret(),
         )
-        try:
-            await self._redis.hset(redis_keys.HOOKS_INDEX, sub.id, sub.to_json())
-            await self._redis.publish(redis_keys.HOOKS_CHANGED_CHANNEL, sub.id)
-        except RedisError as exc:
-            raise StoreUnavailable(f"could not store the subscription: {exc}") from exc
+        await self._redis.hset(redis_keys.HOOKS_INDEX, sub.id, sub.to_json())
+        await self._redis.publish(redis_keys.HOOKS_CHANGED_CHANNEL, sub.id)
         self._invalidate(sub.id)
         return sub
 
@@ -125,10 +120,7 @@ class HookStore:
         if self._cache is not None:
             return self._cache
         generation = self._generation
-        try:
-            raw = cast(dict[str, str], await self._redis.hgetall(redis_keys.HOOKS_INDEX))
-        except RedisError as exc:
-            raise StoreUnavailable(f"could not read subscriptions: {exc}") from exc
+        raw = cast(dict[str, str], await self._redis.hgetall(redis_keys.HOOKS_INDEX))
         subs = sorted(
             (Subscription.from_json(v) for v in raw.values()), key=lambda s: (s.created_at, s.id)
         )
@@ -142,19 +134,13 @@ class HookStore:
 
     async def get(self, hook_id: str) -> Subscription | None:
         """One subscription, read from Redis (a deleted one is None at once)."""
-        try:
-            raw = await self._redis.hget(redis_keys.HOOKS_INDEX, hook_id)
-        except RedisError as exc:
-            raise StoreUnavailable(f"could not read the subscription: {exc}") from exc
+        raw = await self._redis.hget(redis_keys.HOOKS_INDEX, hook_id)
         return None if raw is None else Subscription.from_json(cast(str, raw))
 
     async def delete(self, hook_id: str) -> bool:
         """Delete a subscription everywhere; whether it existed."""
-        try:
-            removed = int(await self._redis.hdel(redis_keys.HOOKS_INDEX, hook_id))
-            await self._redis.publish(redis_keys.HOOKS_CHANGED_CHANNEL, hook_id)
-        except RedisError as exc:
-            raise StoreUnavailable(f"could not delete the subscription: {exc}") from exc
+        removed = int(await self._redis.hdel(redis_keys.HOOKS_INDEX, hook_id))
+        await self._redis.publish(redis_keys.HOOKS_CHANGED_CHANNEL, hook_id)
         self._invalidate(hook_id)
         return removed > 0
 

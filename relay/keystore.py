@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from typing import cast
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from relay import redis_keys
 from relay.apikeys import (
@@ -26,7 +25,7 @@ from relay.apikeys import (
     new_key,
     new_signing_secret,
 )
-from relay.errors import NotFound, StoreUnavailable
+from relay.errors import NotFound
 from relay.ids import random_base62
 from relay.invalidation import listen
 
@@ -85,35 +84,26 @@ class KeyStore:
             rate_limit=rate_limit,
             signing_secret=new_signing_secret() if signing else None,
         )
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(redis_keys.key(record.digest), mapping=dict(record.to_hash()))  # type: ignore[arg-type]
-                pipe.hset(redis_keys.KEYS_INDEX, record.id, record.digest)
-                await pipe.execute()
-        except RedisError as exc:
-            raise StoreUnavailable(f"could not store the key: {exc}") from exc
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(redis_keys.key(record.digest), mapping=dict(record.to_hash()))  # type: ignore[arg-type]
+            pipe.hset(redis_keys.KEYS_INDEX, record.id, record.digest)
+            await pipe.execute()
         return record, key
 
     async def list(self) -> list[KeyRecord]:
         """Every key, revoked ones included, oldest first."""
-        try:
-            digests = await self._redis.hvals(redis_keys.KEYS_INDEX)
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for d in digests:
-                    pipe.hgetall(redis_keys.key(cast(str, d)))
-                rows = await pipe.execute()
-        except RedisError as exc:
-            raise StoreUnavailable(f"could not read keys: {exc}") from exc
+        digests = await self._redis.hvals(redis_keys.KEYS_INDEX)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for d in digests:
+                pipe.hgetall(redis_keys.key(cast(str, d)))
+            rows = await pipe.execute()
         records = [KeyRecord.from_hash(r) for r in rows if r]
         return sorted(records, key=lambda r: (r.created_at, r.id))
 
     async def get(self, key_id: str) -> KeyRecord:
         """One key by id; NotFound when there is none."""
-        try:
-            d = await self._redis.hget(redis_keys.KEYS_INDEX, key_id)
-            raw = await self._redis.hgetall(redis_keys.key(cast(str, d))) if d else None
-        except RedisError as exc:
-            raise StoreUnavailable(f"could not read the key: {exc}") from exc
+        d = await self._redis.hget(redis_keys.KEYS_INDEX, key_id)
+        raw = await self._redis.hgetall(redis_keys.key(cast(str, d))) if d else None
         if not raw:
             # Only what looks like an id is echoed: never a key given by mistake.
             shown = f" {key_id!r}" if _KEY_ID.fullmatch(key_id) else ""
@@ -125,13 +115,8 @@ class KeyStore:
         record = await self.get(key_id)
         if record.revoked_at is None:
             now = datetime.now(UTC).replace(microsecond=0)
-            try:
-                await self._redis.hsetnx(
-                    redis_keys.key(record.digest), "revoked_at", now.isoformat()
-                )
-                await self._redis.publish(redis_keys.KEYS_CHANGED_CHANNEL, record.digest)
-            except RedisError as exc:
-                raise StoreUnavailable(f"could not revoke the key: {exc}") from exc
+            await self._redis.hsetnx(redis_keys.key(record.digest), "revoked_at", now.isoformat())
+            await self._redis.publish(redis_keys.KEYS_CHANGED_CHANNEL, record.digest)
             record = await self.get(key_id)
         self._forget(record.digest)
         return record
@@ -149,10 +134,7 @@ class KeyStore:
         if cached is not None:
             return cached
         generation = self._generation
-        try:
-            raw = await self._redis.hgetall(redis_keys.key(d))
-        except RedisError as exc:
-            raise StoreUnavailable(f"could not check the key: {exc}") from exc
+        raw = await self._redis.hgetall(redis_keys.key(d))
         if not raw:
             return None
         record = KeyRecord.from_hash(raw)

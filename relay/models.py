@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 __all__ = [
     "CANONICAL_FIELDS",
+    "DESTINATIONS_KEY",
     "HOOK_TOPICS",
     "SCOPES",
     "ApiKeyInfo",
@@ -38,6 +39,7 @@ __all__ = [
     "Problem",
     "ProblemError",
     "Queued",
+    "destination_name_schema",
 ]
 
 EventKind = Literal["contact", "lead"]
@@ -45,6 +47,32 @@ KeyMode = Literal["live", "test"]
 
 #: Every scope a key may carry.
 SCOPES: tuple[str, ...] = ("write:contacts", "write:leads", "read:events", "webhooks", "admin")
+
+#: In a JSON schema, marks a string whose values are configured destinations: /openapi.json
+#: fills in its ``enum`` from relay.toml (``"*"``: every one, else those taking that type).
+DESTINATIONS_KEY = "x-relay-destinations"
+
+
+def destination_name_schema(kind: str = "*", *, empty: bool = False) -> dict[str, Any]:
+    """A destination's name; ``empty`` also admits "" (which means: the default)."""
+    return {"type": "string", DESTINATIONS_KEY: kind, "enum": [""] if empty else []}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+#: Durations (30d, 12h, 2w) and instants after 2100: never in the past.
+_EXPIRES = (
+    r"^([1-9][0-9]{0,3}[smhdw]|2[1-9][0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])"
+    r"T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]Z)$"
+)
+_RATE_LIMIT = r"^[1-9][0-9]{0,5}/([1-9][0-9]{0,3})?(s|m|h|d)$"
+# An http(s) URL with a host and no credentials (relay.targets says which hosts may be used).
+_TARGET_URL = (
+    r"^https?://[a-z0-9]{1,30}(\.[a-z0-9]{1,30}){0,4}(:[1-9][0-9]{0,3})?"
+    r"(/[A-Za-z0-9._~-]{0,30}){0,5}$"
+)
 
 #: Canonical field names of a normalized contact or lead, in display order.
 CANONICAL_FIELDS: tuple[str, ...] = (
@@ -216,13 +244,27 @@ class KeyCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=100)
-    scopes: list[str] = Field(min_length=1)
-    expires: str | None = Field(
-        default=None, description="ISO 8601 instant or a duration such as 30d, 12h"
+    # The schemas say what the checks in relay.apikeys accept (a subset where they cannot
+    # say it all), so that a client generated from /openapi.json is never refused.
+    name: str = Field(min_length=1, max_length=100, json_schema_extra={"pattern": "[A-Za-z0-9]"})
+    scopes: list[str] = Field(
+        min_length=1, json_schema_extra={"items": {"type": "string", "enum": [*SCOPES]}}
     )
-    destinations: list[str] = Field(default_factory=list)
-    rate_limit: str | None = Field(default=None, description="e.g. 100/m, 2000/5m")
+    expires: str | None = Field(
+        default=None,
+        description="A duration such as 30d, 12h, 2w, or an ISO 8601 instant in the future",
+        json_schema_extra=_nullable({"type": "string", "pattern": _EXPIRES}),
+    )
+    destinations: list[str] = Field(
+        default_factory=list,
+        description="Destinations the key may use (configured ones); empty: all",
+        json_schema_extra={"items": destination_name_schema()},
+    )
+    rate_limit: str | None = Field(
+        default=None,
+        description="COUNT/[N]UNIT, unit s, m, h or d: e.g. 100/m, 2000/5m",
+        json_schema_extra=_nullable({"type": "string", "pattern": _RATE_LIMIT}),
+    )
     mode: KeyMode = "live"
     signing: bool = Field(
         default=False, description="Require Standard Webhooks signatures; returns a whsec_ secret"
@@ -255,7 +297,12 @@ class HookCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     target_url: str = Field(
-        min_length=1, max_length=2048, description="Public http(s) URL notifications go to"
+        min_length=1,
+        max_length=2048,
+        description="Public http(s) URL notifications go to: loopback, private and "
+        "link-local hosts (or names resolving to them) are refused unless relay.toml "
+        "allows private targets",
+        json_schema_extra={"pattern": _TARGET_URL},
     )
     event: HookTopic
 

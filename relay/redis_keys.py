@@ -194,6 +194,9 @@ def order(destination: str, contact: str) -> str:
 
 
 def idempotency(key_id: str, idempotency_key: str) -> str:
-    """The first answer given to ``idempotency_key`` for one API key (digest of the header)."""
-    digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
+    """The first answer given to ``idempotency_key`` for one API key (digest of the header).
+
+    The header's bytes are digested as sent: aiohttp keeps bytes that are not UTF-8
+    as surrogates, and they are a key like any other."""
+    digest = hashlib.sha256(idempotency_key.encode(errors="surrogateescape")).hexdigest()[:32]
     return f"{_TAG}:idem:{key_id}:{digest}"

@@ -4,8 +4,8 @@ An accepted event is written in one atomic script call (a group commit, shared
 with concurrent requests; see :mod:`relay.groupcommit`) with everything that makes it
 deliverable: its record (JSON plus a status per destination), its place in
 the time index, and one entry in each destination's stream. Either all of it
-is in Redis when ``enqueue`` returns, or none of it and ``StoreUnavailable``
-is raised (the API answers 503 so that Zapier and n8n retry).
+is in Redis when ``enqueue`` returns, or none of it and redis-py's error is
+raised (the API's error middleware answers 503, so that Zapier and n8n retry).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from relay import order, redis_keys
-from relay.errors import StoreUnavailable
 from relay.groupcommit import Batch, GroupCommit
 from relay.hooks import Subscription, notification_records, queue_notifications
 from relay.models import Contact, DeliveryStatus, DestinationView, EventKind, EventView
@@ -141,10 +140,7 @@ class EventStore:
             if remember is not None:
                 pipe.set(remember[0], remember[1], ex=redis_keys.IDEMPOTENCY_TTL_S)
 
-        try:
-            await self._commit.submit(writes)
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"Redis did not take the event: {exc}") from exc
+        await self._commit.submit(writes)
 
     def _trim(self, pipe: Batch) -> None:
         """Drop events past the retention from the time index (once per group commit)."""
@@ -182,12 +178,9 @@ class EventStore:
             top = score
         offset = 0
         while len(out) < limit:
-            try:
-                found = await self._redis.zrevrangebyscore(
-                    redis_keys.EVENTS_INDEX, top, "-inf", start=offset, num=_LIST_PAGE
-                )
-            except (RedisError, OSError) as exc:
-                raise StoreUnavailable(f"could not list events: {exc}") from exc
+            found = await self._redis.zrevrangebyscore(
+                redis_keys.EVENTS_INDEX, top, "-inf", start=offset, num=_LIST_PAGE
+            )
             ids = cast(list[str], found)
             if not ids:
                 break
@@ -207,14 +200,11 @@ class EventStore:
         return out
 
     async def _views(self, event_ids: list[str]) -> list[EventView | None]:
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for event_id in event_ids:
-                    pipe.hgetall(redis_keys.event(event_id))
-                    pipe.lrange(redis_keys.attempts(event_id), 0, -1)
-                replies = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"could not read events: {exc}") from exc
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for event_id in event_ids:
+                pipe.hgetall(redis_keys.event(event_id))
+                pipe.lrange(redis_keys.attempts(event_id), 0, -1)
+            replies = await pipe.execute()
         return [
             _view(raw, attempts) for raw, attempts in zip(replies[::2], replies[1::2], strict=True)
         ]

@@ -123,3 +123,65 @@ async def test_signed_requests(
     stale = signed("msg_3", now - timedelta(minutes=6))
     assert (await client.post("/v1/leads", data=body, headers=stale)).status == 401
     assert await redis.zcard(redis_keys.EVENTS_INDEX) == 1
+
+
+async def test_a_key_that_is_not_utf8_is_a_key_like_any_other(
+    client: TestClient[Any, Any], redis: Redis, make_key: KeyMaker
+) -> None:
+    """Header bytes are opaque (here Latin-1 "été-1"): the same bytes repeat, others do not."""
+    key = await make_key("write:leads")
+    assert client.server.port is not None
+
+    async def post(idem: bytes) -> tuple[int, bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+        body = b'{"email": "ida@example.com"}'
+        writer.write(
+            b"POST /v1/leads HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\nX-API-Key: " + key.encode() + b"\r\n"
+            b"Idempotency-Key: " + idem + b"\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        answer = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+        head, _, payload = answer.partition(b"\r\n\r\n")
+        return int(head.split(b" ")[1]), payload
+
+    first, again, other = (
+        await post(b"\xe9t\xe9-1"),
+        await post(b"\xe9t\xe9-1"),
+        await post(b"\xe9t\xe9-2"),
+    )
+    assert [first[0], again[0], other[0]] == [202, 202, 202]
+    assert again[1] == first[1] != other[1]
+    assert await redis.zcard(redis_keys.EVENTS_INDEX) == 2
+
+
+async def test_multipart_bodies_with_a_key(
+    client: TestClient[Any, Any], redis: Redis, make_key: KeyMaker
+) -> None:
+    """The key's digest reads the body first; the multipart form is still parsed from it."""
+    from aiohttp import FormData
+
+    headers = {"X-API-Key": await make_key("write:contacts"), "Idempotency-Key": "form-1"}
+
+    def form() -> FormData:
+        data = FormData(default_to_multipart=True)
+        data.add_field("email", "Cy@Example.com")
+        data.add_field("traits[city]", "Dallas")
+        return data
+
+    first = await client.post("/v1/contacts", data=form(), headers=headers)
+    assert first.status == 202, await first.text()
+    reader = {"X-API-Key": await make_key("read:events")}
+    shown = await client.get(f"/v1/events/{(await first.json())['id']}", headers=reader)
+    event = await shown.json()
+    assert (event["payload"]["email"], event["payload"]["city"]) == ("cy@example.com", "Dallas")
+    upload = FormData()
+    upload.add_field("email", "cy@example.com")
+    upload.add_field("cv", b"%PDF", filename="cv.pdf")
+    refused = await client.post(
+        "/v1/contacts", data=upload, headers={**headers, "Idempotency-Key": "form-2"}
+    )
+    assert refused.status == 422
+    assert (await refused.json())["errors"][0]["loc"] == ["body", "cv"]

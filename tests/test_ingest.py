@@ -301,3 +301,18 @@ async def test_unknown_route_and_method_are_problems(client: TestClient[Any, Any
     wrong = await client.get("/v1/leads")
     assert wrong.status == 405
     _problem(await wrong.json(), 405)
+
+
+async def test_a_broken_multipart_body_is_400(
+    client: TestClient[Any, Any], headers: dict[str, str]
+) -> None:
+    broken = b"--b0und\r\n1566718--b0und--\r\n"  # a part with a header line that is not one
+    resp = await client.post(
+        "/v1/leads",
+        data=broken,
+        headers={**headers, "Content-Type": "multipart/form-data; boundary=b0und"},
+    )
+    assert resp.status == 400, await resp.text()
+    body = await resp.json()
+    _problem(body, 400)
+    assert body["detail"].startswith("the form body cannot be parsed: Invalid HTTP header")

@@ -14,7 +14,7 @@ from relay.api.routing import QueryParam, routes
 from relay.api.state import API_KEY, REDIS, SETTINGS
 from relay.deadletters import list_dead_letters as read_dead_letters
 from relay.errors import Forbidden, ValidationFailed
-from relay.models import DeadLetter, Problem
+from relay.models import DeadLetter, Problem, destination_name_schema
 from relay.queue import DeliveryQueue
 
 __all__: list[str] = []
@@ -23,11 +23,26 @@ __all__: list[str] = []
 class ReplayRequest(BaseModel):
     """Replay ``event_ids`` (or every dead letter with ``all``), of one destination or all."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        # What the handler checks: all, or at least one id.
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["all"], "properties": {"all": {"const": True}}},
+                {"required": ["event_ids"], "properties": {"event_ids": {"minItems": 1}}},
+            ]
+        },
+    )
 
-    event_ids: list[str] = Field(default_factory=list)
+    event_ids: list[str] = Field(
+        default_factory=list, description="Ids that are not dead letters are skipped"
+    )
     all: bool = False
-    destination: str | None = None
+    destination: str | None = Field(
+        default=None,
+        description="Only this destination (null or empty: every one)",
+        json_schema_extra={"anyOf": [destination_name_schema(empty=True), {"type": "null"}]},
+    )
 
 
 class Replayed(BaseModel):
@@ -44,7 +59,7 @@ def _destinations(request: web.Request, only: str | None, *, where: str) -> list
     """The destinations to act on: ``only`` or every one, among those the key may use."""
     known = list(request.app[SETTINGS].destinations)
     key = request[API_KEY]
-    if only is None:
+    if not only:  # absent or empty (?destination=): every destination the key may use
         return [d for d in known if key.may_use(d)]
     if only not in known:
         raise ValidationFailed(
@@ -68,7 +83,13 @@ def _destinations(request: web.Request, only: str | None, *, where: str) -> list
     summary="Events an upstream rejected or that ran out of retries, oldest first, each with "
     "its last attempt (every attempt: GET /v1/events/{id})",
     scope="admin",
-    query=(QueryParam("destination", "Only this destination"),),
+    query=(
+        QueryParam(
+            "destination",
+            "Only this destination (empty: every one)",
+            destination_name_schema(empty=True),
+        ),
+    ),
     responses={
         200: ("Dead letters", list[DeadLetter]),
         **_AUTH,

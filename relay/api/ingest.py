@@ -13,6 +13,7 @@ import orjson
 from aiohttp import web
 
 from relay.api.body import read_items
+from relay.api.body_schema import form_body, json_body
 from relay.api.bounds import (
     MAX_BODY_VALUES,
     MAX_FORM_FIELDS,
@@ -21,7 +22,7 @@ from relay.api.bounds import (
     MAX_ITEM_VALUES,
     Slicer,
 )
-from relay.api.idempotency import Claim, claim, idempotency_key, release
+from relay.api.idempotency import MAX_KEY_LENGTH, Claim, claim, idempotency_key, release
 from relay.api.problems import problem
 from relay.api.routing import QueryParam, routes
 from relay.api.state import API_KEY, EVENTS, HOOKS, REDIS, SETTINGS
@@ -32,12 +33,11 @@ from relay.models import (
     BatchAccepted,
     BatchRejected,
     BatchResult,
-    Contact,
     EventKind,
-    Lead,
     Problem,
     ProblemError,
     Queued,
+    destination_name_schema,
 )
 from relay.normalize import normalize_item
 from relay.settings import Settings
@@ -46,20 +46,33 @@ from relay.store import NewEvent
 __all__ = ["choose_destinations"]
 
 _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
-_DESTINATION_PARAM = QueryParam(
-    "destination",
-    "Send only to these destinations (repeat or comma-separate); default: every "
-    "destination whose events include this type and that the key may use",
-    repeated=True,
-)
+
+
+def _destination_param(kind: EventKind) -> QueryParam:
+    return QueryParam(
+        "destination",
+        f"Send only to these destinations (repeat or comma-separate; empty: the default): "
+        f"every enabled destination taking {kind}s that the key may use",
+        destination_name_schema(kind, empty=True),
+        repeated=True,
+    )
+
+
 _IDEMPOTENCY_HEADER = QueryParam(
     "Idempotency-Key",
     "A repeat within 24 h (same API key) gets the first answer and queues nothing; "
     "the same key with another body is 422. webhook-id is read the same way.",
+    # Non-blank: at least one visible character.
+    {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": "[!-~]"},
     location="header",
 )
+#: The default batch limit (RELAY_MAX_BATCH).
+_MAX_BATCH: int = Settings.model_fields["max_batch"].default
 _RESPONSES: dict[int, tuple[str, Any]] = {
-    202: ("Queued: one event, or a batch whose every item was queued", Queued),
+    202: (
+        "Queued: one event, or a batch whose every item was queued",
+        Queued | BatchResult,
+    ),
     207: ("A batch of which some items were rejected (the rest are queued)", BatchResult),
     400: ("Malformed JSON or form", Problem),
     401: ("Missing, unknown, expired or revoked key", Problem),
@@ -82,20 +95,6 @@ _RESPONSES: dict[int, tuple[str, Any]] = {
     429: ("The key's own rate limit is spent (Retry-After, RateLimit-*)", Problem),
     503: ("Redis cannot take the event now; nothing was queued, retry", Problem),
 }
-
-
-def _body_schema(model: type[Contact]) -> dict[str, Any]:
-    one = {
-        "description": "Flat fields, ConveYour style {id, traits}, or wrapped "
-        "{contact: {...}} / {lead: {...}}; aliases and flattened keys (a__b, a.b, a[b]) "
-        f"accepted. At most {MAX_ITEM_KEYS} keys in any one object of an item, "
-        f"{MAX_ITEM_DEPTH} levels of objects and arrays, {MAX_ITEM_VALUES} values in all",
-        **model.model_json_schema(ref_template="#/components/schemas/{model}"),
-        "additionalProperties": True,
-        "maxProperties": MAX_ITEM_KEYS,
-    }
-    one.pop("title", None)
-    return {"oneOf": [one, {"type": "array", "maxItems": 500, "items": one}]}
 
 
 def choose_destinations(
@@ -237,10 +236,11 @@ def _invalid(detail: str, errors: list[ProblemError], **extra: Any) -> web.Respo
     "/v1/contacts",
     summary="Accept a contact or a batch of contacts (ConveYour identify)",
     scope="write:contacts",
-    body=_body_schema(Contact),
+    body=json_body(max_batch=_MAX_BATCH),
+    form_body=form_body(),
     body_media_types=("application/json", *_FORMS),
     responses=_RESPONSES,
-    query=(_DESTINATION_PARAM, _IDEMPOTENCY_HEADER),
+    query=(_destination_param("contact"), _IDEMPOTENCY_HEADER),
     tag="ingest",
 )
 async def post_contacts(request: web.Request) -> web.Response:
@@ -252,10 +252,11 @@ async def post_contacts(request: web.Request) -> web.Response:
     "/v1/leads",
     summary="Accept a lead or a batch of leads (Convertr, and ConveYour when routed)",
     scope="write:leads",
-    body=_body_schema(Lead),
+    body=json_body(max_batch=_MAX_BATCH),
+    form_body=form_body(),
     body_media_types=("application/json", *_FORMS),
     responses=_RESPONSES,
-    query=(_DESTINATION_PARAM, _IDEMPOTENCY_HEADER),
+    query=(_destination_param("lead"), _IDEMPOTENCY_HEADER),
     tag="ingest",
 )
 async def post_leads(request: web.Request) -> web.Response:

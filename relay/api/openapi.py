@@ -1,10 +1,16 @@
-"""``GET /openapi.json``: OpenAPI 3.1 written from the route table and the models."""
+"""``GET /openapi.json``: OpenAPI 3.1 written from the route table and the models.
+
+The document is as strict as the server: every request it admits is served
+(schemathesis checks that in CI, see ``.ci/schemathesis``). Names of
+destinations are listed from relay.toml, so the document is per configuration.
+"""
 
 from __future__ import annotations
 
 import functools
 import inspect
 import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -12,7 +18,8 @@ from aiohttp import web
 from pydantic import BaseModel, TypeAdapter
 
 from relay.api.routing import ANY_KEY, RouteSpec, routes
-from relay.models import Notification, Problem
+from relay.api.state import SETTINGS
+from relay.models import DESTINATIONS_KEY, Notification, Problem
 
 __all__ = ["build_openapi"]
 
@@ -55,22 +62,26 @@ def _operation(spec: RouteSpec, schemas: _Schemas) -> dict[str, Any]:
     ]
     for q in spec.query:
         schema = {"type": "array", "items": q.schema} if q.repeated else q.schema
-        params.append(
-            {
-                "name": q.name,
-                "in": "query",
-                "description": q.description,
-                "schema": schema,
-                "explode": True,
-            }
-        )
+        param: dict[str, Any] = {
+            "name": q.name,
+            "in": q.location,
+            "description": q.description,
+            "schema": schema,
+        }
+        if q.location == "query":
+            param["explode"] = True
+        params.append(param)
     if params:
         op["parameters"] = params
     if spec.body is not None:
         body = schemas.of(spec.body)
+        form = body if spec.form_body is None else schemas.of(spec.form_body)
         op["requestBody"] = {
             "required": True,
-            "content": {media: {"schema": body} for media in spec.body_media_types},
+            "content": {
+                media: {"schema": body if media == "application/json" else form}
+                for media in spec.body_media_types
+            },
         }
     if spec.scope is not None:
         op["security"] = _SECURITY
@@ -122,13 +133,30 @@ def _notification(schemas: _Schemas) -> dict[str, Any]:
     }
 
 
-def build_openapi(*, version: str) -> dict[str, Any]:
-    """The whole document, from every registered route."""
+def _with_destinations(node: Any, takes: Mapping[str, Sequence[str]]) -> Any:
+    """``node`` with each destination-name schema's ``enum`` listing the configured ones."""
+    if isinstance(node, list):
+        return [_with_destinations(v, takes) for v in node]
+    if not isinstance(node, dict):
+        return node
+    kind = node.get(DESTINATIONS_KEY)
+    if kind is None:
+        return {k: _with_destinations(v, takes) for k, v in node.items()}
+    names = [n for n, kinds in takes.items() if kind == "*" or kind in kinds]
+    rest = {k: v for k, v in node.items() if k != DESTINATIONS_KEY}
+    return {**rest, "enum": [*node.get("enum", []), *names]}
+
+
+def build_openapi(
+    *, version: str, destinations: Mapping[str, Sequence[str]] | None = None
+) -> dict[str, Any]:
+    """The whole document, from every registered route. ``destinations``: each configured
+    destination's name and the event types it takes (none when disabled)."""
     schemas = _Schemas()
     paths: dict[str, dict[str, Any]] = {}
     for spec in routes:
         paths.setdefault(spec.path, {})[spec.method.lower()] = _operation(spec, schemas)
-    return {
+    document = {
         "openapi": "3.1.0",
         "info": {
             "title": "relay",
@@ -148,6 +176,8 @@ def build_openapi(*, version: str) -> dict[str, Any]:
             },
         },
     }
+    result: dict[str, Any] = _with_destinations(document, destinations or {})
+    return result
 
 
 @routes.route(
@@ -159,12 +189,15 @@ def build_openapi(*, version: str) -> dict[str, Any]:
     tag="health",
 )
 async def openapi_json(request: web.Request) -> web.Response:
-    return web.Response(body=_document(), content_type="application/json")
+    configured = request.app[SETTINGS].destinations
+    takes = tuple((n, tuple(d.events) if d.enabled else ()) for n, d in configured.items())
+    return web.Response(body=_document(takes), content_type="application/json")
 
 
 @functools.cache
-def _document() -> bytes:
-    """Built once: the routes and models do not change while the process runs."""
+def _document(takes: tuple[tuple[str, tuple[str, ...]], ...]) -> bytes:
+    """Built once per configuration: the routes and models do not change while the process
+    runs."""
     from relay import __version__
 
-    return orjson.dumps(build_openapi(version=__version__))
+    return orjson.dumps(build_openapi(version=__version__, destinations=dict(takes)))

@@ -1,4 +1,10 @@
-"""The one place where errors become HTTP answers: RFC 9457 problem JSON."""
+"""The one place where errors become HTTP answers: RFC 9457 problem JSON.
+
+Redis trouble is translated here and nowhere else: ``StoreUnavailable``, any
+redis-py error (a refused write such as OOM or READONLY, a dropped or refused
+connection, a timeout) and the OS errors of its sockets all answer 503 with
+``Retry-After``, so no route can turn a Redis outage into a 500.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from relay.api.state import SETTINGS
 from relay.errors import FieldError, RequestError, StoreUnavailable
@@ -91,6 +98,25 @@ def _from_http(exc: web.HTTPException, request: web.Request) -> web.Response:
     return problem(exc.status, title, detail, slug=slug, errors=errors, headers=kept)
 
 
+def _unavailable(exc: BaseException, request: web.Request) -> web.Response:
+    """503: Redis cannot take or give data now; one log line, no traceback (not a bug)."""
+    log.warning("503 %s %s: %s: %s", request.method, request.path, type(exc).__name__, exc)
+    if request.method in ("GET", "HEAD"):
+        detail = "relay cannot read its data right now (Redis is unavailable); retry later"
+    else:
+        detail = (
+            "relay cannot store data right now (Redis is unavailable); nothing was queued "
+            "or changed, retry later"
+        )
+    return problem(
+        503,
+        "Service unavailable",
+        detail,
+        slug="unavailable",
+        headers={"Retry-After": str(RETRY_AFTER_UNAVAILABLE_S)},
+    )
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     """Turn every error into problem JSON; log what the client cannot fix."""
@@ -98,16 +124,8 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         response: web.StreamResponse = await handler(request)
     except RequestError as exc:
         return from_request_error(exc)
-    except StoreUnavailable as exc:
-        log.warning("503 %s %s: %s", request.method, request.path, exc)
-        return problem(
-            503,
-            "Service unavailable",
-            "relay cannot store data right now (Redis is unavailable); nothing was queued, "
-            "retry later",
-            slug="unavailable",
-            headers={"Retry-After": str(RETRY_AFTER_UNAVAILABLE_S)},
-        )
+    except (StoreUnavailable, RedisError, OSError) as exc:
+        return _unavailable(exc, request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

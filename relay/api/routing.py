@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -28,8 +28,8 @@ class QueryParam:
     description: str
     schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
     repeated: bool = False
-    #: "query" or "header"
-    location: str = "query"
+    #: "query" or "header" (the ``in`` of the OpenAPI parameter)
+    location: Literal["query", "header"] = "query"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +49,8 @@ class RouteSpec:
     query: tuple[QueryParam, ...] = ()
     #: Media types of the body besides JSON (for ingest).
     body_media_types: tuple[str, ...] = ("application/json",)
+    #: Schema of the non-JSON media types (forms), when it is not ``body``'s.
+    form_body: dict[str, Any] | None = None
     tag: str = "relay"
 
 
