@@ -315,4 +315,4 @@ async def test_a_broken_multipart_body_is_400(
     assert resp.status == 400, await resp.text()
     body = await resp.json()
     _problem(body, 400)
-    assert body["detail"].startswith("the form body cannot be parsed: Invalid HTTP header")
+    assert "multipart" in body["detail"], body["detail"]  # says what could not be read
