@@ -321,6 +321,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, ge=1)
     #: Most items in one batch (413 above).
     max_batch: int = Field(500, ge=1)
+    #: Seconds a request's whole body may take to arrive after its headers (408 after).
+    body_timeout_s: float = Field(30.0, gt=0, le=3600)
     #: Seconds an event record is kept.
     retention_s: int = Field(7 * 86400, ge=1)
     #: A delivery unfinished this long past its destination's ``timeout_s`` is taken

@@ -3,17 +3,22 @@
 JSON (an object, or an array as a batch), ``application/x-www-form-urlencoded``
 and ``multipart/form-data`` are accepted; form keys written flat
 (``traits[city]``) are unflattened here, JSON keys by the normalizer.
+Every body, on every route, must arrive within ``body_timeout_s`` of its
+headers (:func:`body_deadline_middleware`).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from relay.api.state import SETTINGS
 from relay.errors import (
+    BodyTimeout,
     BodyTooLarge,
     FieldError,
     MalformedBody,
@@ -22,9 +27,51 @@ from relay.errors import (
 )
 from relay.normalize import unflatten
 
-__all__ = ["read_items", "read_model"]
+__all__ = ["body_deadline_middleware", "read_items", "read_model"]
 
 M = TypeVar("M", bound=BaseModel)
+
+
+@web.middleware
+async def body_deadline_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """408, and the connection closed, when the body is not all there ``body_timeout_s``
+    after the headers (a client that announces 1000 bytes and sends 10).
+
+    One deadline for the whole body, whoever reads it (auth's signature check, the
+    idempotency claim, the parsers): when it passes, every read of the body raises
+    :class:`BodyTimeout`, which the error middleware answers. Sits outside it.
+    """
+    payload = request.content
+    if payload.is_eof():  # no body, or all of it already here
+        response: web.StreamResponse = await handler(request)
+        return response
+    timeout_s = request.app[SETTINGS].body_timeout_s
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        if not payload.is_eof():
+            expired = True
+            payload.set_exception(
+                BodyTimeout(
+                    f"the body did not arrive within {timeout_s:g} s "
+                    "(Content-Length announced more than was sent?)",
+                    errors=[{"loc": ["body"], "msg": f"incomplete after {timeout_s:g} s"}],
+                )
+            )
+
+    timer = asyncio.get_running_loop().call_later(timeout_s, expire)
+    try:
+        response = await handler(request)
+    finally:
+        timer.cancel()
+        if expired:
+            # aiohttp reads what is left of an unread body before it reuses the
+            # connection ("lingering"), and gives up, closing it, on a TimeoutError.
+            payload.set_exception(TimeoutError())
+    if expired:
+        response.force_close()
+    return response
 
 
 async def read_model(request: web.Request, model: type[M]) -> M:
