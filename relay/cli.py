@@ -25,13 +25,7 @@ from relay import __version__
 from relay.commands import admin, delivery
 from relay.connect import check_version, memory_hint
 from relay.embedded import EmbeddedRedis
-from relay.errors import (
-    CannotListen,
-    ConfigError,
-    EmbeddedRedisError,
-    RelayError,
-    RequestError,
-)
+from relay.errors import CannotListen, ConfigError, EmbeddedRedisError, RelayError, RequestError
 from relay.models import SCOPES
 from relay.settings import Settings, load_settings
 
