@@ -161,6 +161,26 @@ async def test_a_body_in_time_is_served_and_the_connection_kept(
     writer.close()
 
 
+async def test_a_body_that_cannot_be_decoded_is_a_400_problem_and_closed(
+    serve: Serve, make_key: Callable[..., Awaitable[str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    port = await serve()
+    key = await make_key("write:leads")
+    reader, writer = await _open(port)
+    head = _lead_head(key, **{"Content-Length": "5", "Content-Encoding": "gzip"})
+    writer.write(head + b"abcde")  # not gzip
+    await writer.drain()
+    answer = Answer(await _until_closed(reader))
+    writer.close()
+    assert answer.status == 400
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    assert answer.json()["errors"] == [
+        {"loc": ["body"], "msg": "Can not decode content-encoding: gzip"}
+    ]
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [(r.levelname, r.exc_info) for r in loud] == [("WARNING", None)]
+
+
 async def test_headers_that_never_end_are_cut_off_by_the_keepalive_timer(serve: Serve) -> None:
     port = await serve(keepalive_s=0.5)
     reader, writer = await _open(port)

@@ -4,7 +4,7 @@ JSON (an object, or an array as a batch), ``application/x-www-form-urlencoded``
 and ``multipart/form-data`` are accepted; form keys written flat
 (``traits[city]``) are unflattened here, JSON keys by the normalizer.
 Every body, on every route, must arrive within ``body_timeout_s`` of its
-headers (:func:`body_deadline_middleware`).
+headers (:func:`body_guard_middleware`).
 """
 
 from __future__ import annotations
@@ -27,31 +27,26 @@ from relay.errors import (
 )
 from relay.normalize import unflatten
 
-__all__ = ["body_deadline_middleware", "read_items", "read_model"]
+__all__ = ["body_guard_middleware", "read_items", "read_model"]
 
 M = TypeVar("M", bound=BaseModel)
 
 
 @web.middleware
-async def body_deadline_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """408, and the connection closed, when the body is not all there ``body_timeout_s``
-    after the headers (a client that announces 1000 bytes and sends 10).
+async def body_guard_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """408 when the body is not all there ``body_timeout_s`` after the headers (a
+    client that announces 1000 bytes and sends 10, or trickles them); and after a
+    body that timed out or could not be decoded, the connection closed.
 
     One deadline for the whole body, whoever reads it (auth's signature check, the
     idempotency claim, the parsers): when it passes, every read of the body raises
     :class:`BodyTimeout`, which the error middleware answers. Sits outside it.
     """
     payload = request.content
-    if payload.is_eof():  # no body, or all of it already here
-        response: web.StreamResponse = await handler(request)
-        return response
     timeout_s = request.app[SETTINGS].body_timeout_s
-    expired = False
 
     def expire() -> None:
-        nonlocal expired
         if not payload.is_eof():
-            expired = True
             payload.set_exception(
                 BodyTimeout(
                     f"the body did not arrive within {timeout_s:g} s "
@@ -60,16 +55,19 @@ async def body_deadline_middleware(request: web.Request, handler: Any) -> web.St
                 )
             )
 
-    timer = asyncio.get_running_loop().call_later(timeout_s, expire)
+    timer = None if payload.is_eof() else asyncio.get_running_loop().call_later(timeout_s, expire)
     try:
-        response = await handler(request)
+        response: web.StreamResponse = await handler(request)
     finally:
-        timer.cancel()
-        if expired:
-            # aiohttp reads what is left of an unread body before it reuses the
-            # connection ("lingering"), and gives up, closing it, on a TimeoutError.
+        if timer is not None:
+            timer.cancel()
+        broken = payload.exception() is not None
+        if broken:
+            # aiohttp reads what is left of an unread body before it reuses the connection
+            # ("lingering"); it would raise this error again, with a traceback. On a
+            # TimeoutError it gives up quietly and closes the connection.
             payload.set_exception(TimeoutError())
-    if expired:
+    if broken:
         response.force_close()
     return response
 

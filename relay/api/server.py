@@ -26,7 +26,7 @@ from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, InvalidU
 from aiohttp.web_protocol import RequestHandler
 
 from relay.api.accesslog import AccessLogger
-from relay.api.problems import problem
+from relay.api.problems import parser_reason, problem
 from relay.errors import CannotListen, FieldError
 
 __all__ = ["KEEPALIVE_S", "listen", "running"]
@@ -156,8 +156,8 @@ def _explain(exc: BaseException | None, message: str | None) -> tuple[str, list[
     """What the parser rejected, where, and a hint: never the request's bytes, which
     aiohttp quotes after the first line (they may hold a key)."""
     text = message or (exc.message if isinstance(exc, HttpProcessingError) else "") or ""
-    first, _, excerpt = text.partition("\n")
-    reason = first.split(": b'", 1)[0].rstrip(":. ") or "malformed request"
+    reason = parser_reason(text)
+    excerpt = text.partition("\n")[2]
     if isinstance(exc, BadHttpMethod):
         return reason, ["method"], "; relay serves plain http:// on this port, not https://"
     if isinstance(exc, InvalidURLError):
