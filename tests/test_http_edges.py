@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from aiohttp import web
 from redis.asyncio import Redis
 
 from relay import redis_keys
@@ -256,3 +257,25 @@ async def test_a_rejected_request_never_echoes_its_bytes(
     assert answer.json()["errors"][0]["loc"] == ["header", "Authorization"]
     assert secret.encode() not in raw
     assert secret not in caplog.text
+
+
+async def test_a_start_up_that_fails_closes_what_it_had_opened() -> None:
+    """(An embedded Redis, for one, is stopped again.)"""
+    events: list[str] = []
+
+    async def resource(_app: web.Application) -> AsyncIterator[None]:
+        events.append("opened")
+        yield
+        events.append("closed")
+
+    async def broken(_app: web.Application) -> None:
+        raise RuntimeError("start-up failed")
+
+    app = web.Application()
+    app.cleanup_ctx.append(resource)
+    app.on_startup.append(broken)
+    [sockets] = listen("127.0.0.1", 0)
+    with pytest.raises(RuntimeError, match="start-up failed"):
+        async with running(app, sockets):
+            pass
+    assert events == ["opened", "closed"]

@@ -111,15 +111,18 @@ def _why(exc: OSError, host: str, port: int) -> str:
 async def running(
     app: web.Application, sockets: Sequence[socket.socket], *, keepalive_s: float = KEEPALIVE_S
 ) -> AsyncIterator[web.AppRunner]:
-    """``app`` started (its startup and cleanup contexts run) and served on ``sockets``."""
+    """``app`` started (its startup and cleanup contexts run) and served on ``sockets``,
+    which are closed on the way out."""
     runner = _Runner(app, access_log_class=AccessLogger, keepalive_timeout=keepalive_s)
-    await runner.setup()
     try:
+        await runner.setup()  # inside: what a failing start-up had opened is closed again
         for sock in sockets:
             await web.SockSite(runner, sock, backlog=_BACKLOG).start()
         yield runner
     finally:
         await runner.cleanup()
+        for sock in sockets:
+            sock.close()  # the server closed those it served; these are the ones it never got
 
 
 class _Protocol(RequestHandler):
