@@ -4,11 +4,11 @@ aiohttp's protocol with the HTTP parser's rejections answered as problem JSON.
 aiohttp answers a request its parser rejects (a NUL in a header, a header line
 over 8 KiB, two Content-Length headers, Content-Length with Transfer-Encoding,
 a raw non-ASCII character in the query, a TLS hello on this plain-HTTP port) in
-``RequestHandler.handle_error``, with a ``text/plain`` 400 and an ERROR log
-record carrying a traceback, before any middleware runs; it has no public hook
-for that answer. :class:`_Protocol` overrides ``handle_error`` for client
-errors only (server errors stay aiohttp's) and :class:`_Runner` makes aiohttp's
-server build that protocol.
+``RequestHandler.handle_error``, with a ``text/plain`` 400 and a log record
+carrying a traceback (ERROR; DEBUG for a TLS hello), before any middleware
+runs; it has no public hook for that answer. :class:`_Protocol` overrides
+``handle_error`` for client errors only (server errors stay aiohttp's) and
+:class:`_Runner` makes aiohttp's server build that protocol.
 """
 
 from __future__ import annotations
@@ -59,14 +59,13 @@ def listen(host: str, port: int, *, count: int = 1) -> list[list[socket.socket]]
         # A plain bind fails on a port that SO_REUSEPORT sockets of another process hold;
         # the sockets below, with SO_REUSEPORT, would silently share it.
         for family, addr in addresses:
-            _bind(family, addr, host, port, reuse_port=False).close()
+            _bind(family, addr, host, port, reuse_port=False, backlog=None).close()
     sets: list[list[socket.socket]] = []
     try:
         for _ in range(count):
             sets.append([])
             for family, addr in addresses:
                 sets[-1].append(_bind(family, addr, host, port, reuse_port=count > 1))
-                sets[-1][-1].listen(_BACKLOG)
     except BaseException:
         for sock in (s for group in sets for s in group):
             sock.close()
@@ -81,7 +80,9 @@ def _bind(
     port: int,
     *,
     reuse_port: bool,
+    backlog: int | None = _BACKLOG,
 ) -> socket.socket:
+    """A socket bound to ``addr`` and, unless ``backlog`` is None, listening."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         # Binds over connections of an earlier run still in TIME_WAIT, never over a listener.
@@ -91,6 +92,8 @@ def _bind(
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(addr)
+        if backlog is not None:
+            sock.listen(backlog)
     except OSError as exc:
         sock.close()
         raise CannotListen(_why(exc, host, port)) from None
