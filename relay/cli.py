@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import platform
 import signal
+import socket
 import sys
 import textwrap
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -27,7 +28,7 @@ from relay import __version__
 from relay.commands import admin, delivery
 from relay.connect import check_version, memory_hint
 from relay.embedded import EmbeddedRedis
-from relay.errors import ConfigError, EmbeddedRedisError, RelayError, RequestError
+from relay.errors import CannotListen, ConfigError, EmbeddedRedisError, RelayError, RequestError
 from relay.models import SCOPES
 from relay.settings import Settings, environment_variables, load_settings
 
@@ -85,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the HTTP API", description="Run the HTTP API.")
     serve.add_argument("--host", help="address to listen on (default: RELAY_HOST or 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default: RELAY_PORT or 8080)")
+    serve.add_argument("--port", type=int, help="port, 1-65535 (default: RELAY_PORT or 8080)")
     serve.add_argument(
         "--workers",
         type=_positive,
@@ -312,36 +313,51 @@ def _flag(loc: Sequence[str | int]) -> str:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from relay.api.server import listen
+
     host = args.host or settings.host
-    port = args.port or settings.port
+    port = settings.port if args.port is None else args.port
+    if not 1 <= port <= 65535:
+        print(f"relay serve: --port must be 1-65535, got {port}", file=sys.stderr)
+        return 1
+    # Bind before anything starts: a port in use is an error now, not after "listening".
+    try:
+        sockets = listen(host, port, count=args.workers)
+    except CannotListen as exc:
+        print(f"relay serve: {exc}", file=sys.stderr)
+        return 1
     # Even with no destinations the worker sends hook notifications.
     worker = not args.no_worker
     if args.workers == 1:
-        _run_api(settings, host, port, reuse_port=False, worker=worker)
-        return 0
+        return _run_api(settings, sockets[0], host=host, port=port, worker=worker)
     # Join the embedded Redis here so it outlives any one API process.
     embedded = EmbeddedRedis(settings.data_dir) if settings.redis_url is None else None
     if embedded is not None:
         embedded.acquire()
     try:
-        return _run_processes(settings, host, port, args.workers, worker=worker)
+        return _run_processes(settings, sockets, host=host, port=port, worker=worker)
     finally:
         if embedded is not None:
             embedded.release()
 
 
-def _run_processes(settings: Settings, host: str, port: int, count: int, *, worker: bool) -> int:
+def _run_processes(
+    settings: Settings, sockets: list[list[socket.socket]], *, host: str, port: int, worker: bool
+) -> int:
+    """One API process per set of sockets (forked, so each inherits its own set)."""
     ctx = multiprocessing.get_context("fork")
     procs = [
         ctx.Process(
-            target=_run_api,
-            args=(settings, host, port),
-            kwargs={"reuse_port": True, "worker": worker},
+            target=_run_child,
+            args=(settings, sockets, index),
+            kwargs={"host": host, "port": port, "worker": worker},
         )
-        for _ in range(count)
+        for index in range(len(sockets))
     ]
     for proc in procs:
         proc.start()
+    for sock in (s for group in sockets for s in group):
+        sock.close()  # the children listen; a copy left here would queue connections nobody takes
 
     def forward(signum: int, _frame: Any) -> None:
         for proc in procs:
@@ -353,6 +369,16 @@ def _run_processes(settings: Settings, host: str, port: int, count: int, *, work
     for proc in procs:
         proc.join()
     return max((proc.exitcode or 0) for proc in procs)
+
+
+def _run_child(
+    settings: Settings, sockets: list[list[socket.socket]], index: int, **kwargs: Any
+) -> None:
+    for i, group in enumerate(sockets):
+        if i != index:
+            for sock in group:
+                sock.close()  # a sibling's: kept open here, it would outlive that sibling
+    raise SystemExit(_run_api(settings, sockets[index], **kwargs))
 
 
 async def _freeze_heap(_app: Any) -> None:
@@ -371,16 +397,14 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def _run_api(settings: Settings, host: str, port: int, *, reuse_port: bool, worker: bool) -> None:
-    from aiohttp import web
+def _run_api(
+    settings: Settings, sockets: list[socket.socket], *, host: str, port: int, worker: bool
+) -> int:
+    from relay.api.app import create_app
 
-    from relay.api.app import AccessLogger, create_app
-
-    factory = _loop_factory()
-    loop = factory() if factory is not None else None
     app = create_app(settings)
 
-    async def announce(app: web.Application) -> None:
+    async def check_redis(app: Any) -> None:
         from relay.api.state import REDIS
 
         where = (
@@ -395,27 +419,34 @@ def _run_api(settings: Settings, host: str, port: int, *, reuse_port: bool, work
                 log.info("%s", hint)
         except RelayError as exc:
             log.warning("%s (%s); /readyz answers 503 until it is back", exc, where)
-        log.info(
-            "relay %s listening on http://%s:%s (pid %d)", __version__, host, port, os.getpid()
-        )
 
-    app.on_startup.append(announce)
+    app.on_startup.append(check_redis)
     app.on_startup.append(_freeze_heap)
     if worker:
         app.cleanup_ctx.append(_in_process_worker)
     try:
-        web.run_app(
-            app,
-            host=host,
-            port=port,
-            reuse_port=reuse_port or None,
-            access_log_class=AccessLogger,
-            print=None,
-            loop=loop,
-        )
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(_serve_until_signal(app, sockets, host=host, port=port))
     except EmbeddedRedisError as exc:
         print(f"relay: error: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+        return 1
+    return 0
+
+
+async def _serve_until_signal(
+    app: Any, sockets: list[socket.socket], *, host: str, port: int
+) -> None:
+    from relay.api.server import running
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with running(app, sockets):
+        log.info(
+            "relay %s listening on http://%s:%s (pid %d)", __version__, host, port, os.getpid()
+        )
+        await stop.wait()
 
 
 async def _in_process_worker(app: Any) -> AsyncIterator[None]:

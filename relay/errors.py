@@ -7,8 +7,10 @@
     ├── StoreUnavailable         Redis cannot take or give data right now (API: 503, as for
     │                            any redis-py error: the stores let those rise unwrapped)
     ├── EmbeddedRedisError       the embedded redis-server would not start
+    ├── CannotListen             `relay serve` cannot bind its port (in use, no permission)
     └── RequestError             a client's request is wrong; carries an HTTP status
         ├── MalformedBody        400: not JSON / not a form that parses
+        ├── BodyTimeout          408: the body did not arrive within RELAY_BODY_TIMEOUT_S
         ├── BodyTooLarge         413: over the body limit or the batch limit
         ├── UnsupportedMediaType 415
         ├── ValidationFailed     422: a valid document that fails validation
@@ -27,7 +29,9 @@ from __future__ import annotations
 from typing import TypedDict
 
 __all__ = [
+    "BodyTimeout",
     "BodyTooLarge",
+    "CannotListen",
     "ConfigError",
     "Conflict",
     "EmbeddedRedisError",
@@ -70,6 +74,10 @@ class EmbeddedRedisError(RelayError):
     """The embedded redis-server could not be started or reached."""
 
 
+class CannotListen(RelayError):
+    """The API's address cannot be bound; the message names the port and the host."""
+
+
 class RequestError(RelayError):
     """A client's request cannot be served as sent."""
 
@@ -96,6 +104,10 @@ class RequestError(RelayError):
 
 class MalformedBody(RequestError):
     status, title, slug = 400, "Malformed body", "malformed-body"
+
+
+class BodyTimeout(RequestError):
+    status, title, slug = 408, "Request timeout", "body-timeout"
 
 
 class BodyTooLarge(RequestError):

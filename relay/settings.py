@@ -329,6 +329,13 @@ class Settings(BaseSettings):
         1_048_576, ge=1, description="largest request body accepted, in bytes; 413 above"
     )
     max_batch: int = Field(500, ge=1, description="most items in one batch; 413 above")
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="seconds a request's whole body may take to arrive after its headers; "
+        "408 after",
+    )
     retention_s: int = Field(7 * 86400, ge=1, description="seconds an event record is kept")
     #: The visibility timeout, always above the upstream timeout.
     claim_after_s: float = Field(

@@ -137,6 +137,14 @@ def test_environment_is_read(workdir: Path) -> None:
     assert (settings.default_region, settings.log_level) == ("GB", "DEBUG")
 
 
+def test_body_timeout_is_read_from_the_environment_and_must_be_positive(workdir: Path) -> None:
+    assert load_settings(env={}).body_timeout_s == 30.0
+    assert load_settings(env={"RELAY_BODY_TIMEOUT_S": "2.5"}).body_timeout_s == 2.5
+    for bad in ("0", "-1", "soon"):
+        message = config_error(workdir, "", RELAY_BODY_TIMEOUT_S=bad)
+        assert message.startswith("environment: RELAY_BODY_TIMEOUT_S: "), message
+
+
 def test_empty_variable_counts_as_unset(workdir: Path) -> None:
     assert load_settings(env={"RELAY_REDIS_URL": "", "RELAY_PORT": ""}).redis_url is None
 
@@ -409,7 +417,7 @@ def test_unknown_key_error_text(workdir: Path) -> None:
 
 def test_unknown_top_level_key(workdir: Path) -> None:
     message = config_error(workdir, "prot = 9000\n")
-    assert message.startswith("relay.toml: prot: unknown key (allowed: claim_after_s, data_dir,")
+    assert message.startswith("relay.toml: prot: unknown key (allowed: body_timeout_s, claim_after")
     assert "config" not in message
 
 

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from relay.api import dead_letters, events, health, hooks, ingest, keys, openapi  # noqa: F401
 from relay.api.accesslog import AccessLogger
 from relay.api.auth import auth_middleware
+from relay.api.body import body_guard_middleware
 from relay.api.problems import error_middleware
 from relay.api.routing import routes
 from relay.api.state import EVENTS, HOOKS, KEYS, LIMITER, REDIS, SETTINGS
@@ -33,7 +34,8 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> web.Applica
     """The API. ``redis`` (a ``decode_responses=True`` client) is used as given and not
     closed; without it the app opens the Redis that settings name, embedded or not."""
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware], client_max_size=settings.max_body_bytes
+        middlewares=[body_guard_middleware, error_middleware, auth_middleware],
+        client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_redis_context(settings, redis))

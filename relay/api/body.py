@@ -5,10 +5,13 @@ and ``multipart/form-data`` are accepted; form keys written flat
 (``traits[city]``) are unflattened here, JSON keys by the normalizer. The work
 is bounded before anything is parsed or normalized (see ``relay.api.bounds``),
 and what cannot be kept exactly as sent is refused, never altered.
+Every body, on every route, must arrive within ``body_timeout_s`` of its
+headers (:func:`body_guard_middleware`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import json
 from decimal import Decimal
@@ -26,7 +29,9 @@ from relay.api.bounds import (
     too_many_values,
 )
 from relay.api.forms import header_params, multipart_pairs, urlencoded_pairs
+from relay.api.state import SETTINGS
 from relay.errors import (
+    BodyTimeout,
     BodyTooLarge,
     FieldError,
     MalformedBody,
@@ -35,9 +40,49 @@ from relay.errors import (
 )
 from relay.normalize import unflatten
 
-__all__ = ["json_items", "read_items", "read_model"]
+__all__ = ["body_guard_middleware", "json_items", "read_items", "read_model"]
 
 M = TypeVar("M", bound=BaseModel)
+
+
+@web.middleware
+async def body_guard_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """408 when the body is not all there ``body_timeout_s`` after the headers (a
+    client that announces 1000 bytes and sends 10, or trickles them); and after a
+    body that timed out or could not be decoded, the connection closed.
+
+    One deadline for the whole body, whoever reads it (auth's signature check, the
+    idempotency claim, the parsers): when it passes, every read of the body raises
+    :class:`BodyTimeout`, which the error middleware answers. Sits outside it.
+    """
+    payload = request.content
+    timeout_s = request.app[SETTINGS].body_timeout_s
+
+    def expire() -> None:
+        if not payload.is_eof():
+            payload.set_exception(
+                BodyTimeout(
+                    f"the body did not arrive within {timeout_s:g} s "
+                    "(Content-Length announced more than was sent?)",
+                    errors=[{"loc": ["body"], "msg": f"incomplete after {timeout_s:g} s"}],
+                )
+            )
+
+    timer = None if payload.is_eof() else asyncio.get_running_loop().call_later(timeout_s, expire)
+    try:
+        response: web.StreamResponse = await handler(request)
+    finally:
+        if timer is not None:
+            timer.cancel()
+        broken = payload.exception() is not None
+        if broken:
+            # aiohttp reads what is left of an unread body before it reuses the connection
+            # ("lingering"); it would raise this error again, with a traceback. On a
+            # TimeoutError it gives up quietly and closes the connection.
+            payload.set_exception(TimeoutError())
+    if broken:
+        response.force_close()
+    return response
 
 
 async def read_model(request: web.Request, model: type[M]) -> M:

@@ -77,6 +77,7 @@ _RESPONSES: dict[int, tuple[str, Any]] = {
     400: ("Malformed JSON or form", Problem),
     401: ("Missing, unknown, expired or revoked key", Problem),
     403: ("The key lacks the scope, or may not use a named destination", Problem),
+    408: ("The body did not all arrive within RELAY_BODY_TIMEOUT_S (then closed)", Problem),
     409: ("A request with the same Idempotency-Key is still being handled", Problem),
     413: (
         "Body over the size limit, a batch over the item limit, a JSON body over "

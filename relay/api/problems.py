@@ -9,6 +9,7 @@ connection, a timeout) and the OS errors of its sockets all answer 503 with
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,15 +18,18 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from relay.api.state import SETTINGS
-from relay.errors import FieldError, RequestError, StoreUnavailable
+from relay.errors import FieldError, MalformedBody, RequestError, StoreUnavailable
 
-__all__ = ["error_middleware", "json_response", "problem"]
+__all__ = ["error_middleware", "json_response", "parser_reason", "problem"]
 
 log = logging.getLogger("relay.api")
 
 PROBLEM_TYPE = "application/problem+json"
 #: Seconds a client should wait before retrying after a 503.
 RETRY_AFTER_UNAVAILABLE_S = 5
+
+#: The head of ``str()`` of aiohttp's HTTP errors.
+_STATUS_HEAD = re.compile(r"\d{3}, message:")
 
 _HTTP_SLUGS = {
     400: ("bad-request", "Bad request"),
@@ -67,6 +71,15 @@ def problem(
     return web.Response(
         body=orjson.dumps(body), status=status, content_type=PROBLEM_TYPE, headers=headers
     )
+
+
+def parser_reason(message: str) -> str:
+    """What aiohttp's HTTP parser rejected, without the request's bytes that it quotes
+    after the reason (``b'Authorization: Bearer rly_…'``: they may hold a key)."""
+    lines = [x.strip() for x in message.splitlines() if x.strip()]
+    lines = [x for x in lines if not _STATUS_HEAD.fullmatch(x)]
+    first = lines[0] if lines else ""
+    return first.split(": b'", 1)[0].rstrip(":. ") or "malformed request"
 
 
 def from_request_error(exc: RequestError) -> web.Response:
@@ -130,6 +143,16 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         if exc.status < 400:
             raise
         return _from_http(exc, request)
+    except web.RequestPayloadError as exc:  # aiohttp could not decode the body (a bad gzip)
+        reason = parser_reason(str(exc))
+        log.warning(
+            "400 %s %s: the body cannot be decoded: %s", request.method, request.path, reason
+        )
+        return from_request_error(
+            MalformedBody(
+                f"the body cannot be decoded: {reason}", errors=[{"loc": ["body"], "msg": reason}]
+            )
+        )
     except Exception:
         log.exception("500 %s %s", request.method, request.path)
         return problem(
