@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import gc
 import logging
 import multiprocessing
@@ -301,26 +303,7 @@ def _run_api(settings: Settings, host: str, port: int, *, reuse_port: bool, work
     loop = factory() if factory is not None else None
     app = create_app(settings)
 
-    async def announce(app: web.Application) -> None:
-        from relay.api.state import REDIS
-
-        where = (
-            f"embedded redis-server in {settings.data_dir}"
-            if settings.redis_url is None
-            else "RELAY_REDIS_URL"
-        )
-        try:
-            version = await check_version(app[REDIS])
-            log.info("redis %s: %s", version, where)
-            if hint := await memory_hint(app[REDIS]):
-                log.info("%s", hint)
-        except RelayError as exc:
-            log.warning("%s (%s); /readyz answers 503 until it is back", exc, where)
-        log.info(
-            "relay %s listening on http://%s:%s (pid %d)", __version__, host, port, os.getpid()
-        )
-
-    app.on_startup.append(announce)
+    app.cleanup_ctx.append(functools.partial(_announce, where=_where(settings), at=(host, port)))
     app.on_startup.append(_freeze_heap)
     if worker:
         app.cleanup_ctx.append(_in_process_worker)
@@ -339,14 +322,51 @@ def _run_api(settings: Settings, host: str, port: int, *, reuse_port: bool, work
         raise SystemExit(1) from None
 
 
+def _where(settings: Settings) -> str:
+    if settings.redis_url is None:
+        return f"embedded redis-server in {settings.data_dir}"
+    return "RELAY_REDIS_URL"
+
+
+async def _announce(app: Any, *, where: str, at: tuple[str, int]) -> AsyncIterator[None]:
+    """Say which Redis, once it answers: in the background, so that meanwhile the API
+    listens and answers 503 (the process's RedisWatch logs the wait)."""
+    from relay.api.state import REDIS, WATCH
+
+    async def say() -> None:
+        await app[WATCH].call(app[REDIS].ping)
+        try:
+            log.info("redis %s: %s", await check_version(app[REDIS]), where)
+            if hint := await memory_hint(app[REDIS]):
+                log.info("%s", hint)
+        except RelayError as exc:
+            log.warning("%s (%s)", exc, where)
+
+    task = asyncio.create_task(say(), name="relay-announce")
+    log.info("relay %s listening on http://%s:%s (pid %d)", __version__, *at, os.getpid())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def _in_process_worker(app: Any) -> AsyncIterator[None]:
-    """The delivery worker beside the API, on the app's Redis; finishes in-flight on exit."""
-    from relay.api.state import REDIS, SETTINGS
+    """The delivery worker beside the API, on the app's Redis; finishes in-flight on exit.
+
+    Supervised: a worker that dies is logged and started again, and while it is down
+    ingest and /readyz answer 503 (relay.api.health.no_delivery)."""
+    from relay.api.state import DELIVERY_ALIVE, REDIS, SETTINGS, WATCH
+    from relay.availability import Supervisor
     from relay.worker import Worker
 
-    worker = Worker(app[SETTINGS], redis=app[REDIS])
-    task = asyncio.create_task(worker.run(), name="relay-worker")
+    # Started again after a death (run() builds its session and loops afresh).
+    worker = Worker(app[SETTINGS], redis=app[REDIS], watch=app[WATCH])
+    supervisor = Supervisor("the in-process delivery worker")
+    app[DELIVERY_ALIVE] = lambda: supervisor.running and worker.alive
+    stopping = asyncio.Event()
+    task = asyncio.create_task(supervisor.run(worker.run, stopping=stopping), name="relay-worker")
     log.info("delivery worker running in-process for %s", ", ".join(worker.destinations))
     yield
+    stopping.set()
     worker.stop()
     await task

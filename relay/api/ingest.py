@@ -13,6 +13,7 @@ import orjson
 from aiohttp import web
 
 from relay.api.body import read_items
+from relay.api.health import no_delivery
 from relay.api.idempotency import Claim, claim, idempotency_key, release
 from relay.api.problems import problem
 from relay.api.routing import QueryParam, routes
@@ -104,6 +105,8 @@ def choose_destinations(
 
 
 async def _ingest(request: web.Request, kind: EventKind) -> web.Response:
+    if (refused := no_delivery(request.app)) is not None:
+        return refused  # never a 202 with no live delivery behind it
     idem = idempotency_key(request)
     if idem is None:
         return await _accept(request, kind, None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from typing import Any
 import orjson
 
 from relay import redis_keys
+from relay.availability import RedisWatch
 from relay.connect import check_version, redis_for
 from relay.errors import RelayError
 from relay.queue import DeliveryQueue
@@ -29,10 +31,13 @@ _PROGRESS_EVERY = 500
 
 
 async def run_worker(settings: Settings, args: argparse.Namespace) -> int:
-    """Deliver until SIGTERM or SIGINT, then finish what is in flight."""
+    """Deliver until SIGTERM or SIGINT, then finish what is in flight.
+
+    A Redis that is not there yet is waited for (the RedisWatch logs it); one that
+    answers but is too old is an error (exit 1)."""
     async with redis_for(settings) as redis:
-        await check_version(redis)  # a clear error now rather than a failing loop later
-        worker = Worker(settings, redis=redis, concurrency=args.concurrency)
+        watch = RedisWatch()
+        worker = Worker(settings, redis=redis, concurrency=args.concurrency, watch=watch)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
@@ -42,7 +47,22 @@ async def run_worker(settings: Settings, args: argparse.Namespace) -> int:
             f"(concurrency {args.concurrency})",
             flush=True,
         )
-        await worker.run(drain=args.drain)
+
+        async def check() -> None:
+            await watch.call(redis.ping)
+            await check_version(redis)
+
+        checked = asyncio.create_task(check())
+        running = asyncio.create_task(worker.run(drain=args.drain))
+        await asyncio.wait({checked, running}, return_when=asyncio.FIRST_COMPLETED)
+        if checked.done() and (exc := checked.exception()) is not None:
+            worker.stop()
+            await running
+            raise exc
+        await running
+        checked.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await checked
     return 0
 
 
