@@ -20,6 +20,7 @@ from relay import redis_keys
 from relay.availability import RedisWatch
 from relay.connect import check_version, redis_for
 from relay.errors import RelayError
+from relay.heartbeat import live_workers
 from relay.queue import DeliveryQueue
 from relay.settings import Settings
 from relay.worker import Worker
@@ -120,10 +121,12 @@ async def dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def status(settings: Settings, args: argparse.Namespace) -> int:
+    """Exit 1 when a destination is unhealthy, or has events waiting and no live worker."""
     async with redis_for(settings) as redis:
         queue = DeliveryQueue(redis, retention_s=settings.retention_s)
         unhealthy = await queue.health()
-        rows = []
+        workers = await live_workers(redis)
+        rows: list[dict[str, Any]] = []
         for name, dest in settings.destinations.items():
             counts = await queue.counts(name)
             problem = unhealthy.get(name, {}).get("problem")
@@ -132,18 +135,35 @@ async def status(settings: Settings, args: argparse.Namespace) -> int:
         hooks = await queue.counts(redis_keys.NOTIFICATIONS)
         if any(hooks.values()):
             rows.append({"destination": "(hooks)", **hooks, "health": "healthy", "why": None})
+    for r in rows:
+        waiting = r["pending"] + r["retrying"]
+        if waiting and not workers and r["health"] != "disabled":
+            r["health"] = "unhealthy"
+            r["why"] = "; ".join(
+                filter(None, [r["why"], f"{waiting} events waiting and no live worker"])
+            )
     if args.json:
-        print(orjson.dumps(rows).decode())
-        return 0
+        print(orjson.dumps({"destinations": rows, "workers": workers}).decode())
+        return _exit_status(rows)
     if not rows:
         print("No destinations configured (relay.toml).")
-        return 0
-    head = ("DESTINATION", "PENDING", "RETRYING", "DEAD", "DELIVERED/1H", "HEALTH")
-    print("{:<16} {:>8} {:>9} {:>6} {:>13}  {}".format(*head))
-    for r in rows:
-        why = f" ({r['why']})" if r["why"] else ""
-        print(
-            f"{r['destination']:<16} {r['pending']:>8} {r['retrying']:>9} {r['dead']:>6} "
-            f"{r['delivered_last_hour']:>13}  {r['health']}{why}"
-        )
+    else:
+        head = ("DESTINATION", "PENDING", "RETRYING", "DEAD", "DELIVERED/1H", "HEALTH")
+        print("{:<16} {:>8} {:>9} {:>6} {:>13}  {}".format(*head))
+        for r in rows:
+            why = f" ({r['why']})" if r["why"] else ""
+            print(
+                f"{r['destination']:<16} {r['pending']:>8} {r['retrying']:>9} {r['dead']:>6} "
+                f"{r['delivered_last_hour']:>13}  {r['health']}{why}"
+            )
+    if workers:
+        print(f"\nLive workers ({len(workers)}):")
+        for w in workers:
+            print(f"  {w['host']} pid {w['pid']}, last seen {w['last_seen']}")
+    else:
+        print("\nNo live worker: start `relay serve` or `relay worker` to deliver.")
+    return _exit_status(rows)
+
+
+def _exit_status(rows: list[dict[str, Any]]) -> int:
     return 1 if any(r["health"] == "unhealthy" for r in rows) else 0
