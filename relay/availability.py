@@ -40,6 +40,7 @@ from relay.errors import StoreUnavailable
 __all__ = ["UNAVAILABLE", "RedisWatch", "Supervisor"]
 
 log = logging.getLogger("relay.redis")
+loops_log = logging.getLogger("relay.supervisor")
 
 T = TypeVar("T")
 
@@ -212,7 +213,7 @@ class Supervisor:
         more = ""
         if self._unreported:
             more = f" ({self._unreported} more deaths since the last report)"
-        log.error(
+        loops_log.error(
             "%s died; restarting it in %.1f s%s",
             self.what,
             pause_s,

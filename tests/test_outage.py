@@ -149,7 +149,9 @@ async def test_status_with_waiting_events_and_no_live_worker_exits_1(
         done = await asyncio.to_thread(relay, "status", cwd=tmp_path, env=env)
         assert "No live worker" in done.stdout  # nothing waiting: that is fine, exit 0
         await enqueue(redis, 2)
-        done = await asyncio.to_thread(relay, "status", "--json", cwd=tmp_path, env=env, check=False)
+        done = await asyncio.to_thread(
+            relay, "status", "--json", cwd=tmp_path, env=env, check=False
+        )
         assert done.returncode == 1, done.stderr
         (row,) = json.loads(done.stdout)["destinations"]
         assert (row["pending"], row["health"]) == (2, "unhealthy")
