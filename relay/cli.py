@@ -86,7 +86,8 @@ def _parser() -> argparse.ArgumentParser:
         help="deliver queued events and hook notifications (any number, on any hosts)",
         description="Deliver queued events to the destinations of relay.toml, and hook "
         "notifications to their subscribers. SIGTERM stops taking work and finishes the "
-        "deliveries in flight.",
+        "deliveries in flight. A Redis that does not answer (at start or later) is waited "
+        "for, and delivery resumes by itself.",
     )
     worker.add_argument(
         "--concurrency", type=_positive, default=16, metavar="N", help="deliveries at once"
@@ -108,9 +109,17 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--destination", metavar="NAME", help="only this destination")
 
     status = sub.add_parser(
-        "status", help="per destination: pending, retrying, dead, delivered, health"
+        "status",
+        help="per destination: pending, retrying, dead, delivered, health; live workers",
+        description="Per destination: pending, retrying, dead, delivered in the last hour, "
+        "healthy or why not; and the live workers (heartbeat within 15 s). Exit 1 when a "
+        "destination is unhealthy or has events waiting and no live worker.",
     )
-    status.add_argument("--json", action="store_true", help="print a JSON array")
+    status.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"destinations": [...], "workers": [{"host", "pid", "last_seen"}]}',
+    )
 
     keys = sub.add_parser("keys", help="create, list and revoke API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
