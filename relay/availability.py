@@ -86,13 +86,8 @@ class RedisWatch:
     """Up or down, and since when; the one voice of a process about Redis outages.
 
     >>> watch = RedisWatch()
-    >>> while True:  # doctest: +SKIP
-    ...     try:
-    ...         await work(redis)
-    ...     except UNAVAILABLE as exc:
-    ...         await asyncio.sleep(watch.failed(exc))
-    ...     else:
-    ...         watch.ok()
+    >>> await watch.call(redis.ping)  # at start: wait until Redis answers  # doctest: +SKIP
+    >>> await watch.repeat(one_pass, every_s=0.25)  # a loop, until cancelled  # doctest: +SKIP
     """
 
     __slots__ = ("_clock", "_down_since", "_failures", "_said_at", "remind_every_s")
@@ -144,6 +139,18 @@ class RedisWatch:
             log.info("Redis is back after %s", _took(self._clock() - self._down_since))
             self._down_since = None
         self._failures = 0
+
+    async def repeat(self, step: Callable[[], Awaitable[object]], *, every_s: float = 0.0) -> None:
+        """``await step()`` again and again, ``every_s`` apart, until cancelled: a loop's
+        body. A step that failed for want of Redis is tried again after the backoff."""
+        while True:
+            try:
+                await step()
+            except UNAVAILABLE as exc:
+                await asyncio.sleep(self.failed(exc))
+                continue
+            self.ok()
+            await asyncio.sleep(every_s)
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """``await fn()`` until Redis lets it through (start-up: wait, never give up)."""

@@ -43,7 +43,7 @@ class Heartbeat:
     async def beat(self) -> None:
         """Say this worker is live now (and forget workers silent for a day)."""
         now_ms = int(time.time() * 1000)
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zadd(redis_keys.WORKERS, {self._member: now_ms})
             pipe.zremrangebyscore(
                 redis_keys.WORKERS, "-inf", now_ms - redis_keys.WORKER_FORGET_S * 1000

@@ -180,15 +180,20 @@ class Worker:
                 events=EventStore(self._redis, retention_s=self._settings.retention_s),
                 session=await stack.enter_async_context(guarded_session(self._settings.hooks)),
             )
+            repeat = self._watch.repeat
             loops: dict[str, Callable[[], Awaitable[None]]] = {
-                f"reading {name}": functools.partial(self._read_loop, name)
+                f"reading {name}": functools.partial(repeat, functools.partial(self._read, name))
                 for name in self.destinations
             }
             loops["hook subscriptions"] = functools.partial(self._hooks.listen, watch=self._watch)
-            loops["housekeeping"] = self._housekeeping
-            loops["heartbeat"] = self._beat
+            loops["housekeeping"] = functools.partial(
+                repeat, self._housekeeping_pass(), every_s=_HOUSEKEEPING_S
+            )
+            loops["heartbeat"] = functools.partial(
+                repeat, self._heartbeat.beat, every_s=redis_keys.WORKER_BEAT_S
+            )
             if drain:
-                loops["drain"] = self._stop_when_idle
+                loops["drain"] = functools.partial(repeat, self._stop_if_idle, every_s=0.05)
             self._loops = [Supervisor(f"worker loop {what!r}") for what in loops]
             tasks = [
                 asyncio.create_task(loop.run(target, stopping=self._stopping))
@@ -206,69 +211,41 @@ class Worker:
                     await self._heartbeat.forget()
         log.info("worker stopped: %r", self)
 
-    async def _stop_when_idle(self) -> None:
-        while True:
-            await asyncio.sleep(0.05)
-            try:
-                idle = not self._in_flight and await self._queue.idle(self.destinations)
-            except UNAVAILABLE as exc:
-                await asyncio.sleep(self._watch.failed(exc))
-                continue
-            if idle:
-                self._stopping.set()
-                return
+    async def _stop_if_idle(self) -> None:
+        if not self._in_flight and await self._queue.idle(self.destinations):
+            self._stopping.set()
 
-    async def _beat(self) -> None:
-        while True:
-            try:
-                await self._heartbeat.beat()
-            except UNAVAILABLE as exc:
-                await asyncio.sleep(self._watch.failed(exc))
-                continue
-            self._watch.ok()
-            await asyncio.sleep(redis_keys.WORKER_BEAT_S)
-
-    async def _read_loop(self, destination: str) -> None:
+    async def _read(self, destination: str) -> None:
+        """Start delivering what the stream has new (the first read makes the group)."""
         size = getattr(self._config(destination), "batch_size", 1)
-        grouped = False  # the consumer group is made (again) by the first read that works
-        while not self._stopping.is_set():
-            try:
-                if not grouped:
-                    await self._queue.ensure_group(destination)
-                    grouped = True
-                entries = await self._queue.read(
-                    destination, self._consumer, count=self.concurrency * size, block_ms=_BLOCK_MS
-                )
-            except UNAVAILABLE as exc:
-                await asyncio.sleep(self._watch.failed(exc))
-                continue
-            self._watch.ok()
-            for i in range(0, len(entries), size):
-                await self._start(destination, entries[i : i + size])
+        entries = await self._queue.read(
+            destination, self._consumer, count=self.concurrency * size, block_ms=_BLOCK_MS
+        )
+        for i in range(0, len(entries), size):
+            await self._start(destination, entries[i : i + size])
 
-    async def _housekeeping(self) -> None:
+    def _housekeeping_pass(self) -> Callable[[], Awaitable[None]]:
+        """One pass: due retries back into their streams, stale entries claimed, and every
+        _SWEEP_EVERY passes a slice of each heads hash swept."""
         sweeps = dict.fromkeys(self.destinations, "0")  # heads-hash cursors (relay.order)
         passes = 0
-        while not self._stopping.is_set():
-            pause_s = _HOUSEKEEPING_S
-            try:
-                await self._queue.move_due_retries(self.destinations)
-                if passes % _SWEEP_EVERY == 0:
-                    for name, cursor in sweeps.items():
-                        sweeps[name] = await self._order.sweep(name, cursor)
-                passes += 1
-                for name in self.destinations:
-                    timeout_s = self._config(name).timeout_s
-                    idle_ms = int((timeout_s + self._settings.claim_after_s) * 1000)
-                    for entry in await self._queue.claim_stale(
-                        name, self._consumer, min_idle_ms=idle_ms, count=self.concurrency
-                    ):
-                        await self._start(name, [entry])
-            except UNAVAILABLE as exc:
-                pause_s = self._watch.failed(exc)
-            else:
-                self._watch.ok()
-            await asyncio.sleep(pause_s)
+
+        async def one_pass() -> None:
+            nonlocal passes
+            await self._queue.move_due_retries(self.destinations)
+            if passes % _SWEEP_EVERY == 0:
+                for name, cursor in sweeps.items():
+                    sweeps[name] = await self._order.sweep(name, cursor)
+            passes += 1
+            for name in self.destinations:
+                timeout_s = self._config(name).timeout_s
+                idle_ms = int((timeout_s + self._settings.claim_after_s) * 1000)
+                for entry in await self._queue.claim_stale(
+                    name, self._consumer, min_idle_ms=idle_ms, count=self.concurrency
+                ):
+                    await self._start(name, [entry])
+
+        return one_pass
 
     async def _start(self, destination: str, entries: list[Entry]) -> None:
         assert self._slots is not None
