@@ -22,7 +22,8 @@ from relay.settings import Settings
 from relay.store import EventStore
 from relay.worker import Worker
 from tests.events import new_lead
-from tests.fakes import CONVERTR_API_KEY, FakeConvertr, fake_convertr
+from tests.fakes import FakeConvertr, fake_convertr
+from tests.test_delivery_processes import convertr_toml
 
 __all__ = ["fake_convertr"]  # fixture used below
 
@@ -126,19 +127,6 @@ async def test_stop_ends_the_wait_before_a_restart() -> None:
     supervisor.deaths = 20  # its next pause would be 30 s
     await asyncio.wait_for(supervisor.run(dies, stopping=stopping), 5)
     assert not supervisor.running
-
-
-def convertr_toml(fake: FakeConvertr) -> str:
-    return f"""
-[destinations.convertr]
-type = "convertr"
-base_url = "{fake.url}"
-api_key = "{CONVERTR_API_KEY}"
-campaign_id = 123
-form_id = 45
-publisher_id = 6
-events = ["lead"]
-"""
 
 
 async def test_a_worker_loop_that_dies_is_restarted(
