@@ -120,11 +120,7 @@ class RedisWatch:
         now = self._clock()
         if self._down_since is None:
             self._down_since = self._said_at = now
-            log.warning(
-                "Redis went away (%s); waiting for it, retrying with backoff "
-                "(/readyz and ingest answer 503 meanwhile)",
-                exc,
-            )
+            log.warning("Redis went away (%s); waiting for it, retrying with backoff", exc)
         elif now - self._said_at >= self.remind_every_s:
             self._said_at = now
             log.warning("Redis still unavailable after %s (%s)", _took(now - self._down_since), exc)
