@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import time
@@ -18,6 +19,8 @@ import pytest
 from redis.asyncio import Redis
 
 from relay.connect import redis_client
+from relay.settings import load_settings
+from relay.worker import Worker
 from tests.fakes import FakeConvertr
 from tests.procs import Serve, clean_env, http, relay
 from tests.redis_server import RedisServer
@@ -146,16 +149,39 @@ async def test_status_with_waiting_events_and_no_live_worker_exits_1(
     async with FakeConvertr() as fake:
         (tmp_path / "relay.toml").write_text(convertr_toml(fake))
         env = clean_env(RELAY_REDIS_URL=redis_server.url)
-        done = await asyncio.to_thread(relay, "status", cwd=tmp_path, env=env)
-        assert "No live worker" in done.stdout  # nothing waiting: that is fine, exit 0
-        await enqueue(redis, 2)
-        done = await asyncio.to_thread(
-            relay, "status", "--json", cwd=tmp_path, env=env, check=False
-        )
-        assert done.returncode == 1, done.stderr
-        (row,) = json.loads(done.stdout)["destinations"]
+
+        async def status(*args: str) -> tuple[int, str]:
+            done = await asyncio.to_thread(
+                relay, "status", *args, cwd=tmp_path, env=env, check=False
+            )
+            return done.returncode, done.stdout
+
+        code, out = await status()
+        assert (code, "No live worker" in out) == (0, True)  # nothing waiting: fine
+        ids = await enqueue(redis, 2)
+        code, out = await status("--json")
+        assert code == 1, out
+        (row,) = json.loads(out)["destinations"]
         assert (row["pending"], row["health"]) == (2, "unhealthy")
         assert "no live worker" in row["why"]
-        done = await asyncio.to_thread(relay, "status", cwd=tmp_path, env=env, check=False)
-        assert done.returncode == 1
-        assert "2 events waiting and no live worker" in done.stdout
+        code, out = await status()
+        assert code == 1
+        assert "2 events waiting and no live worker" in out
+
+        settings = load_settings(
+            env={"RELAY_REDIS_URL": redis_server.url, "RELAY_CONFIG": str(tmp_path / "relay.toml")}
+        )
+        worker = Worker(settings, redis=redis)
+        running = asyncio.create_task(worker.run())
+        try:
+            await wait_delivered(redis, ids)
+            code, out = await status("--json")
+            assert code == 0, out
+            (seen,) = json.loads(out)["workers"]
+            assert set(seen) == {"host", "pid", "last_seen"}
+            assert seen["pid"] == os.getpid()
+        finally:
+            worker.stop()
+            await running
+        code, out = await status("--json")
+        assert json.loads(out)["workers"] == []  # a worker that stops says so at once
