@@ -62,7 +62,11 @@ _RESPONSES: dict[int, tuple[str, Any]] = {
     415: ("Unsupported Content-Type", Problem),
     422: ("Nothing valid to queue (for a batch: with accepted and rejected)", Problem),
     429: ("The key's own rate limit is spent (Retry-After, RateLimit-*)", Problem),
-    503: ("Redis cannot take the event now; nothing was queued, retry", Problem),
+    503: (
+        "Redis cannot take the event now, or the delivery worker of `relay serve` is "
+        "restarting; nothing was queued, retry",
+        Problem,
+    ),
 }
 
 
