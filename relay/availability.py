@@ -63,6 +63,9 @@ REMIND_EVERY_S = 60.0
 #: Backoff between tries while Redis is away: doubling from the first, up to the cap.
 _FIRST_PAUSE_S = 0.1
 _MAX_PAUSE_S = 2.0
+#: An outage is over once no call failed for this long (above the longest pause, so a
+#: loop that keeps failing is heard from within it).
+_SETTLE_S = 2.5 * _MAX_PAUSE_S
 #: A supervised coroutine restarts after this long, doubling per death, up to the cap;
 #: one that ran this long before dying counts as healthy again (its pause starts over).
 _FIRST_RESTART_S = 0.1
@@ -82,6 +85,17 @@ def _took(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60} min"
 
 
+def _still_cancelled(exc: BaseException | None = None) -> None:
+    """Raise CancelledError if the running task is being cancelled (``exc`` may be what
+    a library made of that cancellation)."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no event loop: nothing is being cancelled
+        return
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc
+
+
 class RedisWatch:
     """Up or down, and since when; the one voice of a process about Redis outages.
 
@@ -90,7 +104,15 @@ class RedisWatch:
     >>> await watch.repeat(one_pass, every_s=0.25)  # a loop, until cancelled  # doctest: +SKIP
     """
 
-    __slots__ = ("_clock", "_down_since", "_failures", "_said_at", "remind_every_s")
+    __slots__ = (
+        "_clock",
+        "_down_since",
+        "_failed_at",
+        "_failures",
+        "_recovered_at",
+        "_said_at",
+        "remind_every_s",
+    )
 
     def __init__(
         self,
@@ -102,7 +124,8 @@ class RedisWatch:
         self.remind_every_s = remind_every_s
         self._clock = clock
         self._down_since: float | None = None
-        self._said_at = 0.0
+        self._said_at = self._failed_at = 0.0
+        self._recovered_at: float | None = None  # first success after the last failure
         self._failures = 0
 
     def __repr__(self) -> str:
@@ -112,12 +135,17 @@ class RedisWatch:
 
     @property
     def up(self) -> bool:
-        """False from the first failure until the next success."""
+        """False from the first failure until calls have worked for a while."""
         return self._down_since is None
 
     def failed(self, exc: BaseException) -> float:
-        """Note a call that failed for want of Redis; returns the seconds to wait."""
-        now = self._clock()
+        """Note a call that failed for want of Redis; returns the seconds to wait.
+
+        Raises CancelledError when the task is being cancelled: the Redis client can
+        turn a cancellation into a connection error, and a loop must still stop."""
+        _still_cancelled(exc)
+        now = self._failed_at = self._clock()
+        self._recovered_at = None
         if self._down_since is None:
             self._down_since = self._said_at = now
             log.warning("Redis went away (%s); waiting for it, retrying with backoff", exc)
@@ -130,11 +158,19 @@ class RedisWatch:
         return pause * jitter
 
     def ok(self) -> None:
-        """Note a call that worked: ends an outage (and says how long it was)."""
-        if self._down_since is not None:
-            log.info("Redis is back after %s", _took(self._clock() - self._down_since))
-            self._down_since = None
-        self._failures = 0
+        """Note a call that worked. An outage ends (and says how long it was) once no
+        call failed for _SETTLE_S: while some calls fail and others work (writes refused
+        at maxmemory, reads served) it lasts, rather than ending and starting again."""
+        if self._down_since is None:
+            self._failures = 0
+            return
+        now = self._clock()
+        if self._recovered_at is None:
+            self._recovered_at = now
+        if now - self._failed_at >= _SETTLE_S:
+            log.info("Redis is back after %s", _took(self._recovered_at - self._down_since))
+            self._down_since = self._recovered_at = None
+            self._failures = 0
 
     async def repeat(self, step: Callable[[], Awaitable[object]], *, every_s: float = 0.0) -> None:
         """``await step()`` again and again, ``every_s`` apart, until cancelled: a loop's
@@ -145,6 +181,7 @@ class RedisWatch:
             except UNAVAILABLE as exc:
                 await asyncio.sleep(self.failed(exc))
                 continue
+            _still_cancelled()  # a cancellation the client swallowed still ends the loop
             self.ok()
             await asyncio.sleep(every_s)
 
@@ -194,6 +231,7 @@ class Supervisor:
                 await target()
                 return
             except Exception as exc:
+                _still_cancelled(exc)
                 error = exc
             finally:
                 self.running = False

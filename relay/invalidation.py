@@ -44,6 +44,7 @@ async def listen(
             while True:
                 # A bounded wait, so the client's health checks run on a quiet channel.
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                watch.ok()
                 if message is not None and message["type"] == "message":
                     on_message(message["data"])
         except UNAVAILABLE as exc:

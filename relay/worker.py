@@ -61,6 +61,8 @@ _SWEEP_EVERY = 20
 #: Times a delivery interrupted by a Redis error is resumed here before it is left
 #: pending for another worker to claim.
 _LOCAL_RETRIES = 3
+#: How long stop() waits for the loops to end once cancelled.
+_STOP_S = 2.0
 #: How long an event waits when an earlier event of its contact is still on its way.
 _ORDER_WAIT_MS = 200
 
@@ -204,7 +206,11 @@ class Worker:
             finally:
                 for task in tasks:
                     task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                # A loop stuck in a Redis call that swallowed its cancellation is left
+                # behind (closing the client ends it) rather than keeping the worker up.
+                _, stuck = await asyncio.wait(tasks, timeout=_STOP_S)
+                if stuck:
+                    log.warning("%d worker loops did not stop within %s s", len(stuck), _STOP_S)
                 if self._in_flight:
                     await asyncio.gather(*self._in_flight, return_exceptions=True)
                 with contextlib.suppress(*UNAVAILABLE):

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError
+from redis.exceptions import ConnectionError, OutOfMemoryError
 
 import relay.adapters
 import relay.worker
@@ -54,7 +54,10 @@ def test_an_outage_is_one_line_when_it_starts_one_a_minute_and_one_when_it_ends(
         watch.failed(DOWN)
         clock.now += 0.25
     assert not watch.up
-    watch.ok()
+    watch.ok()  # the first success: not yet the end (calls keep failing meanwhile?)
+    assert not watch.up
+    clock.now += 6
+    watch.ok()  # nothing failed for 6 s: it is over
     watch.ok()
     said = lines(caplog)
     assert len(said) == 4, said
@@ -66,13 +69,40 @@ def test_an_outage_is_one_line_when_it_starts_one_a_minute_and_one_when_it_ends(
     assert [r.exc_info for r in caplog.records] == [None] * 4  # no traceback
 
 
+def test_some_calls_failing_while_others_work_is_one_outage_not_many(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    clock = Clock()
+    watch = RedisWatch(clock=clock)
+    refused = OutOfMemoryError("command not allowed when used memory > 'maxmemory'")
+    for _ in range(180):  # 3 min: writes refused every second, reads served in between
+        watch.failed(refused)
+        clock.now += 0.5
+        watch.ok()
+        clock.now += 0.5
+    said = lines(caplog)
+    assert [s.split(" (")[0].split(" after")[0] for s in said] == [
+        "Redis went away",
+        "Redis still unavailable",
+        "Redis still unavailable",
+    ], said
+    for _ in range(12):  # then only successes, for 6 s
+        clock.now += 0.5
+        watch.ok()
+    assert lines(caplog)[3:] == ["Redis is back after 2 min 59 s"]
+
+
 def test_the_pause_between_tries_grows_to_a_cap_and_starts_over_after_an_outage() -> None:
-    watch = RedisWatch(clock=Clock())
+    clock = Clock()
+    watch = RedisWatch(clock=clock)
     pauses = [watch.failed(DOWN) for _ in range(12)]
     assert pauses[0] <= 0.1
     assert max(pauses) <= 2.0
     assert min(pauses[-3:]) >= 1.0  # at the cap (with jitter)
+    clock.now += 6
     watch.ok()
+    assert watch.up
     assert watch.failed(DOWN) <= 0.1
 
 
@@ -86,7 +116,12 @@ async def test_start_up_calls_wait_until_redis_answers(caplog: pytest.LogCapture
             raise answer
         return answer
 
-    assert await RedisWatch().call(ping) == "PONG"
+    clock = Clock()
+    watch = RedisWatch(clock=clock)
+    assert await watch.call(ping) == "PONG"
+    assert answers == []
+    clock.now += 6  # the loops' successes that follow end the outage
+    watch.ok()
     said = lines(caplog)
     assert [s.split(" (")[0].split(" after")[0] for s in said] == [
         "Redis went away",
@@ -218,3 +253,21 @@ async def test_serve_refuses_ingest_while_its_worker_is_dead_and_restarts_it(
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1, [r.getMessage() for r in errors]  # one traceback a minute
     assert "in-process delivery worker died" in errors[0].getMessage()
+
+
+@pytest.mark.parametrize("swallowed_as", [None, DOWN])
+async def test_a_loop_stops_even_when_its_client_swallows_the_cancellation(
+    swallowed_as: Exception | None,
+) -> None:
+    async def step() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            if swallowed_as is not None:  # what a Redis client may make of it
+                raise swallowed_as from None
+
+    task = asyncio.create_task(RedisWatch().repeat(step))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    await asyncio.wait({task}, timeout=5)
+    assert task.cancelled()

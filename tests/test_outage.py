@@ -82,6 +82,7 @@ async def test_serve_started_before_redis_then_redis_restarted(tmp_path: Path) -
             assert await asyncio.to_thread(post_lead, serve, key, "first@example.com") == 202
             redis = redis_client(server.url)
             await wait_for_leads(fake, {"first@example.com"}, serve)
+            await wait_for_backs(serve, 1)
             # The in-process worker beats: `relay status` sees a live worker.
             done = await asyncio.to_thread(relay, "status", "--json", cwd=tmp_path, env=env)
             workers = json.loads(done.stdout)["workers"]
@@ -94,6 +95,7 @@ async def test_serve_started_before_redis_then_redis_restarted(tmp_path: Path) -
             await wait_ready(serve)
             assert await asyncio.to_thread(post_lead, serve, key, "second@example.com") == 202
             await wait_for_leads(fake, {"first@example.com", "second@example.com"}, serve)
+            await wait_for_backs(serve, 2)
         finally:
             await asyncio.to_thread(serve.stop)
             if redis is not None:
@@ -102,6 +104,14 @@ async def test_serve_started_before_redis_then_redis_restarted(tmp_path: Path) -
     went, backs, tracebacks = outage_lines(serve.log())
     assert (went, len(backs), tracebacks) == (2, 2, 0), serve.log()
     assert all(OUTAGE_S * 0.9 <= s < OUTAGE_S * 10 for s in backs), backs
+
+
+async def wait_for_backs(serve: Serve, count: int) -> None:
+    """The "back" line comes once no call failed for a few seconds (RedisWatch)."""
+    deadline = time.monotonic() + 30
+    while len(BACK.findall(serve.log())) < count:
+        assert time.monotonic() < deadline, serve.log()
+        await asyncio.sleep(0.1)
 
 
 async def wait_for_leads(fake: FakeConvertr, emails: set[str], serve: Serve) -> None:
@@ -126,6 +136,14 @@ async def test_worker_started_before_redis_waits_for_it(tmp_path: Path) -> None:
             redis = redis_client(server.url)
             ids = await enqueue(redis, 3)
             await wait_delivered(redis, ids)
+            assert worker.stderr is not None
+            said: list[str] = []
+            while not BACK.search(said[-1] if said else ""):
+                try:
+                    line = await asyncio.wait_for(worker.stderr.readline(), 30)
+                except TimeoutError:
+                    raise AssertionError("".join(said)) from None
+                said.append(line.decode())
             worker.send_signal(signal.SIGTERM)
             _, err = await asyncio.wait_for(worker.communicate(), 30)
             assert worker.returncode == 0, err.decode()
@@ -136,9 +154,10 @@ async def test_worker_started_before_redis_waits_for_it(tmp_path: Path) -> None:
         if redis is not None:
             await redis.aclose()
         server.stop()
-    log = err.decode()
+    log = "".join(said) + err.decode()
     went, backs, tracebacks = outage_lines(log)
     assert (went, len(backs), tracebacks) == (1, 1, 0), log
+    assert "did not stop" not in log
     # From the worker's first try (after its start-up) until Redis answered.
     assert 0 < backs[0] <= OUTAGE_S + 10, log
 
