@@ -7,9 +7,11 @@ worked. The watch writes the only log lines about an outage, whoever noticed:
 
     WARNING Redis went away (Error 111 connecting to 127.0.0.1:6379. Connection refused.); ...
     WARNING Redis still unavailable after 1 min 0 s (...)         one a minute while it lasts
-    INFO    Redis is back after 1 min 12 s
+    INFO    Redis is back after 1 min 12 s                            once no call failed for 5 s
 
-and hands out the pause before the next try (backoff with jitter).
+and hands out the pause before the next try (backoff with jitter). Calls
+failing while others work (writes refused at maxmemory) are one outage, not a
+pair of lines per failure.
 
 A :class:`Supervisor` keeps one coroutine running: when it dies of an
 unexpected exception it is logged (one ERROR line with the traceback, at

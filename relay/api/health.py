@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from relay.api.problems import json_response, problem
+from relay.api.problems import RETRY_AFTER_UNAVAILABLE_S, json_response, problem
 from relay.api.routing import routes
 from relay.api.state import DELIVERY_ALIVE, EVENTS, REDIS, SETTINGS
 from relay.heartbeat import live_workers
@@ -37,7 +37,7 @@ def no_delivery(app: web.Application) -> web.Response | None:
         "the delivery worker of this process is restarting after a failure; nothing was "
         "queued, retry later",
         slug="unavailable",
-        headers={"Retry-After": "5"},
+        headers={"Retry-After": str(RETRY_AFTER_UNAVAILABLE_S)},
         delivery="restarting",
     )
 
