@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import gc
 import logging
 import multiprocessing
@@ -105,7 +107,8 @@ def _parser() -> argparse.ArgumentParser:
         help="deliver queued events and hook notifications (any number, on any hosts)",
         description="Deliver queued events to the destinations of relay.toml, and hook "
         "notifications to their subscribers. SIGTERM stops taking work and finishes the "
-        "deliveries in flight.",
+        "deliveries in flight. A Redis that does not answer (at start or later) is waited "
+        "for, and delivery resumes by itself.",
     )
     worker.add_argument(
         "--concurrency", type=_positive, default=16, metavar="N", help="deliveries at once"
@@ -142,17 +145,23 @@ def _parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser(
         "status",
-        help="per destination: pending, retrying, dead, delivered, health",
+        help="per destination: pending, retrying, dead, delivered, health; live workers",
         description="Per destination (and `(hooks)` once notifications were sent): events "
-        "pending, retrying, dead, delivered in the last hour, and healthy or why not.",
+        "pending, retrying, dead, delivered in the last hour, and healthy or why not; and the "
+        "live workers (heartbeat within 15 s).",
         epilog="exit status:\n"
-        "  0  every destination is healthy (or disabled)\n"
-        "  1  a destination is unhealthy (e.g. its credentials were rejected), or Redis\n"
-        "     cannot be reached\n"
+        "  0  every destination is healthy (or disabled), and any events waiting have a\n"
+        "     live worker\n"
+        "  1  a destination is unhealthy (e.g. its credentials were rejected), or has events\n"
+        "     waiting and no live worker, or Redis cannot be reached\n"
         "  2  usage error (a bad option) or a configuration error\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    status.add_argument("--json", action="store_true", help="print a JSON array")
+    status.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"destinations": [...], "workers": [{"host", "pid", "last_seen"}]}',
+    )
 
     keys = sub.add_parser(
         "keys",
@@ -404,23 +413,7 @@ def _run_api(
 
     app = create_app(settings)
 
-    async def check_redis(app: Any) -> None:
-        from relay.api.state import REDIS
-
-        where = (
-            f"embedded redis-server in {settings.data_dir}"
-            if settings.redis_url is None
-            else "RELAY_REDIS_URL"
-        )
-        try:
-            version = await check_version(app[REDIS])
-            log.info("redis %s: %s", version, where)
-            if hint := await memory_hint(app[REDIS]):
-                log.info("%s", hint)
-        except RelayError as exc:
-            log.warning("%s (%s); /readyz answers 503 until it is back", exc, where)
-
-    app.on_startup.append(check_redis)
+    app.cleanup_ctx.append(functools.partial(_announce, where=_where(settings)))
     app.on_startup.append(_freeze_heap)
     if worker:
         app.cleanup_ctx.append(_in_process_worker)
@@ -449,14 +442,50 @@ async def _serve_until_signal(
         await stop.wait()
 
 
+def _where(settings: Settings) -> str:
+    if settings.redis_url is None:
+        return f"embedded redis-server in {settings.data_dir}"
+    return "RELAY_REDIS_URL"
+
+
+async def _announce(app: Any, *, where: str) -> AsyncIterator[None]:
+    """Say which Redis, once it answers: in the background, so that meanwhile the API
+    listens and answers 503 (the process's RedisWatch logs the wait)."""
+    from relay.api.state import REDIS, WATCH
+
+    async def say() -> None:
+        await app[WATCH].call(app[REDIS].ping)
+        try:
+            log.info("redis %s: %s", await check_version(app[REDIS]), where)
+            if hint := await memory_hint(app[REDIS]):
+                log.info("%s", hint)
+        except RelayError as exc:
+            log.warning("%s (%s)", exc, where)
+
+    task = asyncio.create_task(say(), name="relay-announce")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def _in_process_worker(app: Any) -> AsyncIterator[None]:
-    """The delivery worker beside the API, on the app's Redis; finishes in-flight on exit."""
-    from relay.api.state import REDIS, SETTINGS
+    """The delivery worker beside the API, on the app's Redis; finishes in-flight on exit.
+
+    Supervised: a worker that dies is logged and started again, and while it is down
+    ingest and /readyz answer 503 (relay.api.health.no_delivery)."""
+    from relay.api.state import DELIVERY_ALIVE, REDIS, SETTINGS, WATCH
+    from relay.availability import Supervisor
     from relay.worker import Worker
 
-    worker = Worker(app[SETTINGS], redis=app[REDIS])
-    task = asyncio.create_task(worker.run(), name="relay-worker")
+    # Started again after a death (run() builds its session and loops afresh).
+    worker = Worker(app[SETTINGS], redis=app[REDIS], watch=app[WATCH])
+    supervisor = Supervisor("the in-process delivery worker")
+    app[DELIVERY_ALIVE] = lambda: supervisor.running and worker.alive
+    stopping = asyncio.Event()
+    task = asyncio.create_task(supervisor.run(worker.run, stopping=stopping), name="relay-worker")
     log.info("delivery worker running in-process for %s", ", ".join(worker.destinations))
     yield
+    stopping.set()
     worker.stop()
     await task

@@ -29,6 +29,7 @@ from redis.asyncio.client import Pipeline
 
 from relay import redis_keys
 from relay.apikeys import new_signing_secret
+from relay.availability import RedisWatch
 from relay.groupcommit import Batch
 from relay.ids import new_event_id, random_base62
 from relay.invalidation import listen
@@ -144,15 +145,16 @@ class HookStore:
         self._invalidate(hook_id)
         return removed > 0
 
-    async def listen(self) -> None:
-        """Keep the invalidation subscription up until cancelled (run as a task)."""
+    async def listen(self, *, watch: RedisWatch | None = None) -> None:
+        """Keep the invalidation subscription up until cancelled (run as a task); a lost
+        connection is told to ``watch`` (the process's; default: one of its own)."""
         await listen(
             self._redis,
             redis_keys.HOOKS_CHANGED_CHANNEL,
             on_message=self._invalidate,
             on_up=self._trust,
             on_down=self._distrust,
-            what="hook subscription",
+            watch=watch or RedisWatch(),
         )
 
     def _trust(self) -> None:

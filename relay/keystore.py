@@ -25,6 +25,7 @@ from relay.apikeys import (
     new_key,
     new_signing_secret,
 )
+from relay.availability import RedisWatch
 from relay.errors import NotFound
 from relay.ids import random_base62
 from relay.invalidation import listen
@@ -144,15 +145,16 @@ class KeyStore:
             self._cache[d] = record
         return record
 
-    async def listen(self) -> None:
-        """Keep the invalidation subscription up until cancelled (run as a task)."""
+    async def listen(self, *, watch: RedisWatch | None = None) -> None:
+        """Keep the invalidation subscription up until cancelled (run as a task); a lost
+        connection is told to ``watch`` (the process's; default: one of its own)."""
         await listen(
             self._redis,
             redis_keys.KEYS_CHANGED_CHANNEL,
             on_message=self._forget,
             on_up=self._trust,
             on_down=self._distrust,
-            what="key",
+            watch=watch or RedisWatch(),
         )
 
     def _trust(self) -> None:

@@ -31,6 +31,7 @@ Layout::
     {relay}:idem:<key id>:<digest>  string the first answer to an Idempotency-Key (24 h)
     {relay}:hooks                   hash   hook id -> subscription JSON (with its secret)
     {relay}:hooks:changed           pubsub a subscription was added or deleted (cache invalidation)
+    {relay}:workers                 zset   live workers: JSON {"id", "host", "pid"} -> last beat ms
 
 Outbound notifications are queued like deliveries, under the pseudo-destination
 ``_hooks`` (:data:`NOTIFICATIONS`, a name no configured destination can have):
@@ -59,6 +60,10 @@ __all__ = [
     "NOTIFICATIONS",
     "RETRIES_FIELD_PREFIX",
     "STATUS_FIELD_PREFIX",
+    "WORKERS",
+    "WORKER_BEAT_S",
+    "WORKER_FORGET_S",
+    "WORKER_LIVE_S",
     "attempts",
     "dead",
     "delivered_minute",
@@ -112,6 +117,13 @@ IDEMPOTENCY_TTL_S = 24 * 3600
 #: While the first request with a key is being handled, its marker lives this long:
 #: if that process dies, a retry may go ahead after it (the answer was never sent).
 IDEMPOTENCY_PENDING_MS = 30_000
+#: zset: every worker process's heartbeat, JSON {"id", "host", "pid"} -> ms of its last beat.
+WORKERS = f"{_TAG}:workers"
+#: A worker beats this often; one not heard from in WORKER_LIVE_S is not live (three
+#: beats missed); one silent for WORKER_FORGET_S is dropped from the set by the next beat.
+WORKER_BEAT_S = 5.0
+WORKER_LIVE_S = 15.0
+WORKER_FORGET_S = 24 * 3600
 #: Per-minute delivery counters live two hours: `relay status` sums the last 60 minutes.
 DELIVERED_MINUTE_TTL_S = 2 * 3600
 

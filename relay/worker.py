@@ -6,28 +6,36 @@ the destination's global rate limit and in-flight cap (both in Redis) before
 its request is made. ``stop()`` (SIGTERM) stops reading and lets in-flight
 deliveries finish; ``run(drain=True)`` returns once nothing is waiting,
 pending or scheduled (for tests and one-off catch-ups).
+
+Delivery never silently stops: a Redis that does not answer (at start or
+later) is waited for, each loop telling the process's RedisWatch, which logs
+the outage; a loop that dies of anything else is logged and restarted by its
+Supervisor (relay.availability). The worker beats in Redis (relay.heartbeat)
+so ``relay status`` can tell pending events with no live worker behind them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 import aiohttp
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from relay import redis_keys
 from relay.adapters import make_adapter
 from relay.adapters.base import Attempt, Outcome
-from relay.errors import StoreUnavailable
+from relay.availability import UNAVAILABLE, RedisWatch, Supervisor
 from relay.gate import MAX_WAIT_S, Gate
+from relay.heartbeat import Heartbeat
 from relay.hooks import HookStore, notification_records
 from relay.ids import random_base62
 from relay.models import DeliveryStatus
@@ -53,6 +61,8 @@ _SWEEP_EVERY = 20
 #: Times a delivery interrupted by a Redis error is resumed here before it is left
 #: pending for another worker to claim.
 _LOCAL_RETRIES = 3
+#: How long stop() waits for the loops to end once cancelled.
+_STOP_S = 2.0
 #: How long an event waits when an earlier event of its contact is still on its way.
 _ORDER_WAIT_MS = 200
 
@@ -68,9 +78,11 @@ class Worker:
         "_consumer",
         "_counts",
         "_gate",
+        "_heartbeat",
         "_hooks",
         "_in_flight",
         "_limiter",
+        "_loops",
         "_order",
         "_queue",
         "_redis",
@@ -78,6 +90,7 @@ class Worker:
         "_settings",
         "_slots",
         "_stopping",
+        "_watch",
         "concurrency",
     )
 
@@ -89,13 +102,19 @@ class Worker:
         session: aiohttp.ClientSession | None = None,
         concurrency: int = 16,
         consumer: str | None = None,
+        watch: RedisWatch | None = None,
     ) -> None:
         self._settings = settings
         self._redis = redis
         self._session = session
         #: Deliveries this process runs at once, across destinations.
         self.concurrency = concurrency
-        self._consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{random_base62(6)}"
+        host, pid = socket.gethostname(), os.getpid()
+        self._consumer = consumer or f"{host}-{pid}-{random_base62(6)}"
+        self._heartbeat = Heartbeat(redis, self._consumer, host=host, pid=pid)
+        #: The process's one voice about Redis outages (shared with the API in `relay serve`).
+        self._watch = watch or RedisWatch()
+        self._loops: list[Supervisor] = []
         self._queue = DeliveryQueue(redis, retention_s=settings.retention_s)
         self._order = ContactOrder(redis)
         self._limiter = RateLimiter(redis)
@@ -105,7 +124,7 @@ class Worker:
         self._counts = {"delivered": 0, "retrying": 0, "dead": 0}
         self._in_flight: set[asyncio.Task[None]] = set()
         self._slots: asyncio.Semaphore | None = None
-        self._stopping: asyncio.Event | None = None
+        self._stopping = asyncio.Event()
 
     def __repr__(self) -> str:
         c = self._counts
@@ -125,14 +144,19 @@ class Worker:
             return self._settings.hooks
         return self._settings.destinations[name]
 
+    @property
+    def alive(self) -> bool:
+        """Every loop is running (none is dead, waiting to be restarted)."""
+        return bool(self._loops) and all(loop.running for loop in self._loops)
+
     def stop(self) -> None:
         """Stop taking new work; ``run`` returns once in-flight deliveries are done."""
-        if self._stopping is not None:
-            self._stopping.set()
+        self._stopping.set()
 
     async def run(self, *, drain: bool = False) -> None:
-        """Deliver until ``stop()``, or with ``drain`` until there is nothing left to do."""
-        self._stopping = asyncio.Event()
+        """Deliver until ``stop()``, or with ``drain`` until there is nothing left to do.
+
+        Needs no Redis to start: each loop waits for it (and makes its consumer group)."""
         self._slots = asyncio.Semaphore(self.concurrency)
         async with contextlib.AsyncExitStack() as stack:
             session = self._session
@@ -158,67 +182,76 @@ class Worker:
                 events=EventStore(self._redis, retention_s=self._settings.retention_s),
                 session=await stack.enter_async_context(guarded_session(self._settings.hooks)),
             )
-            for name in self.destinations:
-                await self._queue.ensure_group(name)
-            loops = [asyncio.create_task(self._read_loop(name)) for name in self.destinations]
-            loops.append(asyncio.create_task(self._hooks.listen()))
-            loops.append(asyncio.create_task(self._housekeeping()))
+            repeat = self._watch.repeat
+            loops: dict[str, Callable[[], Awaitable[None]]] = {
+                f"reading {name}": functools.partial(repeat, functools.partial(self._read, name))
+                for name in self.destinations
+            }
+            loops["hook subscriptions"] = functools.partial(self._hooks.listen, watch=self._watch)
+            loops["housekeeping"] = functools.partial(
+                repeat, self._housekeeping_pass(), every_s=_HOUSEKEEPING_S
+            )
+            loops["heartbeat"] = functools.partial(
+                repeat, self._heartbeat.beat, every_s=redis_keys.WORKER_BEAT_S
+            )
             if drain:
-                loops.append(asyncio.create_task(self._stop_when_idle()))
+                loops["drain"] = functools.partial(repeat, self._stop_if_idle, every_s=0.05)
+            self._loops = [Supervisor(f"worker loop {what!r}") for what in loops]
+            tasks = [
+                asyncio.create_task(loop.run(target, stopping=self._stopping))
+                for loop, target in zip(self._loops, loops.values(), strict=True)
+            ]
             try:
                 await self._stopping.wait()
             finally:
-                for task in loops:
+                for task in tasks:
                     task.cancel()
-                await asyncio.gather(*loops, return_exceptions=True)
+                # A loop stuck in a Redis call that swallowed its cancellation is left
+                # behind (closing the client ends it) rather than keeping the worker up.
+                _, stuck = await asyncio.wait(tasks, timeout=_STOP_S)
+                if stuck:
+                    log.warning("%d worker loops did not stop within %s s", len(stuck), _STOP_S)
                 if self._in_flight:
                     await asyncio.gather(*self._in_flight, return_exceptions=True)
+                with contextlib.suppress(*UNAVAILABLE):
+                    await self._heartbeat.forget()
         log.info("worker stopped: %r", self)
 
-    async def _stop_when_idle(self) -> None:
-        assert self._stopping is not None
-        while True:
-            await asyncio.sleep(0.05)
-            if not self._in_flight and await self._queue.idle(self.destinations):
-                self._stopping.set()
-                return
+    async def _stop_if_idle(self) -> None:
+        if not self._in_flight and await self._queue.idle(self.destinations):
+            self._stopping.set()
 
-    async def _read_loop(self, destination: str) -> None:
-        assert self._stopping is not None
+    async def _read(self, destination: str) -> None:
+        """Start delivering what the stream has new (the first read makes the group)."""
         size = getattr(self._config(destination), "batch_size", 1)
-        while not self._stopping.is_set():
-            try:
-                entries = await self._queue.read(
-                    destination, self._consumer, count=self.concurrency * size, block_ms=_BLOCK_MS
-                )
-            except (OSError, RedisError) as exc:
-                log.warning("reading %s failed (%s); retrying", destination, exc)
-                await asyncio.sleep(1.0)
-                continue
-            for i in range(0, len(entries), size):
-                await self._start(destination, entries[i : i + size])
+        entries = await self._queue.read(
+            destination, self._consumer, count=self.concurrency * size, block_ms=_BLOCK_MS
+        )
+        for i in range(0, len(entries), size):
+            await self._start(destination, entries[i : i + size])
 
-    async def _housekeeping(self) -> None:
-        assert self._stopping is not None
+    def _housekeeping_pass(self) -> Callable[[], Awaitable[None]]:
+        """One pass: due retries back into their streams, stale entries claimed, and every
+        _SWEEP_EVERY passes a slice of each heads hash swept."""
         sweeps = dict.fromkeys(self.destinations, "0")  # heads-hash cursors (relay.order)
         passes = 0
-        while not self._stopping.is_set():
-            try:
-                await self._queue.move_due_retries(self.destinations)
-                if passes % _SWEEP_EVERY == 0:
-                    for name, cursor in sweeps.items():
-                        sweeps[name] = await self._order.sweep(name, cursor)
-                passes += 1
-                for name in self.destinations:
-                    timeout_s = self._config(name).timeout_s
-                    idle_ms = int((timeout_s + self._settings.claim_after_s) * 1000)
-                    for entry in await self._queue.claim_stale(
-                        name, self._consumer, min_idle_ms=idle_ms, count=self.concurrency
-                    ):
-                        await self._start(name, [entry])
-            except Exception:  # keep the loop alive through Redis hiccups
-                log.exception("housekeeping failed; retrying")
-            await asyncio.sleep(_HOUSEKEEPING_S)
+
+        async def one_pass() -> None:
+            nonlocal passes
+            await self._queue.move_due_retries(self.destinations)
+            if passes % _SWEEP_EVERY == 0:
+                for name, cursor in sweeps.items():
+                    sweeps[name] = await self._order.sweep(name, cursor)
+            passes += 1
+            for name in self.destinations:
+                timeout_s = self._config(name).timeout_s
+                idle_ms = int((timeout_s + self._settings.claim_after_s) * 1000)
+                for entry in await self._queue.claim_stale(
+                    name, self._consumer, min_idle_ms=idle_ms, count=self.concurrency
+                ):
+                    await self._start(name, [entry])
+
+        return one_pass
 
     async def _start(self, destination: str, entries: list[Entry]) -> None:
         assert self._slots is not None
@@ -242,15 +275,17 @@ class Worker:
             try:
                 await self._deliver_entries(destination, entries)
                 return
-            except (OSError, RedisError, StoreUnavailable) as exc:
-                log.warning(
-                    "delivery of %s to %s interrupted (%s); %s",
-                    ", ".join(e.event for e in entries),
-                    destination,
-                    exc,
-                    "retrying" if attempt < _LOCAL_RETRIES else "left for another worker",
-                )
-                await asyncio.sleep(0.2 * 2**attempt)
+            except UNAVAILABLE as exc:
+                pause_s = self._watch.failed(exc)  # the watch logs the outage, once
+                if attempt == _LOCAL_RETRIES:
+                    log.warning(
+                        "delivery of %s to %s interrupted (%s); left pending, to be claimed again",
+                        ", ".join(e.event for e in entries),
+                        destination,
+                        exc,
+                    )
+                    return
+                await asyncio.sleep(max(pause_s, 0.2 * 2**attempt))
             except Exception:
                 # A bug, not trouble: the entry stays pending and is claimed again after
                 # the visibility timeout; say so loudly rather than lose the traceback.

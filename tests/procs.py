@@ -94,7 +94,15 @@ def http(
 class Serve:
     """``relay serve`` in a subprocess, its stderr kept in a file."""
 
-    def __init__(self, *, cwd: Path, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        cwd: Path,
+        env: dict[str, str],
+        args: tuple[str, ...] = (),
+        until: str = "/readyz",
+    ) -> None:
+        """Started and answering 200 at ``until`` (``/healthz``: listening, Redis or not)."""
         assert_tree_under_test(env, cwd)
         self.port = free_port()
         self.log_path = cwd / f"serve-{self.port}.log"
@@ -109,13 +117,13 @@ class Serve:
         deadline = time.monotonic() + 30
         while True:
             try:
-                if http("GET", self.url("/readyz"))[0] == 200:
+                if http("GET", self.url(until))[0] == 200:
                     break
             except OSError:
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise AssertionError(f"relay serve did not become ready:\n{self.log()}")
+                raise AssertionError(f"relay serve did not answer {until}:\n{self.log()}")
             time.sleep(0.05)
 
     def url(self, path: str) -> str:

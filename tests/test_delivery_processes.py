@@ -254,7 +254,7 @@ async def test_serve_delivers_in_process_and_dlq_commands(
             dead = await cli("dlq", "list")
             assert len(dead) == 1
             assert dead[0]["destination"] == "convertr"
-            (row,) = await cli("status")
+            (row,) = (await cli("status"))["destinations"]
             assert (row["dead"], row["health"]) == (1, "healthy")
             shown = await asyncio.to_thread(
                 relay, "events", "show", dead[0]["event_id"], cwd=tmp_path, env=env
@@ -271,7 +271,7 @@ async def test_serve_delivers_in_process_and_dlq_commands(
                     break
                 await asyncio.sleep(0.02)
             assert len(fake.leads) == 2
-            (row,) = await cli("status")
+            (row,) = (await cli("status"))["destinations"]
             assert (row["dead"], row["delivered_last_hour"]) == (0, 2)
         finally:
             await asyncio.to_thread(serve.stop)

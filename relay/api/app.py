@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
@@ -16,7 +17,8 @@ from relay.api.auth import auth_middleware
 from relay.api.body import body_guard_middleware
 from relay.api.problems import error_middleware
 from relay.api.routing import routes
-from relay.api.state import EVENTS, HOOKS, KEYS, LIMITER, REDIS, SETTINGS
+from relay.api.state import EVENTS, HOOKS, KEYS, LIMITER, REDIS, SETTINGS, WATCH
+from relay.availability import RedisWatch, Supervisor
 from relay.connect import redis_for
 from relay.hooks import HookStore
 from relay.keystore import KeyStore
@@ -38,6 +40,7 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> web.Applica
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
+    app[WATCH] = RedisWatch()
     app.cleanup_ctx.append(_redis_context(settings, redis))
     app.cleanup_ctx.append(_invalidation_listeners)
     for spec in routes:
@@ -65,9 +68,13 @@ def _redis_context(
 
 
 async def _invalidation_listeners(app: web.Application) -> AsyncIterator[None]:
+    watch = app[WATCH]
     tasks = {
-        asyncio.create_task(app[KEYS].listen(), name="relay-key-invalidation"),
-        asyncio.create_task(app[HOOKS].listen(), name="relay-hook-invalidation"),
+        asyncio.create_task(
+            Supervisor(f"{what} invalidation listener").run(functools.partial(listen, watch=watch)),
+            name=f"relay-{what}-invalidation",
+        )
+        for what, listen in (("key", app[KEYS].listen), ("hook", app[HOOKS].listen))
     }
     yield
     for task in tasks:

@@ -22,6 +22,7 @@ from relay.api.bounds import (
     MAX_ITEM_VALUES,
     Slicer,
 )
+from relay.api.health import no_delivery
 from relay.api.idempotency import MAX_KEY_LENGTH, Claim, claim, idempotency_key, release
 from relay.api.problems import problem
 from relay.api.routing import QueryParam, routes
@@ -94,7 +95,11 @@ _RESPONSES: dict[int, tuple[str, Any]] = {
         Problem,
     ),
     429: ("The key's own rate limit is spent (Retry-After, RateLimit-*)", Problem),
-    503: ("Redis cannot take the event now; nothing was queued, retry", Problem),
+    503: (
+        "Redis cannot take the event now, or the delivery worker of `relay serve` is "
+        "restarting; nothing was queued, retry",
+        Problem,
+    ),
 }
 
 
@@ -126,6 +131,8 @@ def choose_destinations(
 
 
 async def _ingest(request: web.Request, kind: EventKind) -> web.Response:
+    if (refused := no_delivery(request.app)) is not None:
+        return refused  # never a 202 with no live delivery behind it
     idem = idempotency_key(request)
     if idem is None:
         return await _accept(request, kind, None)

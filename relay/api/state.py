@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import web
 from redis.asyncio import Redis
 
 from relay.apikeys import KeyRecord
+from relay.availability import RedisWatch
 from relay.hooks import HookStore
 from relay.keystore import KeyStore
 from relay.ratelimit import RateLimiter
 from relay.settings import Settings
 from relay.store import EventStore
 
-__all__ = ["API_KEY", "EVENTS", "HOOKS", "KEYS", "LIMITER", "REDIS", "SETTINGS"]
+__all__ = [
+    "API_KEY",
+    "DELIVERY_ALIVE",
+    "EVENTS",
+    "HOOKS",
+    "KEYS",
+    "LIMITER",
+    "REDIS",
+    "SETTINGS",
+    "WATCH",
+]
 
 SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", Redis)
@@ -22,5 +35,9 @@ LIMITER = web.AppKey("limiter", RateLimiter)
 EVENTS = web.AppKey("events", EventStore)
 #: REST-hook subscriptions (cached; invalidated over pub/sub).
 HOOKS = web.AppKey("hooks", HookStore)
+#: The process's one voice about Redis outages (shared with an in-process worker).
+WATCH = web.AppKey("redis_watch", RedisWatch)
+#: Set when a delivery worker runs in this process (`relay serve`): is it alive now?
+DELIVERY_ALIVE = web.AppKey[Callable[[], bool]]("delivery_alive")
 #: The authenticated key of a request (set by the auth middleware).
 API_KEY = web.RequestKey("api_key", KeyRecord)

@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import shutil
 import signal
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
 from relay import redis_keys
+from relay.availability import RedisWatch
 from relay.commands.reach import reach_redis
 from relay.commands.text import one_line, terminal_json, width_of
 from relay.connect import check_version, redis_for
 from relay.deadletters import list_dead_letters
 from relay.errors import RelayError
+from relay.heartbeat import live_workers
 from relay.models import DeadLetter
 from relay.queue import DeliveryQueue
 from relay.settings import Settings
@@ -33,10 +37,13 @@ _PROGRESS_EVERY = 500
 
 
 async def run_worker(settings: Settings, args: argparse.Namespace) -> int:
-    """Deliver until SIGTERM or SIGINT, then finish what is in flight."""
+    """Deliver until SIGTERM or SIGINT, then finish what is in flight.
+
+    A Redis that is not there yet is waited for (the RedisWatch logs it); one that
+    answers but is too old is an error (exit 1)."""
     async with redis_for(settings) as redis:
-        await check_version(redis)  # a clear error now rather than a failing loop later
-        worker = Worker(settings, redis=redis, concurrency=args.concurrency)
+        watch = RedisWatch()
+        worker = Worker(settings, redis=redis, concurrency=args.concurrency, watch=watch)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
@@ -46,7 +53,22 @@ async def run_worker(settings: Settings, args: argparse.Namespace) -> int:
             f"(concurrency {args.concurrency})",
             flush=True,
         )
-        await worker.run(drain=args.drain)
+
+        async def check() -> None:
+            await watch.call(redis.ping)
+            await check_version(redis)
+
+        checked = asyncio.create_task(check())
+        running = asyncio.create_task(worker.run(drain=args.drain))
+        await asyncio.wait({checked, running}, return_when=asyncio.FIRST_COMPLETED)
+        if checked.done() and (exc := checked.exception()) is not None:
+            worker.stop()
+            await running
+            raise exc
+        await running
+        checked.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await checked
     return 0
 
 
@@ -124,10 +146,12 @@ async def dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def status(settings: Settings, args: argparse.Namespace) -> int:
+    """Exit 1 when a destination is unhealthy, or has events waiting and no live worker."""
     async with reach_redis(settings) as redis:
         queue = DeliveryQueue(redis, retention_s=settings.retention_s)
         unhealthy = await queue.health()
-        rows = []
+        workers = await live_workers(redis)
+        rows: list[dict[str, Any]] = []
         for name, dest in settings.destinations.items():
             counts = await queue.counts(name)
             problem = unhealthy.get(name, {}).get("problem")
@@ -136,18 +160,35 @@ async def status(settings: Settings, args: argparse.Namespace) -> int:
         hooks = await queue.counts(redis_keys.NOTIFICATIONS)
         if any(hooks.values()):
             rows.append({"destination": "(hooks)", **hooks, "health": "healthy", "why": None})
+    for r in rows:
+        waiting = r["pending"] + r["retrying"]
+        if waiting and not workers and r["health"] != "disabled":
+            r["health"] = "unhealthy"
+            r["why"] = "; ".join(
+                filter(None, [r["why"], f"{waiting} events waiting and no live worker"])
+            )
     if args.json:
-        print(orjson.dumps(rows).decode())
-        return 0
+        print(orjson.dumps({"destinations": rows, "workers": workers}).decode())
+        return _exit_status(rows)
     if not rows:
         print("No destinations configured (relay.toml).")
-        return 0
-    head = ("DESTINATION", "PENDING", "RETRYING", "DEAD", "DELIVERED/1H", "HEALTH")
-    print("{:<16} {:>8} {:>9} {:>6} {:>13}  {}".format(*head))
-    for r in rows:
-        why = f" ({r['why']})" if r["why"] else ""
-        print(
-            f"{r['destination']:<16} {r['pending']:>8} {r['retrying']:>9} {r['dead']:>6} "
-            f"{r['delivered_last_hour']:>13}  {r['health']}{why}"
-        )
+    else:
+        head = ("DESTINATION", "PENDING", "RETRYING", "DEAD", "DELIVERED/1H", "HEALTH")
+        print("{:<16} {:>8} {:>9} {:>6} {:>13}  {}".format(*head))
+        for r in rows:
+            why = f" ({r['why']})" if r["why"] else ""
+            print(
+                f"{r['destination']:<16} {r['pending']:>8} {r['retrying']:>9} {r['dead']:>6} "
+                f"{r['delivered_last_hour']:>13}  {r['health']}{why}"
+            )
+    if workers:
+        print(f"\nLive workers ({len(workers)}):")
+        for w in workers:
+            print(f"  {w['host']} pid {w['pid']}, last seen {w['last_seen']}")
+    else:
+        print("\nNo live worker: start `relay serve` or `relay worker` to deliver.")
+    return _exit_status(rows)
+
+
+def _exit_status(rows: list[dict[str, Any]]) -> int:
     return 1 if any(r["health"] == "unhealthy" for r in rows) else 0
