@@ -37,10 +37,13 @@ _TRAIT_NAME = r"^[a-z][a-z0-9]{0,29}(_[a-z0-9]{1,20}){0,3}$"
 #: Custom fields the schema allows per item (relay takes up to MAX_CUSTOM_TRAITS).
 _SCHEMA_TRAITS = 20
 _SAFE_INTEGER = 2**53
+#: Text without NUL (U+0000), which relay refuses wherever it appears.
+_NO_NUL = r"^[^\u0000]*$"
 
 
 def _item(*, form: bool) -> dict[str, Any]:
     text: dict[str, Any] = {"type": "string"} if form else {"type": ["string", "null"]}
+    text["pattern"] = _NO_NUL
     props: dict[str, Any] = {
         "email": {
             "type": "string",
@@ -73,6 +76,7 @@ def _item(*, form: bool) -> dict[str, Any]:
             "additionalProperties": {
                 "type": ["string", "boolean", "integer", "null"],
                 "maxLength": 1000,
+                "pattern": _NO_NUL,
                 "minimum": -_SAFE_INTEGER,
                 "maximum": _SAFE_INTEGER,
             },
