@@ -39,7 +39,7 @@ _RATE_HZ = 250
 #: How long py-spy may take to write its file after SIGINT.
 _WRITE_TIMEOUT_S = 30.0
 #: Entry points: in every stack that does not start at a loop callback; they say nothing.
-_ENTRY = frozenset({"relay.__main__", "relay.cli"})
+_ENTRY = frozenset({"relay.__main__", "relay.cli", "relay.commands.serve"})
 #: A frame as py-spy writes it: ``function (path/to/file.py:line)``.
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<path>[^()]*?)(?::\d+)?\)$")
 

@@ -16,7 +16,7 @@ import relay.adapters
 import relay.worker
 from relay.api import create_app
 from relay.availability import RedisWatch, Supervisor
-from relay.cli import _in_process_worker
+from relay.commands.serve import in_process_worker
 from relay.queue import DeliveryQueue
 from relay.settings import Settings
 from relay.store import EventStore
@@ -218,7 +218,7 @@ async def test_serve_refuses_ingest_while_its_worker_is_dead_and_restarts_it(
 
     monkeypatch.setattr(relay.worker, "make_adapter", failing)
     app = create_app(settings, redis=redis)
-    app.cleanup_ctx.append(_in_process_worker)
+    app.cleanup_ctx.append(in_process_worker)
     client = await aiohttp_client(app)
     key = await make_key("write:leads")
     headers = {"X-API-Key": key}
