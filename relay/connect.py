@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError, RedisError
@@ -24,6 +24,10 @@ MIN_REDIS_VERSION = (6, 2)
 SOCKET_TIMEOUT_S = 5.0
 #: Times a command is retried on a fresh connection after the old one dropped.
 RECONNECT_RETRIES = 4
+#: Connections one client keeps at most. A command that finds them all busy waits
+#: for one (up to SOCKET_TIMEOUT_S) instead of failing: redis-py's own pool raises
+#: "Too many connections" past 100, which a burst of requests turned into 503s.
+MAX_CONNECTIONS = 128
 
 try:
     from redis.connection import HiredisRespSerializer
@@ -39,10 +43,13 @@ def redis_client(url: str) -> Redis:
     A command that meets a dropped connection (Redis restarted; the pool's
     connections went stale) is sent again on a fresh one, a few times with a
     short backoff, before the error reaches the caller (503 at the API, a
-    pending entry at the worker).
+    pending entry at the worker). At most MAX_CONNECTIONS are open; past that a
+    command waits its turn.
     """
-    client = Redis.from_url(
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=MAX_CONNECTIONS,
+        timeout=SOCKET_TIMEOUT_S,
         decode_responses=True,
         socket_timeout=SOCKET_TIMEOUT_S,
         socket_connect_timeout=SOCKET_TIMEOUT_S,
@@ -50,13 +57,12 @@ def redis_client(url: str) -> Redis:
         retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), RECONNECT_RETRIES),
         retry_on_error=[ConnectionError],
     )
-    pool = client.connection_pool
     if _HIREDIS is not None and not issubclass(pool.connection_class, _HiredisPacking):
         # Whatever the URL chose (TCP, TLS, unix socket), with commands packed in C.
         pool.connection_class = type(
             pool.connection_class.__name__, (_HiredisPacking, pool.connection_class), {}
         )
-    return client
+    return Redis.from_pool(pool)
 
 
 class _HiredisPacking:

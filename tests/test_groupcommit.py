@@ -180,6 +180,17 @@ def test_the_client_packs_commands_as_redis_py_does() -> None:
     assert type(ours).__mro__[1].__name__ == "_HiredisPacking"
 
 
+async def test_a_burst_past_the_pool_waits_for_a_connection(redis: Redis) -> None:
+    # More commands at once than the client keeps connections: they wait their
+    # turn (redis-py's own pool raised "Too many connections", a 503 at the API).
+    from relay.connect import MAX_CONNECTIONS
+
+    many = MAX_CONNECTIONS + 72
+    answers = await asyncio.gather(*(redis.blpop(["{relay}:t:none"], 0.2) for _ in range(many)))
+    assert answers == [None] * many
+    assert redis.connection_pool.max_connections == MAX_CONNECTIONS
+
+
 _ECHO = """
 redis.call('RPUSH', KEYS[1], ARGV[1])
 return {KEYS[1], ARGV[1], redis.call('LLEN', KEYS[1])}
