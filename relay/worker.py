@@ -205,6 +205,14 @@ class Worker:
                 asyncio.create_task(loop.run(target, stopping=self._stopping))
                 for loop, target in zip(self._loops, loops.values(), strict=True)
             ]
+            # Its own loop (housekeeping may wait for a delivery slot), at a third of the
+            # shortest window, and on until the last delivery is done (stop() included).
+            keeping = Supervisor("worker loop 'keeping held entries claimed'")
+            self._loops.append(keeping)
+            every_s = min(map(self._window_s, self.destinations)) / 3
+            keeper = asyncio.create_task(
+                keeping.run(functools.partial(repeat, self._keep_held, every_s=every_s))
+            )
             try:
                 await self._stopping.wait()
             finally:
@@ -217,6 +225,8 @@ class Worker:
                     log.warning("%d worker loops did not stop within %s s", len(stuck), _STOP_S)
                 if self._in_flight:
                     await asyncio.gather(*self._in_flight, return_exceptions=True)
+                keeper.cancel()
+                await asyncio.wait([keeper], timeout=_STOP_S)
                 with contextlib.suppress(*UNAVAILABLE):
                     await self._heartbeat.forget()
         log.info("worker stopped: %r", self)
@@ -251,20 +261,20 @@ class Worker:
         for i in range(0, len(entries), size):
             await self._start(destination, entries[i : i + size])
 
+    async def _keep_held(self) -> None:
+        """Reset the idle time of every entry this worker holds and has not settled."""
+        for name, held in self._held.items():
+            if held:
+                await self._queue.keep(name, self._consumer, sorted(held))
+
     def _housekeeping_pass(self) -> Callable[[], Awaitable[None]]:
         """One pass: due retries back into their streams, stale entries claimed, and every
         _SWEEP_EVERY passes a slice of each heads hash swept."""
         sweeps = dict.fromkeys(self.destinations, "0")  # heads-hash cursors (relay.order)
         passes = 0
-        # Held entries are re-claimed at a third of the shortest window, well inside it.
-        keep_every = max(1, int(min(map(self._window_s, self.destinations)) / 3 / _HOUSEKEEPING_S))
 
         async def one_pass() -> None:
             nonlocal passes
-            if passes % keep_every == 0:
-                for name, held in self._held.items():
-                    if held:
-                        await self._queue.keep(name, self._consumer, sorted(held))
             await self._queue.move_due_retries(self.destinations)
             if passes % _SWEEP_EVERY == 0:
                 for name, cursor in sweeps.items():
