@@ -12,11 +12,15 @@ import asyncio
 from collections import Counter
 from pathlib import Path
 
+import orjson
 import pytest
 from redis.asyncio import Redis
 
 from relay.models import Lead
-from tests.fakes import FakeConvertr
+from relay.store import EventStore
+from tests.events import new_lead
+from tests.fakes import CONVEYOUR_TOKEN, FakeConvertr, FakeConveyour
+from tests.procs import clean_env
 from tests.redis_server import RedisServer
 from tests.test_delivery_processes import convertr_toml, enqueue, start_worker, statuses
 
@@ -27,8 +31,6 @@ _FIELDS = '\n[destinations.convertr.fields]\nemail = "email"\ncompany = "company
 
 
 async def run_workers(tmp_path: Path, redis_server: RedisServer, workers: int, *args: str) -> None:
-    from tests.procs import clean_env
-
     env = clean_env(RELAY_REDIS_URL=redis_server.url, RELAY_CLAIM_AFTER_S="1")
     procs = [await start_worker(tmp_path, env, "--drain", *args) for _ in range(workers)]
     results = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in procs)), 45)
@@ -69,6 +71,33 @@ async def test_a_long_429_pause_sends_nothing_twice(
         await run_workers(tmp_path, redis_server, 1)
         assert set(await statuses(redis, ids)) == {"delivered"}
         assert_once_in_order(fake, sent, "429 with Retry-After: 5")
+
+
+async def test_a_long_429_pause_sends_no_conveyour_batch_item_twice(
+    tmp_path: Path, redis_server: RedisServer, redis: Redis
+) -> None:
+    async with FakeConveyour() as fake:
+        (tmp_path / "relay.toml").write_text(f"""
+[destinations.conveyour]
+type = "conveyour"
+base_url = "{fake.url}"
+token = "{CONVEYOUR_TOKEN}"
+events = ["lead"]
+batch_size = 5
+timeout_s = 1
+retry_schedule = [0.2]
+""")
+        fake.script(status=429, headers={"Retry-After": "5"})  # 5 s: past the 2 s window
+        sent = leads(25, 2)
+        events = [new_lead("", "conveyour", payload=lead) for lead in sent]
+        await EventStore(redis, retention_s=3600).enqueue(events)
+        await run_workers(tmp_path, redis_server, 1)
+        assert set(await statuses(redis, [e.id for e in events])) == {"delivered"}
+        counts = Counter(orjson.dumps(item, option=orjson.OPT_SORT_KEYS) for item in fake.contacts)
+        twice = sum(1 for n in counts.values() if n > 1)
+        print(f"ConveYour batches, 429 with Retry-After: 5: {len(sent)} events, {twice} sent twice")
+        assert twice == 0
+        assert len(counts) == len(sent)
 
 
 async def test_a_slow_rate_limit_with_many_tasks_sends_nothing_twice(
