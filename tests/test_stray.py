@@ -31,7 +31,7 @@ async def _pending(redis: Redis) -> list[str]:
     rows = await redis.xpending_range(
         redis_keys.queue(DEST), redis_keys.CONSUMER_GROUP, min="-", max="+", count=10
     )
-    return [row["message_id"] for row in rows]
+    return [str(row["message_id"]) for row in rows]
 
 
 @pytest.mark.parametrize("status", [DeliveryStatus.delivered, DeliveryStatus.dead])
