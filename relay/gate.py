@@ -93,7 +93,7 @@ class Gate:
     ) -> None:
         """Wait for the end of a pause (an upstream 429) and a place under
         ``max_in_flight`` (counted across every process), then mark the events
-        delivering: one round trip when nothing is in the way."""
+        delivering by ``holder``: one round trip when nothing is in the way."""
         status = redis_keys.STATUS_FIELD_PREFIX + destination
         while True:
             wait_s = await self._limiter.begin(
@@ -104,6 +104,7 @@ class Gate:
                 mark=events,
                 field=status,
                 value=DeliveryStatus.delivering.value,
+                holder_field=redis_keys.HOLDER_FIELD_PREFIX + destination,
             )
             if wait_s <= 0:
                 return

@@ -58,18 +58,36 @@ return moved
 # A worker's one round trip before sending an entry to a destination without a rate
 # limit: load the event, check its contact's order (relay.order), the pause and the
 # in-flight lease (as relay.ratelimit), then mark it delivering.
+# A stray copy (the event already delivered or dead here: acked and deleted; or being
+# sent under another holder's live lease: left pending for that holder to settle, so a
+# holder killed mid-send still has it claimed again) is refused first.
 # KEYS: event hash, heads hash, order list (any keys when ARGV[6] is not '1'), retry
-# zset, lease zset, pause marker. ARGV: now ms or "", max in flight, holder, ttl ms (as
-# the lease script), event id, '1' when the order applies, status field, contact, event
-# key prefix.
-# Returns {'gone'}, {'parked'}, {'blocked', due ms or 0}, {'paused', ms}, 0 (every
-# slot taken), or {'ok', field, value, ...} (the event's hash as it was read).
+# zset, lease zset, pause marker, stream. ARGV: now ms or "", max in flight, holder, ttl
+# ms (as the lease script), event id, '1' when the order applies, status field, contact,
+# event key prefix, holder field, consumer group, stream entry id.
+# Returns {'gone'}, {'stray'}, {'parked'}, {'blocked', due ms or 0}, {'paused', ms}, 0
+# (every slot taken), or {'ok', field, value, ...} (the event's hash as it was read).
 _TAKE = (
     NOW_LUA
     + order.LUA
     + """
 local fields = redis.call('HGETALL', KEYS[1])
 if #fields == 0 then return {'gone'} end
+local status = redis.call('HGET', KEYS[1], ARGV[7])
+if status == 'delivered' or status == 'dead' then
+  redis.call('XACK', KEYS[7], ARGV[11], ARGV[12])
+  redis.call('XDEL', KEYS[7], ARGV[12])
+  return {'stray'}
+end
+if status == 'delivering' then
+  local other = redis.call('HGET', KEYS[1], ARGV[10])
+  if other and other ~= ARGV[3] then
+    local until_ms = redis.call('ZSCORE', KEYS[5], other)
+    if until_ms and tonumber(until_ms) > now then
+      return {'stray'}
+    end
+  end
+end
 if ARGV[6] == '1' then
   local due = order_check(KEYS[2], KEYS[3], KEYS[4], ARGV[8], ARGV[5], ARGV[9])
   if due == -2 then return {'parked'} end
@@ -83,7 +101,7 @@ do
     + TAKE_LEASE_LUA
     + """
 end
-redis.call('HSET', KEYS[1], ARGV[7], 'delivering')
+redis.call('HSET', KEYS[1], ARGV[7], 'delivering', ARGV[10], ARGV[3])
 table.insert(fields, 1, 'ok')
 return fields
 """
@@ -103,6 +121,21 @@ procedures.attempt = function(op)
   if op[8] then redis.call('HINCRBY', key, op[8], 1) end
 end
 """
+# Keeps a worker's held entries claimed: resets the idle time of each one still pending
+# with this consumer (one another worker claimed is left to it). KEYS: stream.
+# ARGV: group, consumer, entry ids. Returns how many were kept.
+_KEEP = """
+local kept = 0
+for i = 3, #ARGV do
+  local mine = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if #mine > 0 then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    kept = kept + 1
+  end
+end
+return kept
+"""
+
 #: Dead letters replayed per transaction.
 _REPLAY_CHUNK = 500
 
@@ -119,8 +152,10 @@ def _entries(reply: Any) -> list[Entry]:
 class Taken:
     """What :meth:`DeliveryQueue.take` found: go (with the event's hash), or why not."""
 
-    #: "ok", "gone" (expired), "parked" (it waits in its contact's order, and gets a
-    #: new entry when its turn comes: drop this one), "blocked" (an earlier event of
+    #: "ok", "gone" (expired), "stray" (a copy of an event delivered, dead or being
+    #: sent by another holder: forget it, it is acked or settled by that holder),
+    #: "parked" (it waits in its contact's order, and gets a new entry when its turn
+    #: comes: drop this one), "blocked" (an earlier event of
     #: the contact is on its way: look again), "paused" (an upstream 429) or "full"
     #: (every in-flight slot is taken).
     state: str
@@ -133,14 +168,15 @@ class Taken:
 class DeliveryQueue:
     """Worker-side queue operations; expects a ``decode_responses=True`` client."""
 
-    __slots__ = ("_commit", "_move_due", "_redis", "_retention_s", "_take")
+    __slots__ = ("_commit", "_keep", "_move_due", "_redis", "_retention_s", "_take")
 
     def __init__(self, redis: Redis, *, retention_s: int) -> None:
         self._redis = redis
         self._retention_s = retention_s
         self._move_due = redis.register_script(_MOVE_DUE)
+        self._keep = redis.register_script(_KEEP)
         #: Concurrent takes (one per delivery about to start) share a round trip.
-        self._take = GroupCall(redis, _TAKE, keys=6)
+        self._take = GroupCall(redis, _TAKE, keys=7)
         self._commit = GroupCommit(redis, procedures=order.PROCEDURES + _ATTEMPT)
 
     def __repr__(self) -> str:
@@ -193,6 +229,33 @@ class DeliveryQueue:
             return []
         return _entries(reply[1])
 
+    async def keep(self, destination: str, consumer: str, entry_ids: Sequence[str]) -> int:
+        """Reset the idle time of these entries while ``consumer`` still holds them, so
+        housekeeping elsewhere does not claim them; how many it still holds."""
+        args = [redis_keys.CONSUMER_GROUP, consumer, *entry_ids]
+        return int(await self._keep(keys=[redis_keys.queue(destination)], args=args))
+
+    async def stray(
+        self, destination: str, entry: Entry, fields: dict[str, str], *, mine: str
+    ) -> bool:
+        """Whether ``entry`` is a copy not to send: its event is already delivered or dead
+        here (the entry is then acked and deleted), or being sent under a live lease of a
+        holder not starting with ``mine`` (that holder settles the entry). The take
+        script makes the same check for the short path."""
+        status = fields.get(redis_keys.STATUS_FIELD_PREFIX + destination)
+        if status in (DeliveryStatus.delivered, DeliveryStatus.dead):
+            stream = redis_keys.queue(destination)
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.xack(stream, redis_keys.CONSUMER_GROUP, entry.id)
+                pipe.xdel(stream, entry.id)
+                await pipe.execute()
+            return True
+        other = fields.get(redis_keys.HOLDER_FIELD_PREFIX + destination)
+        if status != DeliveryStatus.delivering or not other or other.startswith(mine):
+            return False
+        until_ms = await self._redis.zscore(redis_keys.inflight(destination), other)
+        return until_ms is not None and until_ms > time.time() * 1000
+
     async def load(self, event_id: str) -> dict[str, str] | None:
         """The event's hash (``data`` JSON, statuses, attempt counts), or None when expired."""
         raw = await self._redis.hgetall(redis_keys.event(event_id))
@@ -218,6 +281,7 @@ class DeliveryQueue:
             retries,
             redis_keys.inflight(destination),
             redis_keys.paused(destination),
+            redis_keys.queue(destination),
         ]
         status = redis_keys.STATUS_FIELD_PREFIX + destination
         args: list[str | int] = [
@@ -229,6 +293,7 @@ class DeliveryQueue:
                 contact or "",
                 order.EVENT_PREFIX,
             ),
+            *(redis_keys.HOLDER_FIELD_PREFIX + destination, redis_keys.CONSUMER_GROUP, entry.id),
         ]
         reply = await self._take.call(keys, args)
         if not isinstance(reply, list):

@@ -146,7 +146,8 @@ _LEASE = NOW_LUA + TAKE_LEASE_LUA + "return 1"
 
 # A worker's one call before a request. KEYS: lease zset, pause marker, then hashes to
 # mark. ARGV: as _LEASE, then the field and value to set in each hash once the lease is
-# taken. Returns 1 (taken, marked), 0 (full), or minus the ms left of a pause.
+# taken, and optionally a field to set to the holder. Returns 1 (taken, marked), 0
+# (full), or minus the ms left of a pause.
 _BEGIN = (
     NOW_LUA
     + """
@@ -155,7 +156,10 @@ if paused > 0 then return -paused end
 """
     + TAKE_LEASE_LUA
     + """
-for i = 3, #KEYS do redis.call('HSET', KEYS[i], ARGV[5], ARGV[6]) end
+for i = 3, #KEYS do
+  redis.call('HSET', KEYS[i], ARGV[5], ARGV[6])
+  if ARGV[7] then redis.call('HSET', KEYS[i], ARGV[7], holder) end
+end
 return 1
 """
 )
@@ -316,9 +320,11 @@ class RateLimiter:
         mark: Sequence[str] = (),
         field: str = "",
         value: str = "",
+        holder_field: str | None = None,
     ) -> float:
         """:meth:`lease` unless the destination is paused, and on success set ``field``
-        to ``value`` in each hash of ``mark``: one round trip before a request.
+        to ``value`` (and ``holder_field`` to ``holder``) in each hash of ``mark``: one
+        round trip before a request.
 
         0.0 when the slot is taken; else seconds to wait: the rest of a pause, or
         0.0 < wait when every slot is taken (poll again).
@@ -326,7 +332,10 @@ class RateLimiter:
         answer = int(
             await self._begin(
                 keys=[redis_keys.inflight(destination), redis_keys.paused(destination), *mark],
-                args=["", max_in_flight, holder, ttl_ms, field, value],
+                args=[
+                    *("", max_in_flight, holder, ttl_ms, field, value),
+                    *(() if holder_field is None else (holder_field,)),
+                ],
             )
         )
         if answer == 1:

@@ -51,6 +51,7 @@ __all__ = [
     "EVENTS_INDEX",
     "EVENT_DATA_FIELD",
     "HEALTH",
+    "HOLDER_FIELD_PREFIX",
     "HOOKS_CHANGED_CHANNEL",
     "HOOKS_INDEX",
     "IDEMPOTENCY_PENDING_MS",
@@ -110,6 +111,9 @@ ATTEMPT_RECORD_PREFIX = "a:"
 #: schedule began: ``r:<destination>``. A replay deletes it (a fresh schedule), while
 #: ``n:`` and the attempt records go on; rejected credentials do not count here.
 RETRIES_FIELD_PREFIX = "r:"
+#: Prefix of an event hash's per-destination lease holder: ``h:<destination>``, set with
+#: the "delivering" mark, so a take can refuse a copy another holder is sending.
+HOLDER_FIELD_PREFIX = "h:"
 #: hash: destination -> JSON {"problem", "since"} while its upstream refuses our credentials.
 HEALTH = f"{_TAG}:health"
 #: A repeated Idempotency-Key within this long gets the first answer back.

@@ -79,6 +79,7 @@ class Worker:
         "_counts",
         "_gate",
         "_heartbeat",
+        "_held",
         "_hooks",
         "_in_flight",
         "_limiter",
@@ -123,6 +124,9 @@ class Worker:
         self._gate = Gate(self._limiter, claim_after_s=settings.claim_after_s)
         self._counts = {"delivered": 0, "retrying": 0, "dead": 0}
         self._in_flight: set[asyncio.Task[None]] = set()
+        #: Stream entries this worker's tasks hold, per destination: kept claimed (their
+        #: idle time refreshed) until settled, so no other worker claims them meanwhile.
+        self._held: dict[str, set[str]] = {}
         self._slots: asyncio.Semaphore | None = None
         self._stopping = asyncio.Event()
 
@@ -201,6 +205,14 @@ class Worker:
                 asyncio.create_task(loop.run(target, stopping=self._stopping))
                 for loop, target in zip(self._loops, loops.values(), strict=True)
             ]
+            # Its own loop (housekeeping may wait for a delivery slot), at a third of the
+            # shortest window, and on until the last delivery is done (stop() included).
+            keeping = Supervisor("worker loop 'keeping held entries claimed'")
+            self._loops.append(keeping)
+            every_s = min(map(self._window_s, self.destinations)) / 3
+            keeper = asyncio.create_task(
+                keeping.run(functools.partial(repeat, self._keep_held, every_s=every_s))
+            )
             try:
                 await self._stopping.wait()
             finally:
@@ -213,6 +225,8 @@ class Worker:
                     log.warning("%d worker loops did not stop within %s s", len(stuck), _STOP_S)
                 if self._in_flight:
                     await asyncio.gather(*self._in_flight, return_exceptions=True)
+                keeper.cancel()
+                await asyncio.wait([keeper], timeout=_STOP_S)
                 with contextlib.suppress(*UNAVAILABLE):
                     await self._heartbeat.forget()
         log.info("worker stopped: %r", self)
@@ -221,14 +235,37 @@ class Worker:
         if not self._in_flight and await self._queue.idle(self.destinations):
             self._stopping.set()
 
+    def _window_s(self, destination: str) -> float:
+        """The visibility window: idle this long, an entry is claimed by another worker."""
+        return self._config(destination).timeout_s + self._settings.claim_after_s
+
     async def _read(self, destination: str) -> None:
-        """Start delivering what the stream has new (the first read makes the group)."""
-        size = getattr(self._config(destination), "batch_size", 1)
+        """Start delivering what the stream has new (the first read makes the group).
+
+        Nothing is read while the destination is paused (an upstream 429), nor more
+        than its rate limit lets go within the visibility window."""
+        config = self._config(destination)
+        paused_s = await self._limiter.paused_for(destination)
+        if paused_s > 0:
+            await asyncio.sleep(min(paused_s, MAX_WAIT_S))
+            return
+        size = getattr(config, "batch_size", 1)
+        count = self.concurrency * size
+        if (limit := config.rate_limit) is not None:
+            per_window = limit.count * self._window_s(destination) / limit.period_s
+            count = max(1, min(count, int(per_window)))
         entries = await self._queue.read(
-            destination, self._consumer, count=self.concurrency * size, block_ms=_BLOCK_MS
+            destination, self._consumer, count=count, block_ms=_BLOCK_MS
         )
+        self._held.setdefault(destination, set()).update(e.id for e in entries)
         for i in range(0, len(entries), size):
             await self._start(destination, entries[i : i + size])
+
+    async def _keep_held(self) -> None:
+        """Reset the idle time of every entry this worker holds and has not settled."""
+        for name, held in self._held.items():
+            if held:
+                await self._queue.keep(name, self._consumer, sorted(held))
 
     def _housekeeping_pass(self) -> Callable[[], Awaitable[None]]:
         """One pass: due retries back into their streams, stale entries claimed, and every
@@ -255,12 +292,15 @@ class Worker:
 
     async def _start(self, destination: str, entries: list[Entry]) -> None:
         assert self._slots is not None
+        held = self._held.setdefault(destination, set())
+        held.update(e.id for e in entries)  # kept claimed while waiting for a slot too
         await self._slots.acquire()
         task = asyncio.create_task(self._deliver(destination, entries))
         self._in_flight.add(task)
 
         def done(t: asyncio.Task[None]) -> None:
             self._in_flight.discard(t)
+            held.difference_update(e.id for e in entries)
             assert self._slots is not None
             self._slots.release()
 
@@ -307,6 +347,8 @@ class Worker:
                 await self._queue.drop(destination, entry)  # expired: nothing to send
                 continue
             event = orjson.loads(fields[redis_keys.EVENT_DATA_FIELD])
+            if await self._queue.stray(destination, entry, fields, mine=self._consumer):
+                continue  # a copy: acked, or settled by the one sending it
             contact = contact_key(event.get("payload") or {})  # notifications: None
             turn = await self._order.check(destination, contact, entry[1])
             if turn.state != "ok":
@@ -359,6 +401,8 @@ class Worker:
             )
             if taken.state == "ok":
                 break
+            if taken.state == "stray":
+                return  # a copy: acked by the script, or settled by the one sending it
             if taken.state == "gone":
                 await self._queue.drop(destination, entry)  # expired: nothing to send
                 return

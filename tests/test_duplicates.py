@@ -1,0 +1,130 @@
+"""Healthy deliveries are sent once (issue 12): entries that wait stay claimed.
+
+Each test shortens the visibility window (``RELAY_CLAIM_AFTER_S`` 1 s plus a 1 s
+``timeout_s``) and makes the worker wait longer than it: a 429 pause, a slow rate
+limit, retried 5xx answers across several workers. The fake upstream counts the
+copies it answered 2xx; a retried 5xx is not a duplicate, a second lead is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from relay.models import Lead
+from relay.store import EventStore
+from tests.events import new_lead
+from tests.fakes import CONVEYOUR_TOKEN, FakeConvertr, FakeConveyour
+from tests.procs import clean_env
+from tests.redis_server import RedisServer
+from tests.test_delivery_processes import convertr_toml, enqueue, start_worker, statuses
+
+pytestmark = pytest.mark.slow
+
+#: The fields sent, so that each contact's order can be read off the leads.
+_FIELDS = '\n[destinations.convertr.fields]\nemail = "email"\ncompany = "company"\n'
+
+
+async def run_workers(tmp_path: Path, redis_server: RedisServer, workers: int, *args: str) -> None:
+    env = clean_env(RELAY_REDIS_URL=redis_server.url, RELAY_CLAIM_AFTER_S="1")
+    procs = [await start_worker(tmp_path, env, "--drain", *args) for _ in range(workers)]
+    results = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in procs)), 45)
+    for p, (_, err) in zip(procs, results, strict=True):
+        assert p.returncode == 0, err.decode()
+
+
+def copies(fake: FakeConvertr) -> Counter[tuple[str, str]]:
+    """How many times each (contact, sequence number) was answered 2xx."""
+    return Counter((lead["fields"]["email"], lead["fields"]["company"]) for lead in fake.leads)
+
+
+def leads(people: int, each: int) -> list[Lead]:
+    return [
+        Lead(email=f"p{n}@example.com", company=str(s)) for s in range(each) for n in range(people)
+    ]
+
+
+def assert_once_in_order(fake: FakeConvertr, sent: list[Lead], label: str) -> None:
+    counts = copies(fake)
+    twice = sum(1 for n in counts.values() if n > 1)
+    print(f"{label}: {len(sent)} events, {len(fake.leads)} leads, {twice} sent twice")
+    assert twice == 0, sorted(k for k, n in counts.items() if n > 1)
+    assert len(counts) == len(sent)
+    for who in {lead.email for lead in sent}:
+        seen = [int(f["fields"]["company"]) for f in fake.leads if f["fields"]["email"] == who]
+        assert seen == sorted(seen), (who, seen)
+
+
+async def test_a_long_429_pause_sends_nothing_twice(
+    tmp_path: Path, redis_server: RedisServer, redis: Redis
+) -> None:
+    async with FakeConvertr() as fake:
+        (tmp_path / "relay.toml").write_text(convertr_toml(fake, "timeout_s = 1") + _FIELDS)
+        fake.script(status=429, headers={"Retry-After": "5"})  # 5 s: past the 2 s window
+        sent = leads(25, 4)
+        ids = await enqueue(redis, leads=sent)
+        await run_workers(tmp_path, redis_server, 1)
+        assert set(await statuses(redis, ids)) == {"delivered"}
+        assert_once_in_order(fake, sent, "429 with Retry-After: 5")
+
+
+async def test_a_long_429_pause_sends_no_conveyour_batch_item_twice(
+    tmp_path: Path, redis_server: RedisServer, redis: Redis
+) -> None:
+    async with FakeConveyour() as fake:
+        (tmp_path / "relay.toml").write_text(f"""
+[destinations.conveyour]
+type = "conveyour"
+base_url = "{fake.url}"
+token = "{CONVEYOUR_TOKEN}"
+events = ["lead"]
+batch_size = 5
+timeout_s = 1
+retry_schedule = [0.2]
+""")
+        fake.script(status=429, headers={"Retry-After": "5"})  # 5 s: past the 2 s window
+        sent = leads(25, 2)
+        events = [new_lead("", "conveyour", payload=lead) for lead in sent]
+        await EventStore(redis, retention_s=3600).enqueue(events)
+        await run_workers(tmp_path, redis_server, 1)
+        assert set(await statuses(redis, [e.id for e in events])) == {"delivered"}
+        counts = Counter(orjson.dumps(item, option=orjson.OPT_SORT_KEYS) for item in fake.contacts)
+        twice = sum(1 for n in counts.values() if n > 1)
+        print(f"ConveYour batches, 429 with Retry-After: 5: {len(sent)} events, {twice} sent twice")
+        assert twice == 0
+        assert len(counts) == len(sent)
+
+
+async def test_a_slow_rate_limit_with_many_tasks_sends_nothing_twice(
+    tmp_path: Path, redis_server: RedisServer, redis: Redis
+) -> None:
+    async with FakeConvertr() as fake:
+        extra = 'timeout_s = 1\nrate_limit = "2/s"'
+        (tmp_path / "relay.toml").write_text(convertr_toml(fake, extra) + _FIELDS)
+        sent = leads(15, 1)
+        ids = await enqueue(redis, leads=sent)
+        await run_workers(tmp_path, redis_server, 1, "--concurrency", "32")
+        assert set(await statuses(redis, ids)) == {"delivered"}
+        assert_once_in_order(fake, sent, "2/s with --concurrency 32")
+
+
+async def test_retried_5xx_across_workers_sends_nothing_twice(
+    tmp_path: Path, redis_server: RedisServer, redis: Redis
+) -> None:
+    async with FakeConvertr() as fake:
+        extra = 'timeout_s = 1\nrate_limit = "10/s"'
+        toml = convertr_toml(fake, extra).replace("[0.2]", "[0.2, 0.2, 0.2, 0.2, 0.2]")
+        (tmp_path / "relay.toml").write_text(toml + _FIELDS)
+        for _ in range(60):  # every third request answered 503, then retried
+            fake.script(times=2)
+            fake.script(status=503)
+        sent = leads(20, 3)
+        ids = await enqueue(redis, leads=sent)
+        await run_workers(tmp_path, redis_server, 3)
+        assert_once_in_order(fake, sent, "3 workers at 10/s, every third answer 503")
+        assert set(await statuses(redis, ids)) == {"delivered"}
