@@ -401,6 +401,22 @@ async def test_convertr_form_fields(session: aiohttp.ClientSession) -> None:
         assert "nope-key" not in str(info.value)
 
 
+async def test_convertr_form_fields_unreachable(
+    cv: FakeConvertr, session: aiohttp.ClientSession
+) -> None:
+    # `relay config check` says why, with the key scrubbed and no chained traceback.
+    refused = cv_adapter(f"http://127.0.0.1:{free_port()}", session)
+    with pytest.raises(ConfigError) as info:
+        await refused.form_fields()
+    assert str(info.value).startswith("destinations.cv: could not reach Convertr: ClientConnector")
+    assert info.value.__cause__ is None
+    assert CONVERTR_API_KEY not in str(info.value)
+    cv.script(delay_s=2)
+    with pytest.raises(ConfigError) as info:
+        await cv_adapter(cv.url, session, timeout_s=0.2).form_fields()
+    assert str(info.value) == "destinations.cv: could not reach Convertr: no answer within 0.2 s"
+
+
 # --- signed webhook ----------------------------------------------------------
 
 
