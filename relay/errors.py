@@ -8,6 +8,8 @@
     │                            any redis-py error: the stores let those rise unwrapped)
     ├── EmbeddedRedisError       the embedded redis-server would not start
     ├── CannotListen             `relay serve` cannot bind its port (in use, no permission)
+    ├── NoAnswer                 an upstream gave no answer (timeout, connection error);
+    │                            the message is scrubbed of secrets
     └── RequestError             a client's request is wrong; carries an HTTP status
         ├── MalformedBody        400: not JSON / not a form that parses
         ├── BodyTimeout          408: the body did not arrive within RELAY_BODY_TIMEOUT_S
@@ -21,7 +23,9 @@
         └── NotFound             404
 
 Only ``relay.api.problems`` turns these into HTTP answers and only the CLI
-turns them into exit statuses; everything else raises them.
+turns them into exit statuses; everything else raises them. ``NoAnswer`` never
+leaves the adapters: ``relay.adapters.transport.send`` makes it a ``retry``
+attempt, and Convertr's form-fields read a ``ConfigError``.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ __all__ = [
     "FieldError",
     "Forbidden",
     "MalformedBody",
+    "NoAnswer",
     "NotFound",
     "RateLimited",
     "RelayError",
@@ -76,6 +81,17 @@ class EmbeddedRedisError(RelayError):
 
 class CannotListen(RelayError):
     """The API's address cannot be bound; the message names the port and the host."""
+
+
+class NoAnswer(RelayError):
+    """An upstream gave no answer; the message says why, scrubbed of secrets."""
+
+    def __init__(self, note: str, *, error: str, duration_ms: float) -> None:
+        super().__init__(note)
+        #: Class of the trouble (``TimeoutError``, ``ClientConnectorError``).
+        self.error = error
+        #: How long the request took before it gave up.
+        self.duration_ms = duration_ms
 
 
 class RequestError(RelayError):

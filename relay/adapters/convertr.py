@@ -24,8 +24,8 @@ import orjson
 
 from relay.adapters.base import Attempt, Outcome
 from relay.adapters.classify import classify_status, scrub
-from relay.adapters.transport import Answer, attempt_for, send
-from relay.errors import ConfigError
+from relay.adapters.transport import Answer, attempt_for, read, send
+from relay.errors import ConfigError, NoAnswer
 from relay.settings import ConvertrDestination
 
 __all__ = ["ConvertrAdapter", "check_mapping", "lead_form", "parse_form_fields"]
@@ -203,22 +203,12 @@ class ConvertrAdapter:
         """
         c = self._config
         where = f"destinations.{self.name}"
-        answer: Answer | Attempt | None = None
-        for version in ("/v2", ""):
-            url = f"{c.url}/webhook/campaign{version}/{c.campaign_id}/global-form/fields"
-            answer = await send(
-                self._session,
-                "GET",
-                url,
-                timeout_s=c.timeout_s,
-                secrets=self._secrets,
-                params={"apikey": c.api_key.get_secret_value()},
-            )
-            if not (isinstance(answer, Answer) and answer.status == 404):
-                break
-        assert answer is not None
-        if isinstance(answer, Attempt):
-            raise ConfigError(f"{where}: could not reach Convertr: {answer.note}")
+        try:
+            answer = await self._read_fields("/v2")
+            if answer.status == 404:  # not found on v2: ask v1
+                answer = await self._read_fields("")
+        except NoAnswer as exc:
+            raise ConfigError(f"{where}: could not reach Convertr: {exc}") from None
         if answer.status != 200:
             text = scrub(answer.body.decode("utf-8", "replace"), self._secrets)[:200]
             raise ConfigError(
@@ -229,6 +219,18 @@ class ConvertrAdapter:
             return parse_form_fields(_json(answer.body), c.form_id)
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
+
+    async def _read_fields(self, version: str) -> Answer:
+        """The answer of the form-fields endpoint of API ``version`` (``/v2`` or ``""``)."""
+        c = self._config
+        return await read(
+            self._session,
+            "GET",
+            f"{c.url}/webhook/campaign{version}/{c.campaign_id}/global-form/fields",
+            timeout_s=c.timeout_s,
+            secrets=self._secrets,
+            params={"apikey": c.api_key.get_secret_value()},
+        )
 
 
 def _json(body: bytes) -> Any:

@@ -1,10 +1,14 @@
-"""One timed HTTP request that never raises for upstream or network trouble.
+"""One timed HTTP request, its network trouble scrubbed of secrets.
 
 Every adapter sends through :func:`send`: it applies the destination's
 timeout, measures the duration, reads the answer, and turns a timeout or an
 ``aiohttp.ClientError`` into a ``retry`` :class:`~relay.adapters.base.Attempt`
 whose note is scrubbed of secrets (aiohttp puts the request URL, query and
 all, into its exception messages).
+
+:func:`read` is the same request for a caller that wants the answer itself
+(Convertr's form fields, for ``relay config check``): it raises
+:class:`~relay.errors.NoAnswer` when none came.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ import aiohttp
 
 from relay.adapters.base import Attempt, Outcome
 from relay.adapters.classify import excerpt, scrub
+from relay.errors import NoAnswer
 from relay.retry import parse_retry_after
 
-__all__ = ["Answer", "attempt_for", "send"]
+__all__ = ["Answer", "attempt_for", "read", "send"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +55,26 @@ async def send(
 
     Redirects are not followed: a 3xx is reported as it is (see :mod:`.classify`).
     """
+    try:
+        return await read(session, method, url, timeout_s=timeout_s, secrets=secrets, **kwargs)
+    except NoAnswer as exc:
+        return Attempt(Outcome.retry, None, exc.duration_ms, error=exc.error, note=str(exc))
+
+
+async def read(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    timeout_s: float,
+    secrets: Iterable[str],
+    **kwargs: Any,
+) -> Answer:
+    """Make one request and return its :class:`Answer`; raise ``NoAnswer`` when none came.
+
+    Redirects are not followed: a 3xx is returned as it is. ``NoAnswer`` carries
+    no cause: aiohttp's exception holds the URL, secrets and all.
+    """
     start = time.perf_counter()
     try:
         async with session.request(
@@ -62,18 +87,11 @@ async def send(
             body = await resp.read()
             return Answer(resp.status, body, resp.headers, _ms_since(start))
     except TimeoutError:  # before ClientError: aiohttp's timeout errors are both
-        return Attempt(
-            Outcome.retry,
-            None,
-            _ms_since(start),
-            error="TimeoutError",
-            note=f"no answer within {timeout_s:g} s",
-        )
+        note = f"no answer within {timeout_s:g} s"
+        raise NoAnswer(note, error="TimeoutError", duration_ms=_ms_since(start)) from None
     except aiohttp.ClientError as exc:
-        note = scrub(f"{type(exc).__name__}: {exc}", secrets)
-        return Attempt(
-            Outcome.retry, None, _ms_since(start), error=type(exc).__name__, note=note[:500]
-        )
+        note = scrub(f"{type(exc).__name__}: {exc}", secrets)[:500]
+        raise NoAnswer(note, error=type(exc).__name__, duration_ms=_ms_since(start)) from None
 
 
 def attempt_for(
