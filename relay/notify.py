@@ -18,6 +18,8 @@ every retry.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterable
 from typing import Any
 
 import aiohttp
@@ -25,7 +27,7 @@ import orjson
 
 from relay.adapters.base import Attempt, Outcome
 from relay.adapters.classify import classify_status
-from relay.adapters.transport import attempt_for, send
+from relay.adapters.transport import Answer, attempt_for, send
 from relay.adapters.webhook import secret_forms, signed_headers
 from relay.hooks import HookStore
 from relay.models import Notification
@@ -88,27 +90,32 @@ class Notifier:
         )
         data = orjson.dumps(body.model_dump(mode="json", exclude_none=True))  # as the list
         secrets = secret_forms(sub.secret)
-        answer = await send(
+        attempt = await send(
             self._session,
             "POST",
             sub.target_url,
             timeout_s=self._settings.timeout_s,
             secrets=secrets,
+            judge=functools.partial(_judge, secrets=secrets),
             data=data,
             headers={**signed_headers(sub.secret, record["id"], data), "User-Agent": "relay-hooks"},
         )
-        if isinstance(answer, Attempt):
-            return answer
-        if answer.status == 410:
+        if attempt.status == 410:  # the subscriber is gone, so is its subscription
             await self._hooks.delete(sub.id)
-            note = "410 Gone: the subscriber unsubscribed; the subscription was deleted"
-            return attempt_for(answer, Outcome.rejected, secrets, note=note)
-        if 300 <= answer.status < 400:
-            return attempt_for(answer, Outcome.rejected, secrets, note="redirects are not followed")
-        outcome = classify_status(answer.status)
-        if outcome is Outcome.credentials:
-            outcome = Outcome.retry
-        return attempt_for(answer, outcome, secrets)
+        return attempt
+
+
+def _judge(answer: Answer, *, secrets: Iterable[str]) -> Attempt:
+    """A subscriber's answer as an attempt (a 410's note says what ``deliver`` then does)."""
+    if answer.status == 410:
+        note = "410 Gone: the subscriber unsubscribed; the subscription was deleted"
+        return attempt_for(answer, Outcome.rejected, secrets, note=note)
+    if 300 <= answer.status < 400:
+        return attempt_for(answer, Outcome.rejected, secrets, note="redirects are not followed")
+    outcome = classify_status(answer.status)
+    if outcome is Outcome.credentials:
+        outcome = Outcome.retry
+    return attempt_for(answer, outcome, secrets)
 
 
 def _refused(error: str, note: str) -> Attempt:

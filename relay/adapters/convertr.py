@@ -15,6 +15,7 @@ scrubbed of it (aiohttp's exception messages carry the full URL).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -150,20 +151,19 @@ class ConvertrAdapter:
         if not pairs:
             note = _join("no payload field is mapped to a form field; nothing was sent", left_out)
             return Attempt(Outcome.rejected, None, 0.0, error="nothing_mapped", note=note)
-        answer = await send(
+        return await send(
             self._session,
             "POST",
             self.endpoint,
             timeout_s=self._config.timeout_s,
             secrets=self._secrets,
+            judge=functools.partial(self._judge, left_out=left_out),
             params=self._params,
             data=pairs,
         )
-        if isinstance(answer, Attempt):
-            return answer
-        return self._judge(answer, left_out)
 
     def _judge(self, answer: Answer, left_out: str | None) -> Attempt:
+        """Classify a lead answer (any 2xx delivered, 404 credentials), ``left_out`` in the note."""
         doc = _json(answer.body)
         body = doc if isinstance(doc, dict) else {}
         status = answer.status

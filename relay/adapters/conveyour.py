@@ -80,13 +80,15 @@ class ConveyourAdapter:
             return Attempt(Outcome.rejected, None, 0.0, error="missing_id_trait", note=note)
         return {"id": self._config.id, "traits": traits}
 
-    async def _post(self, body: dict[str, Any]) -> Answer | Attempt:
+    async def _post(self, body: dict[str, Any]) -> Attempt:
+        """One identify call (one contact, or a batch of them) and its verdict."""
         return await send(
             self._session,
             "POST",
             self._endpoint,
             timeout_s=self._config.timeout_s,
             secrets=self._secrets,
+            judge=self._judge,
             data=orjson.dumps(body),
             headers={**self._headers, "Content-Type": "application/json"},
         )
@@ -117,8 +119,7 @@ class ConveyourAdapter:
         item = self._item(event)
         if isinstance(item, Attempt):
             return item
-        answer = await self._post(item)
-        return answer if isinstance(answer, Attempt) else self._judge(answer)
+        return await self._post(item)
 
     async def deliver_batch(
         self,
@@ -145,8 +146,7 @@ class ConveyourAdapter:
         if len(batch) == 1:
             results[batch[0][0]] = await self.deliver(events[batch[0][0]])
         elif batch:
-            answer = await self._post({"data": [item for _, item in batch]})
-            shared = answer if isinstance(answer, Attempt) else self._judge(answer)
+            shared = await self._post({"data": [item for _, item in batch]})
             for i, _ in batch:
                 if shared.outcome is Outcome.rejected:
                     if before_each is not None:

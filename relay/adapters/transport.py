@@ -1,8 +1,10 @@
 """One timed HTTP request, its network trouble scrubbed of secrets.
 
-Every adapter sends through :func:`send`: it applies the destination's
-timeout, measures the duration, reads the answer, and turns a timeout or an
-``aiohttp.ClientError`` into a ``retry`` :class:`~relay.adapters.base.Attempt`
+Every adapter sends through :func:`send`, which always gives back one
+:class:`~relay.adapters.base.Attempt`: it applies the destination's timeout,
+measures the duration, reads the answer and hands it to the adapter's
+``judge``, which says what the answer means. A timeout or an
+``aiohttp.ClientError`` never reaches the judge: it is a ``retry`` attempt
 whose note is scrubbed of secrets (aiohttp puts the request URL, query and
 all, into its exception messages).
 
@@ -14,7 +16,7 @@ all, into its exception messages).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,16 +51,18 @@ async def send(
     *,
     timeout_s: float,
     secrets: Iterable[str],
+    judge: Callable[[Answer], Attempt],
     **kwargs: Any,
-) -> Answer | Attempt:
-    """Make one request; the :class:`Answer`, or a ``retry`` attempt when none came.
+) -> Attempt:
+    """Make one request; ``judge``'s attempt for its answer, or a ``retry`` attempt when none came.
 
-    Redirects are not followed: a 3xx is reported as it is (see :mod:`.classify`).
+    Redirects are not followed: a 3xx goes to the judge as it is (see :mod:`.classify`).
     """
     try:
-        return await read(session, method, url, timeout_s=timeout_s, secrets=secrets, **kwargs)
+        answer = await read(session, method, url, timeout_s=timeout_s, secrets=secrets, **kwargs)
     except NoAnswer as exc:
         return Attempt(Outcome.retry, None, exc.duration_ms, error=exc.error, note=str(exc))
+    return judge(answer)
 
 
 async def read(

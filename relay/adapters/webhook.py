@@ -22,7 +22,7 @@ from standardwebhooks.webhooks import Webhook
 
 from relay.adapters.base import Attempt, Outcome
 from relay.adapters.classify import classify_status
-from relay.adapters.transport import attempt_for, send
+from relay.adapters.transport import Answer, attempt_for, send
 from relay.settings import WebhookDestination
 
 __all__ = ["WebhookAdapter", "secret_forms", "sign", "signed_headers"]
@@ -84,17 +84,19 @@ class WebhookAdapter:
         """POST the event, signed; one attempt."""
         body = orjson.dumps(event)
         headers = signed_headers(self._secret, str(event["id"]), body)
-        answer = await send(
+        return await send(
             self._session,
             "POST",
             self._config.url,
             timeout_s=self._config.timeout_s,
             secrets=self._secrets,
+            judge=self._judge,
             data=body,
             headers=headers,
         )
-        if isinstance(answer, Attempt):
-            return answer
+
+    def _judge(self, answer: Answer) -> Attempt:
+        """A 410 means the receiver is gone for good; other answers are classified as usual."""
         if answer.status == 410:
             return attempt_for(answer, Outcome.rejected, self._secrets, note="gone")
         return attempt_for(answer, classify_status(answer.status), self._secrets)
