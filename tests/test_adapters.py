@@ -18,6 +18,7 @@ from pydantic import SecretStr
 from standardwebhooks.webhooks import Webhook
 
 from relay.adapters import (
+    Attempt,
     ConvertrAdapter,
     ConveyourAdapter,
     Outcome,
@@ -28,7 +29,8 @@ from relay.adapters import (
     sign,
 )
 from relay.adapters.classify import excerpt, scrub
-from relay.errors import ConfigError
+from relay.adapters.transport import Answer, read, send
+from relay.errors import ConfigError, NoAnswer
 from relay.settings import ConvertrDestination, ConveyourDestination, WebhookDestination
 from tests.fakes import (
     CONVERTR_API_KEY,
@@ -275,6 +277,62 @@ async def test_retry_after(cv: FakeConvertr, session: aiohttp.ClientSession, as_
         assert 27 <= attempt.retry_after_s <= 31
     else:
         assert attempt.retry_after_s == 2.0
+
+
+# --- the transport seam: one Attempt back, whatever happened ------------------
+
+
+async def test_send_gives_the_judges_attempt_or_a_retry(
+    hook: FakeReceiver, session: aiohttp.ClientSession
+) -> None:
+    answers: list[Answer] = []
+    verdict = Attempt(Outcome.rejected, 302, 1.0, note="judged")
+
+    def judge(answer: Answer) -> Attempt:
+        answers.append(answer)
+        return verdict
+
+    hook.script(status=302, body="moved", headers={"Location": f"{hook.url}/elsewhere"})
+    judged = await send(session, "POST", hook.url + "/in", timeout_s=1, secrets=(), judge=judge)
+    assert judged is verdict
+    assert [(a.status, a.body) for a in answers] == [(302, b"moved")]
+    assert [r.path for r in hook.requests] == ["/in"]  # the redirect was not followed
+    hook.script(delay_s=2)
+    silent = await send(session, "POST", hook.url + "/in", timeout_s=0.2, secrets=(), judge=judge)
+    assert silent == Attempt(
+        Outcome.retry,
+        None,
+        silent.duration_ms,
+        error="TimeoutError",
+        note="no answer within 0.2 s",
+    )
+    assert 150 < silent.duration_ms < 1500
+    assert len(answers) == 1  # no answer, no judgement
+
+
+async def test_no_answer_is_scrubbed(hook: FakeReceiver) -> None:
+    # aiohttp's message carries the URL; a raising session makes one from an answer.
+    url = f"{hook.url}/in?token={CONVEYOUR_TOKEN}"
+    async with aiohttp.ClientSession(raise_for_status=True) as raising:
+        hook.script(status=500)
+        with pytest.raises(NoAnswer) as info:
+            await read(raising, "POST", url, timeout_s=1, secrets=[CONVEYOUR_TOKEN])
+        hook.script(status=500)
+        attempt = await send(
+            raising, "POST", url, timeout_s=1, secrets=[CONVEYOUR_TOKEN], judge=_unused
+        )
+    assert (info.value.error, info.value.__cause__) == ("ClientResponseError", None)
+    assert "token=***" in str(info.value)
+    assert CONVEYOUR_TOKEN not in str(info.value)
+    assert (attempt.outcome, attempt.error, attempt.note) == (
+        Outcome.retry,
+        "ClientResponseError",
+        str(info.value),
+    )
+
+
+def _unused(answer: Answer) -> Attempt:
+    raise AssertionError(f"judged {answer}")
 
 
 # --- Convertr ----------------------------------------------------------------
