@@ -9,25 +9,25 @@ Layout::
     {relay}:key:<sha256 hex>        hash   one API key (digest only, never the key)
     {relay}:keys                    hash   key id -> digest, for list and revoke by id
     {relay}:keys:changed            pubsub digest of a key that changed (cache invalidation)
-    {relay}:evt:<event id>          hash   one event: "data" (JSON), "st:<dest>" statuses,
+    {relay}:evt:<event id>          hash   one event: "data" (JSON), and per destination:
+                                           "st:<dest>" status, "h:<dest>" who is sending it,
                                            "n:<dest>" attempts made, "a:<dest>:<n>" attempt n,
                                            "r:<dest>" retries spent of the current schedule
-    {relay}:att:<event id>          list   attempts (JSON) written by releases before the
-                                           "a:" fields; read, never written
     {relay}:events                  zset   event id by received time (ms), for listings
-    {relay}:q:<destination>         stream deliveries waiting ("e" = event id, "c" = contact digest)
+    {relay}:q:<destination>         stream deliveries waiting: "e" event id, and "c" the
+                                           contact digest when the event heads its contact
     {relay}:rate:<destination>      zset   sliding-window log: request id -> answered ms
                                            (in flight: admitted ms + hold)
     {relay}:paused:<destination>    string upstream asked us to wait (429); PX = the wait
-    {relay}:inflight:<destination>  zset   in-flight lease: holder -> lease expiry ms
-    {relay}:retry:<destination>     zset   scheduled retries: event id -> due ms
+    {relay}:inflight:<destination>  zset   in-flight leases: holder -> lease expiry ms
+    {relay}:retry:<destination>     zset   scheduled retries: event id[/contact] -> due ms
     {relay}:dead:<destination>      zset   dead letters: event id -> dead-lettered ms
     {relay}:done:<dest>:<minute>    string deliveries in that minute (for `relay status`)
     {relay}:health                  hash   destination -> why it is unhealthy (JSON)
-    {relay}:heads:<dest>            hash   contact digest -> its undelivered event that goes first
-                                           (the only one with a stream entry); "#parked" -> count
+    {relay}:heads:<dest>            hash   contact digest -> its undelivered event that goes
+                                           first (the only one with a stream entry);
+                                           "#parked" -> how many wait behind heads
     {relay}:order:<dest>:<contact>  list   that contact's later events, parked, in accepted order
-                                           (see relay.order)
     {relay}:idem:<key id>:<digest>  string the first answer to an Idempotency-Key (24 h)
     {relay}:hooks                   hash   hook id -> subscription JSON (with its secret)
     {relay}:hooks:changed           pubsub a subscription was added or deleted (cache invalidation)
@@ -37,6 +37,9 @@ Outbound notifications are queued like deliveries, under the pseudo-destination
 ``_hooks`` (:data:`NOTIFICATIONS`, a name no configured destination can have):
 each is a record ``{relay}:evt:ntf_…`` with its stream entry, retries, dead
 letters and attempts in the keys above.
+
+The Lua scripts (``relay/lua``) are given every key they touch, and use the names
+below that they share with Python (fields, words, TTLs) from here (relay.scripts).
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ __all__ = [
     "ATTEMPT_RECORD_PREFIX",
     "CONSUMER_GROUP",
     "DELIVERED_MINUTE_TTL_S",
+    "ENTRY_CONTACT_FIELD",
+    "ENTRY_EVENT_FIELD",
     "EVENTS_INDEX",
     "EVENT_DATA_FIELD",
     "HEALTH",
@@ -59,13 +64,14 @@ __all__ = [
     "KEYS_CHANGED_CHANNEL",
     "KEYS_INDEX",
     "NOTIFICATIONS",
+    "PARKED_FIELD",
     "RETRIES_FIELD_PREFIX",
+    "RETRY_CONTACT_SEP",
     "STATUS_FIELD_PREFIX",
     "WORKERS",
     "WORKER_BEAT_S",
     "WORKER_FORGET_S",
     "WORKER_LIVE_S",
-    "attempts",
     "dead",
     "delivered_minute",
     "event",
@@ -97,6 +103,16 @@ HOOKS_CHANGED_CHANNEL = f"{_TAG}:hooks:changed"
 NOTIFICATIONS = "_hooks"
 #: Consumer group that every worker of every destination stream joins.
 CONSUMER_GROUP = "workers"
+#: A stream entry's field naming its event.
+ENTRY_EVENT_FIELD = "e"
+#: A stream entry's field naming its event's contact (the digest), present exactly when
+#: the event heads that contact's order (see :func:`heads`): settling it lets the next go.
+ENTRY_CONTACT_FIELD = "c"
+#: Between a scheduled retry's event id and its contact, in its retry zset member.
+RETRY_CONTACT_SEP = "/"
+#: Field of a heads hash counting the events parked in the destination's lists
+#: (contact fields are hex digests, so it cannot clash with one).
+PARKED_FIELD = "#parked"
 
 #: Field of an event hash holding the event's JSON (written once, never changed).
 EVENT_DATA_FIELD = "data"
@@ -111,8 +127,9 @@ ATTEMPT_RECORD_PREFIX = "a:"
 #: schedule began: ``r:<destination>``. A replay deletes it (a fresh schedule), while
 #: ``n:`` and the attempt records go on; rejected credentials do not count here.
 RETRIES_FIELD_PREFIX = "r:"
-#: Prefix of an event hash's per-destination lease holder: ``h:<destination>``, set with
-#: the "delivering" mark, so a take can refuse a copy another holder is sending.
+#: Prefix of an event hash's per-destination holder: ``h:<destination>``, the request it
+#: is being sent in (set with the "delivering" mark), so that a take refuses a copy while
+#: that holder's lease lives, and only that holder settles it.
 HOLDER_FIELD_PREFIX = "h:"
 #: hash: destination -> JSON {"problem", "since"} while its upstream refuses our credentials.
 HEALTH = f"{_TAG}:health"
@@ -132,15 +149,10 @@ WORKER_FORGET_S = 24 * 3600
 DELIVERED_MINUTE_TTL_S = 2 * 3600
 
 
-def attempts(event_id: str) -> str:
-    """List of one event's attempts as earlier releases kept them (read for events they
-    settled; attempts now go in the event's hash, :data:`ATTEMPT_RECORD_PREFIX`)."""
-    return f"{_TAG}:att:{event_id}"
-
-
 def retries(destination: str) -> str:
-    """Zset of a destination's scheduled retries (event id -> due ms); moved back to the
-    stream when due, by a script that removes and re-adds in one step."""
+    """Zset of a destination's scheduled retries (event id, or event id
+    ``RETRY_CONTACT_SEP`` contact for the head of a contact's order -> due ms); moved back
+    to the stream when due, by a script that removes and re-adds in one step."""
     return f"{_TAG}:retry:{destination}"
 
 
@@ -187,25 +199,28 @@ def paused(destination: str) -> str:
 
 
 def inflight(destination: str) -> str:
-    """Zset of workers holding a request slot to one destination (score: lease expiry ms).
-
-    A crashed worker's lease lapses after its ttl; the key expires with its last lease.
-    """
+    """Zset of the requests under way to one destination (holder -> lease expiry ms),
+    at most its ``max_in_flight``. A lease lives the destination's visibility window,
+    renewed while its worker lives; a crashed worker's lapses, and the key expires with
+    the last lease."""
     return f"{_TAG}:inflight:{destination}"
 
 
 def heads(destination: str) -> str:
     """Hash of the contacts with an undelivered event to one destination: contact digest
     (of the email, else phone) -> the event that goes first, the only one of that contact
-    with a stream entry; and ``relay.order.PARKED_FIELD`` -> how many wait behind heads."""
+    with a stream entry; and :data:`PARKED_FIELD` -> how many wait behind heads.
+
+    A contact's events thus reach the upstream in the order they were accepted: the next
+    one gets its stream entry only when its head is settled delivered or dead, in the
+    script that settles it (relay/lua/settle.lua), so a contact with a thousand queued
+    events moves as fast as the upstream answers, with nothing polling for it."""
     return f"{_TAG}:heads:{destination}"
 
 
 def order(destination: str, contact: str) -> str:
     """List of one contact's events after its head (see :func:`heads`), oldest first,
-    parked: each gets its stream entry when the one before it is settled. (Written
-    before the heads hash: the head too, first, every event with a stream entry, and a
-    TTL.) See relay.order."""
+    parked: each gets its stream entry when the one before it is settled."""
     return f"{_TAG}:order:{destination}:{contact}"
 
 

@@ -1,0 +1,1 @@
+"""relay's Redis scripts, one operation a file; loaded by :mod:`relay.scripts`."""

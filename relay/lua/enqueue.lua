@@ -1,0 +1,61 @@
+-- enqueue: store accepted events and queue them, in one step (the API's group commit).
+--
+-- KEYS: index, notifications, then the items' keys
+-- ARGV: items, cutoff_ms, retention_s
+--
+-- index      zset of every event id by received ms (listings); trimmed here to the retention
+-- notifications  the stream of hook notifications ("_hooks")
+-- items      JSON array, in order, of:
+--   {"event": k, "id", "data", "at": ms, "fields": [name, value, ...], "queue": [q, ...]}
+--       an event record (hash KEYS[k]: "data" and one status field per destination), its
+--       place in the index, and for each q of "queue" (its destinations, live events only):
+--       {"stream": k} an entry in that stream; or, for an event with a contact,
+--       {"stream": k, "heads": k, "list": k, "contact": digest} its place in that contact's
+--       order: the head (with a stream entry that names the contact) if the contact has no
+--       undelivered event there, else parked last in the contact's list (no stream entry;
+--       settle.lua gives it one when its turn comes)
+--   {"notify": k, "id", "data"}
+--       a hook notification: its record KEYS[k], and its entry in the notifications' stream
+--   {"answer": k, "value"}
+--       the answer to an Idempotency-Key (string KEYS[k], kept IDEMPOTENCY_TTL_S)
+-- cutoff_ms  events received at or before this leave the index
+-- retention_s how long records live
+--
+-- Returns 1 for each item.
+local index, notifications = KEYS[1], KEYS[2]
+local items, cutoff_ms, retention_s = cjson.decode(ARGV[1]), ARGV[2], ARGV[3]
+
+local written = {}
+for i, item in ipairs(items) do
+  written[i] = 1
+  if item.event then
+    local key = KEYS[item.event]
+    redis.call('HSET', key, DATA, item.data, unpack(item.fields))
+    redis.call('EXPIRE', key, retention_s)
+    redis.call('ZADD', index, item.at, item.id)
+    for _, q in ipairs(item.queue) do
+      local stream = KEYS[q.stream]
+      if not q.contact then
+        redis.call('XADD', stream, '*', ENTRY_EVENT, item.id)
+      else
+        local heads = KEYS[q.heads]
+        if redis.call('HEXISTS', heads, q.contact) == 1 then
+          redis.call('RPUSH', KEYS[q.list], item.id)
+          redis.call('HINCRBY', heads, PARKED, 1)
+        else
+          redis.call('HSET', heads, q.contact, item.id)
+          redis.call('XADD', stream, '*', ENTRY_EVENT, item.id, ENTRY_CONTACT, q.contact)
+        end
+      end
+    end
+  elseif item.notify then
+    local key = KEYS[item.notify]
+    redis.call('HSET', key, DATA, item.data, STATUS .. NOTIFICATIONS, PENDING)
+    redis.call('EXPIRE', key, retention_s)
+    redis.call('XADD', notifications, '*', ENTRY_EVENT, item.id)
+  elseif item.answer then
+    redis.call('SET', KEYS[item.answer], item.value, 'EX', IDEMPOTENCY_TTL_S)
+  end
+end
+redis.call('ZREMRANGEBYSCORE', index, '-inf', cutoff_ms)
+return written

@@ -1,0 +1,107 @@
+-- settle: record what requests' answers mean, and ack their stream entries, in one step.
+--
+-- KEYS: health, notifications, then the items' keys
+-- ARGV: items, now_ms, retention_s
+--
+-- health         hash: destination -> why it is unhealthy (JSON), while it is
+-- notifications  the stream of hook notifications ("_hooks")
+-- items          JSON array, one per request answered (or given up):
+--   {"destination", "holder", "stream": k, "leases": k, "events": [e, ...],
+--    "rate": k, "sent": [id, ...], "pause": k, "pause_ms", "unhealthy"}
+--     holder: whose lease the request went under (given back here); sent: its requests'
+--     ids in the rate log KEYS[rate], dated now, their answers' time (see
+--     relay.ratelimit); pause_ms: an upstream 429's Retry-After, set on KEYS[pause]
+--     unless a longer pause is on; unhealthy: why the destination is (credentials)
+--   e = {"entry", "id", "event": k, "status", "record", "spend",
+--        "retry": k, "at", "member",        status retrying: when, in zset KEYS[retry]
+--        "dead": k,                         status dead: the dead letters' zset
+--        "minute": k,                       status delivered: the minute's counter
+--        "heads": k, "list": k, "contact",  the entry named its contact: its order
+--        "notify": [{"notify": k, "id", "data"}, ...]}   hook notifications to queue
+--     record: the attempt's JSON, kept as field "a:<destination>:<n>" of the event's
+--     hash (n: attempts made, counted in "n:<destination>"); spend: it spends a step of
+--     the retry schedule (counted in "r:<destination>")
+-- now_ms         the time, or "" for the server's clock (tests pass one)
+-- retention_s    how long a notification's record lives
+--
+-- An event settles only by its holder: if another worker took it over (the lease of
+-- this one had lapsed), this attempt is recorded and the rest is left to that worker
+-- ('late'). An event that expired meanwhile leaves nothing behind (a hash written now
+-- would never expire): its entry is acked and its contact's next event goes ('gone').
+-- Returns, for each item, a word for each of its events: 'settled', 'late' or 'gone'.
+local health, notifications = KEYS[1], KEYS[2]
+local items, retention_s = cjson.decode(ARGV[1]), ARGV[3]
+local now = tonumber(ARGV[2])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The contact's next event heads its order now, and gets its stream entry.
+local function next_of_contact(e, stream)
+  local heads = KEYS[e.heads]
+  if not e.contact or redis.call('HGET', heads, e.contact) ~= e.id then return end
+  local next_id = redis.call('LPOP', KEYS[e.list])
+  if next_id then
+    redis.call('HSET', heads, e.contact, next_id)
+    redis.call('HINCRBY', heads, PARKED, -1)
+    redis.call('XADD', stream, '*', ENTRY_EVENT, next_id, ENTRY_CONTACT, e.contact)
+  else
+    redis.call('HDEL', heads, e.contact)
+  end
+end
+
+local out = {}
+for i, item in ipairs(items) do
+  local dest, stream = item.destination, KEYS[item.stream]
+  local words = {}
+  out[i] = words
+  for j, e in ipairs(item.events) do
+    local key = KEYS[e.event]
+    if redis.call('EXISTS', key) == 0 then
+      next_of_contact(e, stream)
+      redis.call('XACK', stream, GROUP, e.entry)
+      redis.call('XDEL', stream, e.entry)
+      words[j] = 'gone'
+    else
+      local n = redis.call('HINCRBY', key, ATTEMPTS .. dest, 1)
+      redis.call('HSET', key, RECORD .. dest .. ':' .. n, e.record)
+      words[j] = 'late'
+      if redis.call('HGET', key, HOLDER .. dest) == item.holder then
+        words[j] = 'settled'
+        redis.call('HSET', key, STATUS .. dest, e.status)
+        redis.call('HDEL', key, HOLDER .. dest)
+        if e.spend then redis.call('HINCRBY', key, RETRIES .. dest, 1) end
+        if e.status == RETRYING then
+          redis.call('ZADD', KEYS[e.retry], e.at, e.member)
+        else
+          if e.status == DEAD then
+            redis.call('ZADD', KEYS[e.dead], now, e.id)
+          elseif e.status == DELIVERED then
+            redis.call('INCR', KEYS[e.minute])
+            redis.call('EXPIRE', KEYS[e.minute], DELIVERED_MINUTE_TTL_S)
+            redis.call('HDEL', health, dest)
+          end
+          next_of_contact(e, stream)
+        end
+        for _, ntf in ipairs(e.notify or {}) do
+          local record = KEYS[ntf.notify]
+          redis.call('HSET', record, DATA, ntf.data, STATUS .. NOTIFICATIONS, PENDING)
+          redis.call('EXPIRE', record, retention_s)
+          redis.call('XADD', notifications, '*', ENTRY_EVENT, ntf.id)
+        end
+        redis.call('XACK', stream, GROUP, e.entry)
+        redis.call('XDEL', stream, e.entry)
+      end
+    end
+  end
+  redis.call('ZREM', KEYS[item.leases], item.holder)
+  for _, id in ipairs(item.sent or {}) do
+    redis.call('ZADD', KEYS[item.rate], 'XX', now, id)
+  end
+  if item.pause_ms and redis.call('PTTL', KEYS[item.pause]) < item.pause_ms then
+    redis.call('SET', KEYS[item.pause], '1', 'PX', item.pause_ms)
+  end
+  if item.unhealthy then redis.call('HSET', health, dest, item.unhealthy) end
+end
+return out

@@ -1,0 +1,95 @@
+-- take: admit stream entries of one destination for sending, or say why not.
+--
+-- KEYS: stream, heads, leases, pause, then the items' keys
+-- ARGV: items, destination, now_ms, lease_ms, max_in_flight
+--
+-- stream       the destination's stream (a refused copy is acked and deleted in it)
+-- heads        its contacts' heads (see enqueue.lua), for an entry whose event expired
+-- leases       zset: holder -> lease expiry ms, one per request under way (max_in_flight)
+-- pause        marker set by an upstream 429 (settle.lua); its PTTL is the wait
+-- items        JSON array: {"entry", "id", "event": k, "holder", "contact", "list": k}
+--              the stream entry's id, its event's id and hash KEYS[k], the request it
+--              would go in (entries with one holder go together, in one request), and,
+--              when the entry names its contact, the contact and its order list
+-- now_ms       the time, or "" for the server's clock (tests pass one)
+-- lease_ms     how long a lease lasts unless renewed (keep.lua) or given back (settle.lua)
+-- max_in_flight  leases the destination may have at once
+--
+-- Each entry is judged alone first; what is not to be sent is final:
+--   {'gone'}   its event expired: the entry is acked (and its contact's next event goes)
+--   {'stray'}  a copy of an event already delivered or dead here: acked
+--   {'busy'}   another holder is sending it under a live lease: left pending, for that
+--              holder to ack when it settles (or to be claimed again if it dies)
+-- The rest wait together for the end of a pause ({'paused', ms left}) and, per holder,
+-- a lease ({'full'}: every one is taken); nothing of them is changed then. Otherwise
+-- each is marked delivering by its holder: {'ok', data, attempts made, retries spent}.
+--
+-- The contact's order needs no check here: only the event that heads its contact has
+-- a stream entry (enqueue.lua, settle.lua), and a replayed dead letter is in no order.
+local stream, heads, leases, pause = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local items, dest = cjson.decode(ARGV[1]), ARGV[2]
+local lease_ms, cap = tonumber(ARGV[4]), tonumber(ARGV[5])
+local now = tonumber(ARGV[3])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local status_field, holder_field = STATUS .. dest, HOLDER .. dest
+
+local out, going = {}, {}
+for i, item in ipairs(items) do
+  local key = KEYS[item.event]
+  local found = redis.call('HMGET', key, DATA, status_field, holder_field,
+    ATTEMPTS .. dest, RETRIES .. dest)
+  local data, status, holder = found[1], found[2], found[3]
+  if not data then
+    if item.contact and redis.call('HGET', heads, item.contact) == item.id then
+      local next_id = redis.call('LPOP', KEYS[item.list])
+      if next_id then
+        redis.call('HSET', heads, item.contact, next_id)
+        redis.call('HINCRBY', heads, PARKED, -1)
+        redis.call('XADD', stream, '*', ENTRY_EVENT, next_id, ENTRY_CONTACT, item.contact)
+      else
+        redis.call('HDEL', heads, item.contact)
+      end
+    end
+    redis.call('XACK', stream, GROUP, item.entry)
+    redis.call('XDEL', stream, item.entry)
+    out[i] = {'gone'}
+  elseif status == DELIVERED or status == DEAD then
+    redis.call('XACK', stream, GROUP, item.entry)
+    redis.call('XDEL', stream, item.entry)
+    out[i] = {'stray'}
+  elseif status == DELIVERING and holder and holder ~= item.holder
+      and tonumber(redis.call('ZSCORE', leases, holder) or 0) > now then
+    out[i] = {'busy'}
+  else
+    out[i] = {'ok', data, tonumber(found[4] or 0), tonumber(found[5] or 0)}
+    going[#going + 1] = i
+  end
+end
+if #going == 0 then return out end
+
+local paused = redis.call('PTTL', pause)
+if paused > 0 then
+  for _, i in ipairs(going) do out[i] = {'paused', paused} end
+  return out
+end
+
+redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
+local leased = {}
+for _, i in ipairs(going) do
+  local holder = items[i].holder
+  if leased[holder] == nil then
+    leased[holder] = redis.call('ZSCORE', leases, holder) ~= false
+      or redis.call('ZCARD', leases) < cap
+    if leased[holder] then redis.call('ZADD', leases, now + lease_ms, holder) end
+  end
+  if leased[holder] then
+    redis.call('HSET', KEYS[items[i].event], status_field, DELIVERING, holder_field, holder)
+  else
+    out[i] = {'full'}
+  end
+end
+redis.call('PEXPIRE', leases, lease_ms)
+return out

@@ -1,0 +1,212 @@
+"""The Redis scripts of ``relay/lua/``, loaded by name and called by the names of their
+KEYS and ARGV.
+
+Each Redis operation that must be atomic is one Lua file, readable alone: its header
+says what it does, names its KEYS and ARGV, and every key it touches comes in through
+``KEYS`` (Redis's scripting rule, and what Redis Cluster routes by). A :class:`Script`
+declares the same names; loading checks them against the file's ``-- KEYS:`` and
+``-- ARGV:`` lines, and a call must give exactly those names::
+
+    take = TAKE.bind(redis)
+    batch = take.batch()
+    item = {"entry": entry_id, "id": event_id, "event": batch.key(redis_keys.event(event_id))}
+    batch.add(item)
+    reply = await take(batch, keys={"stream": ..., ...}, args={"destination": ...})
+
+Scripts that work on a list of items (``items`` in ARGV) take the keys of those items
+after their named ones: a :class:`Batch` collects them, each once, and gives the index
+an item names it by. The names shared with Python (stream entry fields, status words,
+hash field prefixes, the consumer group; from :mod:`relay.redis_keys` and
+:class:`relay.models.DeliveryStatus`) are defined here, once, as Lua locals on the
+script's first line, before the file's own text (so Lua's line numbers are the file's
+plus one).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from importlib.resources import files
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from relay import redis_keys
+from relay.models import DeliveryStatus
+
+__all__ = [
+    "ACQUIRE",
+    "ENQUEUE",
+    "KEEP",
+    "MOVE_DUE",
+    "REPLAY",
+    "SETTLE",
+    "TAKE",
+    "Batch",
+    "Bound",
+    "Script",
+]
+
+#: The names every script may use, as Lua locals (see the module docstring).
+SHARED_NAMES: dict[str, str | int] = {
+    "DATA": redis_keys.EVENT_DATA_FIELD,
+    "STATUS": redis_keys.STATUS_FIELD_PREFIX,
+    "HOLDER": redis_keys.HOLDER_FIELD_PREFIX,
+    "ATTEMPTS": redis_keys.ATTEMPTS_FIELD_PREFIX,
+    "RETRIES": redis_keys.RETRIES_FIELD_PREFIX,
+    "RECORD": redis_keys.ATTEMPT_RECORD_PREFIX,
+    "ENTRY_EVENT": redis_keys.ENTRY_EVENT_FIELD,
+    "ENTRY_CONTACT": redis_keys.ENTRY_CONTACT_FIELD,
+    "RETRY_SEP": redis_keys.RETRY_CONTACT_SEP,
+    "PARKED": redis_keys.PARKED_FIELD,
+    "GROUP": redis_keys.CONSUMER_GROUP,
+    "NOTIFICATIONS": redis_keys.NOTIFICATIONS,
+    "IDEMPOTENCY_TTL_S": redis_keys.IDEMPOTENCY_TTL_S,
+    "DELIVERED_MINUTE_TTL_S": redis_keys.DELIVERED_MINUTE_TTL_S,
+    **{status.name.upper(): status.value for status in DeliveryStatus},
+}
+
+
+def _lua(value: str | int) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if "'" in value or "\\" in value:
+        raise ValueError(f"not a plain Lua string: {value!r}")
+    return f"'{value}'"
+
+
+_PREAMBLE = f"local {', '.join(SHARED_NAMES)} = {', '.join(map(_lua, SHARED_NAMES.values()))}\n"
+_HEADER = re.compile(r"^-- (KEYS|ARGV): (.*)$", re.MULTILINE)
+#: What a header's KEYS line says after the names when items bring keys of their own.
+_ITEM_KEYS = "then the items' keys"
+
+
+@dataclass(frozen=True)
+class Script:
+    """One file of ``relay/lua``, and the names of its KEYS and ARGV, in order."""
+
+    name: str
+    keys: tuple[str, ...]
+    args: tuple[str, ...]
+    #: Items (ARGV ``items``, JSON) bring keys of their own, after the named ones.
+    items: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "items", "items" in self.args)
+        self.text  # noqa: B018 (a misnamed script fails at import, not at its first call)
+
+    @cached_property
+    def text(self) -> str:
+        """The script as Redis runs it: the shared names, then the file."""
+        source = files("relay.lua").joinpath(f"{self.name}.lua").read_text()
+        header = dict(_HEADER.findall(source))
+        keys = ", ".join([*self.keys, *([_ITEM_KEYS] if self.items else [])])
+        if header.get("KEYS") != keys or header.get("ARGV") != ", ".join(self.args):
+            raise ValueError(
+                f"relay/lua/{self.name}.lua names KEYS: {header.get('KEYS')!r} and ARGV: "
+                f"{header.get('ARGV')!r}; its Script declares {keys!r} and {self.args!r}"
+            )
+        return _PREAMBLE + source
+
+    def bind(self, redis: Redis) -> Bound:
+        """This script on ``redis`` (loaded there by its digest at the first call)."""
+        return Bound(self, redis)
+
+
+class Batch:
+    """The items of one script call, and the keys they name, each once."""
+
+    __slots__ = ("_first", "_index", "items", "keys")
+
+    def __init__(self, first: int) -> None:
+        #: The items' keys, in order of first use (KEYS from index ``first`` on).
+        self.keys: list[str] = []
+        self.items: list[dict[str, Any]] = []
+        self._index: dict[str, int] = {}
+        self._first = first
+
+    def __repr__(self) -> str:
+        return f"<Batch items={len(self.items)} keys={len(self.keys)}>"
+
+    def key(self, key: str) -> int:
+        """The index of ``key`` in the script's KEYS (Lua counts from 1)."""
+        index = self._index.get(key)
+        if index is None:
+            self.keys.append(key)
+            index = self._index[key] = self._first + len(self.keys) - 1
+        return index
+
+    def add(self, item: dict[str, Any]) -> None:
+        self.items.append(item)
+
+
+class Bound:
+    """A :class:`Script` bound to a client: call it with its KEYS and ARGV by name."""
+
+    __slots__ = ("_redis_script", "script")
+
+    def __init__(self, script: Script, redis: Redis) -> None:
+        self.script = script
+        self._redis_script = redis.register_script(script.text)
+
+    def __repr__(self) -> str:
+        return f"<Bound {self.script.name}.lua>"
+
+    def batch(self) -> Batch:
+        """An empty batch of items for one call."""
+        return Batch(len(self.script.keys) + 1)
+
+    async def __call__(
+        self,
+        batch: Batch | None = None,
+        *,
+        keys: Mapping[str, str],
+        args: Mapping[str, str | int | float],
+    ) -> Any:
+        """Run the script; ``batch`` gives the items (ARGV ``items``) and their keys."""
+        script = self.script
+        if keys.keys() != set(script.keys) or args.keys() != set(script.args) - {"items"}:
+            raise TypeError(
+                f"{script.name}.lua takes KEYS {script.keys} and ARGV {script.args}; "
+                f"got {tuple(keys)} and {tuple(args)}"
+            )
+        if (batch is not None) != script.items:
+            raise TypeError(f"{script.name}.lua takes {'a' if script.items else 'no'} batch")
+        names: list[str] = [keys[name] for name in script.keys]
+        values: list[str | int | float | bytes] = []
+        for name in script.args:
+            if name == "items":
+                assert batch is not None
+                values.append(orjson.dumps(batch.items))
+            else:
+                values.append(args[name])
+        if batch is not None:
+            names += batch.keys
+        return await self._redis_script(keys=names, args=values)
+
+
+#: Store accepted events and queue them (the API's group commit).
+ENQUEUE = Script("enqueue", ("index", "notifications"), ("items", "cutoff_ms", "retention_s"))
+#: Admit stream entries for sending: a lease per request, or why not.
+TAKE = Script(
+    "take",
+    ("stream", "heads", "leases", "pause"),
+    ("items", "destination", "now_ms", "lease_ms", "max_in_flight"),
+)
+#: Record answers, with all that follows from them, and ack the entries.
+SETTLE = Script("settle", ("health", "notifications"), ("items", "now_ms", "retention_s"))
+#: Keep the entries and leases a worker holds while its deliveries wait.
+KEEP = Script(
+    "keep", ("stream", "leases"), ("consumer", "entries", "holders", "now_ms", "lease_ms")
+)
+#: Due retries back into their streams.
+MOVE_DUE = Script("move_due", (), ("items", "now_ms", "limit"))
+#: Dead letters back into their stream.
+REPLAY = Script("replay", ("dead", "stream"), ("items", "destination"))
+#: A slot under a sliding-window rate limit.
+ACQUIRE = Script(
+    "acquire", ("log", "pause"), ("now_ms", "count", "period_ms", "request", "hold_ms", "poll_ms")
+)
