@@ -1,8 +1,7 @@
 """Why each dead letter died: its last attempt, for ``relay dlq list`` and ``GET /v1/dead-letters``.
 
 Read in two pipelined round trips per :data:`_CHUNK` dead letters (each event's
-attempt count for the destination, then that attempt's record; a third for the
-attempts an earlier release kept in a list), never the whole event. The excerpt
+attempt count for the destination, then that attempt's record), never the whole event. The excerpt
 was scrubbed of the destination's secrets when the attempt was recorded
 (:func:`relay.adapters.classify.excerpt`), so nothing here scrubs.
 """
@@ -54,15 +53,6 @@ async def _explain(
         last: list[dict[str, Any] | None] = [
             orjson.loads(raw) if raw else None for raw in await pipe.execute()
         ]
-    # Attempts made but not in the hash: an earlier release kept them in a list.
-    legacy = [i for i, attempt in enumerate(last) if attempt is None and counts[i]]
-    if legacy:
-        async with redis.pipeline(transaction=False) as pipe:
-            for i in legacy:
-                pipe.lrange(redis_keys.attempts(rows[i][0]), 0, -1)
-            for i, items in zip(legacy, await pipe.execute(), strict=True):
-                mine = [a for a in map(orjson.loads, items) if a.get("destination") == destination]
-                last[i] = mine[-1] if mine else None
     return [
         DeadLetter(
             destination=destination,

@@ -8,9 +8,10 @@ costs no extra round trip on the ingest path.
 
 When something happens (an event received, delivered, dead-lettered), one
 notification per matching subscription is written *in the same atomic write* as
-the change itself (:func:`queue_notifications`): a record ``ntf_…`` and an entry
-in the ``_hooks`` stream. Workers send them like deliveries (see
-:mod:`relay.notify`), with the same retries, limits and dead letters.
+the change itself (:func:`notification_items`, for ``relay/lua/enqueue.lua`` and
+``settle.lua``): a record ``ntf_…`` and an entry in the ``_hooks`` stream. Workers
+send them like deliveries (see :mod:`relay.notify`), with the same retries, limits
+and dead letters.
 
 Every subscription hears of every event, whichever key sent it: one relay
 serves one team (as ``GET /v1/events`` does).
@@ -25,17 +26,16 @@ from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from relay import redis_keys
 from relay.apikeys import new_signing_secret
 from relay.availability import RedisWatch
-from relay.groupcommit import Batch
 from relay.ids import new_event_id, random_base62
 from relay.invalidation import listen
-from relay.models import CreatedHook, DeliveryStatus, HookInfo, HookTopic
+from relay.models import CreatedHook, HookInfo, HookTopic
+from relay.scripts import Batch
 
-__all__ = ["HookStore", "Subscription", "notification_records", "queue_notifications"]
+__all__ = ["HookStore", "Subscription", "notification_items", "notification_records"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,13 +195,10 @@ def notification_records(
     return records
 
 
-def queue_notifications(
-    pipe: Pipeline | Batch, records: Sequence[tuple[str, bytes]], *, retention_s: int
-) -> None:
-    """Add the writes that queue these notifications to a transaction or batch being built."""
-    for ntf_id, data in records:
-        key = redis_keys.event(ntf_id)
-        status = redis_keys.STATUS_FIELD_PREFIX + redis_keys.NOTIFICATIONS
-        pipe.hset(key, mapping={redis_keys.EVENT_DATA_FIELD: data, status: DeliveryStatus.pending})
-        pipe.expire(key, retention_s)
-        pipe.xadd(redis_keys.queue(redis_keys.NOTIFICATIONS), {"e": ntf_id})
+def notification_items(batch: Batch, records: Sequence[tuple[str, bytes]]) -> list[dict[str, Any]]:
+    """The items that queue these notifications in a script call being built (the
+    ``notify`` items of ``relay/lua/enqueue.lua`` and ``settle.lua``)."""
+    return [
+        {"notify": batch.key(redis_keys.event(ntf_id)), "id": ntf_id, "data": data.decode()}
+        for ntf_id, data in records
+    ]

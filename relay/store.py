@@ -1,9 +1,10 @@
 """The Redis boundary for events: enqueue atomically, read back.
 
-An accepted event is written in one atomic script call (a group commit, shared
-with concurrent requests; see :mod:`relay.groupcommit`) with everything that makes it
-deliverable: its record (JSON plus a status per destination), its place in
-the time index, and one entry in each destination's stream. Either all of it
+An accepted event is written in one atomic script call (``relay/lua/enqueue.lua``, a
+group commit shared with concurrent requests; see :mod:`relay.groupcommit`) with
+everything that makes it deliverable: its record (JSON plus a status per
+destination), its place in the time index, and its place in each destination's
+queue: a stream entry, or a place in its contact's order behind an earlier event. Either all of it
 is in Redis when ``enqueue`` returns, or none of it and redis-py's error is
 raised (the API's error middleware answers 503, so that Zapier and n8n retry).
 """
@@ -21,10 +22,11 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from relay import order, redis_keys
-from relay.groupcommit import Batch, GroupCommit
-from relay.hooks import Subscription, notification_records, queue_notifications
+from relay import redis_keys
+from relay.groupcommit import GroupCommit
+from relay.hooks import Subscription, notification_items, notification_records
 from relay.models import Contact, DeliveryStatus, DestinationView, EventKind, EventView
+from relay.scripts import ENQUEUE, Batch
 
 __all__ = ["EventStore", "NewEvent", "contact_key", "overall_status"]
 
@@ -86,7 +88,7 @@ class EventStore:
         self._redis = redis
         self._retention_s = retention_s
         #: Concurrent enqueues share one script call and one round trip (relay.groupcommit).
-        self._commit = GroupCommit(redis, tail=self._trim, procedures=order.PROCEDURES)
+        self._commit = GroupCommit(ENQUEUE.bind(redis), self._fixed)
 
     def __repr__(self) -> str:
         return f"<EventStore retention_s={self._retention_s}>"
@@ -119,33 +121,47 @@ class EventStore:
             )
         ]
 
-        def writes(pipe: Batch) -> None:
+        def writes(batch: Batch) -> None:
             for ev in events:
-                key = redis_keys.event(ev.id)
-                fields: dict[str, bytes | str] = {redis_keys.EVENT_DATA_FIELD: ev.to_json()}
                 initial = DeliveryStatus.test if ev.mode == "test" else DeliveryStatus.pending
+                fields: list[str] = []
                 for dest in ev.destinations:
-                    fields[redis_keys.STATUS_FIELD_PREFIX + dest] = initial.value
-                pipe.hset(key, mapping=fields)
-                pipe.expire(key, self._retention_s)
-                pipe.zadd(redis_keys.EVENTS_INDEX, {ev.id: int(ev.received_at.timestamp() * 1000)})
+                    fields += (redis_keys.STATUS_FIELD_PREFIX + dest, initial.value)
+                queue: list[dict[str, Any]] = []
                 if ev.mode == "live":
                     contact = contact_key({"email": ev.payload.email, "phone": ev.payload.phone})
                     for dest in ev.destinations:
-                        if contact is None:
-                            pipe.xadd(redis_keys.queue(dest), {"e": ev.id})
-                        else:  # its stream entry (with the contact) when it heads the order
-                            order.push(pipe, dest, contact, ev.id, ttl_s=self._retention_s)
-            queue_notifications(pipe, notifications, retention_s=self._retention_s)
+                        place: dict[str, Any] = {"stream": batch.key(redis_keys.queue(dest))}
+                        if contact is not None:  # its stream entry when it heads the order
+                            place["heads"] = batch.key(redis_keys.heads(dest))
+                            place["list"] = batch.key(redis_keys.order(dest, contact))
+                            place["contact"] = contact
+                        queue.append(place)
+                batch.add(
+                    {
+                        "event": batch.key(redis_keys.event(ev.id)),
+                        "id": ev.id,
+                        "data": ev.to_json().decode(),
+                        "at": int(ev.received_at.timestamp() * 1000),
+                        "fields": fields,
+                        "queue": queue,
+                    }
+                )
+            for item in notification_items(batch, notifications):
+                batch.add(item)
             if remember is not None:
-                pipe.set(remember[0], remember[1], ex=redis_keys.IDEMPOTENCY_TTL_S)
+                batch.add({"answer": batch.key(remember[0]), "value": remember[1].decode()})
 
         await self._commit.submit(writes)
 
-    def _trim(self, pipe: Batch) -> None:
-        """Drop events past the retention from the time index (once per group commit)."""
-        now_ms = int(time.time() * 1000)
-        pipe.zremrangebyscore(redis_keys.EVENTS_INDEX, "-inf", now_ms - self._retention_s * 1000)
+    def _fixed(self) -> tuple[dict[str, str], dict[str, str | int | float]]:
+        """The script's own keys and arguments: events past the retention leave the index."""
+        cutoff_ms = int(time.time() * 1000) - self._retention_s * 1000
+        keys = {
+            "index": redis_keys.EVENTS_INDEX,
+            "notifications": redis_keys.queue(redis_keys.NOTIFICATIONS),
+        }
+        return keys, {"cutoff_ms": cutoff_ms, "retention_s": self._retention_s}
 
     async def get(self, event_id: str) -> EventView | None:
         """One event with its destinations' statuses, or None (unknown or expired)."""
@@ -203,11 +219,7 @@ class EventStore:
         async with self._redis.pipeline(transaction=False) as pipe:
             for event_id in event_ids:
                 pipe.hgetall(redis_keys.event(event_id))
-                pipe.lrange(redis_keys.attempts(event_id), 0, -1)
-            replies = await pipe.execute()
-        return [
-            _view(raw, attempts) for raw, attempts in zip(replies[::2], replies[1::2], strict=True)
-        ]
+            return [_view(raw) for raw in await pipe.execute()]
 
     async def ping(self) -> bool:
         """Whether Redis answers right now."""
@@ -221,18 +233,14 @@ class EventStore:
 _LIST_PAGE = 200
 
 
-def _view(raw: dict[str, str], attempts: list[str]) -> EventView | None:
-    """An event as the API shows it, from its hash (and the attempts list of a release
-    before attempts went in the hash)."""
+def _view(raw: dict[str, str]) -> EventView | None:
+    """An event as the API shows it, from its hash."""
     if not raw or redis_keys.EVENT_DATA_FIELD not in raw:
         return None
     data = orjson.loads(raw[redis_keys.EVENT_DATA_FIELD])
     if "payload" not in data:
         return None  # a notification's record (relay.hooks), not an event
     by_dest: dict[str, list[dict[str, Any]]] = {}
-    for item in attempts:  # kept by an earlier release: before any in the hash
-        attempt = orjson.loads(item)
-        by_dest.setdefault(attempt.pop("destination"), []).append(attempt)
     numbered = []
     for field, value in raw.items():
         if field.startswith(redis_keys.ATTEMPT_RECORD_PREFIX):

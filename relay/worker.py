@@ -1,17 +1,22 @@
-"""The delivery worker: read each destination's stream, deliver, then ack, retry or dead-letter.
+"""The delivery worker: read each destination's stream and deliver what it holds.
 
 Any number of workers, in any number of processes and hosts, share the work
-through one consumer group per destination stream. A delivery counts against
-the destination's global rate limit and in-flight cap (both in Redis) before
-its request is made. ``stop()`` (SIGTERM) stops reading and lets in-flight
-deliveries finish; ``run(drain=True)`` returns once nothing is waiting,
-pending or scheduled (for tests and one-off catch-ups).
+through one consumer group per destination stream. Each request goes the one way
+of :mod:`relay.delivery` (take, send, settle). ``stop()`` (SIGTERM) stops reading
+and lets in-flight deliveries finish; ``run(drain=True)`` returns once nothing is
+waiting, pending or scheduled (for tests and one-off catch-ups).
 
-Delivery never silently stops: a Redis that does not answer (at start or
-later) is waited for, each loop telling the process's RedisWatch, which logs
-the outage; a loop that dies of anything else is logged and restarted by its
-Supervisor (relay.availability). The worker beats in Redis (relay.heartbeat)
-so ``relay status`` can tell pending events with no live worker behind them.
+A worker holds no more than it can send within the visibility window (the window
+times the rate limit, and its free delivery slots), reads nothing for a paused
+destination, and keeps what it holds claimed (entries and leases: relay/lua/keep.lua)
+until it is settled, so a healthy worker's events are never claimed and sent again
+by another.
+
+Delivery never silently stops: a Redis that does not answer (at start or later) is
+waited for, each loop telling the process's RedisWatch, which logs the outage; a loop
+that dies of anything else is logged and restarted by its Supervisor
+(relay.availability). The worker beats in Redis (relay.heartbeat) so ``relay status``
+can tell pending events with no live worker behind them.
 """
 
 from __future__ import annotations
@@ -22,9 +27,8 @@ import functools
 import logging
 import os
 import socket
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 
 import aiohttp
 import orjson
@@ -32,20 +36,17 @@ from redis.asyncio import Redis
 
 from relay import redis_keys
 from relay.adapters import make_adapter
-from relay.adapters.base import Attempt, Outcome
-from relay.availability import UNAVAILABLE, RedisWatch, Supervisor
-from relay.gate import MAX_WAIT_S, Gate
+from relay.availability import RedisWatch, Supervisor
+from relay.delivery import MAX_WAIT_S, Deliverer, Sender
+from relay.errors import StoreUnavailable
 from relay.heartbeat import Heartbeat
-from relay.hooks import HookStore, notification_records
+from relay.hooks import HookStore
 from relay.ids import random_base62
-from relay.models import DeliveryStatus
 from relay.notify import Notifier, guarded_session
-from relay.order import ContactOrder
 from relay.queue import DeliveryQueue, Entry
-from relay.ratelimit import FULL_POLL_S, RateLimiter
-from relay.retry import next_delay_s
+from relay.ratelimit import RateLimiter, local_limiter
 from relay.settings import DeliverySettings, Settings
-from relay.store import EventStore, contact_key
+from relay.store import EventStore
 
 __all__ = ["Worker"]
 
@@ -55,16 +56,8 @@ log = logging.getLogger("relay.worker")
 _BLOCK_MS = 500
 #: How often due retries are moved back into their streams, and stale entries claimed.
 _HOUSEKEEPING_S = 0.25
-#: Every this many housekeeping passes (5 s), a slice of each heads hash is swept for
-#: heads that expired unsent (or that an older release settled), so the next one goes.
-_SWEEP_EVERY = 20
-#: Times a delivery interrupted by a Redis error is resumed here before it is left
-#: pending for another worker to claim.
-_LOCAL_RETRIES = 3
 #: How long stop() waits for the loops to end once cancelled.
 _STOP_S = 2.0
-#: How long an event waits when an earlier event of its contact is still on its way.
-_ORDER_WAIT_MS = 200
 
 
 class Worker:
@@ -74,23 +67,23 @@ class Worker:
     """
 
     __slots__ = (
-        "_adapters",
         "_consumer",
-        "_counts",
-        "_gate",
+        "_deliverer",
+        "_free",
         "_heartbeat",
         "_held",
+        "_holders",
         "_hooks",
         "_in_flight",
         "_limiter",
         "_loops",
-        "_order",
         "_queue",
         "_redis",
+        "_running",
         "_session",
         "_settings",
-        "_slots",
         "_stopping",
+        "_waiting",
         "_watch",
         "concurrency",
     )
@@ -108,7 +101,7 @@ class Worker:
         self._settings = settings
         self._redis = redis
         self._session = session
-        #: Deliveries this process runs at once, across destinations.
+        #: Requests this process has under way at once, across destinations.
         self.concurrency = concurrency
         host, pid = socket.gethostname(), os.getpid()
         self._consumer = consumer or f"{host}-{pid}-{random_base62(6)}"
@@ -117,25 +110,29 @@ class Worker:
         self._watch = watch or RedisWatch()
         self._loops: list[Supervisor] = []
         self._queue = DeliveryQueue(redis, retention_s=settings.retention_s)
-        self._order = ContactOrder(redis)
         self._limiter = RateLimiter(redis)
         self._hooks = HookStore(redis)
-        self._adapters: dict[str, Any] = {}
-        self._gate = Gate(self._limiter, claim_after_s=settings.claim_after_s)
-        self._counts = {"delivered": 0, "retrying": 0, "dead": 0}
+        self._deliverer: Deliverer | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
-        #: Stream entries this worker's tasks hold, per destination: kept claimed (their
-        #: idle time refreshed) until settled, so no other worker claims them meanwhile.
-        self._held: dict[str, set[str]] = {}
-        self._slots: asyncio.Semaphore | None = None
+        #: Set whenever a delivery ends: a slot may be free.
+        self._free = asyncio.Event()
+        #: Per destination, the stream entries and the request holders this worker has
+        #: not settled: kept claimed (relay/lua/keep.lua) until then, so no other worker
+        #: claims them while they wait for a slot, a rate limit or a pause.
+        self._held: dict[str, set[str]] = {name: set() for name in self.destinations}
+        self._holders: dict[str, set[str]] = {name: set() for name in self.destinations}
+        #: Per destination, the requests read and not started yet (oldest first), and how
+        #: many are under way.
+        self._waiting: dict[str, deque[tuple[str, Sequence[Entry]]]] = {
+            name: deque() for name in self.destinations
+        }
+        self._running = dict.fromkeys(self.destinations, 0)
         self._stopping = asyncio.Event()
 
     def __repr__(self) -> str:
-        c = self._counts
-        return (
-            f"<Worker {self._consumer} delivered={c['delivered']} retrying={c['retrying']} "
-            f"dead={c['dead']} in_flight={len(self._in_flight)}>"
-        )
+        counts = self._deliverer.counts if self._deliverer is not None else {}
+        done = " ".join(f"{k}={v}" for k, v in counts.items())
+        return f"<Worker {self._consumer} {done} in_flight={len(self._in_flight)}>"
 
     @property
     def destinations(self) -> list[str]:
@@ -161,30 +158,38 @@ class Worker:
         """Deliver until ``stop()``, or with ``drain`` until there is nothing left to do.
 
         Needs no Redis to start: each loop waits for it (and makes its consumer group)."""
-        self._slots = asyncio.Semaphore(self.concurrency)
         async with contextlib.AsyncExitStack() as stack:
             session = self._session
             if session is None:
                 session = await stack.enter_async_context(
                     aiohttp.ClientSession(json_serialize=lambda o: orjson.dumps(o).decode())
                 )
-            self._gate.start(
-                {
-                    name: limit
-                    for name in self.destinations
-                    if (limit := self._config(name).rate_limit) is not None
-                }
-            )
-            self._adapters = {
+            adapters: dict[str, Sender] = {
                 name: make_adapter(name, self._settings.destinations[name], session)
                 for name in self.destinations
                 if name != redis_keys.NOTIFICATIONS
             }
-            self._adapters[redis_keys.NOTIFICATIONS] = Notifier(
+            adapters[redis_keys.NOTIFICATIONS] = Notifier(
                 self._settings.hooks,
                 hooks=self._hooks,
                 events=EventStore(self._redis, retention_s=self._settings.retention_s),
                 session=await stack.enter_async_context(guarded_session(self._settings.hooks)),
+            )
+            configs = {name: self._config(name) for name in self.destinations}
+            self._deliverer = Deliverer(
+                self._queue,
+                configs=configs,
+                adapters=adapters,
+                hooks=self._hooks,
+                watch=self._watch,
+                claim_after_s=self._settings.claim_after_s,
+                limiter=self._limiter,
+                # Made here, in the running loop (aiolimiter binds to the first it sees).
+                local={
+                    name: local_limiter(config.rate_limit)
+                    for name, config in configs.items()
+                    if config.rate_limit is not None
+                },
             )
             repeat = self._watch.repeat
             loops: dict[str, Callable[[], Awaitable[None]]] = {
@@ -193,7 +198,7 @@ class Worker:
             }
             loops["hook subscriptions"] = functools.partial(self._hooks.listen, watch=self._watch)
             loops["housekeeping"] = functools.partial(
-                repeat, self._housekeeping_pass(), every_s=_HOUSEKEEPING_S
+                repeat, self._housekeeping, every_s=_HOUSEKEEPING_S
             )
             loops["heartbeat"] = functools.partial(
                 repeat, self._heartbeat.beat, every_s=redis_keys.WORKER_BEAT_S
@@ -209,7 +214,7 @@ class Worker:
             # shortest window, and on until the last delivery is done (stop() included).
             keeping = Supervisor("worker loop 'keeping held entries claimed'")
             self._loops.append(keeping)
-            every_s = min(map(self._window_s, self.destinations)) / 3
+            every_s = min(map(self._deliverer.lease_ms, self.destinations)) / 3000
             keeper = asyncio.create_task(
                 keeping.run(functools.partial(repeat, self._keep_held, every_s=every_s))
             )
@@ -223,310 +228,129 @@ class Worker:
                 _, stuck = await asyncio.wait(tasks, timeout=_STOP_S)
                 if stuck:
                     log.warning("%d worker loops did not stop within %s s", len(stuck), _STOP_S)
+                self._let_go()
                 if self._in_flight:
                     await asyncio.gather(*self._in_flight, return_exceptions=True)
                 keeper.cancel()
                 await asyncio.wait([keeper], timeout=_STOP_S)
-                with contextlib.suppress(*UNAVAILABLE):
+                with contextlib.suppress(StoreUnavailable):
                     await self._heartbeat.forget()
         log.info("worker stopped: %r", self)
 
     async def _stop_if_idle(self) -> None:
-        if not self._in_flight and await self._queue.idle(self.destinations):
+        waiting = any(self._waiting.values())
+        if not self._in_flight and not waiting and await self._queue.idle(self.destinations):
             self._stopping.set()
 
-    def _window_s(self, destination: str) -> float:
-        """The visibility window: idle this long, an entry is claimed by another worker."""
-        return self._config(destination).timeout_s + self._settings.claim_after_s
+    def _cap(self, destination: str) -> int:
+        """Requests of one destination this worker runs at once: no more than its leases."""
+        return min(self.concurrency, self._config(destination).max_in_flight)
 
     async def _read(self, destination: str) -> None:
-        """Start delivering what the stream has new (the first read makes the group).
+        """Read what the stream has new (the first read makes the group), and start it.
 
-        Nothing is read while the destination is paused (an upstream 429), nor more
-        than its rate limit lets go within the visibility window."""
+        A worker holds (kept claimed, read or under way) at most twice what it may have
+        under way for a destination, so that the next request is ready when one ends,
+        and no more than the rate limit lets go within the visibility window; it reads
+        nothing while the destination is paused (an upstream 429)."""
+        assert self._deliverer is not None
         config = self._config(destination)
+        size = getattr(config, "batch_size", 1)
+        most = 2 * self._cap(destination) * size
+        if (limit := config.rate_limit) is not None:
+            window_s = self._deliverer.lease_ms(destination) / 1000
+            most = max(1, min(most, int(limit.count * window_s / limit.period_s)))
+        room = most - len(self._held[destination])
+        if room < max(1, most // 2):  # read in chunks: wait for deliveries to end
+            self._free.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._free.wait(), MAX_WAIT_S)
+            return
         paused_s = await self._limiter.paused_for(destination)
         if paused_s > 0:
             await asyncio.sleep(min(paused_s, MAX_WAIT_S))
             return
-        size = getattr(config, "batch_size", 1)
-        count = self.concurrency * size
-        if (limit := config.rate_limit) is not None:
-            per_window = limit.count * self._window_s(destination) / limit.period_s
-            count = max(1, min(count, int(per_window)))
         entries = await self._queue.read(
-            destination, self._consumer, count=count, block_ms=_BLOCK_MS
+            destination, self._consumer, count=room, block_ms=_BLOCK_MS
         )
-        self._held.setdefault(destination, set()).update(e.id for e in entries)
-        for i in range(0, len(entries), size):
-            await self._start(destination, entries[i : i + size])
+        self._queue_up(destination, entries)
 
     async def _keep_held(self) -> None:
-        """Reset the idle time of every entry this worker holds and has not settled."""
+        """Keep every entry and lease this worker holds and has not settled."""
+        assert self._deliverer is not None
         for name, held in self._held.items():
             if held:
-                await self._queue.keep(name, self._consumer, sorted(held))
+                await self._queue.keep(
+                    name,
+                    self._consumer,
+                    sorted(held),
+                    sorted(self._holders[name]),
+                    lease_ms=self._deliverer.lease_ms(name),
+                )
 
-    def _housekeeping_pass(self) -> Callable[[], Awaitable[None]]:
-        """One pass: due retries back into their streams, stale entries claimed, and every
-        _SWEEP_EVERY passes a slice of each heads hash swept."""
-        sweeps = dict.fromkeys(self.destinations, "0")  # heads-hash cursors (relay.order)
-        passes = 0
+    async def _housekeeping(self) -> None:
+        """Due retries back into their streams, and entries another worker left (it died)
+        claimed to be delivered here."""
+        assert self._deliverer is not None
+        await self._queue.move_due_retries(self.destinations)
+        for name in self.destinations:
+            claimed = await self._queue.claim_stale(
+                name,
+                self._consumer,
+                min_idle_ms=self._deliverer.lease_ms(name),
+                count=self._cap(name),
+            )
+            self._queue_up(name, claimed)
 
-        async def one_pass() -> None:
-            nonlocal passes
-            await self._queue.move_due_retries(self.destinations)
-            if passes % _SWEEP_EVERY == 0:
-                for name, cursor in sweeps.items():
-                    sweeps[name] = await self._order.sweep(name, cursor)
-            passes += 1
-            for name in self.destinations:
-                timeout_s = self._config(name).timeout_s
-                idle_ms = int((timeout_s + self._settings.claim_after_s) * 1000)
-                for entry in await self._queue.claim_stale(
-                    name, self._consumer, min_idle_ms=idle_ms, count=self.concurrency
-                ):
-                    await self._start(name, [entry])
+    def _queue_up(self, destination: str, entries: Sequence[Entry]) -> None:
+        """Hold these entries (kept claimed until settled) and start them as slots allow,
+        a request per ``batch_size``."""
+        if not entries:
+            return
+        self._held[destination].update(e.id for e in entries)
+        size = getattr(self._config(destination), "batch_size", 1)
+        waiting = self._waiting[destination]
+        for i in range(0, len(entries), size):
+            group = entries[i : i + size]
+            waiting.append((self._consumer + group[0].id, group))
+        self._dispatch()
 
-        return one_pass
+    def _dispatch(self) -> None:
+        """Start waiting requests while this worker has slots free, in turn across the
+        destinations, each no more at once than its leases allow (stopped: none)."""
+        started = True
+        while started and not self._stopping.is_set():
+            started = False
+            for name, waiting in self._waiting.items():
+                if len(self._in_flight) >= self.concurrency:
+                    return
+                if waiting and self._running[name] < self._cap(name):
+                    holder, entries = waiting.popleft()
+                    self._spawn(name, holder, entries)
+                    started = True
 
-    async def _start(self, destination: str, entries: list[Entry]) -> None:
-        assert self._slots is not None
-        held = self._held.setdefault(destination, set())
-        held.update(e.id for e in entries)  # kept claimed while waiting for a slot too
-        await self._slots.acquire()
-        task = asyncio.create_task(self._deliver(destination, entries))
+    def _spawn(self, destination: str, holder: str, entries: Sequence[Entry]) -> None:
+        assert self._deliverer is not None
+        holders = self._holders[destination]
+        holders.add(holder)
+        self._running[destination] += 1
+        task = asyncio.create_task(self._deliverer.deliver(destination, holder, entries))
         self._in_flight.add(task)
 
         def done(t: asyncio.Task[None]) -> None:
             self._in_flight.discard(t)
-            held.difference_update(e.id for e in entries)
-            assert self._slots is not None
-            self._slots.release()
+            self._running[destination] -= 1
+            holders.discard(holder)
+            self._held[destination].difference_update(e.id for e in entries)
+            self._free.set()
+            self._dispatch()
 
         task.add_done_callback(done)
 
-    async def _deliver(self, destination: str, entries: list[Entry]) -> None:
-        # The entry stays pending with this consumer until finished, so after a Redis
-        # hiccup (a restart leaves the pool's connections stale) the worker picks it
-        # up again itself rather than waiting out the visibility timeout. At worst the
-        # upstream sees the event twice: at-least-once.
-        for attempt in range(_LOCAL_RETRIES + 1):
-            try:
-                await self._deliver_entries(destination, entries)
-                return
-            except UNAVAILABLE as exc:
-                pause_s = self._watch.failed(exc)  # the watch logs the outage, once
-                if attempt == _LOCAL_RETRIES:
-                    log.warning(
-                        "delivery of %s to %s interrupted (%s); left pending, to be claimed again",
-                        ", ".join(e.event for e in entries),
-                        destination,
-                        exc,
-                    )
-                    return
-                await asyncio.sleep(max(pause_s, 0.2 * 2**attempt))
-            except Exception:
-                # A bug, not trouble: the entry stays pending and is claimed again after
-                # the visibility timeout; say so loudly rather than lose the traceback.
-                log.exception("delivery of %s to %s failed", entries, destination)
-                return
-
-    async def _deliver_entries(self, destination: str, entries: list[Entry]) -> None:
-        """Deliver one entry, or several in one call (ConveYour's ``batch_size``)."""
-        config = self._config(destination)
-        one = entries[0]
-        known = one.contact is not None or destination == redis_keys.NOTIFICATIONS
-        if len(entries) == 1 and config.rate_limit is None and known:
-            await self._deliver_taken(destination, config, one)
-            return
-        ready: list[tuple[Entry, dict[str, Any], _Tries, str | None]] = []
-        for entry in entries:
-            fields = await self._queue.load(entry[1])
-            if fields is None or redis_keys.EVENT_DATA_FIELD not in fields:
-                await self._queue.drop(destination, entry)  # expired: nothing to send
-                continue
-            event = orjson.loads(fields[redis_keys.EVENT_DATA_FIELD])
-            if await self._queue.stray(destination, entry, fields, mine=self._consumer):
-                continue  # a copy: acked, or settled by the one sending it
-            contact = contact_key(event.get("payload") or {})  # notifications: None
-            turn = await self._order.check(destination, contact, entry[1])
-            if turn.state != "ok":
-                await self._not_yet(destination, entry, turn.state, turn.ms)
-                continue
-            ready.append((entry, event, _tries(fields, destination), contact))
-        if not ready:
-            return
-        holder = self._consumer + ready[0][0][0]
-        sent: list[str] = []  # the requests counted against the rate limit
-        if config.rate_limit is not None:
-            await self._gate.rate(destination, config, sent)
-        try:
-            await self._gate.begin(
-                destination, config, holder, [redis_keys.event(e[1]) for e, *_ in ready]
-            )
-            adapter = self._adapters[destination]
-            if len(ready) == 1:
-                try:
-                    attempts = [await adapter.deliver(ready[0][1])]
-                except BaseException:
-                    await self._limiter.release(destination, holder)
-                    raise
-                release: str | None = holder  # given back in the write that settles it
-            else:
-                try:
-                    attempts = await adapter.deliver_batch(
-                        [event for _, event, _, _ in ready],
-                        before_each=lambda: self._gate.rate(destination, config, sent),
-                    )
-                finally:
-                    await self._limiter.release(destination, holder)
-                release = None
-        finally:
-            await self._gate.answered(destination, sent)
-        for (entry, event, tries, contact), attempt in zip(ready, attempts, strict=True):
-            await self._settle(destination, entry, event, attempt, tries, contact, release)
-
-    async def _deliver_taken(
-        self, destination: str, config: DeliverySettings, entry: Entry
-    ) -> None:
-        """The short way for one entry whose contact the stream entry names, to a
-        destination without a rate limit: one round trip before the request
-        (:meth:`DeliveryQueue.take`), one after it (settling, shared with others)."""
-        holder = self._consumer + entry.id
-        ttl_ms = self._gate.hold_ms(config)
-        while True:
-            taken = await self._queue.take(
-                destination, entry, max_in_flight=config.max_in_flight, holder=holder, ttl_ms=ttl_ms
-            )
-            if taken.state == "ok":
-                break
-            if taken.state == "stray":
-                return  # a copy: acked by the script, or settled by the one sending it
-            if taken.state == "gone":
-                await self._queue.drop(destination, entry)  # expired: nothing to send
-                return
-            if taken.state in ("parked", "blocked"):
-                await self._not_yet(destination, entry, taken.state, taken.ms)
-                return
-            wait_s = taken.ms / 1000 if taken.state == "paused" else FULL_POLL_S
-            await asyncio.sleep(min(wait_s, MAX_WAIT_S))
-        fields = taken.fields or {}
-        if redis_keys.EVENT_DATA_FIELD not in fields:
-            await self._limiter.release(destination, holder)
-            await self._queue.drop(destination, entry)
-            return
-        event = orjson.loads(fields[redis_keys.EVENT_DATA_FIELD])
-        tries = _tries(fields, destination)
-        try:
-            attempt = await self._adapters[destination].deliver(event)
-        except BaseException:
-            await self._limiter.release(destination, holder)
-            raise
-        await self._settle(destination, entry, event, attempt, tries, entry.contact, holder)
-
-    async def _not_yet(self, destination: str, entry: Entry, state: str, head_due_ms: int) -> None:
-        """An earlier event of this contact is still on its way. Parked: the event comes
-        back by itself when that one is settled. Blocked (a contact ordered the old way,
-        relay.order): look again just after that one's next try (0: shortly)."""
-        if state == "parked":
-            await self._order.park(destination, entry.id)
-            return
-        soon = int(time.time() * 1000) + _ORDER_WAIT_MS
-        await self._queue.defer(destination, entry, until_ms=max(soon, head_due_ms + 1))
-
-    async def _notifications(
-        self, destination: str, event: dict[str, Any], *, delivered: bool
-    ) -> list[tuple[str, bytes]]:
-        """Notifications of an event's delivery or failure (none about notifications)."""
-        if destination == redis_keys.NOTIFICATIONS:
-            return []
-        topic = f"{event['type']}.delivered" if delivered else "event.failed"
-        return notification_records(
-            await self._hooks.matching(topic),
-            topic,
-            event["id"],
-            mode=event["mode"],
-            destination=destination,
-        )
-
-    async def _settle(
-        self,
-        destination: str,
-        entry: Entry,
-        event: dict[str, Any],
-        attempt: Attempt,
-        tries: _Tries,
-        contact: str | None,
-        release: str | None = None,
-    ) -> None:
-        """Record the attempt and what follows; ``release``: the lease to give back with it."""
-        config = self._config(destination)
-        credentials = attempt.outcome is Outcome.credentials
-        delay_s: float | None = None
-        if credentials or attempt.outcome is Outcome.retry:
-            if credentials:
-                await self._queue.set_health(
-                    destination, f"upstream answered {attempt.status}: credentials or configuration"
-                )
-            if attempt.status == 429 and attempt.retry_after_s:
-                await self._limiter.pause(destination, attempt.retry_after_s)
-            # Rejected credentials walk the long end by every attempt made, and never end;
-            # other failures spend the schedule, which a replay starts afresh.
-            delay_s = next_delay_s(
-                tries.made if credentials else tries.retried + 1,
-                config.retry_schedule,
-                retry_after_s=attempt.retry_after_s,
-                credentials=credentials,
-            )
-        if delay_s is not None:
-            await self._queue.finish(
-                destination,
-                entry,
-                attempt.to_dict(),
-                status=DeliveryStatus.retrying,
-                retry_at_ms=int((time.time() + delay_s) * 1000),
-                contact=contact,
-                release=release,
-                spends_step=not credentials,
-            )
-            self._counts["retrying"] += 1
-            return
-        delivered = attempt.outcome is Outcome.delivered
-        await self._queue.finish(
-            destination,
-            entry,
-            attempt.to_dict(),
-            status=DeliveryStatus.delivered if delivered else DeliveryStatus.dead,
-            contact=contact,
-            notifications=await self._notifications(destination, event, delivered=delivered),
-            release=release,
-        )
-        self._counts["delivered" if delivered else "dead"] += 1
-        if not delivered:
-            why = attempt.error or attempt.status
-            if attempt.outcome is Outcome.rejected:
-                log.warning("%s rejected %s: %s", destination, entry.event, why)
-            else:
-                log.warning(
-                    "%s: %s dead-lettered after %d attempts, the retry schedule spent (last: %s)",
-                    destination,
-                    entry.event,
-                    tries.made,
-                    why,
-                )
-
-
-class _Tries(NamedTuple):
-    """How far an event's delivery to one destination has gone, this attempt included."""
-
-    #: Attempts made (this one too): numbers the records, walks the credentials wait.
-    made: int
-    #: Retryable failures before this attempt since the schedule began (or was replayed).
-    retried: int
-
-
-def _tries(fields: dict[str, str], destination: str) -> _Tries:
-    """The counts kept in an event's hash (see :mod:`relay.redis_keys`)."""
-    made = int(fields.get(redis_keys.ATTEMPTS_FIELD_PREFIX + destination, "0")) + 1
-    return _Tries(made, int(fields.get(redis_keys.RETRIES_FIELD_PREFIX + destination, "0")))
+    def _let_go(self) -> None:
+        """Forget the requests read and never started (at stop): they stay pending in
+        Redis, for another worker to claim after the visibility window."""
+        for name, waiting in self._waiting.items():
+            for _, entries in waiting:
+                self._held[name].difference_update(e.id for e in entries)
+            waiting.clear()
