@@ -15,9 +15,8 @@ from relay import redis_keys
 from relay.apikeys import KeyRecord, broader_fields
 from relay.keystore import KeyStore
 from relay.models import DeliveryStatus
-from relay.queue import DeliveryQueue, Entry
 from relay.store import EventStore
-from tests.events import new_lead
+from tests.events import new_lead, settle_next
 
 Client = TestClient[Any, Any]
 KeyMaker = Callable[..., Awaitable[str]]
@@ -190,15 +189,8 @@ async def _dead(redis: Redis, *destinations: str) -> str:
     """An event dead-lettered at each of ``destinations`` (nothing is ever sent)."""
     event = new_lead("dl@example.com", *destinations)
     await EventStore(redis, retention_s=60).enqueue([event])
-    queue = DeliveryQueue(redis, retention_s=60)
     for dest in destinations:
-        await queue.finish(
-            dest,
-            Entry("0-1", event.id),
-            {"status": 400, "outcome": "dead"},
-            status=DeliveryStatus.dead,
-            contact=None,
-        )
+        await settle_next(redis, dest, DeliveryStatus.dead, {"status": 400, "outcome": "dead"})
     return event.id
 
 

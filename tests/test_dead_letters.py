@@ -308,31 +308,6 @@ async def test_a_dead_letter_whose_event_expired_is_listed_without_an_answer(
     assert "convertr     evt_gone  2023-11-14 22:13:20  -       -      -" in table
 
 
-async def test_a_dead_letter_of_an_earlier_release_shows_its_last_attempt(
-    make_settings: Callable[..., Settings],
-    redis: Redis,
-    fake_convertr: FakeConvertr,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    # Releases before attempts went in the event's hash kept them in a list of their own.
-    settings = make_settings(convertr_toml(fake_convertr))
-    old = [
-        {"destination": "convertr", "status": 500, "error": "http_500", "excerpt": "first"},
-        {"destination": "crm", "status": 200, "excerpt": "ok"},
-        {"destination": "convertr", "status": 400, "error": "http_400", "excerpt": "bad lead"},
-    ]
-    await redis.hset(redis_keys.event("evt_old"), "n:convertr", 2)
-    await redis.rpush(redis_keys.attempts("evt_old"), *(json.dumps(a) for a in old))
-    await redis.zadd(redis_keys.dead("convertr"), {"evt_old": 1_700_000_000_000})
-    [row] = json.loads(await cli_list(settings, capsys, as_json=True))
-    assert (row["attempts"], row["status_code"], row["error"], row["excerpt"]) == (
-        2,
-        400,
-        "http_400",
-        "bad lead",
-    )
-
-
 @pytest.mark.parametrize(
     ("text", "width", "shown"),
     [

@@ -1,5 +1,6 @@
-"""Group commit against a real redis-server: concurrent enqueues share one MULTI, each
-caller returns only once its own writes are in Redis, and failures reach every caller."""
+"""Group commit against a real redis-server: concurrent enqueues share one script call,
+each caller returns only once its own writes are in Redis, and failures reach every
+caller."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from collections.abc import Callable
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from relay import redis_keys
-from relay.groupcommit import Batch, GroupCall, GroupCommit
+from relay.groupcommit import GroupCommit
+from relay.scripts import ENQUEUE, Batch
 from relay.store import EventStore, NewEvent
 from tests.events import new_lead
 
@@ -44,22 +46,26 @@ async def test_a_lone_write_goes_at_once_in_its_own_round(redis: Redis) -> None:
     assert (store._commit._rounds, store._commit._largest) == (2, 1)
 
 
+def _commit(redis: Redis) -> GroupCommit:
+    """A group commit of enqueue.lua, for writes of its simplest item (an answer: SET)."""
+    keys = {"index": "{relay}:t:index", "notifications": "{relay}:t:ntf"}
+    return GroupCommit(ENQUEUE.bind(redis), lambda: (keys, {"cutoff_ms": 0, "retention_s": 60}))
+
+
+def _set(key: str, value: str) -> Callable[[Batch], None]:
+    def add(batch: Batch) -> None:
+        batch.add({"answer": batch.key(key), "value": value})
+
+    return add
+
+
 async def test_writes_arriving_during_a_round_go_in_the_next(redis: Redis) -> None:
-    commit = GroupCommit(redis)
-    order: list[str] = []
-
-    def write(name: str) -> Callable[[Batch], None]:
-        def add(pipe: Batch) -> None:
-            order.append(name)
-            pipe.rpush("{relay}:test:order", name)
-
-        return add
-
-    first = asyncio.create_task(commit.submit(write("a")))
+    commit = _commit(redis)
+    first = asyncio.create_task(commit.submit(_set("{relay}:t:a", "a")))
     await asyncio.sleep(0)  # "a" is now on its way
-    later = [asyncio.create_task(commit.submit(write(n))) for n in "bcd"]
+    later = [asyncio.create_task(commit.submit(_set("{relay}:t:last", n))) for n in "bcd"]
     await asyncio.gather(first, *later)
-    assert await redis.lrange("{relay}:test:order", 0, -1) == ["a", "b", "c", "d"]
+    assert await redis.get("{relay}:t:last") == "d"  # in the order they came
     assert (commit._rounds, commit._largest) == (2, 3)
 
 
@@ -97,7 +103,8 @@ async def test_a_cancelled_caller_does_not_cancel_the_group(redis: Redis) -> Non
 
 async def test_a_big_group_is_split_without_splitting_a_request(redis: Redis) -> None:
     store = EventStore(redis, retention_s=3600)
-    # 6 requests of 700 events: 4 writes an event, 2,800 a request, so at most 2 a call.
+    # 6 requests of 700 events, and a call takes no more once it has 1,000 items (a
+    # request's are never split): at most 2 requests a call.
     batches = [[lead(i * 700 + j) for j in range(700)] for i in range(6)]
     await asyncio.gather(*(store.enqueue(b) for b in batches))
     assert store._commit._rounds >= 3
@@ -105,61 +112,21 @@ async def test_a_big_group_is_split_without_splitting_a_request(redis: Redis) ->
 
 
 async def test_a_failing_request_fails_its_group_and_the_next_goes_on(redis: Redis) -> None:
-    commit = GroupCommit(redis)
+    commit = _commit(redis)
 
     def broken(batch: Batch) -> None:
         raise RuntimeError("a bug while building")
 
-    def fine(batch: Batch) -> None:
-        batch.rpush("{relay}:test:fine", "x")
-
-    first = asyncio.create_task(commit.submit(fine))
+    first = asyncio.create_task(commit.submit(_set("{relay}:t:1", "x")))
     await asyncio.sleep(0)  # on its way
     results = await asyncio.gather(
-        commit.submit(broken), commit.submit(fine), return_exceptions=True
+        commit.submit(broken), commit.submit(_set("{relay}:t:2", "x")), return_exceptions=True
     )
     await first
     assert isinstance(results[0], RuntimeError)
     assert results[1] is None  # after the broken one: left for the next call, which ran
-    await commit.submit(fine)  # the loop is still alive
-    assert await redis.llen("{relay}:test:fine") == 3
-
-
-async def test_a_batch_names_each_key_once_and_runs_its_writes_in_order(redis: Redis) -> None:
-    commit = GroupCommit(redis)
-
-    def writes(batch: Batch) -> None:
-        batch.rpush("{relay}:t:list", "a")
-        batch.set("{relay}:t:str", "x", ex=60)
-        batch.rpush("{relay}:t:list", "b", b"c")
-        batch.expire("{relay}:t:list", 60)
-        assert batch.keys == ["{relay}:t:list", "{relay}:t:str"]
-
-    await commit.submit(writes)
-    assert await redis.lrange("{relay}:t:list", 0, -1) == ["a", "b", "c"]
-    assert 0 < await redis.ttl("{relay}:t:list") <= 60
-    assert await redis.get("{relay}:t:str") == "x"
-
-
-async def test_a_procedure_op_calls_its_lua_function_with_more_keys(redis: Redis) -> None:
-    # A procedure gets its op: op[2] is its first key's index, later keys via Batch.key.
-    commit = GroupCommit(
-        redis,
-        procedures="""
-procedures.move = function(op)
-  redis.call('RPUSH', KEYS[op[3]], redis.call('LPOP', KEYS[op[2]]) .. op[4])
-end
-""",
-    )
-
-    def writes(batch: Batch) -> None:
-        batch.rpush("{relay}:t:from", "a", "b")
-        batch.call("move", "{relay}:t:from", batch.key("{relay}:t:to"), "!")
-        batch.call("move", "{relay}:t:from", batch.key("{relay}:t:to"), "?")
-
-    await commit.submit(writes)
-    assert await redis.lrange("{relay}:t:to", 0, -1) == ["a!", "b?"]
-    assert not await redis.exists("{relay}:t:from")
+    await commit.submit(_set("{relay}:t:3", "x"))  # the loop is still alive
+    assert await redis.exists("{relay}:t:1", "{relay}:t:2", "{relay}:t:3") == 3
 
 
 def test_the_client_packs_commands_as_redis_py_does() -> None:
@@ -189,50 +156,6 @@ async def test_a_burst_past_the_pool_waits_for_a_connection(redis: Redis) -> Non
     answers = await asyncio.gather(*(redis.blpop(["{relay}:t:none"], 0.2) for _ in range(many)))
     assert answers == [None] * many
     assert redis.connection_pool.max_connections == MAX_CONNECTIONS
-
-
-_ECHO = """
-redis.call('RPUSH', KEYS[1], ARGV[1])
-return {KEYS[1], ARGV[1], redis.call('LLEN', KEYS[1])}
-"""
-
-
-async def test_concurrent_calls_share_a_round_trip_and_get_their_own_answers(
-    redis: Redis,
-) -> None:
-    calls = GroupCall(redis, _ECHO, keys=1)
-    first = asyncio.create_task(calls.call(["{relay}:t:0"], ["v0"]))
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)  # the first call is on its way to Redis now
-    rest = await asyncio.gather(
-        *(calls.call([f"{{relay}}:t:{i % 2}"], [f"v{i}"]) for i in range(1, 10))
-    )
-    answers = [await first, *rest]
-    # The first went alone; the nine that came while it was in flight went together.
-    assert calls._rounds == 2
-    assert calls._largest == 9
-    assert [a[1] for a in answers] == [f"v{i}" for i in range(10)]
-    assert answers[-1] == ["{relay}:t:1", "v9", 5]  # run in order: the fifth on its list
-    assert await redis.lrange("{relay}:t:0", 0, -1) == ["v0", "v2", "v4", "v6", "v8"]
-
-
-async def test_a_call_that_raises_fails_its_group_only(redis: Redis) -> None:
-    calls = GroupCall(redis, _ECHO, keys=1)
-    await redis.set("{relay}:t:str", "not a list")
-    first = asyncio.create_task(calls.call(["{relay}:t:a"], ["x"]))
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    rest = await asyncio.gather(
-        calls.call(["{relay}:t:a"], ["y"]),
-        calls.call(["{relay}:t:str"], ["z"]),  # RPUSH on a string: the script stops
-        return_exceptions=True,
-    )
-    assert (await first)[1] == "x"
-    assert all(isinstance(r, ResponseError) and "WRONGTYPE" in str(r) for r in rest)
-    # The next group goes through.
-    assert (await calls.call(["{relay}:t:a"], ["w"]))[1] == "w"
-    with pytest.raises(ValueError, match="expected 1 keys"):
-        await calls.call([], ["w"])
 
 
 async def test_an_event_record_stays_a_compact_hash(redis: Redis) -> None:

@@ -20,11 +20,40 @@ from redis.asyncio import Redis
 from relay import redis_keys
 from relay.connect import redis_client
 from relay.ratelimit import FULL_POLL_S, LOCAL_BURST, RateLimiter, local_limiter
+from relay.scripts import SETTLE
 from relay.settings import RateLimit
 from tests.redis_server import RedisServer
 
 DEST = "convertr"
 T0 = 1_700_000_000_000  # a plausible epoch ms for the simulated clock
+
+
+async def _answered(
+    redis: Redis,
+    sent: Sequence[str] = (),
+    *,
+    pause_ms: int = 0,
+    now_ms: int | None = None,
+    dest: str = DEST,
+) -> None:
+    """What settle.lua does for the rate limit when a request's answer comes: its ids in
+    the log dated now, and a 429's pause (a settlement of no events)."""
+    settle = SETTLE.bind(redis)
+    batch = settle.batch()
+    item = {
+        "destination": dest,
+        "holder": "h",
+        "stream": batch.key(redis_keys.queue(dest)),
+        "leases": batch.key(redis_keys.inflight(dest)),
+        "events": [],
+        "rate": batch.key(redis_keys.rate(dest)),
+        "sent": list(sent),
+    }
+    if pause_ms:
+        item |= {"pause": batch.key(redis_keys.paused(dest)), "pause_ms": pause_ms}
+    batch.add(item)
+    keys = {"health": redis_keys.HEALTH, "notifications": "{relay}:q:_hooks"}
+    await settle(batch, keys=keys, args={"now_ms": now_ms or "", "retention_s": 60})
 
 
 def worst_window(admitted_ms: Sequence[int], period_ms: int) -> int:
@@ -160,14 +189,14 @@ async def test_a_request_in_flight_counts_until_a_period_after_its_answer(
     assert await limiter.acquire(DEST, limit, request_id="b", now_ms=T0 + 10, hold_ms=hold) == 0.0
     # Long after both admissions, both still in flight: full, ask again shortly.
     assert await limiter.acquire(DEST, limit, now_ms=T0 + 5_000, hold_ms=hold) == FULL_POLL_S
-    await limiter.answered(DEST, ["a"], now_ms=T0 + 5_100)
+    await _answered(redis, ["a"], now_ms=T0 + 5_100)
     # "a" reached the upstream at the latest at +5.1 s: its slot frees at +6.1 s.
     assert await limiter.acquire(DEST, limit, now_ms=T0 + 6_000, hold_ms=hold) == 0.1
     assert (
         await limiter.acquire(DEST, limit, request_id="c", now_ms=T0 + 6_100, hold_ms=hold) == 0.0
     )
     # Answering an id that already left the log (or never was in it) adds nothing.
-    await limiter.answered(DEST, ["a", "never"], now_ms=T0 + 6_200)
+    await _answered(redis, ["a", "never"], now_ms=T0 + 6_200)
     assert await redis.zcard(redis_keys.rate(DEST)) == 2  # b and c, both in flight
     # A worker that died mid-request: its entry ages out a period after its hold.
     assert await limiter.acquire(DEST, limit, now_ms=T0 + 31_009, hold_ms=hold) == 0.001
@@ -180,15 +209,12 @@ async def test_pause_holds_every_worker_and_keeps_the_later(
     one, two = RateLimiter(redis), RateLimiter(other_redis)
     limit = RateLimit(100, 60.0)
     assert await one.paused_for(DEST) == 0.0
-    await one.pause(DEST, 30)
-    await two.pause(DEST, 2)  # shorter: the 30 s pause stands
+    await _answered(redis, pause_ms=30_000)
+    await _answered(other_redis, pause_ms=2_000)  # shorter: the 30 s pause stands
     assert 29 < await two.paused_for(DEST) <= 30
-    await two.pause("other", 2)
-    await one.pause("other", 40)  # longer: it replaces the 2 s pause
+    await _answered(other_redis, pause_ms=2_000, dest="other")
+    await _answered(redis, pause_ms=40_000, dest="other")  # longer: it replaces the 2 s
     assert 39 < await two.paused_for("other") <= 40
-    await one.pause("third", 0)
-    await one.pause("third", -5)
-    assert await one.paused_for("third") == 0.0
     # acquire() answers with the rest of the pause and records nothing.
     wait = await two.acquire(DEST, limit, now_ms=T0)
     assert 29 < wait <= 30
@@ -205,7 +231,7 @@ async def test_real_clock_limit_and_pause(redis: Redis) -> None:
     assert 0 < wait <= 0.3
     await asyncio.sleep(wait)
     assert await limiter.acquire(DEST, limit) == 0.0
-    await limiter.pause(DEST, 0.15)
+    await _answered(redis, pause_ms=150)
     assert 0.1 < await limiter.acquire(DEST, RateLimit(100, 1.0)) <= 0.15
     await asyncio.sleep(0.16)
     assert await limiter.paused_for(DEST) == 0.0
@@ -213,45 +239,12 @@ async def test_real_clock_limit_and_pause(redis: Redis) -> None:
     assert 0 < await redis.pttl(redis_keys.rate(DEST)) <= 1000
 
 
-async def test_lease_caps_in_flight_and_heals(redis: Redis, other_redis: Redis) -> None:
-    one, two = RateLimiter(redis), RateLimiter(other_redis)
-    ttl = 30_000
-    assert await one.lease(DEST, 2, "a", ttl_ms=ttl, now_ms=T0)
-    assert await two.lease(DEST, 2, "b", ttl_ms=ttl, now_ms=T0 + 10)
-    assert not await two.lease(DEST, 2, "c", ttl_ms=ttl, now_ms=T0 + 20)
-    # Leasing again renews the holder's slot; it does not take a second one.
-    assert await one.lease(DEST, 2, "a", ttl_ms=ttl, now_ms=T0 + 5_000)
-    assert await redis.zcard(redis_keys.inflight(DEST)) == 2
-    await two.release(DEST, "b")
-    await two.release(DEST, "nobody")
-    assert await two.lease(DEST, 2, "c", ttl_ms=ttl, now_ms=T0 + 6_000)
-    assert not await one.lease(DEST, 2, "d", ttl_ms=ttl, now_ms=T0 + 6_000)
-    # "a" crashes without releasing: its lease (renewed at +5 s) lapses at +35 s.
-    assert not await one.lease(DEST, 2, "d", ttl_ms=ttl, now_ms=T0 + 35_000 - 1)
-    assert await one.lease(DEST, 2, "d", ttl_ms=ttl, now_ms=T0 + 35_000)
-    members = await redis.zrange(redis_keys.inflight(DEST), 0, -1)
-    assert sorted(members) == ["c", "d"]
-    # The key lives as long as its longest lease, no longer.
-    assert 0 < await redis.pttl(redis_keys.inflight(DEST)) <= ttl
-    with pytest.raises(ValueError, match="ttl_ms"):
-        await one.lease(DEST, 2, "e", ttl_ms=0)
-
-
-async def test_concurrent_leases_never_exceed_the_cap(redis: Redis, other_redis: Redis) -> None:
-    limiters = [RateLimiter(redis), RateLimiter(other_redis)]
-    taken = await asyncio.gather(
-        *(limiters[i % 2].lease(DEST, 8, f"w{i}", ttl_ms=60_000) for i in range(50))
-    )
-    assert taken.count(True) == 8
-
-
 async def test_keys_carry_the_hash_tag(redis: Redis) -> None:
     limiter = RateLimiter(redis)
     await limiter.acquire(DEST, RateLimit(5, 60.0))
-    await limiter.pause(DEST, 60)
-    await limiter.lease(DEST, 1, "w", ttl_ms=60_000)
+    await _answered(redis, pause_ms=60_000)
     keys = {str(k) for k in await redis.keys("*")}
-    expected = {redis_keys.rate(DEST), redis_keys.paused(DEST), redis_keys.inflight(DEST)}
+    expected = {redis_keys.rate(DEST), redis_keys.paused(DEST)}
     assert keys == expected
     assert all(k.startswith("{relay}:") and k.endswith(f":{DEST}") for k in keys)
 
