@@ -12,9 +12,9 @@ import asyncio
 import logging
 
 from aiolimiter import AsyncLimiter
-from redis.exceptions import RedisError
 
 from relay import redis_keys
+from relay.errors import StoreUnavailable
 from relay.ids import random_base62
 from relay.models import DeliveryStatus
 from relay.ratelimit import RateLimiter, local_limiter
@@ -79,7 +79,7 @@ class Gate:
         raises: the delivery is done, and a request left undated only counts longer."""
         try:
             await self._limiter.answered(destination, sent)
-        except (OSError, RedisError) as exc:
+        except StoreUnavailable as exc:
             log.warning(
                 "could not date %d answered request(s) to %s in the rate log (%s); "
                 "they count as in flight until their hold ends",

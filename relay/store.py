@@ -4,8 +4,9 @@ An accepted event is written in one atomic script call (a group commit, shared
 with concurrent requests; see :mod:`relay.groupcommit`) with everything that makes it
 deliverable: its record (JSON plus a status per destination), its place in
 the time index, and one entry in each destination's stream. Either all of it
-is in Redis when ``enqueue`` returns, or none of it and redis-py's error is
-raised (the API's error middleware answers 503, so that Zapier and n8n retry).
+is in Redis when ``enqueue`` returns, or none of it and StoreUnavailable is
+raised when Redis cannot take it now (the API's error middleware answers 503, so
+that Zapier and n8n retry).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from typing import Any, Literal, cast
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from relay import order, redis_keys
+from relay.errors import StoreUnavailable
 from relay.groupcommit import Batch, GroupCommit
 from relay.hooks import Subscription, notification_records, queue_notifications
 from relay.models import Contact, DeliveryStatus, DestinationView, EventKind, EventView
@@ -213,7 +214,7 @@ class EventStore:
         """Whether Redis answers right now."""
         try:
             return bool(await self._redis.ping())
-        except (RedisError, OSError):
+        except StoreUnavailable:
             return False
 
 

@@ -33,7 +33,8 @@ from redis.asyncio import Redis
 from relay import redis_keys
 from relay.adapters import make_adapter
 from relay.adapters.base import Attempt, Outcome
-from relay.availability import UNAVAILABLE, RedisWatch, Supervisor
+from relay.availability import RedisWatch, Supervisor
+from relay.errors import StoreUnavailable
 from relay.gate import MAX_WAIT_S, Gate
 from relay.heartbeat import Heartbeat
 from relay.hooks import HookStore, notification_records
@@ -227,7 +228,7 @@ class Worker:
                     await asyncio.gather(*self._in_flight, return_exceptions=True)
                 keeper.cancel()
                 await asyncio.wait([keeper], timeout=_STOP_S)
-                with contextlib.suppress(*UNAVAILABLE):
+                with contextlib.suppress(StoreUnavailable):
                     await self._heartbeat.forget()
         log.info("worker stopped: %r", self)
 
@@ -315,7 +316,7 @@ class Worker:
             try:
                 await self._deliver_entries(destination, entries)
                 return
-            except UNAVAILABLE as exc:
+            except StoreUnavailable as exc:
                 pause_s = self._watch.failed(exc)  # the watch logs the outage, once
                 if attempt == _LOCAL_RETRIES:
                     log.warning(
