@@ -28,37 +28,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from redis.exceptions import (
-    ClusterDownError,
-    ConnectionError,
-    OutOfMemoryError,
-    ReadOnlyError,
-    TryAgainError,
-)
-from redis.exceptions import TimeoutError as RedisTimeout
-
 from relay.errors import StoreUnavailable
 
-__all__ = ["UNAVAILABLE", "RedisWatch", "Supervisor"]
+__all__ = ["RedisWatch", "Supervisor"]
 
 log = logging.getLogger("relay.redis")
 loops_log = logging.getLogger("relay.supervisor")
 
 T = TypeVar("T")
-
-#: What a Redis call raises when Redis cannot serve it now: down, restarting, loading,
-#: a replica after a failover, out of memory. Other errors are bugs: they kill the loop,
-#: whose Supervisor logs the traceback and restarts it.
-UNAVAILABLE = (
-    ConnectionError,
-    RedisTimeout,
-    OSError,
-    ReadOnlyError,
-    OutOfMemoryError,
-    ClusterDownError,
-    TryAgainError,
-    StoreUnavailable,
-)
 
 #: While Redis stays away, a reminder this often (seconds).
 REMIND_EVERY_S = 60.0
@@ -140,7 +117,7 @@ class RedisWatch:
         """False from the first failure until calls have worked for a while."""
         return self._down_since is None
 
-    def failed(self, exc: BaseException) -> float:
+    def failed(self, exc: StoreUnavailable) -> float:
         """Note a call that failed for want of Redis; returns the seconds to wait.
 
         Raises CancelledError when the task is being cancelled: the Redis client can
@@ -176,11 +153,13 @@ class RedisWatch:
 
     async def repeat(self, step: Callable[[], Awaitable[object]], *, every_s: float = 0.0) -> None:
         """``await step()`` again and again, ``every_s`` apart, until cancelled: a loop's
-        body. A step that failed for want of Redis is tried again after the backoff."""
+        body. A step that failed for want of Redis (StoreUnavailable) is tried again
+        after the backoff; any other error is a bug and ends the loop (its Supervisor
+        logs the traceback and starts it again)."""
         while True:
             try:
                 await step()
-            except UNAVAILABLE as exc:
+            except StoreUnavailable as exc:
                 await asyncio.sleep(self.failed(exc))
                 continue
             _still_cancelled()  # a cancellation the client swallowed still ends the loop
@@ -192,7 +171,7 @@ class RedisWatch:
         while True:
             try:
                 result = await fn()
-            except UNAVAILABLE as exc:
+            except StoreUnavailable as exc:
                 await asyncio.sleep(self.failed(exc))
                 continue
             self.ok()

@@ -17,11 +17,9 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from relay import __version__
 from relay.commands import admin, delivery, serve
-from relay.errors import ConfigError, RelayError, RequestError
+from relay.errors import ConfigError, RelayError, RequestError, StoreUnavailable
 from relay.models import SCOPES
 from relay.settings import Settings, environment_variables, load_settings
 
@@ -286,12 +284,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for err in exc.errors or [{"loc": [], "msg": exc.detail}]:
             print(f"relay: error: {_flag(err['loc'])}{err['msg']}", file=sys.stderr)
         return 1
+    except StoreUnavailable as exc:
+        where = "RELAY_REDIS_URL" if settings.redis_url else f"embedded, in {settings.data_dir}"
+        print(f"relay: error: {exc} ({where})", file=sys.stderr)
+        return 1
     except RelayError as exc:
         print(f"relay: error: {exc}", file=sys.stderr)
-        return 1
-    except RedisError as exc:
-        where = "RELAY_REDIS_URL" if settings.redis_url else "the embedded Redis"
-        print(f"relay: error: cannot use {where}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

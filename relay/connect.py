@@ -1,22 +1,53 @@
-"""Open the Redis that settings name: ``RELAY_REDIS_URL``, or the embedded server."""
+"""Open the Redis that settings name: ``RELAY_REDIS_URL``, or the embedded server.
+
+The client is the one place where Redis trouble becomes
+:class:`~relay.errors.StoreUnavailable`: a command, a pipeline, a script or a
+pub/sub call that Redis cannot serve now (down, restarting, loading its data,
+a replica after a failover, out of memory, no connection free in the pool)
+raises it, ``from`` redis-py's error and with its text. Everything else that
+Redis answers (WRONGTYPE, BUSYGROUP, NOGROUP, a script's error) rises as
+redis-py raised it: those are for the caller to handle, or bugs.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
+import functools
+import re
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextvars import ContextVar
+from typing import Any, ParamSpec, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.client import Pipeline, PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ConnectionError, RedisError
+from redis.exceptions import (
+    ClusterDownError,
+    ConnectionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from relay.embedded import COMPACT_HASH_VALUE, EmbeddedRedis
 from relay.errors import StoreUnavailable
 from relay.settings import Settings
 
-__all__ = ["MIN_REDIS_VERSION", "check_version", "memory_hint", "redis_client", "redis_for"]
+__all__ = [
+    "MIN_REDIS_VERSION",
+    "RelayRedis",
+    "check_version",
+    "memory_hint",
+    "redis_client",
+    "redis_for",
+]
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 #: XAUTOCLAIM, GETDEL, ZRANGE BYSCORE… first came with Redis 6.2.
 MIN_REDIS_VERSION = (6, 2)
@@ -42,8 +73,8 @@ def redis_client(url: str) -> Redis:
 
     A command that meets a dropped connection (Redis restarted; the pool's
     connections went stale) is sent again on a fresh one, a few times with a
-    short backoff, before the error reaches the caller (503 at the API, a
-    pending entry at the worker). At most MAX_CONNECTIONS are open; past that a
+    short backoff, before the error reaches the caller as StoreUnavailable (503
+    at the API, a pending entry at the worker). At most MAX_CONNECTIONS are open; past that a
     command waits its turn.
     """
     pool = BlockingConnectionPool.from_url(
@@ -62,7 +93,7 @@ def redis_client(url: str) -> Redis:
         pool.connection_class = type(
             pool.connection_class.__name__, (_HiredisPacking, pool.connection_class), {}
         )
-    return Redis.from_pool(pool)
+    return RelayRedis.from_pool(pool)
 
 
 class _HiredisPacking:
@@ -76,11 +107,99 @@ class _HiredisPacking:
         return packed
 
 
+#: What redis-py raises when Redis cannot serve a call now. A ConnectionError is also
+#: a refused or dropped connection, no connection free in the pool within its wait
+#: ("No connection available."), and Redis loading its data at start (BusyLoadingError).
+_UNAVAILABLE: tuple[type[Exception], ...] = (
+    ConnectionError,
+    RedisTimeout,
+    OSError,  # a socket's own error, should redis-py let one through
+    ReadOnlyError,  # a replica, after a failover
+    OutOfMemoryError,  # a write refused at maxmemory
+    ClusterDownError,
+    TryAgainError,
+)
+#: The same said by an error reply that redis-py leaves a plain ResponseError: one
+#: that has no class of its own (a script running too long, writes refused because
+#: the last save failed or for want of replicas), or a command's error quoted in the
+#: error of the script that called it (Redis 6: "Error running script (call to
+#: f_...): @user_script:1: @user_script: 1: -OOM command not allowed ...").
+_UNAVAILABLE_REPLY = re.compile(
+    r"(?:^|: -)(?:OOM|READONLY|LOADING|BUSY|MISCONF|NOREPLICAS|MASTERDOWN|CLUSTERDOWN|TRYAGAIN) "
+)
+
+#: Set while a call of the client is under way in this task: an error is translated
+#: once, where it leaves the client, and never inside it, where redis-py's reconnect
+#: Retry must still see its own ConnectionError (a pub/sub resubscribes from within
+#: a reconnect; a pipeline loads its scripts from within ``execute``).
+_IN_CALL: ContextVar[bool] = ContextVar("relay_redis_call", default=False)
+
+
+def _unavailable(exc: Exception) -> bool:
+    if isinstance(exc, _UNAVAILABLE):
+        return True
+    if not isinstance(exc, ResponseError):
+        return False
+    code = getattr(exc, "status_code", None)  # redis-py 8; the text may have lost it
+    return _UNAVAILABLE_REPLY.search(f"{code} {exc}" if code else str(exc)) is not None
+
+
+def _translated(
+    call: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
+    """``call``, raising StoreUnavailable (from redis-py's error) when Redis cannot
+    serve it now."""
+
+    @functools.wraps(call)
+    async def translated(*args: P.args, **kwargs: P.kwargs) -> T:
+        if _IN_CALL.get():
+            return await call(*args, **kwargs)
+        token = _IN_CALL.set(True)
+        try:
+            return await call(*args, **kwargs)
+        except Exception as exc:
+            if not _unavailable(exc):
+                raise
+            raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
+        finally:
+            _IN_CALL.reset(token)
+
+    return translated
+
+
+class _Pipeline(Pipeline):
+    """redis-py's pipeline whose round trips raise StoreUnavailable."""
+
+    execute = _translated(Pipeline.execute)
+    immediate_execute_command = _translated(Pipeline.immediate_execute_command)
+
+
+class _PubSub(PubSub):
+    """redis-py's pub/sub whose commands and reads raise StoreUnavailable."""
+
+    execute_command = _translated(PubSub.execute_command)
+    parse_response = _translated(PubSub.parse_response)
+
+
+class RelayRedis(Redis):
+    """redis-py's client whose calls raise StoreUnavailable when Redis cannot serve
+    them now. Scripts (``register_script``) call ``execute_command`` too, so a NOSCRIPT
+    still reaches redis-py's Script, which loads the script and calls it again."""
+
+    execute_command = _translated(Redis.execute_command)
+
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
+        return _Pipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+
+    def pubsub(self, **kwargs: Any) -> PubSub:
+        return _PubSub(self.connection_pool, event_dispatcher=self._event_dispatcher, **kwargs)
+
+
 async def check_version(redis: Redis) -> str:
     """The server's version; StoreUnavailable when it is older than 6.2 or does not answer."""
     try:
         info = await redis.info("server")
-    except (RedisError, OSError) as exc:
+    except StoreUnavailable as exc:
         raise StoreUnavailable(f"cannot reach Redis: {exc}") from exc
     version = str(info.get("redis_version", "0"))
     parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
@@ -95,7 +214,7 @@ async def memory_hint(redis: Redis) -> str | None:
     try:
         found = await redis.config_get("hash-max-ziplist-value")
         value = int(str(next(iter(found.values()))))
-    except (RedisError, OSError, ValueError, StopIteration):
+    except (StoreUnavailable, ResponseError, ValueError, StopIteration):
         return None
     if value >= COMPACT_HASH_VALUE:
         return None

@@ -4,8 +4,9 @@
 
     RelayError
     ├── ConfigError              relay.toml or the environment is wrong (names the file and key)
-    ├── StoreUnavailable         Redis cannot take or give data right now (API: 503, as for
-    │                            any redis-py error: the stores let those rise unwrapped)
+    ├── StoreUnavailable         Redis cannot take or give data right now (API: 503; the
+    │                            worker waits and retries). redis-py's errors become it in
+    │                            one place, the Redis client of relay.connect
     ├── EmbeddedRedisError       the embedded redis-server would not start
     ├── CannotListen             `relay serve` cannot bind its port (in use, no permission)
     ├── NoAnswer                 an upstream gave no answer (timeout, connection error);
@@ -72,7 +73,10 @@ class ConfigError(RelayError):
 
 
 class StoreUnavailable(RelayError):
-    """Redis did not answer or refused the write; nothing was stored."""
+    """Redis did not answer or refused the write; nothing was stored.
+
+    Raised by the Redis client from redis-py's error (the ``__cause__``:
+    ConnectionError, OutOfMemoryError, ...), with its text."""
 
 
 class EmbeddedRedisError(RelayError):

@@ -16,7 +16,8 @@ from collections.abc import Callable
 
 from redis.asyncio import Redis
 
-from relay.availability import UNAVAILABLE, RedisWatch
+from relay.availability import RedisWatch
+from relay.errors import StoreUnavailable
 
 __all__ = ["listen"]
 
@@ -47,7 +48,7 @@ async def listen(
                 watch.ok()
                 if message is not None and message["type"] == "message":
                     on_message(message["data"])
-        except UNAVAILABLE as exc:
+        except StoreUnavailable as exc:
             pause_s = watch.failed(exc)  # uncached until it is back
         finally:
             on_down()

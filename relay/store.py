@@ -4,9 +4,10 @@ An accepted event is written in one atomic script call (``relay/lua/enqueue.lua`
 group commit shared with concurrent requests; see :mod:`relay.groupcommit`) with
 everything that makes it deliverable: its record (JSON plus a status per
 destination), its place in the time index, and its place in each destination's
-queue: a stream entry, or a place in its contact's order behind an earlier event. Either all of it
-is in Redis when ``enqueue`` returns, or none of it and redis-py's error is
-raised (the API's error middleware answers 503, so that Zapier and n8n retry).
+queue: a stream entry, or a place in its contact's order behind an earlier event.
+Either all of it is in Redis when ``enqueue`` returns, or none of it and
+StoreUnavailable is raised when Redis cannot take it now (the API's error
+middleware answers 503, so that Zapier and n8n retry).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from typing import Any, Literal, cast
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from relay import redis_keys
+from relay.errors import StoreUnavailable
 from relay.groupcommit import GroupCommit
 from relay.hooks import Subscription, notification_items, notification_records
 from relay.models import Contact, DeliveryStatus, DestinationView, EventKind, EventView
@@ -225,7 +226,7 @@ class EventStore:
         """Whether Redis answers right now."""
         try:
             return bool(await self._redis.ping())
-        except (RedisError, OSError):
+        except StoreUnavailable:
             return False
 
 

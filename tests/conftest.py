@@ -26,14 +26,20 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture
-async def own_redis(tmp_path: Path) -> AsyncIterator[Redis]:
-    """A redis-server of this test's own, free to be broken."""
+def own_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, free to be stopped (and started again)."""
     server = RedisServer(tmp_path / "own")
     server.start()
-    redis = redis_client(server.url)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def own_redis(own_server: RedisServer) -> AsyncIterator[Redis]:
+    """A client of the test's own redis-server, free to be broken."""
+    redis = redis_client(own_server.url)
     yield redis
     await redis.aclose()
-    server.stop()
 
 
 @pytest.fixture

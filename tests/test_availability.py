@@ -10,13 +10,14 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError, OutOfMemoryError
+from redis.exceptions import ResponseError
 
 import relay.adapters
 import relay.worker
 from relay.api import create_app
 from relay.availability import RedisWatch, Supervisor
 from relay.commands.serve import in_process_worker
+from relay.errors import StoreUnavailable
 from relay.queue import DeliveryQueue
 from relay.settings import Settings
 from relay.store import EventStore
@@ -27,7 +28,8 @@ from tests.test_delivery_processes import convertr_toml
 
 __all__ = ["fake_convertr"]  # fixture used below
 
-DOWN = ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+#: What the Redis client raises for a refused connection (relay.connect).
+DOWN = StoreUnavailable("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
 
 class Clock:
@@ -75,7 +77,7 @@ def test_some_calls_failing_while_others_work_is_one_outage_not_many(
     caplog.set_level(logging.INFO)
     clock = Clock()
     watch = RedisWatch(clock=clock)
-    refused = OutOfMemoryError("command not allowed when used memory > 'maxmemory'")
+    refused = StoreUnavailable("command not allowed when used memory > 'maxmemory'")
     for _ in range(180):  # 3 min: writes refused every second, reads served in between
         watch.failed(refused)
         clock.now += 0.5
@@ -127,6 +129,25 @@ async def test_start_up_calls_wait_until_redis_answers(caplog: pytest.LogCapture
         "Redis went away",
         "Redis is back",
     ]
+
+
+async def test_only_store_unavailable_is_waited_out() -> None:
+    # Anything else (a WRONGTYPE, a script's error) is a bug: it rises at once, to the
+    # loop's Supervisor, which logs the traceback.
+    calls = 0
+
+    async def wrong() -> str:
+        nonlocal calls
+        calls += 1
+        raise ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+
+    watch = RedisWatch()
+    with pytest.raises(ResponseError):
+        await watch.call(wrong)
+    with pytest.raises(ResponseError):
+        await watch.repeat(wrong)
+    assert calls == 2
+    assert watch.up
 
 
 async def test_a_dying_coroutine_is_restarted_with_one_traceback_a_minute(

@@ -12,8 +12,10 @@ import pytest
 from redis.asyncio import Redis
 
 from relay.cli import _parser, main
-from relay.errors import NotFound
+from relay.commands import delivery
+from relay.errors import NotFound, StoreUnavailable
 from relay.keystore import KeyStore
+from relay.settings import Settings
 from tests.procs import clean_env, relay
 from tests.redis_server import RedisServer, free_port
 
@@ -39,6 +41,22 @@ def test_one_shot_commands_need_redis(tmp_path: Path, command: tuple[str, ...]) 
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("relay: error: cannot reach Redis")
     assert "RELAY_REDIS_URL" in lines[0]
+
+
+def test_redis_lost_during_a_command_is_one_line_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "relay.toml").write_text("")
+    monkeypatch.setenv("RELAY_CONFIG", str(tmp_path / "relay.toml"))
+    monkeypatch.setenv("RELAY_REDIS_URL", "redis://127.0.0.1:1/0")
+    lost = "Error 111 connecting to 127.0.0.1:1. Connection refused."
+
+    async def status(settings: Settings, args: argparse.Namespace) -> int:
+        raise StoreUnavailable(lost)  # as the Redis client raises it, after the check
+
+    monkeypatch.setattr(delivery, "status", status)
+    assert main(["status"]) == 1
+    assert capsys.readouterr().err == f"relay: error: {lost} (RELAY_REDIS_URL)\n"
 
 
 @pytest.mark.slow

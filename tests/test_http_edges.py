@@ -103,6 +103,33 @@ async def test_a_body_shorter_than_its_content_length_is_answered_408_and_closed
     assert await redis.dbsize() == keys_before  # nothing was queued
 
 
+async def test_a_client_that_hangs_up_mid_body_is_one_quiet_line(
+    serve: Serve,
+    make_key: Callable[..., Awaitable[str]],
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Not Redis trouble (no 503 line), and not a bug (no traceback).
+    caplog.set_level(logging.INFO, logger="relay.api")
+    port = await serve()
+    key = await make_key("write:leads")
+    keys_before = await redis.dbsize()
+    _, writer = await _open(port)
+    writer.write(_lead_head(key, **{"Content-Length": "1000"}) + b'{"email": ')  # 10 of 1000
+    await writer.drain()
+    await asyncio.sleep(0.3)  # the server (on this loop) is now reading the body
+    writer.close()
+    said: list[str] = []
+    for _ in range(500):
+        said = [r.getMessage() for r in caplog.records if r.name == "relay.api"]
+        if said:
+            break
+        await asyncio.sleep(0.01)
+    assert said == ["POST /v1/leads: the client hung up mid-body"]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert await redis.dbsize() == keys_before  # nothing was queued
+
+
 async def test_a_chunked_body_that_stalls_is_answered_408_and_closed(
     serve: Serve, make_key: Callable[..., Awaitable[str]], caplog: pytest.LogCaptureFixture
 ) -> None:

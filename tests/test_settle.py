@@ -12,6 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from relay import redis_keys
+from relay.errors import StoreUnavailable
 from relay.models import DeliveryStatus
 from relay.queue import DeliveryQueue, Entry, Result, Settlement
 from relay.store import EventStore, NewEvent
@@ -85,7 +86,7 @@ async def test_a_refused_settle_records_nothing_and_acks_nothing(own_redis: Redi
     await own_redis.config_set("maxmemory", "1")
     try:
         result = _result(entry, DeliveryStatus.delivered, 200)
-        with pytest.raises(Exception, match="maxmemory"):
+        with pytest.raises(StoreUnavailable, match="maxmemory"):
             await _settle(own_redis, "h", result)
     finally:
         await own_redis.config_set("maxmemory", "0")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -191,3 +191,21 @@ async def test_every_route_is_503_while_redis_is_down(
     assert (await client.get("/readyz")).status == 503
     assert (await client.get("/healthz")).status == 200
     _assert_logged_without_traceback(caplog, len(routes))
+
+
+async def test_any_other_redis_error_is_a_bug_not_an_outage(
+    client: TestClient[Any, Any],
+    redis: Redis,
+    make_key: Callable[..., Awaitable[str]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A 503 would have the client retry what can never work; a 500 and a traceback
+    # in the log say that relay needs fixing.
+    key = await make_key("read:events")
+    await redis.set(redis_keys.EVENTS_INDEX, "not a sorted set")
+    resp = await client.get("/v1/events", headers={"X-API-Key": key})
+    assert resp.status == 500, await resp.text()
+    assert (await resp.json())["type"] == "/problems/internal-error"
+    (logged,) = [r for r in caplog.records if r.name == "relay.api" and r.exc_info]
+    assert logged.exc_info is not None
+    assert "WRONGTYPE" in str(logged.exc_info[1])

@@ -1,9 +1,11 @@
 """The one place where errors become HTTP answers: RFC 9457 problem JSON.
 
-Redis trouble is translated here and nowhere else: ``StoreUnavailable``, any
-redis-py error (a refused write such as OOM or READONLY, a dropped or refused
-connection, a timeout) and the OS errors of its sockets all answer 503 with
-``Retry-After``, so no route can turn a Redis outage into a 500.
+A Redis that cannot serve a request now reaches here as ``StoreUnavailable``
+(the Redis client raises it for a refused write such as OOM or READONLY, a
+dropped or refused connection, a timeout: relay.connect) and answers 503 with
+``Retry-After``, so no route can turn a Redis outage into a 500. Any other
+Redis error (WRONGTYPE, a script's error) is a bug: a 500, with its traceback
+in the log.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from relay.api.state import SETTINGS
 from relay.errors import FieldError, MalformedBody, RequestError, StoreUnavailable
@@ -111,9 +112,10 @@ def _from_http(exc: web.HTTPException, request: web.Request) -> web.Response:
     return problem(exc.status, title, detail, slug=slug, errors=errors, headers=kept)
 
 
-def _unavailable(exc: BaseException, request: web.Request) -> web.Response:
+def _unavailable(exc: StoreUnavailable, request: web.Request) -> web.Response:
     """503: Redis cannot take or give data now; one log line, no traceback (not a bug)."""
-    log.warning("503 %s %s: %s: %s", request.method, request.path, type(exc).__name__, exc)
+    what = type(exc.__cause__ or exc).__name__  # redis-py's: ConnectionError, OutOfMemoryError
+    log.warning("503 %s %s: %s: %s", request.method, request.path, what, exc)
     if request.method in ("GET", "HEAD"):
         detail = "relay cannot read its data right now (Redis is unavailable); retry later"
     else:
@@ -137,12 +139,16 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         response: web.StreamResponse = await handler(request)
     except RequestError as exc:
         return from_request_error(exc)
-    except (StoreUnavailable, RedisError, OSError) as exc:
+    except StoreUnavailable as exc:
         return _unavailable(exc, request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         return _from_http(exc, request)
+    except ConnectionResetError:  # the client hung up before its body was all there
+        # (Redis's sockets are not it: the Redis client raises StoreUnavailable.)
+        log.info("%s %s: the client hung up mid-body", request.method, request.path)
+        return problem(400, "Bad request", "the connection was lost", slug="bad-request")
     except web.RequestPayloadError as exc:  # aiohttp could not decode the body (a bad gzip)
         reason = parser_reason(str(exc))
         log.warning(

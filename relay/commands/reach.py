@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from redis.asyncio import Redis
 
 from relay.connect import check_version, redis_for
-from relay.errors import StoreUnavailable
 from relay.settings import Settings
 
 __all__ = ["reach_redis"]
@@ -19,13 +18,9 @@ async def reach_redis(settings: Settings) -> AsyncIterator[Redis]:
     """The configured Redis, checked before the command does anything.
 
     A Redis that cannot be reached (or is older than 6.2) is a StoreUnavailable
-    here, which the CLI prints as one line with exit status 1, so that no command
-    answers "nothing there" without having looked.
+    here, which the CLI prints as one line naming the Redis, with exit status 1, so
+    that no command answers "nothing there" without having looked.
     """
     async with redis_for(settings) as redis:
-        try:
-            await check_version(redis)
-        except StoreUnavailable as exc:
-            where = "RELAY_REDIS_URL" if settings.redis_url else f"embedded, in {settings.data_dir}"
-            raise StoreUnavailable(f"{exc} ({where})") from exc
+        await check_version(redis)
         yield redis
