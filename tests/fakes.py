@@ -85,6 +85,9 @@ class _Fake:
     def __init__(self) -> None:
         #: Every request, in arrival order.
         self.requests: list[Recorded] = []
+        #: Requests being answered now, and the most there ever were at once.
+        self.in_flight = 0
+        self.most_at_once = 0
         self._scripts: deque[_Scripted] = deque()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -141,6 +144,16 @@ class _Fake:
             parsed,
         )
         self.requests.append(recorded)
+        self.in_flight += 1
+        self.most_at_once = max(self.most_at_once, self.in_flight)
+        try:
+            return await self._answer(request, handler, recorded)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(
+        self, request: web.Request, handler: Handler, recorded: Recorded
+    ) -> web.StreamResponse:
         if self._scripts:
             step = self._scripts[0]
             step.times -= 1

@@ -12,10 +12,12 @@ from redis.asyncio import Redis
 
 from relay import redis_keys
 from relay.connect import redis_client
+from relay.hooks import HookStore
 from relay.queue import DeliveryQueue
 from relay.settings import Settings
 from relay.store import EventStore
 from relay.worker import Worker
+from tests.events import new_lead
 from tests.fakes import (
     CONVERTR_API_KEY,
     CONVEYOUR_TOKEN,
@@ -372,3 +374,56 @@ async def test_conveyour_batches_and_falls_back_to_single_sends(
         view = await store.get(event_id)
         assert view is not None
         assert view.status == "delivered"
+
+
+@pytest.mark.parametrize("path", ["webhook", "rate-limited", "batch", "notifications"])
+async def test_max_in_flight_holds_on_every_path(
+    path: str,
+    redis_server: Any,
+    redis: Redis,
+    make_settings: Callable[..., Settings],
+) -> None:
+    # Two workers with room for 16 requests each, a slow upstream, a cap of 3: the
+    # upstream never has more than 3 requests of the destination open at once.
+    async with FakeReceiver() as receiver, FakeConveyour() as conveyour:
+        receiver.script(delay_s=0.1, times=1000)
+        conveyour.script(delay_s=0.1, times=1000)
+        webhook = (
+            f'type = "webhook"\nurl = "{receiver.url}/crm"\n'
+            'secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"'
+        )
+        dest = {
+            "webhook": webhook,
+            "rate-limited": webhook + '\nrate_limit = "500/s"',
+            "batch": (
+                f'type = "conveyour"\nbase_url = "{conveyour.url}"\n'
+                f'token = "{CONVEYOUR_TOKEN}"\nbatch_size = 2'
+            ),
+            "notifications": webhook + "\nenabled = false",
+        }[path]
+        settings = make_settings(f"""
+[destinations.d]
+{dest}
+events = ["lead"]
+max_in_flight = 3
+[hooks]
+allow_private_targets = true
+max_in_flight = 3
+""")
+        if path == "notifications":
+            await HookStore(redis).create(
+                key_id="k", event="lead.received", target_url=f"{receiver.url}/hook"
+            )
+        store = EventStore(redis, retention_s=60)
+        subscribers = await HookStore(redis).matching("lead.received")
+        events = [new_lead(f"p{i}@example.com", "d") for i in range(24)]
+        await store.enqueue(events, subscribers=subscribers)
+        other = redis_client(redis_server.url)
+        try:
+            workers = [Worker(settings, redis=r, concurrency=16) for r in (redis, other)]
+            await asyncio.wait_for(asyncio.gather(*(w.run(drain=True) for w in workers)), 30)
+        finally:
+            await other.aclose()
+        fake = conveyour if path == "batch" else receiver
+        assert len(fake.requests) == (12 if path == "batch" else 24)
+        assert fake.most_at_once == 3, fake.most_at_once

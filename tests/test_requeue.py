@@ -1,0 +1,59 @@
+"""move_due.lua and replay.lua on their own, against a real redis-server: retries come
+back when due, dead letters when replayed, each once."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from relay import redis_keys
+from relay.models import DeliveryStatus
+from relay.queue import DeliveryQueue
+from relay.store import EventStore
+from tests.events import new_lead, settle_next
+
+DEST = "crm"
+
+
+async def test_due_retries_come_back_in_one_step_each_once(redis: Redis) -> None:
+    queue = DeliveryQueue(redis, retention_s=60)
+    await queue.ensure_group(DEST)
+    sep = redis_keys.RETRY_CONTACT_SEP
+    retries = {"evt_a": 1_000, f"evt_b{sep}c0ffee": 2_000, "evt_c": 3_000, "evt_later": 9_000}
+    await redis.zadd(redis_keys.retries(DEST), retries)
+    # Two due by 3 000 in one call at most (limit), the rest at the next.
+    assert await queue.move_due_retries([DEST, "other"], now_ms=3_000, limit=2) == 2
+    assert await queue.move_due_retries([DEST, "other"], now_ms=3_000, limit=2) == 1
+    assert await queue.move_due_retries([DEST], now_ms=3_000) == 0
+    entries = await queue.read(DEST, "w", count=10, block_ms=1)
+    assert [(e.event, e.contact) for e in entries] == [
+        ("evt_a", None),
+        ("evt_b", "c0ffee"),  # the head of its contact's order: its entry says so again
+        ("evt_c", None),
+    ]
+    assert await redis.zrange(redis_keys.retries(DEST), 0, -1) == ["evt_later"]
+
+
+async def test_a_replay_queues_each_dead_letter_once_with_a_fresh_schedule(
+    redis: Redis,
+) -> None:
+    store, queue = EventStore(redis, retention_s=60), DeliveryQueue(redis, retention_s=60)
+    events = [new_lead(f"p{i}@example.com", DEST) for i in range(3)]
+    await store.enqueue(events)
+    for _ in events:
+        await settle_next(redis, DEST, DeliveryStatus.retrying, {"status": 503})
+    await queue.move_due_retries([DEST])
+    for _ in events:
+        await settle_next(redis, DEST, DeliveryStatus.dead, {"status": 503})
+    gone = events[2].id
+    await redis.delete(redis_keys.event(gone))  # past its retention: nothing left to send
+    assert await queue.replay(DEST, [events[0].id, "evt_never_dead", gone]) == 1
+    assert await queue.replay(DEST, [events[0].id]) == 0  # not a dead letter any more
+    assert await queue.replay(DEST) == 1  # all: the one left that can go
+    raw = await redis.hgetall(redis_keys.event(events[0].id))
+    assert raw["st:crm"] == "pending"
+    assert "r:crm" not in raw  # a fresh schedule
+    assert raw["n:crm"] == "2"  # its attempts stay
+    entries = await queue.read(DEST, "w2", count=10, block_ms=1)
+    assert sorted(e.event for e in entries) == sorted([events[0].id, events[1].id])
+    assert all(e.contact is None for e in entries)  # in no order: a replay goes at once
+    assert await redis.zrange(redis_keys.dead(DEST), 0, -1) == [gone]  # still listed
