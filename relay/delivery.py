@@ -128,11 +128,20 @@ class Deliverer:
             ready = await self._admit(destination, holder, entries, sent)
             if not ready:
                 return
-            attempts = await self._send(destination, ready, sent)
-            settlement = await self._judge(destination, holder, ready, attempts, sent)
-            await self._again(lambda: self._queue.settle(settlement))
-            for result in settlement.results:
-                self.counts[result.status.value] += 1
+            events = [orjson.loads(t.data) for t in ready]
+            attempts = await self._send(destination, events, sent)
+            settlement = await self._judge(destination, holder, ready, events, attempts, sent)
+            words = await self._again(lambda: self._queue.settle(settlement))
+            for result, word in zip(settlement.results, words, strict=True):
+                if word == "settled":
+                    self.counts[result.status] += 1
+                elif word == "late":
+                    log.warning(
+                        "%s: the answer for %s came after this worker's lease on it had "
+                        "lapsed and another worker took it over; recorded, left to that one",
+                        destination,
+                        result.entry.event,
+                    )
         except StoreUnavailable as exc:
             log.warning(
                 "delivery of %s to %s interrupted (%s); left pending, to be claimed again",
@@ -192,11 +201,12 @@ class Deliverer:
                 return
             await asyncio.sleep(min(wait_s, MAX_WAIT_S))
 
-    async def _send(self, destination: str, ready: list[Taken], sent: list[str]) -> list[Attempt]:
+    async def _send(
+        self, destination: str, events: list[dict[str, Any]], sent: list[str]
+    ) -> list[Attempt]:
         """One request with these events (a ConveYour batch when several); one attempt
         each. An adapter that raises (a bug) is an attempt to retry, with its error."""
         adapter = self._adapters[destination]
-        events = [orjson.loads(t.data) for t in ready]
         try:
             if len(events) == 1:
                 return [await adapter.deliver(events[0])]
@@ -209,18 +219,17 @@ class Deliverer:
 
             return await adapter.deliver_batch(events, before_each=before_each)
         except Exception as exc:
-            log.exception(
-                "relay failed to send %s to %s", [t.entry.event for t in ready], destination
-            )
+            log.exception("relay failed to send %s to %s", [e["id"] for e in events], destination)
             note = f"relay could not send it ({type(exc).__name__}: {exc}); will retry"
             failed = Attempt(Outcome.retry, None, 0.0, error=type(exc).__name__, note=note[:500])
-            return [failed] * len(ready)
+            return [failed] * len(events)
 
     async def _judge(
         self,
         destination: str,
         holder: str,
         ready: list[Taken],
+        events: list[dict[str, Any]],
         attempts: list[Attempt],
         sent: list[str],
     ) -> Settlement:
@@ -229,7 +238,7 @@ class Deliverer:
         config = self._configs[destination]
         results, pause_s, unhealthy = [], 0.0, None
         now = time.time()
-        for taken, attempt in zip(ready, attempts, strict=True):
+        for taken, event, attempt in zip(ready, events, attempts, strict=True):
             record = orjson.dumps({"at": now, **attempt.to_dict()})
             credentials = attempt.outcome is Outcome.credentials
             delay_s = None
@@ -260,7 +269,6 @@ class Deliverer:
                 continue
             delivered = attempt.outcome is Outcome.delivered
             status = DeliveryStatus.delivered if delivered else DeliveryStatus.dead
-            event = orjson.loads(taken.data)
             notifications = await self._notifications(destination, event, delivered=delivered)
             results.append(Result(taken.entry, status, record, notifications=notifications))
             if not delivered:

@@ -178,6 +178,8 @@ def notification_records(
     destination: str | None = None,
 ) -> list[tuple[str, bytes]]:
     """``(notification id, record JSON)`` for each subscription to tell of ``topic``."""
+    if not subscriptions:
+        return []
     now = datetime.now(UTC).isoformat()
     records = []
     for sub in subscriptions:

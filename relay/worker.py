@@ -82,6 +82,7 @@ class Worker:
         "_running",
         "_session",
         "_settings",
+        "_sizes",
         "_stopping",
         "_waiting",
         "_watch",
@@ -127,6 +128,10 @@ class Worker:
             name: deque() for name in self.destinations
         }
         self._running = dict.fromkeys(self.destinations, 0)
+        #: Per destination, how many entries go in one request (ConveYour's batch_size).
+        self._sizes = {
+            name: getattr(self._config(name), "batch_size", 1) for name in self.destinations
+        }
         self._stopping = asyncio.Event()
 
     def __repr__(self) -> str:
@@ -246,20 +251,22 @@ class Worker:
         """Requests of one destination this worker runs at once: no more than its leases."""
         return min(self.concurrency, self._config(destination).max_in_flight)
 
-    async def _read(self, destination: str) -> None:
-        """Read what the stream has new (the first read makes the group), and start it.
-
-        A worker holds (kept claimed, read or under way) at most twice what it may have
-        under way for a destination, so that the next request is ready when one ends,
-        and no more than the rate limit lets go within the visibility window; it reads
-        nothing while the destination is paused (an upstream 429)."""
+    def _most(self, destination: str) -> int:
+        """Entries of one destination this worker holds at most (read, waiting or under
+        way): twice what it may run at once, so that the next request is ready when one
+        ends, and no more than the rate limit lets go within the visibility window."""
         assert self._deliverer is not None
-        config = self._config(destination)
-        size = getattr(config, "batch_size", 1)
-        most = 2 * self._cap(destination) * size
-        if (limit := config.rate_limit) is not None:
+        most = 2 * self._cap(destination) * self._sizes[destination]
+        if (limit := self._config(destination).rate_limit) is not None:
             window_s = self._deliverer.lease_ms(destination) / 1000
             most = max(1, min(most, int(limit.count * window_s / limit.period_s)))
+        return most
+
+    async def _read(self, destination: str) -> None:
+        """Read what the stream has new (the first read makes the group), and start it:
+        in chunks, up to what the worker may hold (:meth:`_most`), and nothing while the
+        destination is paused (an upstream 429)."""
+        most = self._most(destination)
         room = most - len(self._held[destination])
         if room < max(1, most // 2):  # read in chunks: wait for deliveries to end
             self._free.clear()
@@ -294,11 +301,11 @@ class Worker:
         assert self._deliverer is not None
         await self._queue.move_due_retries(self.destinations)
         for name in self.destinations:
+            room = self._most(name) - len(self._held[name])
+            if room <= 0:
+                continue
             claimed = await self._queue.claim_stale(
-                name,
-                self._consumer,
-                min_idle_ms=self._deliverer.lease_ms(name),
-                count=self._cap(name),
+                name, self._consumer, min_idle_ms=self._deliverer.lease_ms(name), count=room
             )
             self._queue_up(name, claimed)
 
@@ -308,7 +315,7 @@ class Worker:
         if not entries:
             return
         self._held[destination].update(e.id for e in entries)
-        size = getattr(self._config(destination), "batch_size", 1)
+        size = self._sizes[destination]
         waiting = self._waiting[destination]
         for i in range(0, len(entries), size):
             group = entries[i : i + size]

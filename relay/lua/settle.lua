@@ -51,6 +51,15 @@ local function next_of_contact(e, stream)
   end
 end
 
+-- Commands that take many arguments are sent once per key, at the end: acks per stream,
+-- leases given back per zset, deliveries counted per minute, destinations healthy again.
+local acks, releases, delivered, healthy = {}, {}, {}, {}
+local function add(tbl, key, value)
+  local list = tbl[key]
+  if not list then list = {}; tbl[key] = list end
+  list[#list + 1] = value
+end
+
 local out = {}
 for i, item in ipairs(items) do
   local dest, stream = item.destination, KEYS[item.stream]
@@ -58,50 +67,61 @@ for i, item in ipairs(items) do
   out[i] = words
   for j, e in ipairs(item.events) do
     local key = KEYS[e.event]
-    if redis.call('EXISTS', key) == 0 then
+    local holder = redis.call('HGET', key, HOLDER .. dest)
+    if holder == item.holder then
+      local n = redis.call('HINCRBY', key, ATTEMPTS .. dest, 1)
+      redis.call('HSET', key, STATUS .. dest, e.status, RECORD .. dest .. ':' .. n, e.record)
+      redis.call('HDEL', key, HOLDER .. dest)
+      if e.spend then redis.call('HINCRBY', key, RETRIES .. dest, 1) end
+      if e.status == RETRYING then
+        redis.call('ZADD', KEYS[e.retry], e.at, e.member)
+      else
+        if e.status == DEAD then
+          redis.call('ZADD', KEYS[e.dead], now, e.id)
+        elseif e.status == DELIVERED then
+          add(delivered, e.minute, 1)
+          healthy[dest] = true
+        end
+        next_of_contact(e, stream)
+      end
+      for _, ntf in ipairs(e.notify or {}) do
+        local record = KEYS[ntf.notify]
+        redis.call('HSET', record, DATA, ntf.data, STATUS .. NOTIFICATIONS, PENDING)
+        redis.call('EXPIRE', record, retention_s)
+        redis.call('XADD', notifications, '*', ENTRY_EVENT, ntf.id)
+      end
+      add(acks, item.stream, e.entry)
+      words[j] = 'settled'
+    elseif not holder and redis.call('EXISTS', key) == 0 then
       next_of_contact(e, stream)
-      redis.call('XACK', stream, GROUP, e.entry)
-      redis.call('XDEL', stream, e.entry)
+      add(acks, item.stream, e.entry)
       words[j] = 'gone'
     else
       local n = redis.call('HINCRBY', key, ATTEMPTS .. dest, 1)
       redis.call('HSET', key, RECORD .. dest .. ':' .. n, e.record)
       words[j] = 'late'
-      if redis.call('HGET', key, HOLDER .. dest) == item.holder then
-        words[j] = 'settled'
-        redis.call('HSET', key, STATUS .. dest, e.status)
-        redis.call('HDEL', key, HOLDER .. dest)
-        if e.spend then redis.call('HINCRBY', key, RETRIES .. dest, 1) end
-        if e.status == RETRYING then
-          redis.call('ZADD', KEYS[e.retry], e.at, e.member)
-        else
-          if e.status == DEAD then
-            redis.call('ZADD', KEYS[e.dead], now, e.id)
-          elseif e.status == DELIVERED then
-            redis.call('INCR', KEYS[e.minute])
-            redis.call('EXPIRE', KEYS[e.minute], DELIVERED_MINUTE_TTL_S)
-            redis.call('HDEL', health, dest)
-          end
-          next_of_contact(e, stream)
-        end
-        for _, ntf in ipairs(e.notify or {}) do
-          local record = KEYS[ntf.notify]
-          redis.call('HSET', record, DATA, ntf.data, STATUS .. NOTIFICATIONS, PENDING)
-          redis.call('EXPIRE', record, retention_s)
-          redis.call('XADD', notifications, '*', ENTRY_EVENT, ntf.id)
-        end
-        redis.call('XACK', stream, GROUP, e.entry)
-        redis.call('XDEL', stream, e.entry)
-      end
     end
   end
-  redis.call('ZREM', KEYS[item.leases], item.holder)
+  add(releases, item.leases, item.holder)
   for _, id in ipairs(item.sent or {}) do
     redis.call('ZADD', KEYS[item.rate], 'XX', now, id)
   end
   if item.pause_ms and redis.call('PTTL', KEYS[item.pause]) < item.pause_ms then
     redis.call('SET', KEYS[item.pause], '1', 'PX', item.pause_ms)
   end
-  if item.unhealthy then redis.call('HSET', health, dest, item.unhealthy) end
+  if item.unhealthy then
+    redis.call('HSET', health, dest, item.unhealthy)
+    healthy[dest] = nil  -- the later answer counts
+  end
 end
+for k, ids in pairs(acks) do
+  redis.call('XACK', KEYS[k], GROUP, unpack(ids))
+  redis.call('XDEL', KEYS[k], unpack(ids))
+end
+for k, holders in pairs(releases) do redis.call('ZREM', KEYS[k], unpack(holders)) end
+for k, ones in pairs(delivered) do
+  redis.call('INCRBY', KEYS[k], #ones)
+  redis.call('EXPIRE', KEYS[k], DELIVERED_MINUTE_TTL_S)
+end
+for dest in pairs(healthy) do redis.call('HDEL', health, dest) end
 return out

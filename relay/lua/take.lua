@@ -77,13 +77,20 @@ if paused > 0 then
 end
 
 redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
-local leased = {}
+local count, leased = redis.call('ZCARD', leases), {}
 for _, i in ipairs(going) do
   local holder = items[i].holder
   if leased[holder] == nil then
-    leased[holder] = redis.call('ZSCORE', leases, holder) ~= false
-      or redis.call('ZCARD', leases) < cap
-    if leased[holder] then redis.call('ZADD', leases, now + lease_ms, holder) end
+    -- A holder that has a lease renews it; a new one needs a free place.
+    if count < cap then
+      count = count + redis.call('ZADD', leases, now + lease_ms, holder)
+      leased[holder] = true
+    elseif redis.call('ZSCORE', leases, holder) then
+      redis.call('ZADD', leases, now + lease_ms, holder)
+      leased[holder] = true
+    else
+      leased[holder] = false
+    end
   end
   if leased[holder] then
     redis.call('HSET', KEYS[items[i].event], status_field, DELIVERING, holder_field, holder)
