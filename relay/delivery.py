@@ -22,6 +22,7 @@ stay pending and are claimed again after the visibility window.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import math
@@ -125,14 +126,18 @@ class Deliverer:
         """Deliver one request: ``entries`` go together under ``holder``'s lease."""
         sent: list[str] = []  # its requests' ids in the rate log
         try:
-            ready = await self._admit(destination, holder, entries, sent)
-            if not ready:
+            ready, gone = await self._admit(destination, holder, entries, sent)
+            if ready:
+                events = [orjson.loads(t.data) for t in ready]
+                attempts = await self._send(destination, events, sent)
+                settlement = await self._judge(destination, holder, ready, events, attempts, sent)
+            elif gone:  # nothing to send: their entries acked, their contacts' next go
+                settlement = Settlement(destination, holder, ())
+            else:
                 return
-            events = [orjson.loads(t.data) for t in ready]
-            attempts = await self._send(destination, events, sent)
-            settlement = await self._judge(destination, holder, ready, events, attempts, sent)
+            settlement = dataclasses.replace(settlement, expired=gone)
             words = await self._again(lambda: self._queue.settle(settlement))
-            for result, word in zip(settlement.results, words, strict=True):
+            for result, word in zip(settlement.results, words[len(gone) :], strict=True):
                 if word == "settled":
                     self.counts[result.status] += 1
                 elif word == "late":
@@ -156,8 +161,9 @@ class Deliverer:
 
     async def _admit(
         self, destination: str, holder: str, entries: Sequence[Entry], sent: list[str]
-    ) -> list[Taken]:
-        """The entries marked delivering under ``holder``'s lease (none: all refused)."""
+    ) -> tuple[list[Taken], list[Entry]]:
+        """The entries marked delivering under ``holder``'s lease (none: all refused),
+        and those whose event expired (to be settled all the same)."""
         config = self._configs[destination]
         take = functools.partial(
             self._queue.take,
@@ -165,16 +171,19 @@ class Deliverer:
             lease_ms=self.lease_ms(destination),
             max_in_flight=config.max_in_flight,
         )
+        gone: list[Entry] = []
         while True:
             if config.rate_limit is not None:
                 await self._rate(destination, sent)
             taken = await self._again(functools.partial(take, [(holder, entries)]))
             ready = [t for t in taken if t.state == "ok"]
             waiting = [t for t in taken if t.state in ("paused", "full")]
+            gone += [t.entry for t in taken if t.state == "gone"]
             if ready or not waiting:
                 if not ready:  # all refused: nothing to send under the rate slot
                     await self._again(lambda: self._limiter.unused(destination, sent))
-                return ready
+                    sent.clear()
+                return ready, gone
             # The rate slot is not held over the wait: it would age out unused.
             await self._again(lambda: self._limiter.unused(destination, sent))
             sent.clear()

@@ -100,6 +100,9 @@ class Settlement:
     pause_ms: int = 0
     #: Why the destination is unhealthy now (its credentials were refused).
     unhealthy: str | None = None
+    #: Entries whose event expired before it was sent (a take found it gone): acked,
+    #: and their contacts' next events go.
+    expired: Sequence[Entry] = ()
 
 
 class DeliveryQueue:
@@ -196,16 +199,8 @@ class DeliveryQueue:
         def writes(batch: Batch) -> None:
             for holder, group in requests:
                 for entry in group:
-                    item: dict[str, Any] = {
-                        "entry": entry.id,
-                        "id": entry.event,
-                        "event": batch.key(redis_keys.event(entry.event)),
-                        "holder": holder,
-                    }
-                    if entry.contact is not None:
-                        item["contact"] = entry.contact
-                        item["list"] = batch.key(redis_keys.order(destination, entry.contact))
-                    batch.add(item)
+                    event = batch.key(redis_keys.event(entry.event))
+                    batch.add({"entry": entry.id, "event": event, "holder": holder})
 
         reply = await self._takes(destination, lease_ms, max_in_flight, now_ms).submit(writes)
         taken = []
@@ -225,7 +220,6 @@ class DeliveryQueue:
         if commit is None:
             keys = {
                 "stream": redis_keys.queue(destination),
-                "heads": redis_keys.heads(destination),
                 "leases": redis_keys.inflight(destination),
                 "pause": redis_keys.paused(destination),
             }
@@ -241,8 +235,8 @@ class DeliveryQueue:
     async def settle(self, settlement: Settlement) -> list[str]:
         """Record one request's answer and all that follows from it, and ack its entries,
         atomically (in one script call, shared with other settlements of the moment).
-        For each result: "settled", "late" (another worker took the event over: only the
-        attempt was recorded) or "gone" (the event expired)."""
+        For each expired entry, then each result: "settled", "late" (another worker took
+        the event over: only the attempt was recorded) or "gone" (the event expired)."""
         (words,) = await self._commit.submit(lambda batch: _settle_item(batch, settlement))
         return cast(list[str], words)
 
@@ -385,16 +379,12 @@ def _settle_item(batch: Batch, settlement: Settlement) -> None:
     """Add one settlement to a ``settle.lua`` call being built."""
     dest = settlement.destination
     stream = batch.key(redis_keys.queue(dest))
-    events = []
+    events = [_settle_event(batch, dest, entry) for entry in settlement.expired]
     for result in settlement.results:
         entry = result.entry
-        event: dict[str, Any] = {
-            "entry": entry.id,
-            "id": entry.event,
-            "event": batch.key(redis_keys.event(entry.event)),
-            "status": result.status.value,
-            "record": result.record.decode(),
-        }
+        event = _settle_event(batch, dest, entry)
+        event["status"] = result.status.value
+        event["record"] = result.record.decode()
         if result.spends_step:
             event["spend"] = True
         if result.status is DeliveryStatus.retrying:
@@ -408,10 +398,6 @@ def _settle_item(batch: Batch, settlement: Settlement) -> None:
         elif result.status is DeliveryStatus.delivered:
             minute = int(time.time() // 60)
             event["minute"] = batch.key(redis_keys.delivered_minute(dest, minute))
-        if entry.contact is not None:
-            event["contact"] = entry.contact
-            event["heads"] = batch.key(redis_keys.heads(dest))
-            event["list"] = batch.key(redis_keys.order(dest, entry.contact))
         if result.notifications:
             event["notify"] = notification_items(batch, result.notifications)
         events.append(event)
@@ -432,3 +418,18 @@ def _settle_item(batch: Batch, settlement: Settlement) -> None:
         problem = {"problem": settlement.unhealthy, "since": time.time()}
         item["unhealthy"] = orjson.dumps(problem).decode()
     batch.add(item)
+
+
+def _settle_event(batch: Batch, destination: str, entry: Entry) -> dict[str, Any]:
+    """An event of a ``settle.lua`` item: its entry, and its contact's order when the
+    entry names the contact (the order moves on when it is settled for good)."""
+    event: dict[str, Any] = {
+        "entry": entry.id,
+        "id": entry.event,
+        "event": batch.key(redis_keys.event(entry.event)),
+    }
+    if entry.contact is not None:
+        event["contact"] = entry.contact
+        event["heads"] = batch.key(redis_keys.heads(destination))
+        event["list"] = batch.key(redis_keys.order(destination, entry.contact))
+    return event

@@ -193,7 +193,7 @@ ENQUEUE = Script("enqueue", ("index", "notifications"), ("items", "cutoff_ms", "
 #: Admit stream entries for sending: a lease per request, or why not.
 TAKE = Script(
     "take",
-    ("stream", "heads", "leases", "pause"),
+    ("stream", "leases", "pause"),
     ("items", "destination", "now_ms", "lease_ms", "max_in_flight"),
 )
 #: Record answers, with all that follows from them, and ack the entries.

@@ -106,3 +106,19 @@ async def test_a_dead_head_lets_the_next_go_and_a_retrying_one_does_not(
     queue = DeliveryQueue(redis, retention_s=60)
     await settle_next(redis, DEST, status, {"status": 500}, retry_at_ms=10**13)
     assert list(await _read(queue)) == ([later.id] if status is DeliveryStatus.dead else [])
+
+
+async def test_a_head_that_expired_unsent_lets_its_contact_s_next_event_go(
+    redis: Redis, make_settings: Callable[..., Settings]
+) -> None:
+    async with FakeReceiver() as receiver:
+        settings = make_settings(
+            f'[destinations.{DEST}]\ntype = "webhook"\nurl = "{receiver.url}/crm"\n'
+            'secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"\nevents = ["lead"]\n'
+        )
+        expired, later = await _enqueue(redis, "bob@example.com", "bob@example.com")
+        await redis.delete(redis_keys.event(expired.id))  # past the retention, unsent
+        await asyncio.wait_for(Worker(settings, redis=redis).run(drain=True), 30)
+        assert [r.parsed["id"] for r in receiver.requests] == [later.id]
+    assert await redis.hgetall(redis_keys.heads(DEST)) == {PARKED_FIELD: "0"}
+    assert await redis.xlen(redis_keys.queue(DEST)) == 0

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from relay import redis_keys
 from relay.models import DeliveryStatus
-from relay.queue import DeliveryQueue, Entry, Taken
+from relay.queue import DeliveryQueue, Entry, Settlement, Taken
 from relay.store import EventStore, NewEvent
 from tests.events import new_lead
 
@@ -98,20 +98,23 @@ async def test_a_copy_another_holder_is_sending_is_refused_and_left_to_it(redis:
     assert await _status(redis, entry.event) == ["delivering", "w2-a"]
 
 
-async def test_an_expired_event_is_acked_and_its_contact_s_next_event_goes(redis: Redis) -> None:
+async def test_an_expired_event_is_not_taken_and_its_settle_lets_the_next_go(
+    redis: Redis,
+) -> None:
     queue = DeliveryQueue(redis, retention_s=60)
     await queue.ensure_group(DEST)
     events = _leads("bob@example.com", "bob@example.com")
     await EventStore(redis, retention_s=60).enqueue(events)
     (first,) = await queue.read(DEST, "w", count=100, block_ms=1)
     assert first.contact is not None
-    later_id = events[1].id
     await redis.delete(redis_keys.event(first.event))  # past the retention, unsent
     assert await _take(queue, ("h", [first])) == ["gone"]
+    assert await _pending(redis) == [first.id]  # nothing changed: settling it is next
+    assert await queue.settle(Settlement(DEST, "h", (), expired=[first])) == ["gone"]
     assert await _pending(redis) == []
     (nxt,) = await queue.read(DEST, "w", count=10, block_ms=1)
-    assert (nxt.event, nxt.contact) == (later_id, first.contact)
-    assert await redis.hget(redis_keys.heads(DEST), first.contact) == later_id
+    assert (nxt.event, nxt.contact) == (events[1].id, first.contact)
+    assert await redis.hget(redis_keys.heads(DEST), first.contact) == events[1].id
 
 
 async def test_a_pause_holds_everything_and_changes_nothing(redis: Redis) -> None:

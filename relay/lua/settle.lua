@@ -12,7 +12,8 @@
 --     ids in the rate log KEYS[rate], dated now, their answers' time (see
 --     relay.ratelimit); pause_ms: an upstream 429's Retry-After, set on KEYS[pause]
 --     unless a longer pause is on; unhealthy: why the destination is (credentials)
---   e = {"entry", "id", "event": k, "status", "record", "spend",
+--   e = {"entry", "id", "event": k, "status", "record", "spend",  (an expired event:
+--        "entry", "id", "event" and its contact's order only)
 --        "retry": k, "at", "member",        status retrying: when, in zset KEYS[retry]
 --        "dead": k,                         status dead: the dead letters' zset
 --        "minute": k,                       status delivered: the minute's counter

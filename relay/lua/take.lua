@@ -1,22 +1,21 @@
 -- take: admit stream entries of one destination for sending, or say why not.
 --
--- KEYS: stream, heads, leases, pause, then the items' keys
+-- KEYS: stream, leases, pause, then the items' keys
 -- ARGV: items, destination, now_ms, lease_ms, max_in_flight
 --
 -- stream       the destination's stream (a refused copy is acked and deleted in it)
--- heads        its contacts' heads (see enqueue.lua), for an entry whose event expired
 -- leases       zset: holder -> lease expiry ms, one per request under way (max_in_flight)
 -- pause        marker set by an upstream 429 (settle.lua); its PTTL is the wait
--- items        JSON array: {"entry", "id", "event": k, "holder", "contact", "list": k}
---              the stream entry's id, its event's id and hash KEYS[k], the request it
---              would go in (entries with one holder go together, in one request), and,
---              when the entry names its contact, the contact and its order list
+-- items        JSON array: {"entry", "event": k, "holder"}: the stream entry's id, its
+--              event's hash KEYS[k], and the request it would go in (entries with one
+--              holder go together, in one request)
 -- now_ms       the time, or "" for the server's clock (tests pass one)
 -- lease_ms     how long a lease lasts unless renewed (keep.lua) or given back (settle.lua)
 -- max_in_flight  leases the destination may have at once
 --
 -- Each entry is judged alone first; what is not to be sent is final:
---   {'gone'}   its event expired: the entry is acked (and its contact's next event goes)
+--   {'gone'}   its event expired: nothing to send (settle.lua acks it and lets its
+--              contact's next event go)
 --   {'stray'}  a copy of an event already delivered or dead here: acked
 --   {'busy'}   another holder is sending it under a live lease: left pending, for that
 --              holder to ack when it settles (or to be claimed again if it dies)
@@ -26,7 +25,7 @@
 --
 -- The contact's order needs no check here: only the event that heads its contact has
 -- a stream entry (enqueue.lua, settle.lua), and a replayed dead letter is in no order.
-local stream, heads, leases, pause = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local stream, leases, pause = KEYS[1], KEYS[2], KEYS[3]
 local items, dest = cjson.decode(ARGV[1]), ARGV[2]
 local lease_ms, cap = tonumber(ARGV[4]), tonumber(ARGV[5])
 local now = tonumber(ARGV[3])
@@ -43,18 +42,6 @@ for i, item in ipairs(items) do
     ATTEMPTS .. dest, RETRIES .. dest)
   local data, status, holder = found[1], found[2], found[3]
   if not data then
-    if item.contact and redis.call('HGET', heads, item.contact) == item.id then
-      local next_id = redis.call('LPOP', KEYS[item.list])
-      if next_id then
-        redis.call('HSET', heads, item.contact, next_id)
-        redis.call('HINCRBY', heads, PARKED, -1)
-        redis.call('XADD', stream, '*', ENTRY_EVENT, next_id, ENTRY_CONTACT, item.contact)
-      else
-        redis.call('HDEL', heads, item.contact)
-      end
-    end
-    redis.call('XACK', stream, GROUP, item.entry)
-    redis.call('XDEL', stream, item.entry)
     out[i] = {'gone'}
   elseif status == DELIVERED or status == DEAD then
     redis.call('XACK', stream, GROUP, item.entry)
