@@ -35,6 +35,14 @@ async def _read(queue: DeliveryQueue) -> dict[str, Entry]:
     return {e.event: e for e in await queue.read(DEST, "test", count=100, block_ms=1)}
 
 
+def _webhook(receiver: FakeReceiver) -> str:
+    """relay.toml with the receiver as destination DEST."""
+    return (
+        f'[destinations.{DEST}]\ntype = "webhook"\nurl = "{receiver.url}/crm"\n'
+        'secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"\nevents = ["lead"]\n'
+    )
+
+
 async def _done(redis: Redis) -> Entry:
     """Deliver the next entry of the stream (as a worker would)."""
     return await settle_next(redis, DEST, DeliveryStatus.delivered, {"status": 200})
@@ -78,10 +86,7 @@ async def test_a_contacts_backlog_moves_without_looking_again(
     redis: Redis, make_settings: Callable[..., Settings]
 ) -> None:
     async with FakeReceiver() as receiver:
-        settings = make_settings(
-            f'[destinations.{DEST}]\ntype = "webhook"\nurl = "{receiver.url}/crm"\n'
-            'secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"\nevents = ["lead"]\n'
-        )
+        settings = make_settings(_webhook(receiver))
         events = await _enqueue(redis, *["same@example.com"] * 30, "other@example.com")
         await redis.config_resetstat()
         worker = Worker(settings, redis=redis, concurrency=8)
@@ -112,10 +117,7 @@ async def test_a_head_that_expired_unsent_lets_its_contact_s_next_event_go(
     redis: Redis, make_settings: Callable[..., Settings]
 ) -> None:
     async with FakeReceiver() as receiver:
-        settings = make_settings(
-            f'[destinations.{DEST}]\ntype = "webhook"\nurl = "{receiver.url}/crm"\n'
-            'secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"\nevents = ["lead"]\n'
-        )
+        settings = make_settings(_webhook(receiver))
         expired, later = await _enqueue(redis, "bob@example.com", "bob@example.com")
         await redis.delete(redis_keys.event(expired.id))  # past the retention, unsent
         await asyncio.wait_for(Worker(settings, redis=redis).run(drain=True), 30)
