@@ -1,13 +1,16 @@
-"""Why each dead letter died: its last attempt, for ``relay dlq list`` and ``GET /v1/dead-letters``.
+"""Dead letters: why each died (its last attempt), and replaying them; for ``relay dlq``
+and ``/v1/dead-letters``.
 
-Read in two pipelined round trips per :data:`_CHUNK` dead letters (each event's
-attempt count for the destination, then that attempt's record), never the whole event. The excerpt
-was scrubbed of the destination's secrets when the attempt was recorded
-(:func:`relay.adapters.classify.excerpt`), so nothing here scrubs.
+A list is read in two pipelined round trips per :data:`_CHUNK` dead letters (each
+event's attempt count for the destination, then that attempt's record), never the
+whole event. The excerpt was scrubbed of the destination's secrets when the attempt
+was recorded (:func:`relay.adapters.classify.excerpt`), so nothing here scrubs. A
+replay is ``relay/lua/replay.lua``, a chunk at a time.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 import orjson
@@ -15,10 +18,11 @@ from redis.asyncio import Redis
 
 from relay import redis_keys
 from relay.models import DeadLetter
+from relay.scripts import REPLAY
 
-__all__ = ["list_dead_letters"]
+__all__ = ["list_dead_letters", "replay_dead_letters"]
 
-#: Dead letters read per pipeline.
+#: Dead letters read per pipeline, and replayed per script call.
 _CHUNK = 500
 
 
@@ -66,3 +70,31 @@ async def _explain(
         )
         for (event_id, score), n, attempt in zip(rows, counts, [a or {} for a in last], strict=True)
     ]
+
+
+async def replay_dead_letters(
+    redis: Redis,
+    destination: str,
+    event_ids: list[str] | None = None,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Queue dead letters again (``None``: all of them), each with a fresh retry
+    schedule; their earlier attempts stay on the event. Works in chunks, so replaying
+    100 000 is not one giant script call; ``progress(done, total)`` is called after each.
+    Returns how many were queued (ids that are not dead letters here, or whose event
+    expired, are skipped).
+    """
+    if event_ids is None:
+        event_ids = cast(list[str], await redis.zrange(redis_keys.dead(destination), 0, -1))
+    replay = REPLAY.bind(redis)
+    keys = {"dead": redis_keys.dead(destination), "stream": redis_keys.queue(destination)}
+    done = 0
+    for start in range(0, len(event_ids), _CHUNK):
+        batch = replay.batch()
+        for event_id in event_ids[start : start + _CHUNK]:
+            batch.add({"id": event_id, "event": batch.key(redis_keys.event(event_id))})
+        done += int(await replay(batch, keys=keys, args={"destination": destination}))
+        if progress is not None:
+            progress(done, len(event_ids))
+    return done

@@ -1,4 +1,4 @@
-"""The Redis boundary for deliveries: read, take, settle, keep, retry, replay.
+"""The Redis boundary for deliveries: read, take, settle, keep, retry.
 
 Each destination has a stream that every worker reads through one consumer group.
 Every delivery, whatever it is (a first try, a retry, a replay, a ConveYour batch,
@@ -23,7 +23,7 @@ to it while its deliveries wait.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
@@ -35,12 +35,9 @@ from relay import redis_keys
 from relay.groupcommit import GroupCommit
 from relay.hooks import notification_items
 from relay.models import DeliveryStatus
-from relay.scripts import KEEP, MOVE_DUE, REPLAY, SETTLE, TAKE, Batch
+from relay.scripts import KEEP, MOVE_DUE, SETTLE, TAKE, Batch
 
 __all__ = ["DeliveryQueue", "Entry", "Result", "Settlement", "Taken"]
-
-#: Dead letters replayed per script call.
-_REPLAY_CHUNK = 500
 
 
 class Entry(NamedTuple):
@@ -113,7 +110,6 @@ class DeliveryQueue:
         "_keep",
         "_move_due",
         "_redis",
-        "_replay",
         "_retention_s",
         "_take",
         "_take_commits",
@@ -126,7 +122,6 @@ class DeliveryQueue:
         self._take_commits: dict[tuple[str, int, int, int | None], GroupCommit] = {}
         self._keep = KEEP.bind(redis)
         self._move_due = MOVE_DUE.bind(redis)
-        self._replay = REPLAY.bind(redis)
         #: Deliveries settling at the same time share one script call (relay.groupcommit).
         self._commit = GroupCommit(SETTLE.bind(redis), self._settle_fixed)
 
@@ -325,45 +320,6 @@ class DeliveryQueue:
         """Destinations currently unhealthy: name -> {"problem", "since"}."""
         raw = cast(dict[str, str], await self._redis.hgetall(redis_keys.HEALTH))
         return {name: orjson.loads(value) for name, value in raw.items()}
-
-    async def dead_letters(self, destination: str) -> list[tuple[str, float]]:
-        """(event id, dead-lettered at, unix seconds), oldest first."""
-        rows = await self._redis.zrange(redis_keys.dead(destination), 0, -1, withscores=True)
-        return [(event_id, score / 1000) for event_id, score in cast(list[tuple[str, float]], rows)]
-
-    async def replay(
-        self,
-        destination: str,
-        event_ids: list[str] | None = None,
-        *,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> int:
-        """Queue dead letters again (``None``: all of them), each with a fresh retry
-        schedule; their earlier attempts stay on the event (``relay/lua/replay.lua``).
-        Works in chunks, so replaying 100 000 is not one giant script call;
-        ``progress(done, total)`` is called after each. Returns how many were queued.
-        """
-        ids = (
-            [e for e, _ in await self.dead_letters(destination)] if event_ids is None else event_ids
-        )
-        done = 0
-        for start in range(0, len(ids), _REPLAY_CHUNK):
-            batch = self._replay.batch()
-            for event_id in ids[start : start + _REPLAY_CHUNK]:
-                batch.add({"id": event_id, "event": batch.key(redis_keys.event(event_id))})
-            done += int(
-                await self._replay(
-                    batch,
-                    keys={
-                        "dead": redis_keys.dead(destination),
-                        "stream": redis_keys.queue(destination),
-                    },
-                    args={"destination": destination},
-                )
-            )
-            if progress is not None:
-                progress(done, len(ids))
-        return done
 
 
 def _entries(reply: Any) -> list[Entry]:

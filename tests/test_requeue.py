@@ -6,6 +6,7 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from relay import redis_keys
+from relay.deadletters import replay_dead_letters
 from relay.models import DeliveryStatus
 from relay.queue import DeliveryQueue
 from relay.store import EventStore
@@ -46,9 +47,9 @@ async def test_a_replay_queues_each_dead_letter_once_with_a_fresh_schedule(
         await settle_next(redis, DEST, DeliveryStatus.dead, {"status": 503})
     gone = events[2].id
     await redis.delete(redis_keys.event(gone))  # past its retention: nothing left to send
-    assert await queue.replay(DEST, [events[0].id, "evt_never_dead", gone]) == 1
-    assert await queue.replay(DEST, [events[0].id]) == 0  # not a dead letter any more
-    assert await queue.replay(DEST) == 1  # all: the one left that can go
+    assert await replay_dead_letters(redis, DEST, [events[0].id, "evt_never_dead", gone]) == 1
+    assert await replay_dead_letters(redis, DEST, [events[0].id]) == 0  # not dead any more
+    assert await replay_dead_letters(redis, DEST) == 1  # all: the one left that can go
     raw = await redis.hgetall(redis_keys.event(events[0].id))
     assert raw["st:crm"] == "pending"
     assert "r:crm" not in raw  # a fresh schedule

@@ -15,9 +15,9 @@ import pytest
 from redis.asyncio import Redis
 
 from relay import redis_keys, scripts
+from relay.deadletters import replay_dead_letters
 from relay.hooks import HookStore
 from relay.models import Contact, DeliveryStatus
-from relay.queue import DeliveryQueue
 from relay.scripts import Batch, Script
 from relay.settings import Settings
 from relay.store import EventStore, NewEvent
@@ -184,9 +184,7 @@ allow_private_targets = true
             await store.enqueue(events[:1], remember=("{relay}:idem:key_x:abc", b"{}"))
             await store.enqueue(events[1:])
             await asyncio.wait_for(Worker(settings, redis=redis).run(drain=True), 30)
-            queue = DeliveryQueue(redis, retention_s=60)
-            (dead,) = await queue.dead_letters("crm")
-            assert await queue.replay("crm", [dead[0]]) == 1
+            assert await replay_dead_letters(redis, "crm") == 1
             await asyncio.wait_for(Worker(settings, redis=redis).run(drain=True), 30)
         assert await _event_statuses(store, events) == {"delivered"}
         calls, problems = await _undeclared(redis, lines)

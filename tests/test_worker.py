@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from relay import redis_keys
 from relay.connect import redis_client
+from relay.deadletters import list_dead_letters, replay_dead_letters
 from relay.hooks import HookStore
 from relay.queue import DeliveryQueue
 from relay.settings import Settings
@@ -176,8 +177,7 @@ async def test_rejection_is_dead_lettered_then_replayed(
     )
     event_id = await post_lead({"email": "di@example.com"})
     await drain(relay_settings, redis)
-    queue = DeliveryQueue(redis, retention_s=60)
-    assert [e for e, _ in await queue.dead_letters("convertr")] == [event_id]
+    assert [d.event_id for d in await list_dead_letters(redis, "convertr")] == [event_id]
     view = await EventStore(redis, retention_s=60).get(event_id)
     assert view is not None
     dest = next(d for d in view.destinations if d.name == "convertr")
@@ -185,14 +185,14 @@ async def test_rejection_is_dead_lettered_then_replayed(
     assert "Validation failed" in dest.attempts[0]["excerpt"]
     assert CONVERTR_API_KEY not in str(dest.attempts)
 
-    assert await queue.replay("convertr", [event_id]) == 1
+    assert await replay_dead_letters(redis, "convertr", [event_id]) == 1
     await drain(relay_settings, redis)
     view = await EventStore(redis, retention_s=60).get(event_id)
     assert view is not None
     dest = next(d for d in view.destinations if d.name == "convertr")
     assert dest.status == "delivered"
     assert [a["outcome"] for a in dest.attempts] == ["rejected", "delivered"]
-    assert await queue.dead_letters("convertr") == []
+    assert await list_dead_letters(redis, "convertr") == []
 
 
 async def test_rejected_credentials_keep_the_event_and_mark_unhealthy(

@@ -8,14 +8,13 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from relay import deadletters
 from relay.api.body import read_model
 from relay.api.problems import json_response
 from relay.api.routing import QueryParam, routes
 from relay.api.state import API_KEY, REDIS, SETTINGS
-from relay.deadletters import list_dead_letters as read_dead_letters
 from relay.errors import Forbidden, ValidationFailed
 from relay.models import DeadLetter, Problem, destination_name_schema
-from relay.queue import DeliveryQueue
 
 __all__: list[str] = []
 
@@ -103,7 +102,7 @@ async def list_dead_letters(request: web.Request) -> web.Response:
     rows = [
         letter.model_dump()
         for dest in _destinations(request, request.query.get("destination"), where="query")
-        for letter in await read_dead_letters(request.app[REDIS], dest)
+        for letter in await deadletters.list_dead_letters(request.app[REDIS], dest)
     ]
     return json_response(rows)
 
@@ -135,9 +134,8 @@ async def replay_dead_letters(request: web.Request) -> web.Response:
             "name event_ids to replay, or set all",
             errors=[{"loc": ["body", "event_ids"], "msg": "empty, and all is false"}],
         )
-    settings = request.app[SETTINGS]
-    queue = DeliveryQueue(request.app[REDIS], retention_s=settings.retention_s)
     total = 0
     for dest in _destinations(request, body.destination, where="body"):
-        total += await queue.replay(dest, None if body.all else body.event_ids)
+        ids = None if body.all else body.event_ids
+        total += await deadletters.replay_dead_letters(request.app[REDIS], dest, ids)
     return json_response(Replayed(replayed=total).model_dump())

@@ -22,7 +22,7 @@ from relay.availability import RedisWatch
 from relay.commands.reach import reach_redis
 from relay.commands.text import one_line, terminal_json, width_of
 from relay.connect import check_version, redis_for
-from relay.deadletters import list_dead_letters
+from relay.deadletters import list_dead_letters, replay_dead_letters
 from relay.errors import RelayError
 from relay.heartbeat import live_workers
 from relay.models import DeadLetter
@@ -127,7 +127,6 @@ async def dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
         raise RelayError("name EVENT_IDs to replay, or --all")
     total = 0
     async with reach_redis(settings) as redis:
-        queue = DeliveryQueue(redis, retention_s=settings.retention_s)
         for dest in _destinations(settings, args.destination):
 
             def show(done: int, of: int, dest: str = dest) -> None:
@@ -135,7 +134,7 @@ async def dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
                     print(f"  {dest}: {done}/{of} replayed", file=sys.stderr, flush=True)
 
             ids = None if args.all else list(args.event_ids)
-            done = await queue.replay(dest, ids, progress=show)
+            done = await replay_dead_letters(redis, dest, ids, progress=show)
             total += done
             if done:
                 print(f"{dest}: {done} replayed")
