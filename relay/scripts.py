@@ -9,9 +9,9 @@ declares the same names; loading checks them against the file's ``-- KEYS:`` and
 
     take = TAKE.bind(redis)
     batch = take.batch()
-    item = {"entry": entry_id, "id": event_id, "event": batch.key(redis_keys.event(event_id))}
-    batch.add(item)
-    reply = await take(batch, keys={"stream": ..., ...}, args={"destination": ...})
+    batch.add({"entry": entry_id, "event": batch.key(redis_keys.event(event_id)), "holder": h})
+    keys = {"stream": redis_keys.queue(dest), "leases": ..., "pause": ...}
+    reply = await take(batch, keys=keys, args={"destination": dest, "now_ms": "", ...})
 
 Scripts that work on a list of items (``items`` in ARGV) take the keys of those items
 after their named ones: a :class:`Batch` collects them, each once, and gives the index
