@@ -16,12 +16,15 @@ to a destination with a rate limit or without:
 
 A Redis that fails on the way (``StoreUnavailable``) is waited for and the step tried
 again, a few times; the request is never sent again for it. Past that, the entries
-stay pending and are claimed again after the visibility window.
+stay pending and are claimed again after the visibility window. A request still
+waiting to be sent (for a rate slot, a pause or a free lease) when the worker stops
+gives up waiting: its entries stay pending too, and nothing was sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -57,6 +60,10 @@ MAX_WAIT_S = 1.0
 _LOCAL_RETRIES = 3
 
 
+class _Stopping(Exception):
+    """The worker stops while a request waits to be sent: it gives up, sending nothing."""
+
+
 class Sender(Protocol):
     """What the deliverer needs of an adapter (relay.adapters, relay.notify)."""
 
@@ -84,6 +91,7 @@ class Deliverer:
         "_limiter",
         "_local",
         "_queue",
+        "_stopping",
         "_watch",
         "counts",
     )
@@ -99,8 +107,11 @@ class Deliverer:
         claim_after_s: float,
         limiter: RateLimiter,
         local: dict[str, AsyncLimiter],
+        stopping: asyncio.Event,
     ) -> None:
         self._queue = queue
+        #: Set when the worker stops: requests not sent yet stop waiting.
+        self._stopping = stopping
         self._configs = configs
         self._adapters = adapters
         self._hooks = hooks
@@ -147,6 +158,14 @@ class Deliverer:
                         destination,
                         result.entry.event,
                     )
+        except _Stopping:
+            with contextlib.suppress(StoreUnavailable):  # the slot would age out anyway
+                await self._limiter.unused(destination, sent)
+            log.info(
+                "%s: %s not sent, the worker is stopping; left pending for another worker",
+                destination,
+                ", ".join(e.event for e in entries),
+            )
         except StoreUnavailable as exc:
             log.warning(
                 "delivery of %s to %s interrupted (%s); left pending, to be claimed again",
@@ -174,7 +193,9 @@ class Deliverer:
         gone: list[Entry] = []
         while True:
             if config.rate_limit is not None:
-                await self._rate(destination, sent)
+                await self._rate(destination, sent, stoppable=True)
+            elif self._stopping.is_set():
+                raise _Stopping
             taken = await self._again(functools.partial(take, [(holder, entries)]))
             ready = [t for t in taken if t.state == "ok"]
             waiting = [t for t in taken if t.state in ("paused", "full")]
@@ -188,16 +209,18 @@ class Deliverer:
             await self._again(lambda: self._limiter.unused(destination, sent))
             sent.clear()
             wait_s = max(t.wait_ms for t in waiting) / 1000 or FULL_POLL_S
-            await asyncio.sleep(min(wait_s, MAX_WAIT_S))
+            await self._wait(wait_s, stoppable=True)
             entries = [t.entry for t in waiting]
 
-    async def _rate(self, destination: str, sent: list[str]) -> None:
+    async def _rate(self, destination: str, sent: list[str], *, stoppable: bool) -> None:
         """Wait for a slot under the destination's rate limit (and the end of a pause);
-        the request counts as in flight until its settle dates it (its id in ``sent``)."""
+        the request counts as in flight until its settle dates it (its id in ``sent``).
+        ``stoppable``: nothing of the request is sent yet, so a stop ends the wait."""
         limit = self._configs[destination].rate_limit
         assert limit is not None
-        if destination in self._local:
-            await self._local[destination].acquire()
+        if destination in self._local:  # this process's smoother: may wait a while
+            smoothed = self._local[destination].acquire()
+            await (self._unless_stopped(smoothed) if stoppable else smoothed)
         request_id, hold_ms = random_base62(16), self.lease_ms(destination)
         while True:
             wait_s = await self._again(
@@ -208,7 +231,7 @@ class Deliverer:
             if wait_s <= 0:
                 sent.append(request_id)
                 return
-            await asyncio.sleep(min(wait_s, MAX_WAIT_S))
+            await self._wait(wait_s, stoppable=stoppable)
 
     async def _send(
         self, destination: str, events: list[dict[str, Any]], sent: list[str]
@@ -222,9 +245,9 @@ class Deliverer:
             assert isinstance(adapter, _Batching)
             more = self._configs[destination].rate_limit is not None
 
-            async def before_each() -> None:
+            async def before_each() -> None:  # part of the batch is sent: no stopping
                 if more:
-                    await self._rate(destination, sent)
+                    await self._rate(destination, sent, stoppable=False)
 
             return await adapter.deliver_batch(events, before_each=before_each)
         except Exception as exc:
@@ -305,6 +328,31 @@ class Deliverer:
             mode=event["mode"],
             destination=destination,
         )
+
+    async def _wait(self, seconds: float, *, stoppable: bool) -> None:
+        """Sleep ``seconds`` (at most MAX_WAIT_S: the caller looks again); raise
+        ``_Stopping`` if the worker stops first and ``stoppable``."""
+        sleep = asyncio.sleep(min(seconds, MAX_WAIT_S))
+        await (self._unless_stopped(sleep) if stoppable else sleep)
+
+    async def _unless_stopped(self, waiting: Awaitable[object]) -> None:
+        """Await ``waiting``, unless the worker stops first: then it is cancelled and
+        ``_Stopping`` raised."""
+        if self._stopping.is_set():
+            raise _Stopping
+        task = asyncio.ensure_future(waiting)
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if task.cancelled():
+            raise _Stopping
+        task.result()
 
     async def _again(self, step: Callable[[], Awaitable[T]]) -> T:
         """``await step()``; a Redis error is waited out (the watch logs the outage, once)

@@ -195,6 +195,7 @@ class Worker:
                     for name, config in configs.items()
                     if config.rate_limit is not None
                 },
+                stopping=self._stopping,
             )
             repeat = self._watch.repeat
             loops: dict[str, Callable[[], Awaitable[None]]] = {

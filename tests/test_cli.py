@@ -76,7 +76,8 @@ def test_keys_revoke_takes_a_whole_key_and_never_prints_it(
     listed = json.loads(relay("keys", "list", "--json", cwd=tmp_path, env=env).stdout)
     assert listed[0]["revoked_at"] is not None
     # A key relay never made, and one with a typo: errors that do not echo them.
-    for wrong in ("rly_live_" + "A" * 32, key[:-1] + "x", key[:-3]):
+    typo = key[:-1] + ("y" if key.endswith("x") else "x")  # never the key itself (1 in 62)
+    for wrong in ("rly_live_" + "A" * 32, typo, key[:-3]):
         done = relay("keys", "revoke", wrong, cwd=tmp_path, env=env, check=False)
         assert done.returncode == 1
         assert done.stderr.startswith("relay: error: KEY_ID:"), done.stderr

@@ -427,3 +427,37 @@ max_in_flight = 3
         fake = conveyour if path == "batch" else receiver
         assert len(fake.requests) == (12 if path == "batch" else 24)
         assert fake.most_at_once == 3, fake.most_at_once
+
+
+async def test_stop_ends_the_wait_of_a_request_not_sent_yet(
+    redis: Redis, make_settings: Callable[..., Settings]
+) -> None:
+    # SIGTERM finishes what is in flight; a request still waiting to be sent (here for
+    # the next slot of a 1/min limit) gives up at once, its entry left for another worker.
+    async with FakeReceiver() as receiver:
+        settings = make_settings(f"""
+[destinations.crm]
+type = "webhook"
+url = "{receiver.url}/crm"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+events = ["lead"]
+rate_limit = "1/m"
+""")
+        await EventStore(redis, retention_s=60).enqueue(
+            [new_lead(f"p{i}@example.com", "crm") for i in range(3)]
+        )
+        worker = Worker(settings, redis=redis)
+        task = asyncio.create_task(worker.run())
+        for _ in range(100):
+            if receiver.requests:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)  # the next one is read and waits for the minute to pass
+        started = time.monotonic()
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+        assert time.monotonic() - started < 3
+        assert len(receiver.requests) == 1
+    assert await redis.xlen(redis_keys.queue("crm")) == 2  # still there, to be sent
+    assert await redis.zcard(redis_keys.inflight("crm")) == 0
+    assert await redis.zcard(redis_keys.rate("crm")) == 1  # only the one sent counts
