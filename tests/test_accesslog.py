@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from relay.api.accesslog import AccessLogger
-from relay.cli import LOG_FORMAT
+from relay.logs import TextFormatter
 
 _LINE = re.compile(
     r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO aiohttp\.access: POST /v1/leads 202 1\.5ms"
@@ -58,7 +58,7 @@ async def test_the_layout_is_the_one_logging_gives_every_other_line(
     record = logging.LogRecord(
         "aiohttp.access", logging.INFO, "", 0, "POST /v1/leads 202 1.5ms", (), None
     )
-    theirs = logging.Formatter(LOG_FORMAT).format(record)
+    theirs = TextFormatter().format(record)
     # Same text once the time is set aside (the two were stamped at different moments).
     assert _LINE.fullmatch(ours)
     assert ours.split(" ", 2)[2] == theirs.split(" ", 2)[2]
