@@ -1,8 +1,10 @@
-"""X-Request-ID: taken or made, echoed on every answer, kept on the events."""
+"""X-Request-ID: taken or made, echoed on every answer, kept on the events, and on the log
+lines about the request and about its events' delivery attempts."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -10,11 +12,16 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
 
 from relay.cli import main
+from relay.logs import ContextFilter
 from relay.settings import Settings
+from relay.worker import Worker
+from tests.fakes import FakeReceiver
 
 KeyMaker = Callable[..., Awaitable[str]]
+AppClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 #: What relay makes when the client sent none (or an id it may not keep).
 MADE = re.compile(r"req_[0-9A-Z]{26}")
 
@@ -154,3 +161,34 @@ async def test_events_show_names_the_request(
     assert orjson.loads(capsys.readouterr().out)["request_id"] == "show-1"
     assert await asyncio.to_thread(main, ["events", "show", body["id"]]) == 0
     assert re.search(r"^  request +show-1$", capsys.readouterr().out, re.M)
+
+
+async def test_each_delivery_attempt_is_one_info_line_naming_the_request(
+    make_settings: Callable[..., Settings],
+    app_client: AppClient,
+    make_key: KeyMaker,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.handler.addFilter(ContextFilter())  # as relay.logs.configure sets up
+    caplog.set_level(logging.INFO)
+    async with FakeReceiver() as receiver:
+        settings = make_settings(
+            f'[destinations.crm]\ntype = "webhook"\nurl = "{receiver.url}/hook"\n'
+            'secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"\nretry_schedule = [0.05]\n'
+        )
+        client = await app_client(settings)
+        key = await make_key("write:leads")
+        receiver.script(status=503, body="busy", times=1)
+        _, body = await _lead(client, key, {"email": "ada@example.com"}, **{"X-Request-ID": "d-1"})
+        await asyncio.wait_for(Worker(settings, redis=redis).run(drain=True), 20)
+    lines = [r for r in caplog.records if getattr(r, "outcome", None)]
+    assert [(r.name, r.levelname) for r in lines] == [("relay.worker", "INFO")] * 2
+    assert [r.__dict__["outcome"] for r in lines] == ["retry", "delivered"]
+    assert [r.__dict__["status"] for r in lines] == [503, 200]
+    for record in lines:
+        assert record.__dict__["request_id"] == "d-1"
+        assert record.__dict__["event_id"] == body["id"]
+        assert record.__dict__["destination"] == "crm"
+        assert record.__dict__["duration_ms"] >= 0
+    assert lines[1].getMessage().startswith(f"crm: {body['id']} delivered (200) in ")
