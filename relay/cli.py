@@ -17,16 +17,13 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from relay import __version__
+from relay import __version__, logs
 from relay.commands import admin, delivery, serve
 from relay.errors import ConfigError, RelayError, RequestError, StoreUnavailable
 from relay.models import SCOPES
 from relay.settings import Settings, environment_variables, load_settings
 
 __all__ = ["main"]
-
-#: The layout of every log line (relay.api.accesslog writes the same by hand).
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 log = logging.getLogger("relay")
 
@@ -259,11 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"relay: configuration error:\n{exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=LOG_FORMAT,
-        stream=sys.stderr,
-    )
+    logs.configure(level=settings.log_level, log_format=settings.log_format)
     try:
         if args.command == "serve":
             return serve.serve(settings, args)

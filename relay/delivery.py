@@ -36,8 +36,9 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import orjson
 from aiolimiter import AsyncLimiter
 
-from relay import redis_keys
+from relay import logs, redis_keys
 from relay.adapters.base import Attempt, Outcome
+from relay.attemptlog import log_attempts, request_ids
 from relay.availability import RedisWatch
 from relay.errors import StoreUnavailable
 from relay.hooks import HookStore, notification_records
@@ -134,14 +135,20 @@ class Deliverer:
         return int((self._configs[destination].timeout_s + self._claim_after_s) * 1000)
 
     async def deliver(self, destination: str, holder: str, entries: Sequence[Entry]) -> None:
-        """Deliver one request: ``entries`` go together under ``holder``'s lease."""
+        """Deliver one request: ``entries`` go together under ``holder``'s lease.
+
+        Runs in a task of its own (relay.worker), whose log lines it binds to the request."""
         sent: list[str] = []  # its requests' ids in the rate log
+        logs.bind(destination=destination, event_id=",".join(e.event for e in entries))
         try:
             ready, gone = await self._admit(destination, holder, entries, sent)
             if ready:
                 events = [orjson.loads(t.data) for t in ready]
+                logs.bind(request_id=request_ids(events))
                 attempts = await self._send(destination, events, sent)
                 settlement = await self._judge(destination, holder, ready, events, attempts, sent)
+                # Said before the settle: a settle that fails leaves the attempt made.
+                log_attempts(destination, events, attempts, settlement.results)
             elif gone:  # nothing to send: their entries acked, their contacts' next go
                 settlement = Settlement(destination, holder, ())
             else:

@@ -198,6 +198,11 @@ class EventView(BaseModel):
     mode: KeyMode
     received_at: datetime
     key_id: str
+    request_id: str | None = Field(
+        default=None,
+        description="X-Request-ID of the request that sent it (the client's, or one relay "
+        "made); log lines about the request and the event's delivery attempts name it",
+    )
     payload: Contact
     destinations: list[DestinationView]
 

@@ -352,6 +352,16 @@ class Settings(BaseSettings):
         ),
         AfterValidator(str.upper),
     ] = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    log_format: Annotated[
+        str,
+        AfterValidator(str.lower),
+        _must(lambda v: v in ("text", "json"), "text or json"),
+    ] = Field(
+        "text",
+        description="text (readable lines) or json (one JSON object a line: ts, level, "
+        "logger, msg, and request_id, event_id, destination, status, duration_ms where "
+        "they apply)",
+    )
     #: Destinations by name, in file order.
     destinations: dict[DestinationName, Destination] = {}
     hooks: HooksSettings = HooksSettings()

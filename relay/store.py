@@ -49,6 +49,8 @@ class NewEvent:
     received_at: datetime
     payload: Contact
     destinations: tuple[str, ...]
+    #: X-Request-ID of the request that sent it (every API request has one).
+    request_id: str | None = None
 
     def to_json(self) -> bytes:
         return orjson.dumps(
@@ -60,6 +62,7 @@ class NewEvent:
                 "received_at": self.received_at.isoformat(),
                 "payload": self.payload.model_dump(exclude_none=True, exclude_defaults=True),
                 "destinations": self.destinations,
+                "request_id": self.request_id,
             }
         )
 
@@ -264,6 +267,7 @@ def _view(raw: dict[str, str]) -> EventView | None:
         mode=data["mode"],
         received_at=datetime.fromisoformat(data["received_at"]),
         key_id=data["key_id"],
+        request_id=data.get("request_id"),  # none on events stored before request ids
         payload=Contact.model_validate(data["payload"]),
         destinations=views,
     )

@@ -1,8 +1,10 @@
-"""The access log: the layout of every other log line, written once a loop turn."""
+"""The access log: the layout of every other log line (text or JSON), written once a loop
+turn."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from collections.abc import Iterator
@@ -12,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from relay.api.accesslog import AccessLogger
-from relay.cli import LOG_FORMAT
+from relay.logs import JsonFormatter, TextFormatter
 
 _LINE = re.compile(
     r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO aiohttp\.access: POST /v1/leads 202 1\.5ms"
@@ -27,10 +29,16 @@ def _restore_level() -> Iterator[None]:
     logger.setLevel(level)
 
 
-def _logger(level: int) -> AccessLogger:
+def _logger(level: int, log_format: str = "text") -> AccessLogger:
     logger = logging.getLogger("aiohttp.access")
     logger.setLevel(level)
-    return AccessLogger(logger, "")
+    return AccessLogger(logger, log_format)
+
+
+def _record(message: str, **extra: object) -> logging.LogRecord:
+    record = logging.LogRecord("aiohttp.access", logging.INFO, "", 0, message, (), None)
+    record.__dict__.update(extra)
+    return record
 
 
 async def test_lines_are_written_together_when_the_loop_turns(
@@ -55,13 +63,49 @@ async def test_the_layout_is_the_one_logging_gives_every_other_line(
     access.log(make_mocked_request("POST", "/v1/leads"), web.Response(status=202), 0.0015)
     await asyncio.sleep(0)
     ours = capsys.readouterr().err.rstrip("\n")
-    record = logging.LogRecord(
-        "aiohttp.access", logging.INFO, "", 0, "POST /v1/leads 202 1.5ms", (), None
-    )
-    theirs = logging.Formatter(LOG_FORMAT).format(record)
+    theirs = TextFormatter().format(_record("POST /v1/leads 202 1.5ms"))
     # Same text once the time is set aside (the two were stamped at different moments).
     assert _LINE.fullmatch(ours)
     assert ours.split(" ", 2)[2] == theirs.split(" ", 2)[2]
+
+
+async def test_the_request_id_ends_the_text_line_as_it_ends_every_other(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    response = web.Response(status=401, headers={"X-Request-ID": "zap-1:a.b_c"})
+    _logger(logging.INFO).log(make_mocked_request("GET", "/v1/me"), response, 0.0015)
+    await asyncio.sleep(0)
+    ours = capsys.readouterr().err.rstrip("\n")
+    theirs = TextFormatter().format(_record("GET /v1/me 401 1.5ms", request_id="zap-1:a.b_c"))
+    assert ours.endswith(" INFO aiohttp.access: GET /v1/me 401 1.5ms request_id=zap-1:a.b_c")
+    assert ours.split(" ", 2)[2] == theirs.split(" ", 2)[2]
+
+
+async def test_a_json_line_has_the_fields_of_every_other_json_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    response = web.Response(status=202, headers={"X-Request-ID": "req-7"})
+    access = _logger(logging.INFO, "json")
+    access.log(make_mocked_request("POST", "/v1/leads?api_key=rly_live_x"), response, 0.0015)
+    await asyncio.sleep(0)
+    out = capsys.readouterr().err
+    assert out.count("\n") == 1
+    ours = json.loads(out)
+    theirs = json.loads(
+        JsonFormatter().format(_record("POST /v1/leads 202 1.5ms", request_id="req-7"))
+    )
+    assert list(ours)[:5] == list(theirs) == ["ts", "level", "logger", "msg", "request_id"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", ours["ts"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", theirs["ts"])
+    del ours["ts"], theirs["ts"]
+    assert ours == {
+        **theirs,
+        "method": "POST",
+        "path": "/v1/leads",
+        "status": 202,
+        "duration_ms": 1.5,
+    }
+    assert "api_key" not in out
 
 
 def test_below_info_nothing_is_formatted() -> None:

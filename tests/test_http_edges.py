@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ from redis.asyncio import Redis
 from relay import redis_keys
 from relay.api import create_app
 from relay.api.server import listen, running
+from relay.logs import ContextFilter
 from relay.settings import Settings
 
 Serve = Callable[..., Awaitable[int]]
@@ -194,19 +196,22 @@ async def test_a_body_that_cannot_be_decoded_is_a_400_problem_and_closed(
 ) -> None:
     port = await serve()
     key = await make_key("write:leads")
+    caplog.handler.addFilter(ContextFilter())  # as relay.logs.configure sets up
     reader, writer = await _open(port)
-    head = _lead_head(key, **{"Content-Length": "5", "Content-Encoding": "gzip"})
-    writer.write(head + b"abcde")  # not gzip
+    sent = {"Content-Length": "5", "Content-Encoding": "gzip", "X-Request-ID": "gz-1"}
+    writer.write(_lead_head(key, **sent) + b"abcde")  # not gzip
     await writer.drain()
     answer = Answer(await _until_closed(reader))
     writer.close()
     assert answer.status == 400
     assert answer.headers["content-type"].startswith("application/problem+json")
+    assert answer.headers["x-request-id"] == "gz-1"
     assert answer.json()["errors"] == [
         {"loc": ["body"], "msg": "Can not decode content-encoding: gzip"}
     ]
     loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert [(r.levelname, r.exc_info) for r in loud] == [("WARNING", None)]
+    assert loud[0].__dict__["request_id"] == "gz-1"  # the line about the request names it
 
 
 async def test_headers_that_never_end_are_cut_off_by_the_keepalive_timer(serve: Serve) -> None:
@@ -262,8 +267,11 @@ async def test_a_request_the_parser_rejects_is_a_problem_and_one_warning_line(
     assert problem["status"] == 400
     assert problem["detail"].startswith("the request is not valid HTTP/1.1: ")
     assert [e["loc"] for e in problem["errors"]] == [loc]
+    # The parser rejected the headers with the rest: the id is relay's, on line and answer.
+    assert re.fullmatch(r"req_[0-9A-Z]{26}", answer.headers["x-request-id"])
     loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert [(r.levelname, r.exc_info) for r in loud] == [("WARNING", None)]
+    assert loud[0].__dict__["request_id"] == answer.headers["x-request-id"]
     assert "\n" not in loud[0].getMessage()
     assert not [r for r in caplog.records if r.exc_info]  # no traceback at any level
 

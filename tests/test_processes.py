@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from relay.embedded import EmbeddedRedis, _ping
+from tests.fakes import FakeReceiver
 from tests.procs import Serve, clean_env, http, relay
 from tests.redis_server import RedisServer
 
@@ -129,21 +132,31 @@ async def test_revocation_is_seen_at_once_by_another_api_process(
         two.stop()
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
 async def test_keys_and_tokens_never_reach_logs_or_redis(
-    tmp_path: Path, redis_server: RedisServer, redis: Redis
+    tmp_path: Path, redis_server: RedisServer, redis: Redis, log_format: str
 ) -> None:
-    tokens = {"CY_TOKEN": "cy-secret-token-4242", "CV_KEY": "cv-secret-apikey-4343"}
+    tokens = {
+        "CY_TOKEN": "cy-secret-token-4242",
+        "CV_KEY": "cv-secret-apikey-4343",
+        "CRM_WHSEC": "whsec_c2VjcmV0LXdlYmhvb2stNDQ0NA==",
+    }
     (tmp_path / "relay.toml").write_text(
-        """
+        f"""
 log_level = "DEBUG"
+log_format = "{log_format}"
+[destinations.crm]
+type = "webhook"
+url = "http://127.0.0.1:9/hook"
+secret = "${{CRM_WHSEC}}"
 [destinations.conveyour]
 type = "conveyour"
 base_url = "http://127.0.0.1:9"
-token = "${CY_TOKEN}"
+token = "${{CY_TOKEN}}"
 [destinations.convertr]
 type = "convertr"
 base_url = "http://127.0.0.1:9"
-api_key = "${CV_KEY}"
+api_key = "${{CV_KEY}}"
 campaign_id = 1
 form_id = 2
 publisher_id = 3
@@ -172,9 +185,13 @@ publisher_id = 3
         http("GET", serve.url("/v1/me"), headers={"Authorization": f"Bearer {key}x"})
         listing = relay("keys", "list", cwd=tmp_path, env=env)
         check = relay("config", "check", cwd=tmp_path, env=env, check=False)  # no upstream here
+        # Attempts to the closed port were made and logged (and retried: left pending).
+        await _until_logged(serve, f"crm: {body['id']} retry")
     finally:
         serve.stop()
-    secrets = [key, key[12:], *tokens.values()]
+    secrets = [key, key[12:], *tokens.values(), tokens["CRM_WHSEC"].removeprefix("whsec_")]
+    if log_format == "json":
+        assert all(json.loads(line) for line in serve.log().splitlines())
     outputs = {
         "serve log": serve.log(),
         "keys list": listing.stdout + listing.stderr,
@@ -234,3 +251,82 @@ async def test_a_keys_rate_limit_is_shared_by_api_processes(
     finally:
         one.stop()
         two.stop()
+
+
+async def _until_logged(serve: Serve, text: str, *, timeout_s: float = 20) -> None:
+    """Wait (letting this test's loop run: a fake upstream may be in it) until ``text``
+    is in the serve's log."""
+    for _ in range(int(timeout_s / 0.05)):
+        if text in serve.log():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{text!r} never logged:\n{serve.log()}")
+
+
+@pytest.mark.parametrize(
+    ("log_format", "args"), [("text", ()), ("json", ()), ("json", ("--workers", "2"))]
+)
+async def test_one_request_s_log_lines_name_it_from_access_to_delivery(
+    tmp_path: Path, redis_server: RedisServer, redis: Redis, log_format: str, args: tuple[str, ...]
+) -> None:
+    """(``redis``: flushed, so no other test's events go to the receiver.)"""
+    async with FakeReceiver() as receiver:
+        (tmp_path / "relay.toml").write_text(
+            f'[destinations.crm]\ntype = "webhook"\nurl = "{receiver.url}/hook"\n'
+            'secret = "${CRM_WHSEC}"\n'
+        )
+        whsec = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+        env = clean_env(
+            RELAY_REDIS_URL=redis_server.url, RELAY_LOG_FORMAT=log_format, CRM_WHSEC=whsec
+        )
+        serve = await asyncio.to_thread(Serve, cwd=tmp_path, env=env, args=args)
+        try:
+            created = await asyncio.to_thread(_create_key, tmp_path, env, "write:leads")
+            status, raw = await asyncio.to_thread(
+                http,
+                "POST",
+                serve.url("/v1/leads"),
+                body=b'{"email": "ada@example.com"}',
+                headers={
+                    "X-API-Key": created["key"],
+                    "Content-Type": "application/json",
+                    "X-Request-ID": "zap-run:42",
+                },
+            )
+            assert status == 202, raw
+            event_id = json.loads(raw)["id"]
+            await _until_logged(serve, f"crm: {event_id} delivered")
+        finally:
+            await asyncio.to_thread(serve.stop)
+    assert len(receiver.requests) == 1
+    log = serve.log()
+    for secret in (created["key"], whsec, whsec.removeprefix("whsec_")):
+        assert secret not in log
+    if log_format == "text":
+        stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
+        served = rf"{stamp} INFO aiohttp\.access: POST /v1/leads 202 [0-9.]+ms"
+        sent = rf"{stamp} INFO relay\.worker: crm: {event_id} delivered \(200\) in \d+ ms"
+        assert re.search(rf"^{served} request_id=zap-run:42$", log, re.M), log
+        assert re.search(rf"^{sent} request_id=zap-run:42$", log, re.M), log
+        return
+    lines = [json.loads(line) for line in log.splitlines()]  # every line is JSON
+    assert all({"ts", "level", "logger", "msg"} <= set(line) for line in lines)
+    ours = [line for line in lines if line.get("request_id") == "zap-run:42"]
+    access = [line for line in ours if line["logger"] == "aiohttp.access"]
+    assert len(access) == 1, ours
+    assert access[0]["level"] == "INFO"
+    assert access[0]["status"] == 202
+    assert access[0]["msg"].startswith("POST /v1/leads 202 ")
+    assert isinstance(access[0]["duration_ms"], float)
+    attempts = [line for line in ours if line["logger"] == "relay.worker"]
+    assert len(attempts) == 1, ours
+    assert attempts[0]["level"] == "INFO"
+    assert {k: attempts[0][k] for k in ("event_id", "destination", "status", "outcome")} == {
+        "event_id": event_id,
+        "destination": "crm",
+        "status": 200,
+        "outcome": "delivered",
+    }
+    assert attempts[0]["duration_ms"] >= 0
+    unrelated = [line for line in lines if "request_id" not in line]
+    assert all("event_id" not in line for line in unrelated)  # nothing bled across

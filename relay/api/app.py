@@ -16,6 +16,7 @@ from relay.api.accesslog import AccessLogger
 from relay.api.auth import auth_middleware
 from relay.api.body import body_guard_middleware
 from relay.api.problems import error_middleware
+from relay.api.requestid import echo_request_id, request_id_middleware
 from relay.api.routing import routes
 from relay.api.state import EVENTS, HOOKS, KEYS, LIMITER, REDIS, SETTINGS, WATCH
 from relay.availability import RedisWatch, Supervisor
@@ -36,9 +37,15 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> web.Applica
     """The API. ``redis`` (a ``decode_responses=True`` client) is used as given and not
     closed; without it the app opens the Redis that settings name, embedded or not."""
     app = web.Application(
-        middlewares=[body_guard_middleware, error_middleware, auth_middleware],
+        middlewares=[
+            request_id_middleware,
+            body_guard_middleware,
+            error_middleware,
+            auth_middleware,
+        ],
         client_max_size=settings.max_body_bytes,
     )
+    app.on_response_prepare.append(echo_request_id)
     app[SETTINGS] = settings
     app[WATCH] = RedisWatch()
     app.cleanup_ctx.append(_redis_context(settings, redis))

@@ -26,7 +26,7 @@ from relay.api.health import no_delivery
 from relay.api.idempotency import MAX_KEY_LENGTH, Claim, claim, idempotency_key, release
 from relay.api.problems import problem
 from relay.api.routing import QueryParam, routes
-from relay.api.state import API_KEY, EVENTS, HOOKS, REDIS, SETTINGS
+from relay.api.state import API_KEY, EVENTS, HOOKS, REDIS, REQUEST_ID, SETTINGS
 from relay.apikeys import KeyRecord
 from relay.errors import FieldError, Forbidden, ValidationFailed
 from relay.ids import new_event_id
@@ -191,6 +191,7 @@ async def _accept(request: web.Request, kind: EventKind, claimed: Claim | None) 
                 received_at=received_at,
                 payload=record,
                 destinations=destinations,
+                request_id=request[REQUEST_ID],
             )
         )
         if is_batch:

@@ -17,6 +17,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter
 
+from relay.api.requestid import REQUEST_ID_HEADER, REQUEST_ID_PARAMETER
 from relay.api.routing import ANY_KEY, RouteSpec, routes
 from relay.api.state import SETTINGS
 from relay.models import DESTINATIONS_KEY, Notification, Problem
@@ -26,6 +27,14 @@ __all__ = ["build_openapi"]
 _REF = "#/components/schemas/{model}"
 _PATH_PARAM = re.compile(r"{(\w+)}")
 _SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKeyHeader": []}, {"apiKeyQuery": []}]
+#: On every answer: the request's id.
+_ECHOED = {
+    REQUEST_ID_HEADER: {
+        "description": "The request's X-Request-ID as sent, or the one relay made for it",
+        "required": True,
+        "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+    }
+}
 
 
 class _Schemas:
@@ -60,7 +69,7 @@ def _operation(spec: RouteSpec, schemas: _Schemas) -> dict[str, Any]:
         {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
         for name in _PATH_PARAM.findall(spec.path)
     ]
-    for q in spec.query:
+    for q in (*spec.query, REQUEST_ID_PARAMETER):
         schema = {"type": "array", "items": q.schema} if q.repeated else q.schema
         param: dict[str, Any] = {
             "name": q.name,
@@ -71,8 +80,7 @@ def _operation(spec: RouteSpec, schemas: _Schemas) -> dict[str, Any]:
         if q.location == "query":
             param["explode"] = True
         params.append(param)
-    if params:
-        op["parameters"] = params
+    op["parameters"] = params
     if spec.body is not None:
         body = schemas.of(spec.body)
         form = body if spec.form_body is None else schemas.of(spec.form_body)
@@ -89,7 +97,7 @@ def _operation(spec: RouteSpec, schemas: _Schemas) -> dict[str, Any]:
         op["description"] = (op.get("description", "") + f"\n\nNeeds {need}.").strip()
     responses: dict[str, Any] = {}
     for status, (description, model) in sorted(spec.responses.items()):
-        answer: dict[str, Any] = {"description": description}
+        answer: dict[str, Any] = {"description": description, "headers": _ECHOED}
         if model is not None:
             media = "application/problem+json" if model is Problem else "application/json"
             answer["content"] = {media: {"schema": schemas.of(model)}}

@@ -27,6 +27,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from relay.api.accesslog import AccessLogger
 from relay.api.problems import parser_reason, problem
+from relay.api.requestid import REQUEST_ID_HEADER, request_id_for
 from relay.errors import CannotListen, FieldError
 
 __all__ = ["KEEPALIVE_S", "listen", "running"]
@@ -112,11 +113,20 @@ def _why(exc: OSError, host: str, port: int) -> str:
 
 @contextlib.asynccontextmanager
 async def running(
-    app: web.Application, sockets: Sequence[socket.socket], *, keepalive_s: float = KEEPALIVE_S
+    app: web.Application,
+    sockets: Sequence[socket.socket],
+    *,
+    keepalive_s: float = KEEPALIVE_S,
+    log_format: str = "text",
 ) -> AsyncIterator[web.AppRunner]:
     """``app`` started (its startup and cleanup contexts run) and served on ``sockets``,
-    which are closed on the way out."""
-    runner = _Runner(app, access_log_class=AccessLogger, keepalive_timeout=keepalive_s)
+    which are closed on the way out; its access log in ``log_format`` (text or json)."""
+    runner = _Runner(
+        app,
+        access_log_class=AccessLogger,
+        access_log_format=log_format,  # what our AccessLogger is given
+        keepalive_timeout=keepalive_s,
+    )
     try:
         await runner.setup()  # inside: what a failing start-up had opened is closed again
         for sock in sockets:
@@ -144,16 +154,26 @@ class _Protocol(RequestHandler):
         if status >= 500 or request.writer.output_size > 0:
             return super().handle_error(request, status, exc, message)
         reason, loc, hint = _explain(exc, message)
+        # Its own id when the parser got as far as that header, else a new one.
+        request_id = request_id_for(request.headers.get(REQUEST_ID_HEADER))
         log.warning(
             "%d malformed request from %s: %s (%s)",
             status,
             request.remote,
             reason,
             ".".join(map(str, loc)),
+            extra={"request_id": request_id},
         )
         errors: list[FieldError] = [{"loc": loc, "msg": reason}]
         detail = f"the request is not valid HTTP/1.1: {reason}{hint}"
-        response = problem(status, "Bad request", detail, slug="bad-request", errors=errors)
+        response = problem(
+            status,
+            "Bad request",
+            detail,
+            slug="bad-request",
+            errors=errors,
+            headers={REQUEST_ID_HEADER: request_id},
+        )
         response.force_close()
         return response
 

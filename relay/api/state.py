@@ -23,6 +23,7 @@ __all__ = [
     "KEYS",
     "LIMITER",
     "REDIS",
+    "REQUEST_ID",
     "SETTINGS",
     "WATCH",
 ]
@@ -41,3 +42,5 @@ WATCH = web.AppKey("redis_watch", RedisWatch)
 DELIVERY_ALIVE = web.AppKey[Callable[[], bool]]("delivery_alive")
 #: The authenticated key of a request (set by the auth middleware).
 API_KEY = web.RequestKey("api_key", KeyRecord)
+#: The request's X-Request-ID, sent or made (set by relay.api.requestid).
+REQUEST_ID = web.RequestKey("request_id", str)

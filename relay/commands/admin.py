@@ -131,6 +131,7 @@ async def events_show(settings: Settings, args: argparse.Namespace) -> int:
             ("mode", view.mode),
             ("received", view.received_at.isoformat()),
             ("key", view.key_id),
+            ("request", view.request_id or "-"),
         ]
     )
     print("\npayload:")

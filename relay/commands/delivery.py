@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import shutil
 import signal
 import sys
@@ -32,6 +33,8 @@ from relay.worker import Worker
 
 __all__ = ["dlq_list", "dlq_replay", "run_worker", "status"]
 
+log = logging.getLogger("relay")
+
 #: Replays larger than this print a progress line as they go.
 _PROGRESS_EVERY = 500
 
@@ -48,10 +51,10 @@ async def run_worker(settings: Settings, args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
         names = ", ".join(settings.destinations) or "no destinations (relay.toml names none)"
-        print(
-            f"relay worker delivering to {names}, and hook notifications "
-            f"(concurrency {args.concurrency})",
-            flush=True,
+        log.info(
+            "relay worker delivering to %s, and hook notifications (concurrency %d)",
+            names,
+            args.concurrency,
         )
 
         async def check() -> None:

@@ -127,7 +127,11 @@ def _run_api(
         app.cleanup_ctx.append(in_process_worker)
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(_serve_until_signal(app, sockets, host=host, port=port))
+            runner.run(
+                _serve_until_signal(
+                    app, sockets, host=host, port=port, log_format=settings.log_format
+                )
+            )
     except EmbeddedRedisError as exc:
         print(f"relay: error: {exc}", file=sys.stderr)
         return 1
@@ -135,7 +139,7 @@ def _run_api(
 
 
 async def _serve_until_signal(
-    app: Any, sockets: list[socket.socket], *, host: str, port: int
+    app: Any, sockets: list[socket.socket], *, host: str, port: int, log_format: str
 ) -> None:
     from relay.api.server import running
 
@@ -143,7 +147,7 @@ async def _serve_until_signal(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with running(app, sockets):
+    async with running(app, sockets, log_format=log_format):
         log.info(
             "relay %s listening on http://%s:%s (pid %d)", __version__, host, port, os.getpid()
         )
