@@ -17,7 +17,9 @@ process of the host, never stepped). Delivered minus accepted is the figure the
 target is about; it is negative when the worker delivered before the 202 reached
 the client (the event is queued before the answer is written), and such events
 are counted. Sent -> 202 (ingest under this load) and sent -> delivered are
-printed beside it.
+printed beside it, and what relay serve cost over the load: its CPU a lead (in and
+out) and how long it waited, ready, for a core (Linux's schedstat). On a machine
+busy with other work that wait, not relay's code, is where a tail comes from.
 
 The anchor is Redis Streams' own test (the Redis docs' "Redis Streams" page,
 "Latency tests results": 99.9 % of messages within 2 ms from XADD to the blocked
@@ -35,9 +37,9 @@ from typing import Any
 from bench.load import percentile
 from bench.openloop import Send, run_openloop
 from bench.profile import Profiler
-from bench.servers import BenchError, Procs, Stack
+from bench.servers import BenchError, Procs, Stack, cpu_s, runqueue_wait_s
 
-__all__ = ["LatencyResult", "Spread", "measure", "run_latency"]
+__all__ = ["LatencyResult", "Spread", "Usage", "measure", "run_latency"]
 
 #: The lead posted, one contact per request (``{n}``: the request's number).
 TEMPLATE = b'{"email":"steady{n}@example.com","first_name":"Ann","phone":"+14155550100"}'
@@ -83,6 +85,35 @@ class Spread:
 
 
 @dataclass(frozen=True)
+class Usage:
+    """What relay serve's process cost over the load (warm-up included)."""
+
+    events: int  #: leads sent, warm-up included
+    span_s: float  #: how long they took to send at the rate asked
+    cpu_s: float  #: user + system, every thread
+    wait_s: float | None  #: ready to run but waiting for a core (None: not on this OS)
+
+    @property
+    def cpu_ms_per_event(self) -> float:
+        return self.cpu_s / self.events * 1000
+
+    @property
+    def core_share(self) -> float:
+        return self.cpu_s / self.span_s
+
+    @property
+    def wait_share(self) -> float | None:
+        return None if self.wait_s is None else self.wait_s / self.span_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cpu_ms_per_event": round(self.cpu_ms_per_event, 3),
+            "core_share": round(self.core_share, 3),
+            "runqueue_wait_share": None if self.wait_share is None else round(self.wait_share, 3),
+        }
+
+
+@dataclass(frozen=True)
 class LatencyResult:
     rate: float  #: asked, events/s
     duration_s: float  #: measured part of the run
@@ -102,6 +133,7 @@ class LatencyResult:
     ingest: Spread  #: sent -> 202
     latency: Spread  #: 202 -> delivered
     end_to_end: Spread  #: sent -> delivered
+    usage: Usage | None = None  #: relay serve's CPU over the load
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -126,6 +158,7 @@ class LatencyResult:
             "sent_to_202": self.ingest.to_dict(),
             "accepted_to_delivered": self.latency.to_dict(),
             "sent_to_delivered": self.end_to_end.to_dict(),
+            "relay_serve": None if self.usage is None else self.usage.to_dict(),
         }
 
 
@@ -142,6 +175,7 @@ def measure(
     duration_s: float,
     warmup_s: float,
     repeats: int = 0,
+    usage: Usage | None = None,
 ) -> LatencyResult:
     """The figures of the measured sends (the warm-up ones left out by the caller)."""
     accepted = [s for s in sends if s.status == 202 and s.event_id is not None]
@@ -167,6 +201,7 @@ def measure(
         ingest=Spread.of([s.answered - s.sent for s in accepted if s.answered is not None]),
         latency=Spread.of([at - s.answered for s, at in delivered if s.answered is not None]),
         end_to_end=Spread.of([at - s.sent for s, at in delivered]),
+        usage=usage,
     )
 
 
@@ -198,16 +233,21 @@ def run_latency(
     stack.reset_upstream()
     api = stack.start_api("relay-serve-latency", db=_DB, worker_for=DESTINATION)
     warm = round(rate * warmup_s)
+    count = warm + max(1, round(rate * duration_s))
     try:
+        pid = api.proc.pid
+        cpu, wait = cpu_s(pid), runqueue_wait_s(pid)
         with profiler.attach(api.proc, "latency"):
             sends = run_openloop(
-                procs,
-                api.url("/v1/leads"),
-                TEMPLATE,
-                api.auth,
-                rate=rate,
-                count=warm + max(1, round(rate * duration_s)),
+                procs, api.url("/v1/leads"), TEMPLATE, api.auth, rate=rate, count=count
             )
+        waited = runqueue_wait_s(pid)
+        usage = Usage(
+            events=count,
+            span_s=count / rate,
+            cpu_s=cpu_s(pid) - cpu,
+            wait_s=None if wait is None or waited is None else waited - wait,
+        )
         api.proc.check_alive()
         expected = {s.event_id for s in sends if s.status == 202 and s.event_id is not None}
         arrivals, repeats = _arrivals(stack, expected)
@@ -222,4 +262,5 @@ def run_latency(
         duration_s=duration_s,
         warmup_s=warmup_s,
         repeats=repeats,
+        usage=usage,
     )

@@ -141,6 +141,14 @@ def latency(r: LatencyResult) -> tuple[list[str], list[Target]]:
         "  times on CLOCK_MONOTONIC (one clock for every process of the host), matched by "
         "event id = webhook-id",
     ]
+    if (u := r.usage) is not None:
+        waited = (
+            "" if u.wait_share is None else f"; ready but waiting for a core {u.wait_share:.0%}"
+        )
+        lines.append(
+            f"  relay serve over the load: {u.cpu_ms_per_event:.2f} ms of CPU a lead (in and "
+            f"out), {u.core_share:.0%} of a core{waited} of the time"
+        )
     return lines, [
         Target(
             "latency p99 accepted -> delivered",

@@ -32,9 +32,11 @@ __all__ = [
     "Proc",
     "Procs",
     "Stack",
+    "cpu_s",
     "free_port",
     "http",
     "rss_kib",
+    "runqueue_wait_s",
 ]
 
 #: Items per batch request (relay takes at most 500).
@@ -70,6 +72,25 @@ def http(
             return resp.status, resp.read()
     except urllib.error.HTTPError as err:
         return err.code, err.read()
+
+
+def cpu_s(pid: int) -> float:
+    """CPU time a process used so far, user and system, all its threads (seconds)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def runqueue_wait_s(pid: int) -> float | None:
+    """How long a process's threads waited for a core so far, ready to run (seconds;
+    None where the kernel does not say: /proc/PID/task/TID/schedstat, Linux)."""
+    try:
+        waited = sum(
+            int((task / "schedstat").read_text().split()[1])
+            for task in Path(f"/proc/{pid}/task").iterdir()
+        )
+    except (OSError, IndexError, ValueError):
+        return None
+    return waited / 1e9
 
 
 def rss_kib(pid: int) -> int:

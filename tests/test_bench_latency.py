@@ -4,6 +4,7 @@ loop, and the figures made of them."""
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -14,8 +15,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from bench.apps import host_clock, upstream_app
-from bench.latency import measure
+from bench.latency import Usage, measure
 from bench.openloop import Send, _generate
+from bench.servers import cpu_s, runqueue_wait_s
 from tests.procs import ROOT
 
 AppClient = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -33,6 +35,16 @@ def test_the_clock_is_one_clock_for_every_process() -> None:
     )
     after = host_clock()
     assert before < float(child.stdout) < after
+
+
+def test_cpu_and_runqueue_wait_of_a_process() -> None:
+    pid = os.getpid()
+    before = cpu_s(pid)
+    sum(i * i for i in range(200_000))
+    assert cpu_s(pid) > before
+    waited = runqueue_wait_s(pid)
+    assert waited is None or waited >= 0
+    assert runqueue_wait_s(2**22 + 1) is None  # no such process
 
 
 async def test_the_upstream_keeps_each_ids_first_arrival(
@@ -102,7 +114,8 @@ def test_figures_of_the_matched_events() -> None:
     arrivals["evt_3"] += 0.029
     arrivals["evt_4"] -= 0.0015
     del arrivals["evt_5"]
-    r = measure(sends, arrivals, rate=100.0, duration_s=1.0, warmup_s=0.0, repeats=2)
+    usage = Usage(events=100, span_s=1.0, cpu_s=0.25, wait_s=0.1)
+    r = measure(sends, arrivals, rate=100.0, duration_s=1.0, warmup_s=0.0, repeats=2, usage=usage)
     assert (r.sent, r.accepted, r.refused, r.unanswered) == (100, 98, 1, 1)
     assert (r.delivered, r.lost, r.early, r.repeats) == (97, 1, 1, 2)
     assert r.late == 1
@@ -117,6 +130,11 @@ def test_figures_of_the_matched_events() -> None:
     assert doc["accepted_to_delivered"]["max_ms"] == pytest.approx(30.0)
     assert doc["lost"] == 1
     assert doc["clock"] == "CLOCK_MONOTONIC"
+    assert doc["relay_serve"] == {
+        "cpu_ms_per_event": 2.5,
+        "core_share": 0.25,
+        "runqueue_wait_share": 0.1,
+    }
 
 
 def test_nothing_delivered_is_all_lost_not_an_error() -> None:
