@@ -17,13 +17,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
 
-__all__ = ["event_loop_name", "host_clock", "ingest_app", "main", "upstream_app"]
+__all__ = ["event_loop_name", "host_clock", "ingest_app", "main", "run_on_uvloop", "upstream_app"]
+
+T = TypeVar("T")
 
 _QUEUED = orjson.dumps({"status": "queued", "id": "evt_baseline", "destinations": []})
 #: Request headers kept in the upstream's sample (what a baseline client must send too).
@@ -50,6 +52,15 @@ def event_loop_name() -> str:
     except ImportError:
         return "asyncio"
     return "uvloop"
+
+
+def run_on_uvloop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to its end on uvloop when it is importable, else on asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 async def _healthz(request: web.Request) -> web.Response:

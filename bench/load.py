@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from bench.apps import run_on_uvloop
 from bench.servers import BenchError, Procs
 
 __all__ = ["LoadResult", "generator_name", "percentile", "run_load"]
@@ -248,13 +249,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         duration_s=args.duration,
         requests=args.requests,
     )
-    try:
-        import uvloop
-
-        result = uvloop.run(coro)
-    except ImportError:
-        result = asyncio.run(coro)
-    args.out.write_bytes(orjson.dumps(result))
+    args.out.write_bytes(orjson.dumps(run_on_uvloop(coro)))
 
 
 if __name__ == "__main__":

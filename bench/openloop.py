@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from bench.apps import host_clock
+from bench.apps import host_clock, run_on_uvloop
 from bench.servers import BenchError, Procs
 
 __all__ = ["Send", "run_openloop"]
@@ -142,13 +142,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Nothing made so far is garbage: full collections then walk only the rows.
     gc.collect()
     gc.freeze()
-    try:
-        import uvloop
-
-        rows = uvloop.run(coro)
-    except ImportError:
-        rows = asyncio.run(coro)
-    args.out.write_bytes(orjson.dumps(rows))
+    args.out.write_bytes(orjson.dumps(run_on_uvloop(coro)))
 
 
 if __name__ == "__main__":

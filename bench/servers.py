@@ -400,20 +400,19 @@ class Stack:
                     raise BenchError(f"Redis still rewrote its AOF after {timeout_s:.0f} s")
                 time.sleep(0.1)
 
-    def upstream_stats(self) -> dict[str, Any]:
-        status, body = http("GET", self.upstream_url("/_stats"))
+    def _upstream_json(self, path: str) -> dict[str, Any]:
+        status, body = http("GET", self.upstream_url(path))
         if status != 200:
-            raise BenchError(f"upstream stats: {status}")
+            raise BenchError(f"upstream {path}: {status}")
         doc: dict[str, Any] = orjson.loads(body)
         return doc
 
+    def upstream_stats(self) -> dict[str, Any]:
+        return self._upstream_json("/_stats")
+
     def upstream_arrivals(self) -> dict[str, Any]:
         """``{"arrivals": {webhook-id: first arrival (bench.apps.host_clock)}, "repeats": n}``."""
-        status, body = http("GET", self.upstream_url("/_arrivals"))
-        if status != 200:
-            raise BenchError(f"upstream arrivals: {status}")
-        doc: dict[str, Any] = orjson.loads(body)
-        return doc
+        return self._upstream_json("/_arrivals")
 
     def reset_upstream(self) -> None:
         http("DELETE", self.upstream_url("/_stats"))
