@@ -37,8 +37,9 @@ def host_clock() -> float:
 
     Times taken in different processes (a 202 at the load generator, a request at
     the upstream) are compared on it. Linux keeps one CLOCK_MONOTONIC per boot,
-    the same in every process, never stepped (NTP only slews it, for every reader
-    alike); ``time.time()`` (CLOCK_REALTIME) can be stepped by NTP or by hand in
+    the same in every process (of one time namespace: the bench's children share
+    the bench's), never stepped (NTP only slews it, for every reader alike);
+    ``time.time()`` (CLOCK_REALTIME) can be stepped by NTP or by hand in
     the middle of a run, and ``time.monotonic()``/``perf_counter()`` are the same
     clock on Linux, but Python promises their differences only within a process.
     """
