@@ -22,9 +22,10 @@ from typing import Any
 import aiohttp
 import orjson
 
+from bench.apps import run_on_uvloop
 from bench.servers import BenchError, Procs
 
-__all__ = ["LoadResult", "generator_name", "run_load"]
+__all__ = ["LoadResult", "generator_name", "percentile", "run_load"]
 
 #: A request unanswered this long counts as an error.
 _TIMEOUT_S = 10.0
@@ -169,7 +170,8 @@ def _run_bundled(
 # --- the bundled generator, in its own process -----------------------------------
 
 
-def _percentile(ordered: list[float], pct: float) -> float:
+def percentile(ordered: Sequence[float], pct: float) -> float:
+    """The nearest-rank percentile of sorted values (0.0 for none)."""
     if not ordered:
         return 0.0
     return ordered[min(len(ordered) - 1, math.ceil(pct / 100 * len(ordered)) - 1)]
@@ -216,8 +218,8 @@ async def _generate(
         "duration_s": elapsed,
         "non_2xx": sum(n for status, n in statuses.items() if not 200 <= status < 300),
         "errors": errors,
-        "p50_ms": _percentile(latencies, 50) * 1000,
-        "p99_ms": _percentile(latencies, 99) * 1000,
+        "p50_ms": percentile(latencies, 50) * 1000,
+        "p99_ms": percentile(latencies, 99) * 1000,
         "max_ms": (latencies[-1] if latencies else 0.0) * 1000,
     }
 
@@ -247,13 +249,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         duration_s=args.duration,
         requests=args.requests,
     )
-    try:
-        import uvloop
-
-        result = uvloop.run(coro)
-    except ImportError:
-        result = asyncio.run(coro)
-    args.out.write_bytes(orjson.dumps(result))
+    args.out.write_bytes(orjson.dumps(run_on_uvloop(coro)))
 
 
 if __name__ == "__main__":

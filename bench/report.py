@@ -7,11 +7,22 @@ from dataclasses import dataclass
 
 from bench.delivery import DeliveryResult
 from bench.ingest import IngestResult
+from bench.latency import LATE_S, LatencyResult, Spread
 from bench.memory import MemoryResult
 from bench.profile import Profile
 from bench.ratelimit import RateLimitResult
 
-__all__ = ["Target", "delivery", "ingest", "memory", "profile", "ratelimit", "table", "targets"]
+__all__ = [
+    "Target",
+    "delivery",
+    "ingest",
+    "latency",
+    "memory",
+    "profile",
+    "ratelimit",
+    "table",
+    "targets",
+]
 
 
 @dataclass(frozen=True)
@@ -100,6 +111,52 @@ def delivery(r: DeliveryResult) -> tuple[list[str], list[Target]]:
     ]
     return lines, [
         Target("delivery events/s relay/baseline", f"{r.ratio:.2f}", ">= 0.70", r.ratio >= 0.7)
+    ]
+
+
+def _spread(name: str, s: Spread) -> tuple[str, ...]:
+    return (name, f"{s.p50_ms:.2f}", f"{s.p99_ms:.2f}", f"{s.p999_ms:.2f}", f"{s.max_ms:.1f}")
+
+
+def latency(r: LatencyResult) -> tuple[list[str], list[Target]]:
+    lines = [
+        f"Latency: relay serve (API + in-process worker) to an unlimited webhook destination, "
+        f"{r.rate:g} leads/s open loop (one a POST) for {r.duration_s:g} s after "
+        f"{r.warmup_s:g} s of warm-up",
+        *table(
+            [
+                ("", "p50 ms", "p99 ms", "p99.9 ms", "max ms"),
+                _spread("accepted -> delivered (202 -> upstream)", r.latency),
+                _spread("sent -> 202 (ingest)", r.ingest),
+                _spread("sent -> delivered", r.end_to_end),
+                ("anchor: Redis Streams' own test (XADD -> consumer)", "", "", "<= 2", ""),
+                ("target", "", "<= 25", "", ""),
+            ]
+        ),
+        f"  sent {r.sent:,} at {r.sent_rate:,.1f}/s ({r.late} more than {LATE_S * 1000:g} ms "
+        f"behind schedule, worst {r.worst_lag_ms:.1f} ms); accepted {r.accepted:,} "
+        f"({r.refused} refused, {r.unanswered} unanswered)",
+        f"  delivered {r.delivered:,} at {r.delivered_rate:,.1f}/s, lost {r.lost}, "
+        f"sent twice {r.repeats}; {r.early:,} delivered before their 202 was read",
+        "  times on CLOCK_MONOTONIC (one clock for every process of the host), matched by "
+        "event id = webhook-id",
+    ]
+    if (u := r.usage) is not None:
+        waited = (
+            "" if u.wait_share is None else f"; ready but waiting for a core {u.wait_share:.0%}"
+        )
+        lines.append(
+            f"  relay serve over the load: {u.cpu_ms_per_event:.2f} ms of CPU a lead (in and "
+            f"out), {u.core_share:.0%} of a core{waited} of the time"
+        )
+    return lines, [
+        Target(
+            "latency p99 accepted -> delivered",
+            f"{r.latency.p99_ms:.1f} ms",
+            "<= 25 ms",
+            r.latency.p99_ms <= 25,
+        ),
+        Target("latency events lost", str(r.lost), "0", r.lost == 0),
     ]
 
 

@@ -32,9 +32,11 @@ __all__ = [
     "Proc",
     "Procs",
     "Stack",
+    "cpu_s",
     "free_port",
     "http",
     "rss_kib",
+    "runqueue_wait_s",
 ]
 
 #: Items per batch request (relay takes at most 500).
@@ -70,6 +72,25 @@ def http(
             return resp.status, resp.read()
     except urllib.error.HTTPError as err:
         return err.code, err.read()
+
+
+def cpu_s(pid: int) -> float:
+    """CPU time a process used so far, user and system, all its threads (seconds)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def runqueue_wait_s(pid: int) -> float | None:
+    """How long a process's threads waited for a core so far, ready to run (seconds;
+    None where the kernel does not say: /proc/PID/task/TID/schedstat, Linux)."""
+    try:
+        waited = sum(
+            int((task / "schedstat").read_text().split()[1])
+            for task in Path(f"/proc/{pid}/task").iterdir()
+        )
+    except (OSError, IndexError, ValueError):
+        return None
+    return waited / 1e9
 
 
 def rss_kib(pid: int) -> int:
@@ -217,7 +238,7 @@ events = [{events}]
 
 @dataclass(frozen=True)
 class Api:
-    """One ``relay serve --no-worker`` and an API key of its own."""
+    """One ``relay serve`` (``--no-worker`` unless asked) and an API key of its own."""
 
     proc: Proc
     port: int
@@ -249,7 +270,9 @@ class Stack:
 
     Destinations: ``sink`` takes leads (ingest and memory; no worker ever reads
     it), ``fast`` and ``limited`` take contacts, sent with ``?destination=``.
-    A worker gets a relay.toml with only the destination it is measured on.
+    A worker gets a relay.toml with only the destination it is measured on;
+    so does the ``relay serve`` with its in-process worker of the latency
+    section, on ``steady`` (leads, no rate limit).
     """
 
     def __init__(self, procs: Procs, *, concurrency: int, rate_limit: str) -> None:
@@ -267,15 +290,20 @@ class Stack:
         self.env = self.relay_env(self.toml)
         self.api = self.start_api("relay-serve")
 
-    def start_api(self, name: str, *flags: str, db: int = 0) -> Api:
+    def start_api(self, name: str, *flags: str, db: int = 0, worker_for: str | None = None) -> Api:
         """A ``relay serve --no-worker [flags]`` on Redis database ``db`` (``db`` > 0: a
-        keyspace of its own, as fresh as a new Redis), with a key of its own."""
-        env = self.env | {"RELAY_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/{db}"}
+        keyspace of its own, as fresh as a new Redis), with a key of its own.
+
+        With ``worker_for``, a ``relay serve`` with its in-process worker instead,
+        whose relay.toml names only that destination."""
+        env = self.env if worker_for is None else self.worker_env(worker_for)
+        env = env | {"RELAY_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/{db}"}
         key = self._create_key(env)
         port = free_port()
+        no_worker = ("--no-worker",) if worker_for is None else ()
         proc = self.procs.python(
             name,
-            *("relay", "serve", "--no-worker", *flags),
+            *("relay", "serve", *no_worker, *flags),
             *("--host", "127.0.0.1", "--port", str(port)),
             env=env,
         )
@@ -318,6 +346,7 @@ class Stack:
             "sink": _webhook("sink", hook, '"lead"'),
             "fast": _webhook("fast", hook, '"contact"', f"max_in_flight = {self.concurrency}"),
             "limited": _webhook("limited", hook, '"contact"', f'rate_limit = "{self.rate_limit}"'),
+            "steady": _webhook("steady", hook, '"lead"', f"max_in_flight = {self.concurrency}"),
         }
         path = self.procs.workdir / filename
         path.write_text("".join(tables[name] for name in names))
@@ -371,12 +400,19 @@ class Stack:
                     raise BenchError(f"Redis still rewrote its AOF after {timeout_s:.0f} s")
                 time.sleep(0.1)
 
-    def upstream_stats(self) -> dict[str, Any]:
-        status, body = http("GET", self.upstream_url("/_stats"))
+    def _upstream_json(self, path: str) -> dict[str, Any]:
+        status, body = http("GET", self.upstream_url(path))
         if status != 200:
-            raise BenchError(f"upstream stats: {status}")
+            raise BenchError(f"upstream {path}: {status}")
         doc: dict[str, Any] = orjson.loads(body)
         return doc
+
+    def upstream_stats(self) -> dict[str, Any]:
+        return self._upstream_json("/_stats")
+
+    def upstream_arrivals(self) -> dict[str, Any]:
+        """``{"arrivals": {webhook-id: first arrival (bench.apps.host_clock)}, "repeats": n}``."""
+        return self._upstream_json("/_arrivals")
 
     def reset_upstream(self) -> None:
         http("DELETE", self.upstream_url("/_stats"))
