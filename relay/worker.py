@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import os
 import socket
@@ -79,6 +80,7 @@ class Worker:
         "_loops",
         "_queue",
         "_redis",
+        "_requests",
         "_running",
         "_session",
         "_settings",
@@ -132,6 +134,8 @@ class Worker:
         self._sizes = {
             name: getattr(self._config(name), "batch_size", 1) for name in self.destinations
         }
+        #: Numbers this worker's requests (their holders, with its consumer name).
+        self._requests = itertools.count(1)
         self._stopping = asyncio.Event()
 
     def __repr__(self) -> str:
@@ -312,15 +316,20 @@ class Worker:
 
     def _queue_up(self, destination: str, entries: Sequence[Entry]) -> None:
         """Hold these entries (kept claimed until settled) and start them as slots allow,
-        a request per ``batch_size``."""
+        a request per ``batch_size``. An entry this worker holds already (claimed back
+        from itself when keeping it was late) is not queued twice."""
+        held = self._held[destination]
+        entries = [e for e in entries if e.id not in held]
         if not entries:
             return
-        self._held[destination].update(e.id for e in entries)
+        held.update(e.id for e in entries)
         size = self._sizes[destination]
         waiting = self._waiting[destination]
         for i in range(0, len(entries), size):
-            group = entries[i : i + size]
-            waiting.append((self._consumer + group[0].id, group))
+            # Each request its own holder: a second request for an entry (another
+            # worker's, or this one's) is refused while the first one's lease lives.
+            holder = f"{self._consumer}:{next(self._requests)}"
+            waiting.append((holder, entries[i : i + size]))
         self._dispatch()
 
     def _dispatch(self) -> None:

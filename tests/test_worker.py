@@ -461,3 +461,33 @@ rate_limit = "1/m"
     assert await redis.xlen(redis_keys.queue("crm")) == 2  # still there, to be sent
     assert await redis.zcard(redis_keys.inflight("crm")) == 0
     assert await redis.zcard(redis_keys.rate("crm")) == 1  # only the one sent counts
+
+
+async def test_entries_a_worker_claims_back_from_itself_are_not_sent_again(
+    redis: Redis, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # When keeping its entries comes late (a starved loop), the worker's own housekeeping
+    # claims them back from itself: they are held already, and must not go twice.
+    async def late() -> None:
+        return None
+
+    monkeypatch.setattr(Worker, "_keep_held", lambda self: late())
+    async with FakeReceiver() as receiver:
+        # 4 at a time, each answer 1.8 s: the last 2 wait 1.8 s, then go; read at 0 and
+        # never kept, they are claimed back at 2.2 s (the window), while under way.
+        receiver.script(delay_s=1.8, times=10)
+        settings = make_settings(f"""
+claim_after_s = 0.2
+[destinations.crm]
+type = "webhook"
+url = "{receiver.url}/crm"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+events = ["lead"]
+timeout_s = 2
+max_in_flight = 4
+""")
+        events = [new_lead(f"p{i}@example.com", "crm") for i in range(6)]
+        await EventStore(redis, retention_s=60).enqueue(events)
+        await asyncio.wait_for(Worker(settings, redis=redis).run(drain=True), 30)
+        sent = [r.parsed["id"] for r in receiver.requests]
+    assert sorted(sent) == sorted(e.id for e in events)  # each once
