@@ -131,10 +131,12 @@ def _parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser(
         "status",
-        help="per destination: pending, retrying, dead, delivered, health; live workers",
+        help="per destination: pending, oldest pending age, retrying, dead, delivered, health; "
+        "live workers",
         description="Per destination (and `(hooks)` once notifications were sent): events "
-        "pending, retrying, dead, delivered in the last hour, and healthy or why not; and the "
-        "live workers (heartbeat within 15 s).",
+        "pending and how long the front of its queue has waited (OLDEST), retrying, dead, "
+        "delivered in the last hour, and healthy or why not; and the live workers (heartbeat "
+        "within 15 s).",
         epilog="exit status:\n"
         "  0  every destination is healthy (or disabled), and any events waiting have a\n"
         "     live worker\n"
@@ -146,7 +148,9 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--json",
         action="store_true",
-        help='print {"destinations": [...], "workers": [{"host", "pid", "last_seen"}]}',
+        help='print {"destinations": [{"destination", "pending", "retrying", "dead", '
+        '"delivered_last_hour", "oldest_pending_s", "health", "why"}, ...], '
+        '"workers": [{"host", "pid", "last_seen"}]}',
     )
 
     keys = sub.add_parser(
