@@ -102,6 +102,13 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--drain", action="store_true", help="exit once nothing is waiting or scheduled"
     )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="also serve GET /metrics (Prometheus) and GET /healthz on this port, on "
+        "RELAY_HOST (default 127.0.0.1); RELAY_METRICS_TOKEN applies as on the API",
+    )
 
     dlq = sub.add_parser(
         "dlq",

@@ -21,11 +21,12 @@ import orjson
 from relay import redis_keys
 from relay.availability import RedisWatch
 from relay.backlog import overview
+from relay.commands.probe import bind, serving
 from relay.commands.reach import reach_redis
 from relay.commands.text import one_line, terminal_json, width_of
 from relay.connect import check_version, redis_for
 from relay.deadletters import list_dead_letters, replay_dead_letters
-from relay.errors import RelayError
+from relay.errors import CannotListen, RelayError
 from relay.models import DeadLetter
 from relay.settings import Settings
 from relay.worker import Worker
@@ -39,21 +40,35 @@ _PROGRESS_EVERY = 500
 
 
 async def run_worker(settings: Settings, args: argparse.Namespace) -> int:
-    """Deliver until SIGTERM or SIGINT, then finish what is in flight.
+    """Deliver until SIGTERM or SIGINT, then finish what is in flight; with
+    ``--metrics-port``, serve /metrics and /healthz on it meanwhile (a port in use or
+    out of range: one line, exit 1, before anything starts).
 
     A Redis that is not there yet is waited for (the RedisWatch logs it); one that
     answers but is too old is an error (exit 1)."""
-    async with redis_for(settings) as redis:
+    try:
+        sockets = [] if args.metrics_port is None else bind(settings.host, args.metrics_port)
+    except CannotListen as refused:
+        print(f"relay worker: {refused}", file=sys.stderr)
+        return 1
+    async with redis_for(settings) as redis, contextlib.AsyncExitStack() as stack:
         watch = RedisWatch()
         worker = Worker(settings, redis=redis, concurrency=args.concurrency, watch=watch)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
         names = ", ".join(settings.destinations) or "no destinations (relay.toml names none)"
+        probe = ""
+        if sockets:
+            await stack.enter_async_context(
+                serving(settings, sockets, redis=redis, alive=lambda: worker.alive)
+            )
+            probe = f"; /metrics and /healthz on http://{settings.host}:{args.metrics_port}"
         log.info(
-            "relay worker delivering to %s, and hook notifications (concurrency %d)",
+            "relay worker delivering to %s, and hook notifications (concurrency %d)%s",
             names,
             args.concurrency,
+            probe,
         )
 
         async def check() -> None:
