@@ -102,6 +102,13 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--drain", action="store_true", help="exit once nothing is waiting or scheduled"
     )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="also serve GET /metrics (Prometheus) and GET /healthz on this port, on "
+        "RELAY_HOST (default 127.0.0.1); RELAY_METRICS_TOKEN applies as on the API",
+    )
 
     dlq = sub.add_parser(
         "dlq",
@@ -131,10 +138,12 @@ def _parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser(
         "status",
-        help="per destination: pending, retrying, dead, delivered, health; live workers",
+        help="per destination: pending, oldest pending age, retrying, dead, delivered, health; "
+        "live workers",
         description="Per destination (and `(hooks)` once notifications were sent): events "
-        "pending, retrying, dead, delivered in the last hour, and healthy or why not; and the "
-        "live workers (heartbeat within 15 s).",
+        "pending and how long the front of its queue has waited (OLDEST), retrying, dead, "
+        "delivered in the last hour, and healthy or why not; and the live workers (heartbeat "
+        "within 15 s).",
         epilog="exit status:\n"
         "  0  every destination is healthy (or disabled), and any events waiting have a\n"
         "     live worker\n"
@@ -146,7 +155,9 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--json",
         action="store_true",
-        help='print {"destinations": [...], "workers": [{"host", "pid", "last_seen"}]}',
+        help='print {"destinations": [{"destination", "pending", "retrying", "dead", '
+        '"delivered_last_hour", "oldest_pending_s", "health", "why"}, ...], '
+        '"workers": [{"host", "pid", "last_seen"}]}',
     )
 
     keys = sub.add_parser(

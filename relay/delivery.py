@@ -36,7 +36,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import orjson
 from aiolimiter import AsyncLimiter
 
-from relay import logs, redis_keys
+from relay import logs, metrics, redis_keys
 from relay.adapters.base import Attempt, Outcome
 from relay.attemptlog import log_attempts, request_ids
 from relay.availability import RedisWatch
@@ -140,6 +140,8 @@ class Deliverer:
         Runs in a task of its own (relay.worker), whose log lines it binds to the request."""
         sent: list[str] = []  # its requests' ids in the rate log
         logs.bind(destination=destination, event_id=",".join(e.event for e in entries))
+        events: list[dict[str, Any]] = []
+        attempts: list[Attempt] = []
         try:
             ready, gone = await self._admit(destination, holder, entries, sent)
             if ready:
@@ -155,6 +157,7 @@ class Deliverer:
                 return
             settlement = dataclasses.replace(settlement, expired=gone)
             words = await self._again(lambda: self._queue.settle(settlement))
+            metrics.settled(destination, settlement.results, words[len(gone) :], events, attempts)
             for result, word in zip(settlement.results, words[len(gone) :], strict=True):
                 if word == "settled":
                     self.counts[result.status] += 1

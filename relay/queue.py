@@ -288,25 +288,6 @@ class DeliveryQueue:
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         return int(await self._move_due(batch, keys={}, args={"now_ms": now_ms, "limit": limit}))
 
-    async def counts(self, destination: str) -> dict[str, int]:
-        """pending (queued, or parked behind an earlier event of its contact), retrying,
-        dead, and delivered in the last hour, for one destination."""
-        now_minute = int(time.time() // 60)
-        minutes = [redis_keys.delivered_minute(destination, now_minute - i) for i in range(60)]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.xlen(redis_keys.queue(destination))
-            pipe.hget(redis_keys.heads(destination), redis_keys.PARKED_FIELD)
-            pipe.zcard(redis_keys.retries(destination))
-            pipe.zcard(redis_keys.dead(destination))
-            pipe.mget(minutes)
-            pending, parked, retrying, dead, delivered = await pipe.execute()
-        return {
-            "pending": int(pending) + int(parked or 0),
-            "retrying": int(retrying),
-            "dead": int(dead),
-            "delivered_last_hour": sum(int(v) for v in delivered if v),
-        }
-
     async def idle(self, destinations: Sequence[str]) -> bool:
         """Nothing waiting, pending or scheduled for any of these destinations."""
         async with self._redis.pipeline(transaction=False) as pipe:

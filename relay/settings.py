@@ -318,7 +318,11 @@ class Settings(BaseSettings):
     config: Path | None = Field(
         None, description="the relay.toml to read (default ./relay.toml when it exists)"
     )
-    host: str = Field("127.0.0.1", min_length=1, description="address `relay serve` listens on")
+    host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="address `relay serve` listens on, and `relay worker --metrics-port`",
+    )
     port: int = Field(8080, ge=1, le=65535, description="port `relay serve` listens on")
     default_region: Annotated[
         str,
@@ -361,6 +365,11 @@ class Settings(BaseSettings):
         description="text (readable lines) or json (one JSON object a line: ts, level, "
         "logger, msg, and request_id, event_id, destination, status, duration_ms where "
         "they apply)",
+    )
+    metrics_token: Secret | None = Field(
+        None,
+        description="bearer token GET /metrics then needs (Authorization: Bearer <token>); "
+        "unset: /metrics is open",
     )
     #: Destinations by name, in file order.
     destinations: dict[DestinationName, Destination] = {}

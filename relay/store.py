@@ -63,6 +63,9 @@ class NewEvent:
                 "payload": self.payload.model_dump(exclude_none=True, exclude_defaults=True),
                 "destinations": self.destinations,
                 "request_id": self.request_id,
+                # Made as the write leaves for Redis; the 202 follows its answer at once
+                # (relay_event_delivery_latency_seconds counts from here).
+                "accepted_ms": time.time_ns() // 1_000_000,
             }
         )
 

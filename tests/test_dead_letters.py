@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from standardwebhooks.webhooks import Webhook
 
 from relay import redis_keys
+from relay.backlog import counts
 from relay.commands.delivery import dlq_list
 from relay.commands.text import one_line, terminal_json, width_of
 from relay.queue import DeliveryQueue
@@ -219,8 +220,8 @@ async def test_rejected_credentials_retry_past_the_end_of_the_schedule(
     assert len(fake_convertr.requests) >= 6
     assert {r.query["apikey"] for r in fake_convertr.requests} == {"wrong-key-123"}
     queue = DeliveryQueue(redis, retention_s=60)
-    counts = await queue.counts("convertr")
-    assert (counts["retrying"], counts["dead"]) == (1, 0), counts
+    found = (await counts(redis, ["convertr"]))["convertr"]
+    assert (found.retrying, found.dead) == (1, 0), found
     assert "401" in (await queue.health())["convertr"]["problem"]
     view = await EventStore(redis, retention_s=60).get(event_id)
     assert view is not None

@@ -12,6 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from relay import redis_keys
+from relay.backlog import Counts, counts
 from relay.errors import StoreUnavailable
 from relay.models import DeliveryStatus
 from relay.queue import DeliveryQueue, Entry, Result, Settlement
@@ -74,8 +75,10 @@ async def test_a_delivery_is_recorded_and_acked_in_one_step(redis: Redis) -> Non
     assert await _pending(redis) == 0
     assert await redis.xlen(redis_keys.queue(DEST)) == 0  # acked and deleted
     assert await redis.zcard(redis_keys.inflight(DEST)) == 0  # the lease given back
-    counts = await DeliveryQueue(redis, retention_s=60).counts(DEST)
-    assert counts == {"pending": 0, "retrying": 0, "dead": 0, "delivered_last_hour": 1}
+    (found,) = (await counts(redis, [DEST])).values()
+    assert found == Counts(
+        pending=0, retrying=0, dead=0, delivered_last_hour=1, oldest_pending_s=0.0
+    )
 
 
 async def test_a_refused_settle_records_nothing_and_acks_nothing(own_redis: Redis) -> None:

@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from relay import redis_keys
+from relay.backlog import counts
 from relay.connect import redis_client
 from relay.deadletters import list_dead_letters, replay_dead_letters
 from relay.hooks import HookStore
@@ -225,9 +226,8 @@ async def test_rejected_credentials_keep_the_event_and_mark_unhealthy(
     await asyncio.wait_for(task, 10)
     health = await queue.health()
     assert "401" in health["convertr"]["problem"]
-    counts = await queue.counts("convertr")
-    assert counts["retrying"] == 1, counts
-    assert counts["dead"] == 0
+    found = (await counts(redis, ["convertr"]))["convertr"]
+    assert (found.retrying, found.dead) == (1, 0), found
     rows = await redis.zrange(redis_keys.retries("convertr"), 0, -1, withscores=True)
     ((member, due),) = cast(list[tuple[str, float]], rows)
     assert member.startswith(event_id + redis_keys.RETRY_CONTACT_SEP)

@@ -15,6 +15,7 @@ from relay.api import dead_letters, events, health, hooks, ingest, keys, openapi
 from relay.api.accesslog import AccessLogger
 from relay.api.auth import auth_middleware
 from relay.api.body import body_guard_middleware
+from relay.api.metrics import count_requests
 from relay.api.problems import error_middleware
 from relay.api.requestid import echo_request_id, request_id_middleware
 from relay.api.routing import routes
@@ -38,6 +39,7 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> web.Applica
     closed; without it the app opens the Redis that settings name, embedded or not."""
     app = web.Application(
         middlewares=[
+            count_requests,
             request_id_middleware,
             body_guard_middleware,
             error_middleware,

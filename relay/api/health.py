@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
+from relay import redis_keys
 from relay.api.problems import RETRY_AFTER_UNAVAILABLE_S, json_response, problem
 from relay.api.routing import routes
 from relay.api.state import DELIVERY_ALIVE, EVENTS, REDIS, SETTINGS
-from relay.heartbeat import live_workers
-from relay.queue import DeliveryQueue
+from relay.backlog import Backlog, overview
 
 __all__ = ["no_delivery"]
 
+_DESTINATION_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "healthy": {"type": "boolean"},
+        "health": {"enum": ["healthy", "unhealthy", "disabled"]},
+        "pending": {"type": "integer", "minimum": 0},
+        "retrying": {"type": "integer", "minimum": 0},
+        "dead": {"type": "integer", "minimum": 0},
+        "oldest_pending_s": {
+            "type": "number",
+            "minimum": 0,
+            "description": "seconds the front of its queue has waited (README: Metrics)",
+        },
+        "problem": {"type": "string", "description": "why it is unhealthy"},
+        "since": {"type": "number", "description": "unix time its credentials were refused"},
+    },
+    "required": ["healthy", "health", "pending", "retrying", "dead", "oldest_pending_s"],
+}
 _WORKERS_SCHEMA = {
     "type": "array",
     "items": {
@@ -67,7 +87,10 @@ async def healthz(request: web.Request) -> web.Response:
                 "properties": {
                     "status": {"type": "string"},
                     "redis": {"type": "string"},
-                    "destinations": {"type": "object"},
+                    "destinations": {
+                        "type": "object",
+                        "additionalProperties": _DESTINATION_SCHEMA,
+                    },
                     "workers": _WORKERS_SCHEMA,
                 },
             },
@@ -78,24 +101,24 @@ async def healthz(request: web.Request) -> web.Response:
 )
 async def readyz(request: web.Request) -> web.Response:
     """Ready means Redis answers (and the in-process delivery worker, if any, runs).
-    ``destinations`` tells which upstreams refuse our credentials (their events are kept
-    and retried), ``workers`` the live workers; neither makes relay unready."""
+    ``destinations`` gives each one's backlog and health, as `relay status` does (an
+    upstream that refuses our credentials, events waiting and no live worker);
+    ``workers`` the live workers; neither makes relay unready."""
     if await request.app[EVENTS].ping():
         if (refused := no_delivery(request.app)) is not None:
             return refused
-        settings = request.app[SETTINGS]
-        queue = DeliveryQueue(request.app[REDIS], retention_s=settings.retention_s)
-        unhealthy = await queue.health()
+        seen = await overview(request.app[REDIS], request.app[SETTINGS])
         destinations = {
-            name: {"healthy": name not in unhealthy, **unhealthy.get(name, {})}
-            for name in settings.destinations
+            row["destination"]: _destination(row)
+            for row in seen.destinations
+            if row["destination"] != redis_keys.NOTIFICATIONS
         }
         return json_response(
             {
                 "status": "ready",
                 "redis": "ok",
                 "destinations": destinations,
-                "workers": await live_workers(request.app[REDIS]),
+                "workers": seen.workers,
             }
         )
     return problem(
@@ -106,3 +129,19 @@ async def readyz(request: web.Request) -> web.Response:
         headers={"Retry-After": "5"},
         redis="unavailable",
     )
+
+
+def _destination(row: Backlog) -> dict[str, Any]:
+    shown: dict[str, Any] = {
+        "healthy": row["health"] != "unhealthy",
+        "health": row["health"],
+        "pending": row["pending"],
+        "retrying": row["retrying"],
+        "dead": row["dead"],
+        "oldest_pending_s": row["oldest_pending_s"],
+    }
+    if row["why"]:
+        shown["problem"] = row["why"]
+    if row["since"] is not None:
+        shown["since"] = row["since"]
+    return shown

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from relay import metrics
 from relay.api.body import read_items
 from relay.api.body_schema import form_body, json_body
 from relay.api.bounds import (
@@ -198,6 +199,7 @@ async def _accept(request: web.Request, kind: EventKind, claimed: Claim | None) 
             accepted.append(BatchAccepted(index=index, id=event_id))
 
     if not events:
+        metrics.ingested(kind, key.mode, accepted=0, rejected=len(rejected))
         errors = [e for r in rejected for e in r.errors]
         if not is_batch:
             return _invalid(f"the {kind} is invalid: " + _summary(errors), errors)
@@ -219,6 +221,7 @@ async def _accept(request: web.Request, kind: EventKind, claimed: Claim | None) 
     remember = None if claimed is None else (claimed.redis_key, claimed.answer(status, body))
     subscribers = await request.app[HOOKS].matching(f"{kind}.received")
     await request.app[EVENTS].enqueue(events, remember=remember, subscribers=subscribers)
+    metrics.ingested(kind, key.mode, accepted=len(events), rejected=len(rejected))
     return web.Response(body=body, status=status, content_type="application/json")
 
 

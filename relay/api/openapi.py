@@ -99,7 +99,7 @@ def _operation(spec: RouteSpec, schemas: _Schemas) -> dict[str, Any]:
     for status, (description, model) in sorted(spec.responses.items()):
         answer: dict[str, Any] = {"description": description, "headers": _ECHOED}
         if model is not None:
-            media = "application/problem+json" if model is Problem else "application/json"
+            media = "application/problem+json" if model is Problem else spec.media_type
             answer["content"] = {media: {"schema": schemas.of(model)}}
         responses[str(status)] = answer
     op["responses"] = responses
@@ -156,14 +156,20 @@ def _with_destinations(node: Any, takes: Mapping[str, Sequence[str]]) -> Any:
 
 
 def build_openapi(
-    *, version: str, destinations: Mapping[str, Sequence[str]] | None = None
+    *,
+    version: str,
+    destinations: Mapping[str, Sequence[str]] | None = None,
+    metrics_token: bool = False,
 ) -> dict[str, Any]:
     """The whole document, from every registered route. ``destinations``: each configured
-    destination's name and the event types it takes (none when disabled)."""
+    destination's name and the event types it takes (none when disabled);
+    ``metrics_token``: RELAY_METRICS_TOKEN is set, so GET /metrics needs it."""
     schemas = _Schemas()
     paths: dict[str, dict[str, Any]] = {}
     for spec in routes:
         paths.setdefault(spec.path, {})[spec.method.lower()] = _operation(spec, schemas)
+    if metrics_token and "/metrics" in paths:
+        paths["/metrics"]["get"]["security"] = [{"metricsToken": []}]
     document = {
         "openapi": "3.1.0",
         "info": {
@@ -181,6 +187,11 @@ def build_openapi(
                 "bearer": {"type": "http", "scheme": "bearer", "description": "rly_live_… key"},
                 "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
                 "apiKeyQuery": {"type": "apiKey", "in": "query", "name": "api_key"},
+                "metricsToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "RELAY_METRICS_TOKEN, for GET /metrics when it is set",
+                },
             },
         },
     }
@@ -197,15 +208,20 @@ def build_openapi(
     tag="health",
 )
 async def openapi_json(request: web.Request) -> web.Response:
-    configured = request.app[SETTINGS].destinations
+    settings = request.app[SETTINGS]
+    configured = settings.destinations
     takes = tuple((n, tuple(d.events) if d.enabled else ()) for n, d in configured.items())
-    return web.Response(body=_document(takes), content_type="application/json")
+    body = _document(takes, metrics_token=settings.metrics_token is not None)
+    return web.Response(body=body, content_type="application/json")
 
 
 @functools.cache
-def _document(takes: tuple[tuple[str, tuple[str, ...]], ...]) -> bytes:
+def _document(takes: tuple[tuple[str, tuple[str, ...]], ...], *, metrics_token: bool) -> bytes:
     """Built once per configuration: the routes and models do not change while the process
     runs."""
     from relay import __version__
 
-    return orjson.dumps(build_openapi(version=__version__, destinations=dict(takes)))
+    document = build_openapi(
+        version=__version__, destinations=dict(takes), metrics_token=metrics_token
+    )
+    return orjson.dumps(document)

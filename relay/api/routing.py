@@ -51,6 +51,8 @@ class RouteSpec:
     body_media_types: tuple[str, ...] = ("application/json",)
     #: Schema of the non-JSON media types (forms), when it is not ``body``'s.
     form_body: dict[str, Any] | None = None
+    #: Media type of the answers that are not problems.
+    media_type: str = "application/json"
     tag: str = "relay"
 
 

@@ -25,6 +25,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, InvalidURLError
 from aiohttp.web_protocol import RequestHandler
 
+from relay import metrics
 from relay.api.accesslog import AccessLogger
 from relay.api.problems import parser_reason, problem
 from relay.api.requestid import REQUEST_ID_HEADER, request_id_for
@@ -153,6 +154,7 @@ class _Protocol(RequestHandler):
         """A 4xx from the parser: one WARNING line without traceback, and a problem."""
         if status >= 500 or request.writer.output_size > 0:
             return super().handle_error(request, status, exc, message)
+        metrics.http_request(None, request.method, status)
         reason, loc, hint = _explain(exc, message)
         # Its own id when the parser got as far as that header, else a new one.
         request_id = request_id_for(request.headers.get(REQUEST_ID_HEADER))

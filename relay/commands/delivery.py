@@ -20,14 +20,14 @@ import orjson
 
 from relay import redis_keys
 from relay.availability import RedisWatch
+from relay.backlog import overview
+from relay.commands.probe import bind, serving
 from relay.commands.reach import reach_redis
 from relay.commands.text import one_line, terminal_json, width_of
 from relay.connect import check_version, redis_for
 from relay.deadletters import list_dead_letters, replay_dead_letters
-from relay.errors import RelayError
-from relay.heartbeat import live_workers
+from relay.errors import CannotListen, RelayError
 from relay.models import DeadLetter
-from relay.queue import DeliveryQueue
 from relay.settings import Settings
 from relay.worker import Worker
 
@@ -40,21 +40,35 @@ _PROGRESS_EVERY = 500
 
 
 async def run_worker(settings: Settings, args: argparse.Namespace) -> int:
-    """Deliver until SIGTERM or SIGINT, then finish what is in flight.
+    """Deliver until SIGTERM or SIGINT, then finish what is in flight; with
+    ``--metrics-port``, serve /metrics and /healthz on it meanwhile (a port in use or
+    out of range: one line, exit 1, before anything starts).
 
     A Redis that is not there yet is waited for (the RedisWatch logs it); one that
     answers but is too old is an error (exit 1)."""
-    async with redis_for(settings) as redis:
+    try:
+        sockets = [] if args.metrics_port is None else bind(settings.host, args.metrics_port)
+    except CannotListen as refused:
+        print(f"relay worker: {refused}", file=sys.stderr)
+        return 1
+    async with redis_for(settings) as redis, contextlib.AsyncExitStack() as stack:
         watch = RedisWatch()
         worker = Worker(settings, redis=redis, concurrency=args.concurrency, watch=watch)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
         names = ", ".join(settings.destinations) or "no destinations (relay.toml names none)"
+        probe = ""
+        if sockets:
+            await stack.enter_async_context(
+                serving(settings, sockets, redis=redis, alive=lambda: worker.alive)
+            )
+            probe = f"; /metrics and /healthz on http://{settings.host}:{args.metrics_port}"
         log.info(
-            "relay worker delivering to %s, and hook notifications (concurrency %d)",
+            "relay worker delivering to %s, and hook notifications (concurrency %d)%s",
             names,
             args.concurrency,
+            probe,
         )
 
         async def check() -> None:
@@ -150,38 +164,29 @@ async def dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
 async def status(settings: Settings, args: argparse.Namespace) -> int:
     """Exit 1 when a destination is unhealthy, or has events waiting and no live worker."""
     async with reach_redis(settings) as redis:
-        queue = DeliveryQueue(redis, retention_s=settings.retention_s)
-        unhealthy = await queue.health()
-        workers = await live_workers(redis)
-        rows: list[dict[str, Any]] = []
-        for name, dest in settings.destinations.items():
-            counts = await queue.counts(name)
-            problem = unhealthy.get(name, {}).get("problem")
-            health = "disabled" if not dest.enabled else ("unhealthy" if problem else "healthy")
-            rows.append({"destination": name, **counts, "health": health, "why": problem})
-        hooks = await queue.counts(redis_keys.NOTIFICATIONS)
-        if any(hooks.values()):
-            rows.append({"destination": "(hooks)", **hooks, "health": "healthy", "why": None})
-    for r in rows:
-        waiting = r["pending"] + r["retrying"]
-        if waiting and not workers and r["health"] != "disabled":
-            r["health"] = "unhealthy"
-            r["why"] = "; ".join(
-                filter(None, [r["why"], f"{waiting} events waiting and no live worker"])
-            )
+        seen = await overview(redis, settings)
+    rows: list[dict[str, Any]] = []
+    for row in seen.destinations:
+        if row["destination"] == redis_keys.NOTIFICATIONS:
+            if not (row["pending"] or row["retrying"] or row["dead"] or row["delivered_last_hour"]):
+                continue  # no notification was ever sent (or none lately)
+            row = {**row, "destination": "(hooks)"}
+        rows.append({k: v for k, v in row.items() if k != "since"})
+    workers = seen.workers
     if args.json:
         print(orjson.dumps({"destinations": rows, "workers": workers}).decode())
         return _exit_status(rows)
     if not rows:
         print("No destinations configured (relay.toml).")
     else:
-        head = ("DESTINATION", "PENDING", "RETRYING", "DEAD", "DELIVERED/1H", "HEALTH")
-        print("{:<16} {:>8} {:>9} {:>6} {:>13}  {}".format(*head))
+        head = ("DESTINATION", "PENDING", "OLDEST", "RETRYING", "DEAD", "DELIVERED/1H", "HEALTH")
+        print("{:<16} {:>8} {:>8} {:>9} {:>6} {:>13}  {}".format(*head))
         for r in rows:
             why = f" ({r['why']})" if r["why"] else ""
+            oldest = _age(r["oldest_pending_s"]) if r["pending"] else "-"
             print(
-                f"{r['destination']:<16} {r['pending']:>8} {r['retrying']:>9} {r['dead']:>6} "
-                f"{r['delivered_last_hour']:>13}  {r['health']}{why}"
+                f"{r['destination']:<16} {r['pending']:>8} {oldest:>8} {r['retrying']:>9} "
+                f"{r['dead']:>6} {r['delivered_last_hour']:>13}  {r['health']}{why}"
             )
     if workers:
         print(f"\nLive workers ({len(workers)}):")
@@ -190,6 +195,18 @@ async def status(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print("\nNo live worker: start `relay serve` or `relay worker` to deliver.")
     return _exit_status(rows)
+
+
+def _age(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``2h10m``, ``3d04h``: how long the oldest pending event waited."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
 def _exit_status(rows: list[dict[str, Any]]) -> int:

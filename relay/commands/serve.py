@@ -17,7 +17,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from relay import __version__
+from relay import __version__, metrics
 from relay.connect import check_version, memory_hint
 from relay.embedded import EmbeddedRedis
 from relay.errors import CannotListen, EmbeddedRedisError, RelayError
@@ -52,7 +52,9 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     if embedded is not None:
         embedded.acquire()
     try:
-        return _run_processes(settings, sockets, host=host, port=port, worker=worker)
+        # Every process counts into a directory of this run: one scrape shows the sum.
+        with metrics.shared_between_processes():
+            return _run_processes(settings, sockets, host=host, port=port, worker=worker)
     finally:
         if embedded is not None:
             embedded.release()
