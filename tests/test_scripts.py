@@ -148,7 +148,13 @@ async def _undeclared(redis: Redis, lines: list[bytes]) -> tuple[dict[str, int],
 async def test_every_key_a_script_touches_is_one_its_call_named(
     redis_server: RedisServer, redis: Redis, make_settings: Callable[..., Settings]
 ) -> None:
-    async with FakeReceiver() as receiver, FakeConveyour() as conveyour:
+    # Hook notifications go to a receiver of their own: the crm receiver's scripted
+    # answers (a retry, a pause, a dead letter) are for crm's requests alone.
+    async with (
+        FakeReceiver() as receiver,
+        FakeReceiver() as subscriber,
+        FakeConveyour() as conveyour,
+    ):
         settings = make_settings(f"""
 claim_after_s = 0.2
 [destinations.crm]
@@ -169,7 +175,7 @@ batch_size = 3
 allow_private_targets = true
 """)
         await HookStore(redis).create(
-            key_id="key_x", event="lead.delivered", target_url=f"{receiver.url}/done"
+            key_id="key_x", event="lead.delivered", target_url=f"{subscriber.url}/done"
         )
         receiver.script(status=503)  # a retry
         receiver.script(status=429, headers={"Retry-After": "1"})  # a pause, kept through
