@@ -10,13 +10,16 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from relay import redis_keys
+from relay.cli import main
 from relay.ids import new_event_id
 from relay.models import Lead
+from relay.settings import Settings
 from relay.store import EventStore, NewEvent
 
 KeyMaker = Callable[..., Awaitable[str]]
@@ -169,3 +172,29 @@ async def test_events_q_newest_first_limit_and_bad_queries(
         assert resp.content_type == "application/problem+json"
         assert (await resp.json())["errors"][0]["loc"][:2] == ["query", "q"], bad
     assert (await client.get("/v1/events?q=x", headers=writer)).status == 403
+
+
+async def test_relay_events_find(
+    redis: Redis,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    store = EventStore(redis, retention_s=3600)
+    older, newer = lead(phone="+14155550100", ago_s=5), lead(phone="+14155550100")
+    await store.enqueue([older, newer])
+    assert settings.redis_url is not None
+    assert settings.config is not None
+    monkeypatch.setenv("RELAY_REDIS_URL", settings.redis_url.get_secret_value())
+    monkeypatch.setenv("RELAY_CONFIG", str(settings.config))
+    # The command runs its own event loop: in a thread, beside this test's.
+    assert await asyncio.to_thread(main, ["events", "find", "(415) 555-0100"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["event", "type", "status", "received", "email", "phone"]
+    assert [line.split()[0] for line in lines[1:]] == [newer.id, older.id]
+    assert lines[1].split()[-1] == "+14155550100"
+    found = ["events", "find", "+1 415 555 0100", "--json", "--limit", "1"]
+    assert await asyncio.to_thread(main, found) == 0
+    assert [orjson.loads(line)["id"] for line in capsys.readouterr().out.splitlines()] == [newer.id]
+    assert await asyncio.to_thread(main, ["events", "find", "nobody@example.com"]) == 1
+    assert "no event found" in capsys.readouterr().err
