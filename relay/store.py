@@ -2,9 +2,11 @@
 
 An accepted event is written in one atomic script call (``relay/lua/enqueue.lua``, a
 group commit shared with concurrent requests; see :mod:`relay.groupcommit`) with
-everything that makes it deliverable: its record (JSON plus a status per
-destination), its place in the time index, and its place in each destination's
-queue: a stream entry, or a place in its contact's order behind an earlier event.
+everything that makes it deliverable and findable: its record (JSON plus a status
+per destination), its place in the time index and in the search index of its email
+and of its phone (``redis_keys.who``, read by :meth:`EventStore.find`), and its place
+in each destination's queue: a stream entry, or a place in its contact's order
+behind an earlier event.
 Either all of it is in Redis when ``enqueue`` returns, or none of it and
 StoreUnavailable is raised when Redis cannot take it now (the API's error
 middleware answers 503, so that Zapier and n8n retry).
