@@ -140,6 +140,9 @@ async def _as_admin(
         await dialog.accept()
 
     page.on("dialog", on_dialog)
+    # The browser reports what the CSP blocked (an inline style htmx injected, ...).
+    blocked: list[str] = []
+    page.on("console", lambda m: blocked.append(m.text) if "Content Security" in m.text else None)
     await page.goto(serve.url("/console"))
     await page.screenshot(path=screens / "sign-in.png")
     await page.get_by_label("API key").fill("rly_live_" + "0" * 32)
@@ -216,6 +219,7 @@ async def _as_admin(
         serve.url("/console/dead-letters/replay"), form={"pick": f"conveyour {xss}"}
     )
     assert refused.status == 403
+    assert blocked == []
     await page.get_by_role("button", name="Sign out").click()
     await expect(page.get_by_label("API key")).to_be_visible()
     assert admin not in await page.content()
