@@ -273,3 +273,29 @@ async def test_search_chart_and_no_console_in_openapi(
     assert "<polyline" in overview
     doc = await (await client.get("/openapi.json")).json()
     assert not [p for p in doc["paths"] if p.startswith("/console")]
+
+
+async def test_destinations_masked_and_checked(client: Client, make_key: MakeKey) -> None:
+    await sign_in(client, await make_key("read:events"))
+    page = await (await client.get("/console/destinations")).text()
+    assert "conveyour" in page
+    assert "convertr" in page
+    for secret in ("cy-token-secret-0001", "cv-apikey-secret-0002"):
+        assert secret not in page
+    assert "**********" in page
+    assert 'hx-get="/console/destinations/check"' in page
+    # relay config check's finding: this Convertr (port 9) cannot be read.
+    check = await (await client.get("/console/destinations/check")).text()
+    assert "convertr: cannot read the campaign form&#39;s fields" in check
+    assert "could not reach Convertr" in check
+    assert "cv-apikey-secret-0002" not in check
+
+
+async def test_a_session_ends_after_its_absolute_lifetime(
+    client: Client, make_key: MakeKey, redis: Redis
+) -> None:
+    await sign_in(client, await make_key("admin"))
+    (name,) = [n async for n in redis.scan_iter(redis_keys.console_session("*"))]
+    await redis.hset(name, "ends", int(time.time()) - 1)
+    answer = await client.get("/console/overview", allow_redirects=False)
+    assert answer.status == 303
