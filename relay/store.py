@@ -182,6 +182,7 @@ class EventStore:
         kind: str | None = None,
         status: str | None = None,
         destination: str | None = None,
+        mode: str | None = None,
         before: str | None = None,
     ) -> list[EventView]:
         """Newest first, filtered; ``before`` (an event id) continues a previous page.
@@ -214,6 +215,8 @@ class EventStore:
                 if view is None or (kind and view.type != kind):
                     continue
                 if status and view.status != status:
+                    continue
+                if mode and view.mode != mode:
                     continue
                 if destination and destination not in {d.name for d in view.destinations}:
                     continue

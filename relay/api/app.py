@@ -1,4 +1,5 @@
-"""``create_app(settings, *, redis=None)``: the API as an aiohttp application."""
+"""``create_app(settings, *, redis=None)``: the API (and the web console) as an aiohttp
+application."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from relay.api.routing import routes
 from relay.api.state import EVENTS, HOOKS, KEYS, LIMITER, REDIS, SETTINGS, WATCH
 from relay.availability import RedisWatch, Supervisor
 from relay.connect import redis_for
+from relay.console import console_middleware, setup_console
 from relay.hooks import HookStore
 from relay.keystore import KeyStore
 from relay.ratelimit import RateLimiter
@@ -44,6 +46,7 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> web.Applica
             body_guard_middleware,
             error_middleware,
             auth_middleware,
+            console_middleware,
         ],
         client_max_size=settings.max_body_bytes,
     )
@@ -54,6 +57,7 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> web.Applica
     app.cleanup_ctx.append(_invalidation_listeners)
     for spec in routes:
         app.router.add_route(spec.method, spec.path, spec.handler)
+    setup_console(app)
     return app
 
 
