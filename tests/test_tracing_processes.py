@@ -221,3 +221,59 @@ async def test_serve_with_the_extra_and_no_otel_variable_is_untraced(
         )
     assert "tracing" not in log.lower(), log
     assert "opentelemetry" not in log.lower(), log
+
+
+async def test_relay_worker_exports_its_spans_when_it_exits(
+    tmp_path: Path, redis_server: RedisServer, redis: Redis
+) -> None:
+    """The worker traced on its own, the API not (so the event has no traceparent and
+    its delivery no link): its spans under its own service name, exported as
+    ``relay worker --drain`` exits."""
+    async with FakeCollector() as collector, FakeReceiver() as receiver:
+        (tmp_path / "relay.toml").write_text(
+            f'[destinations.crm]\ntype = "webhook"\nurl = "{receiver.url}/hook"\n'
+            'secret = "${CRM_WHSEC}"\n'
+        )
+        env = {k: v for k, v in clean_env().items() if not k.startswith("OTEL_")}
+        env.update(RELAY_REDIS_URL=redis_server.url, CRM_WHSEC=_WHSEC)
+        serve = await asyncio.to_thread(Serve, cwd=tmp_path, env=env, args=("--no-worker",))
+        try:
+            created = await asyncio.to_thread(
+                relay, "keys", "create", "--name", "t", "--scope", "write:leads", "--json",
+                cwd=tmp_path, env=env,
+            )  # fmt: skip
+            status, raw = await asyncio.to_thread(
+                http,
+                "POST",
+                serve.url("/v1/leads"),
+                body=b'{"email": "ada@example.com"}',
+                headers={
+                    "Content-Type": "application/json",
+                    "X-API-Key": json.loads(created.stdout)["key"],
+                },
+            )
+            assert status == 202, raw
+        finally:
+            await asyncio.to_thread(serve.stop)
+        traced = {
+            **env,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
+            "OTEL_BSP_SCHEDULE_DELAY": "60000",  # only the exit sends them
+        }
+        done = await asyncio.to_thread(
+            relay, "worker", "--drain", cwd=tmp_path, env=traced, check=False
+        )
+    assert done.returncode == 0, done.stderr
+    assert "tracing on: <Tracing on service='relay-worker'>" in done.stderr
+    assert len(receiver.requests) == 1
+    event_id = json.loads(raw)["id"]
+    assert sorted(s["name"] for s in collector.spans) == [
+        "POST",
+        "relay.deliver",
+        "relay.settle",
+        "relay.take",
+    ]
+    for span in collector.spans:
+        assert span["attributes"]["relay.event_id"] == event_id
+        assert span["resource"]["service.name"] == "relay-worker"
+        assert span["links"] == 0
