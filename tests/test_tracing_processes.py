@@ -100,6 +100,34 @@ async def _until_logged(serve: Serve, text: str, *, timeout_s: float = 20) -> No
     raise AssertionError(f"{text!r} never logged:\n{serve.log()}")
 
 
+def _untraced_env(cwd: Path, redis_server: RedisServer, receiver: FakeReceiver) -> dict[str, str]:
+    """A relay.toml sending leads to ``receiver``, and an environment with no OTEL_*."""
+    (cwd / "relay.toml").write_text(
+        f'[destinations.crm]\ntype = "webhook"\nurl = "{receiver.url}/hook"\n'
+        'secret = "${CRM_WHSEC}"\n'
+    )
+    env = {k: v for k, v in clean_env().items() if not k.startswith("OTEL_")}
+    env.update(RELAY_REDIS_URL=redis_server.url, CRM_WHSEC=_WHSEC)
+    return env
+
+
+async def _queue_lead(serve: Serve, cwd: Path, env: dict[str, str]) -> tuple[str, str]:
+    """A key made with ``relay keys create`` and a lead sent with it: the key, the event id."""
+    created = await asyncio.to_thread(
+        relay, "keys", "create", "--name", "t", "--scope", "write:leads", "--json", cwd=cwd, env=env
+    )
+    key = json.loads(created.stdout)["key"]
+    status, raw = await asyncio.to_thread(
+        http,
+        "POST",
+        serve.url("/v1/leads?api_key=" + key),
+        body=b'{"email": "ada@example.com"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert status == 202, raw
+    return key, json.loads(raw)["id"]
+
+
 async def _serve_and_deliver(
     cwd: Path,
     redis_server: RedisServer,
@@ -111,36 +139,10 @@ async def _serve_and_deliver(
 ) -> tuple[str, str, str]:
     """``relay serve`` with ``otel`` as its only OTEL_* variables: one lead accepted and
     delivered, then SIGTERM. Its log, the event's id and the API key."""
-    (cwd / "relay.toml").write_text(
-        f'[destinations.crm]\ntype = "webhook"\nurl = "{receiver.url}/hook"\n'
-        'secret = "${CRM_WHSEC}"\n'
-    )
-    env = {k: v for k, v in clean_env().items() if not k.startswith("OTEL_")}
-    env.update(RELAY_REDIS_URL=redis_server.url, CRM_WHSEC=_WHSEC, **otel)
+    env = {**_untraced_env(cwd, redis_server, receiver), **otel}
     serve = await asyncio.to_thread(Serve, cwd=cwd, env=env, python=python)
     try:
-        created = await asyncio.to_thread(
-            relay,
-            "keys",
-            "create",
-            "--name",
-            "t",
-            "--scope",
-            "write:leads",
-            "--json",
-            cwd=cwd,
-            env=env,
-        )
-        key = json.loads(created.stdout)["key"]
-        status, raw = await asyncio.to_thread(
-            http,
-            "POST",
-            serve.url("/v1/leads?api_key=" + key),
-            body=b'{"email": "ada@example.com"}',
-            headers={"Content-Type": "application/json"},
-        )
-        assert status == 202, raw
-        event_id = json.loads(raw)["id"]
+        key, event_id = await _queue_lead(serve, cwd, env)
         await _until_logged(serve, f"crm: {event_id} delivered")
         if before_stop is not None:
             before_stop()
@@ -230,29 +232,10 @@ async def test_relay_worker_exports_its_spans_when_it_exits(
     its delivery no link): its spans under its own service name, exported as
     ``relay worker --drain`` exits."""
     async with FakeCollector() as collector, FakeReceiver() as receiver:
-        (tmp_path / "relay.toml").write_text(
-            f'[destinations.crm]\ntype = "webhook"\nurl = "{receiver.url}/hook"\n'
-            'secret = "${CRM_WHSEC}"\n'
-        )
-        env = {k: v for k, v in clean_env().items() if not k.startswith("OTEL_")}
-        env.update(RELAY_REDIS_URL=redis_server.url, CRM_WHSEC=_WHSEC)
+        env = _untraced_env(tmp_path, redis_server, receiver)
         serve = await asyncio.to_thread(Serve, cwd=tmp_path, env=env, args=("--no-worker",))
         try:
-            created = await asyncio.to_thread(
-                relay, "keys", "create", "--name", "t", "--scope", "write:leads", "--json",
-                cwd=tmp_path, env=env,
-            )  # fmt: skip
-            status, raw = await asyncio.to_thread(
-                http,
-                "POST",
-                serve.url("/v1/leads"),
-                body=b'{"email": "ada@example.com"}',
-                headers={
-                    "Content-Type": "application/json",
-                    "X-API-Key": json.loads(created.stdout)["key"],
-                },
-            )
-            assert status == 202, raw
+            _, event_id = await _queue_lead(serve, tmp_path, env)
         finally:
             await asyncio.to_thread(serve.stop)
         traced = {
@@ -266,7 +249,6 @@ async def test_relay_worker_exports_its_spans_when_it_exits(
     assert done.returncode == 0, done.stderr
     assert "tracing on: <Tracing on service='relay-worker'>" in done.stderr
     assert len(receiver.requests) == 1
-    event_id = json.loads(raw)["id"]
     assert sorted(s["name"] for s in collector.spans) == [
         "POST",
         "relay.deliver",
