@@ -51,23 +51,26 @@ class NewEvent:
     destinations: tuple[str, ...]
     #: X-Request-ID of the request that sent it (every API request has one).
     request_id: str | None = None
+    #: W3C traceparent of the span that accepted it (tracing on): delivery spans link to it.
+    traceparent: str | None = None
 
     def to_json(self) -> bytes:
-        return orjson.dumps(
-            {
-                "id": self.id,
-                "type": self.type,
-                "mode": self.mode,
-                "key_id": self.key_id,
-                "received_at": self.received_at.isoformat(),
-                "payload": self.payload.model_dump(exclude_none=True, exclude_defaults=True),
-                "destinations": self.destinations,
-                "request_id": self.request_id,
-                # Made as the write leaves for Redis; the 202 follows its answer at once
-                # (relay_event_delivery_latency_seconds counts from here).
-                "accepted_ms": time.time_ns() // 1_000_000,
-            }
-        )
+        doc: dict[str, Any] = {
+            "id": self.id,
+            "type": self.type,
+            "mode": self.mode,
+            "key_id": self.key_id,
+            "received_at": self.received_at.isoformat(),
+            "payload": self.payload.model_dump(exclude_none=True, exclude_defaults=True),
+            "destinations": self.destinations,
+            "request_id": self.request_id,
+            # Made as the write leaves for Redis; the 202 follows its answer at once
+            # (relay_event_delivery_latency_seconds counts from here).
+            "accepted_ms": time.time_ns() // 1_000_000,
+        }
+        if self.traceparent is not None:
+            doc["traceparent"] = self.traceparent
+        return orjson.dumps(doc)
 
 
 def overall_status(mode: str, statuses: list[DeliveryStatus]) -> str:
