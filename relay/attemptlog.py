@@ -22,7 +22,7 @@ from relay.adapters.base import Attempt, Outcome
 from relay.models import DeliveryStatus
 from relay.queue import Result
 
-__all__ = ["log_attempts", "request_ids"]
+__all__ = ["log_attempts", "outcome_word", "request_ids"]
 
 log = logging.getLogger("relay.worker")
 
@@ -40,6 +40,13 @@ def request_ids(events: list[dict[str, Any]]) -> str | None:
     return ",".join(found) or None
 
 
+def outcome_word(attempt: Attempt, result: Result) -> str:
+    """What became of an attempt, as ``relay_deliveries_total`` counts it."""
+    if attempt.outcome is Outcome.credentials:
+        return "credentials"
+    return _OUTCOMES[result.status]
+
+
 def log_attempts(
     destination: str,
     events: list[dict[str, Any]],
@@ -48,10 +55,7 @@ def log_attempts(
 ) -> None:
     """One INFO line per event of a request: its attempt and the result judged from it."""
     for event, attempt, result in zip(events, attempts, results, strict=True):
-        if attempt.outcome is Outcome.credentials:
-            outcome = "credentials"
-        else:
-            outcome = _OUTCOMES[result.status]
+        outcome = outcome_word(attempt, result)
         fields = {
             "request_id": event.get("request_id"),
             "event_id": event["id"],

@@ -40,7 +40,12 @@ examples:
 def _epilog() -> str:
     """Every RELAY_* variable settings read, from their descriptions, then examples."""
     lines = ["environment:"]
-    for name, text in environment_variables():
+    tracing = (
+        "with the otel extra (pip install 'relay[otel]'): OpenTelemetry traces of serve and "
+        "worker, on when OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or "
+        "OTEL_TRACES_EXPORTER is set; the SDK reads the rest (README: Tracing)"
+    )
+    for name, text in [*environment_variables(), ("OTEL_*", tracing)]:
         lines += textwrap.wrap(
             text,
             width=92,

@@ -48,6 +48,7 @@ from relay.queue import DeliveryQueue, Entry, Result, Settlement, Taken
 from relay.ratelimit import FULL_POLL_S, RateLimiter
 from relay.retry import next_delay_s
 from relay.settings import DeliverySettings
+from relay.tracing import DeliverySpan, Tracing
 
 __all__ = ["MAX_WAIT_S", "Deliverer", "Sender"]
 
@@ -93,6 +94,7 @@ class Deliverer:
         "_local",
         "_queue",
         "_stopping",
+        "_tracing",
         "_watch",
         "counts",
     )
@@ -109,8 +111,11 @@ class Deliverer:
         limiter: RateLimiter,
         local: dict[str, AsyncLimiter],
         stopping: asyncio.Event,
+        tracing: Tracing | None = None,
     ) -> None:
         self._queue = queue
+        #: Spans of each delivery (relay.tracing; off: calls that do nothing).
+        self._tracing = tracing or Tracing()
         #: Set when the worker stops: requests not sent yet stop waiting.
         self._stopping = stopping
         self._configs = configs
@@ -138,25 +143,35 @@ class Deliverer:
         """Deliver one request: ``entries`` go together under ``holder``'s lease.
 
         Runs in a task of its own (relay.worker), whose log lines it binds to the request."""
+        with self._tracing.deliver(destination, [e.event for e in entries]) as span:
+            await self._deliver(destination, holder, entries, span)
+
+    async def _deliver(
+        self, destination: str, holder: str, entries: Sequence[Entry], span: DeliverySpan
+    ) -> None:
         sent: list[str] = []  # its requests' ids in the rate log
         logs.bind(destination=destination, event_id=",".join(e.event for e in entries))
         events: list[dict[str, Any]] = []
         attempts: list[Attempt] = []
         try:
-            ready, gone = await self._admit(destination, holder, entries, sent)
+            with self._tracing.step("relay.take"):
+                ready, gone = await self._admit(destination, holder, entries, sent)
             if ready:
                 events = [orjson.loads(t.data) for t in ready]
+                span.link(events)
                 logs.bind(request_id=request_ids(events))
                 attempts = await self._send(destination, events, sent)
                 settlement = await self._judge(destination, holder, ready, events, attempts, sent)
                 # Said before the settle: a settle that fails leaves the attempt made.
                 log_attempts(destination, events, attempts, settlement.results)
+                span.settled(attempts, settlement.results)
             elif gone:  # nothing to send: their entries acked, their contacts' next go
                 settlement = Settlement(destination, holder, ())
             else:
                 return
             settlement = dataclasses.replace(settlement, expired=gone)
-            words = await self._again(lambda: self._queue.settle(settlement))
+            with self._tracing.step("relay.settle"):
+                words = await self._again(lambda: self._queue.settle(settlement))
             metrics.settled(destination, settlement.results, words[len(gone) :], events, attempts)
             for result, word in zip(settlement.results, words[len(gone) :], strict=True):
                 if word == "settled":

@@ -39,11 +39,15 @@ from relay.targets import GuardedResolver, TargetRefused, TargetUnresolved, chec
 __all__ = ["Notifier", "guarded_session"]
 
 
-def guarded_session(settings: HooksSettings) -> aiohttp.ClientSession:
+def guarded_session(
+    settings: HooksSettings, *, trace_configs: list[aiohttp.TraceConfig] | None = None
+) -> aiohttp.ClientSession:
     """The client session notifications go through: it connects only to public
     addresses unless private targets are allowed."""
     resolver = None if settings.allow_private_targets else GuardedResolver()
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=resolver))
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(resolver=resolver), trace_configs=trace_configs
+    )
 
 
 class Notifier:

@@ -158,6 +158,18 @@ class RateLimiter:
         if request_ids:
             await self._redis.zrem(redis_keys.rate(destination), *request_ids)
 
+    async def in_use(self, destination: str, limit: RateLimit) -> int:
+        """How many requests the destination's current window holds (read-only: the
+        entries ``acquire.lua`` would count now; in-flight ones are dated ahead, so
+        they count too). For the console; by the server's clock, as the script."""
+        seconds, micros = await self._redis.time()
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        return int(
+            await self._redis.zcount(
+                redis_keys.rate(destination), now_ms - _ms(limit.period_s), "+inf"
+            )
+        )
+
     async def paused_for(self, destination: str) -> float:
         """Seconds left of the destination's pause; 0.0 when it is not paused."""
         ms = int(await self._redis.pttl(redis_keys.paused(destination)))

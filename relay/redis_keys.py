@@ -34,6 +34,9 @@ Layout::
     {relay}:hooks                   hash   hook id -> subscription JSON (with its secret)
     {relay}:hooks:changed           pubsub a subscription was added or deleted (cache invalidation)
     {relay}:workers                 zset   live workers: JSON {"id", "host", "pid"} -> last beat ms
+    {relay}:console:<sha256 hex>    hash   one console session (digest of its cookie, never the
+                                           cookie): key id, role, CSRF token, absolute expiry;
+                                           EXPIRE = the idle timeout, renewed on each page
 
 Outbound notifications are queued like deliveries, under the pseudo-destination
 ``_hooks`` (:data:`NOTIFICATIONS`, a name no configured destination can have):
@@ -52,6 +55,8 @@ from typing import Literal
 __all__ = [
     "ATTEMPTS_FIELD_PREFIX",
     "ATTEMPT_RECORD_PREFIX",
+    "CONSOLE_SESSION_IDLE_S",
+    "CONSOLE_SESSION_MAX_S",
     "CONSUMER_GROUP",
     "DELIVERED_MINUTE_TTL_S",
     "ENTRY_CONTACT_FIELD",
@@ -75,6 +80,7 @@ __all__ = [
     "WORKER_BEAT_S",
     "WORKER_FORGET_S",
     "WORKER_LIVE_S",
+    "console_session",
     "dead",
     "delivered_minute",
     "event",
@@ -151,6 +157,16 @@ WORKER_LIVE_S = 15.0
 WORKER_FORGET_S = 24 * 3600
 #: Per-minute delivery counters live two hours: `relay status` sums the last 60 minutes.
 DELIVERED_MINUTE_TTL_S = 2 * 3600
+#: A console session unused this long ends (its key's EXPIRE, renewed on every request).
+CONSOLE_SESSION_IDLE_S = 8 * 3600
+#: However busy, a console session ends this long after its sign-in (a working day and a
+#: half), so a stolen session cookie is worth a bounded time.
+CONSOLE_SESSION_MAX_S = 12 * 3600
+
+
+def console_session(digest: str) -> str:
+    """Hash of one console session, found by the SHA-256 hex digest of its cookie's value."""
+    return f"{_TAG}:console:{digest}"
 
 
 def retries(destination: str) -> str:

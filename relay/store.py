@@ -54,23 +54,26 @@ class NewEvent:
     destinations: tuple[str, ...]
     #: X-Request-ID of the request that sent it (every API request has one).
     request_id: str | None = None
+    #: W3C traceparent of the span that accepted it (tracing on): delivery spans link to it.
+    traceparent: str | None = None
 
     def to_json(self) -> bytes:
-        return orjson.dumps(
-            {
-                "id": self.id,
-                "type": self.type,
-                "mode": self.mode,
-                "key_id": self.key_id,
-                "received_at": self.received_at.isoformat(),
-                "payload": self.payload.model_dump(exclude_none=True, exclude_defaults=True),
-                "destinations": self.destinations,
-                "request_id": self.request_id,
-                # Made as the write leaves for Redis; the 202 follows its answer at once
-                # (relay_event_delivery_latency_seconds counts from here).
-                "accepted_ms": time.time_ns() // 1_000_000,
-            }
-        )
+        doc: dict[str, Any] = {
+            "id": self.id,
+            "type": self.type,
+            "mode": self.mode,
+            "key_id": self.key_id,
+            "received_at": self.received_at.isoformat(),
+            "payload": self.payload.model_dump(exclude_none=True, exclude_defaults=True),
+            "destinations": self.destinations,
+            "request_id": self.request_id,
+            # Made as the write leaves for Redis; the 202 follows its answer at once
+            # (relay_event_delivery_latency_seconds counts from here).
+            "accepted_ms": time.time_ns() // 1_000_000,
+        }
+        if self.traceparent is not None:
+            doc["traceparent"] = self.traceparent
+        return orjson.dumps(doc)
 
 
 def overall_status(mode: str, statuses: list[DeliveryStatus]) -> str:
@@ -189,6 +192,7 @@ class EventStore:
         kind: str | None = None,
         status: str | None = None,
         destination: str | None = None,
+        mode: str | None = None,
         before: str | None = None,
         search: str | None = None,
     ) -> list[EventView]:
@@ -199,7 +203,7 @@ class EventStore:
         index at a time (of the email's or phone's index with ``search``), so a rare
         filter reads further back but never more than the retention holds.
         """
-        wanted = _Filter(kind, status, destination)
+        wanted = _Filter(kind, status, destination, mode)
         if search is None:
             return await self._scan(redis_keys.EVENTS_INDEX, wanted, limit=limit, before=before)
         text = search.strip()
@@ -216,7 +220,7 @@ class EventStore:
         (key,) = _who_keys(email, phone)
         # Another value's events, were two ever to share a digest (redis_keys.who), are
         # never shown: each event's own email or phone is checked.
-        wanted = _Filter(kind, status, destination, email=email, phone=phone)
+        wanted = _Filter(kind, status, destination, mode, email=email, phone=phone)
         cutoff_ms = int(time.time() * 1000) - self._retention_s * 1000
         return await self._scan(key, wanted, limit=limit, before=before, after_ms=cutoff_ms)
 
@@ -286,11 +290,12 @@ class EventStore:
 @dataclass(frozen=True, slots=True)
 class _Filter:
     """What a listing or a search keeps: an event of this type, overall status,
-    destination (each None: any), and with this email or phone (search only)."""
+    destination, mode (each None: any), and with this email or phone (search only)."""
 
     kind: str | None = None
     status: str | None = None
     destination: str | None = None
+    mode: str | None = None
     email: str | None = None
     phone: str | None = None
 
@@ -298,6 +303,7 @@ class _Filter:
         return (
             (not self.kind or view.type == self.kind)
             and (not self.status or view.status == self.status)
+            and (not self.mode or view.mode == self.mode)
             and (not self.destination or self.destination in {d.name for d in view.destinations})
             and (not self.email or view.payload.email == self.email)
             and (not self.phone or view.payload.phone == self.phone)

@@ -48,6 +48,7 @@ from relay.queue import DeliveryQueue, Entry
 from relay.ratelimit import RateLimiter, local_limiter
 from relay.settings import DeliverySettings, Settings
 from relay.store import EventStore
+from relay.tracing import Tracing
 
 __all__ = ["Worker"]
 
@@ -86,6 +87,7 @@ class Worker:
         "_settings",
         "_sizes",
         "_stopping",
+        "_tracing",
         "_waiting",
         "_watch",
         "concurrency",
@@ -100,8 +102,11 @@ class Worker:
         concurrency: int = 16,
         consumer: str | None = None,
         watch: RedisWatch | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._settings = settings
+        #: Spans of deliveries (relay.tracing): sessions made here get its trace config.
+        self._tracing = tracing or Tracing()
         self._redis = redis
         self._session = session
         #: Requests this process has under way at once, across destinations.
@@ -171,7 +176,10 @@ class Worker:
             session = self._session
             if session is None:
                 session = await stack.enter_async_context(
-                    aiohttp.ClientSession(json_serialize=lambda o: orjson.dumps(o).decode())
+                    aiohttp.ClientSession(
+                        json_serialize=lambda o: orjson.dumps(o).decode(),
+                        trace_configs=self._tracing.trace_configs(),
+                    )
                 )
             adapters: dict[str, Sender] = {
                 name: make_adapter(name, self._settings.destinations[name], session)
@@ -182,7 +190,11 @@ class Worker:
                 self._settings.hooks,
                 hooks=self._hooks,
                 events=EventStore(self._redis, retention_s=self._settings.retention_s),
-                session=await stack.enter_async_context(guarded_session(self._settings.hooks)),
+                session=await stack.enter_async_context(
+                    guarded_session(
+                        self._settings.hooks, trace_configs=self._tracing.trace_configs()
+                    )
+                ),
             )
             configs = {name: self._config(name) for name in self.destinations}
             self._deliverer = Deliverer(
@@ -200,6 +212,7 @@ class Worker:
                     if config.rate_limit is not None
                 },
                 stopping=self._stopping,
+                tracing=self._tracing,
             )
             repeat = self._watch.repeat
             loops: dict[str, Callable[[], Awaitable[None]]] = {

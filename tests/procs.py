@@ -101,14 +101,17 @@ class Serve:
         env: dict[str, str],
         args: tuple[str, ...] = (),
         until: str = "/readyz",
+        python: tuple[str, ...] = ("-m", "relay"),
     ) -> None:
-        """Started and answering 200 at ``until`` (``/healthz``: listening, Redis or not)."""
+        """Started and answering 200 at ``until`` (``/healthz``: listening, Redis or not).
+        ``python``: the interpreter's arguments before ``serve`` (``-c`` a wrapper that
+        runs relay.cli.main after setting something up)."""
         assert_tree_under_test(env, cwd)
         self.port = free_port()
         self.log_path = cwd / f"serve-{self.port}.log"
         self._log: IO[Any] = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relay", "serve", "--port", str(self.port), *args],
+            [sys.executable, *python, "serve", "--port", str(self.port), *args],
             cwd=cwd,
             env=env,
             stdout=self._log,

@@ -1,4 +1,5 @@
-"""``create_app(settings, *, redis=None)``: the API as an aiohttp application."""
+"""``create_app(settings, *, redis=None)``: the API (and the web console) as an aiohttp
+application."""
 
 from __future__ import annotations
 
@@ -19,14 +20,17 @@ from relay.api.metrics import count_requests
 from relay.api.problems import error_middleware
 from relay.api.requestid import echo_request_id, request_id_middleware
 from relay.api.routing import routes
-from relay.api.state import EVENTS, HOOKS, KEYS, LIMITER, REDIS, SETTINGS, WATCH
+from relay.api.spans import trace_requests
+from relay.api.state import EVENTS, HOOKS, KEYS, LIMITER, REDIS, SETTINGS, TRACING, WATCH
 from relay.availability import RedisWatch, Supervisor
 from relay.connect import redis_for
+from relay.console import console_middleware, setup_console
 from relay.hooks import HookStore
 from relay.keystore import KeyStore
 from relay.ratelimit import RateLimiter
 from relay.settings import Settings
 from relay.store import EventStore
+from relay.tracing import Tracing
 
 __all__ = ["AccessLogger", "create_app"]
 
@@ -34,19 +38,28 @@ __all__ = ["AccessLogger", "create_app"]
 _LISTENER_STOP_S = 2.0
 
 
-def create_app(settings: Settings, *, redis: Redis | None = None) -> web.Application:
+def create_app(
+    settings: Settings, *, redis: Redis | None = None, tracing: Tracing | None = None
+) -> web.Application:
     """The API. ``redis`` (a ``decode_responses=True`` client) is used as given and not
-    closed; without it the app opens the Redis that settings name, embedded or not."""
+    closed; without it the app opens the Redis that settings name, embedded or not.
+    ``tracing`` (relay.tracing; default off) is the process's: the caller shuts it down."""
+    tracing = tracing or Tracing()
+    # With tracing off the span middleware is not there at all.
+    spans = [trace_requests] if tracing.enabled else []
     app = web.Application(
         middlewares=[
             count_requests,
             request_id_middleware,
+            *spans,
             body_guard_middleware,
             error_middleware,
             auth_middleware,
+            console_middleware,
         ],
         client_max_size=settings.max_body_bytes,
     )
+    app[TRACING] = tracing
     app.on_response_prepare.append(echo_request_id)
     app[SETTINGS] = settings
     app[WATCH] = RedisWatch()
@@ -54,6 +67,7 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> web.Applica
     app.cleanup_ctx.append(_invalidation_listeners)
     for spec in routes:
         app.router.add_route(spec.method, spec.path, spec.handler)
+    setup_console(app)
     return app
 
 

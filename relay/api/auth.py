@@ -19,9 +19,10 @@ from relay.api.routing import ANY_KEY, routes
 from relay.api.state import API_KEY, KEYS, LIMITER
 from relay.apikeys import KeyRecord
 from relay.errors import Forbidden, RateLimited, Unauthorized
+from relay.keystore import KeyStore
 from relay.settings import parse_rate_limit
 
-__all__ = ["auth_middleware", "presented_key"]
+__all__ = ["auth_middleware", "authenticate", "check_live", "live_key", "presented_key"]
 
 _HOW = "send it as Authorization: Bearer <key>, X-API-Key: <key>, or ?api_key=<key>"
 
@@ -42,20 +43,32 @@ async def authenticate(request: web.Request, scope: str) -> KeyRecord:
     presented = presented_key(request)
     if presented is None:
         raise Unauthorized(f"no API key; {_HOW}")
-    record = await request.app[KEYS].lookup(presented)
-    if record is None:
-        raise Unauthorized("unknown API key (check that it was copied whole)")
-    state = record.state(now=datetime.now(UTC))
-    if state == "revoked":
-        raise Unauthorized(f"API key {record.prefix}… was revoked at {record.revoked_at}")
-    if state == "expired":
-        raise Unauthorized(f"API key {record.prefix}… expired at {record.expires_at}")
+    record = await live_key(request.app[KEYS], presented)
     if scope != ANY_KEY and scope not in record.scopes:
         raise Forbidden(
             f"API key {record.prefix}… lacks the scope {scope!r} "
             f"(it has: {', '.join(record.scopes)})"
         )
     return record
+
+
+async def live_key(keys: KeyStore, presented: str) -> KeyRecord:
+    """The record of a key that exists and is neither revoked nor expired; 401 otherwise.
+    (The API's check, and the console's at sign-in.)"""
+    record = await keys.lookup(presented)
+    if record is None:
+        raise Unauthorized("unknown API key (check that it was copied whole)")
+    check_live(record)
+    return record
+
+
+def check_live(record: KeyRecord) -> None:
+    """401 for a revoked or expired key (the console re-checks its session's key so)."""
+    state = record.state(now=datetime.now(UTC))
+    if state == "revoked":
+        raise Unauthorized(f"API key {record.prefix}… was revoked at {record.revoked_at}")
+    if state == "expired":
+        raise Unauthorized(f"API key {record.prefix}… expired at {record.expires_at}")
 
 
 @web.middleware

@@ -16,7 +16,7 @@ from relay.api.state import API_KEY, REDIS, SETTINGS
 from relay.errors import Forbidden, ValidationFailed
 from relay.models import DeadLetter, Problem, destination_name_schema
 
-__all__: list[str] = []
+__all__ = ["allowed_destinations"]
 
 
 class ReplayRequest(BaseModel):
@@ -54,7 +54,7 @@ _AUTH = {
 }
 
 
-def _destinations(request: web.Request, only: str | None, *, where: str) -> list[str]:
+def allowed_destinations(request: web.Request, only: str | None, *, where: str) -> list[str]:
     """The destinations to act on: ``only`` or every one, among those the key may use."""
     known = list(request.app[SETTINGS].destinations)
     key = request[API_KEY]
@@ -101,7 +101,7 @@ async def list_dead_letters(request: web.Request) -> web.Response:
     another destination is 403."""
     rows = [
         letter.model_dump()
-        for dest in _destinations(request, request.query.get("destination"), where="query")
+        for dest in allowed_destinations(request, request.query.get("destination"), where="query")
         for letter in await deadletters.list_dead_letters(request.app[REDIS], dest)
     ]
     return json_response(rows)
@@ -135,7 +135,7 @@ async def replay_dead_letters(request: web.Request) -> web.Response:
             errors=[{"loc": ["body", "event_ids"], "msg": "empty, and all is false"}],
         )
     total = 0
-    for dest in _destinations(request, body.destination, where="body"):
+    for dest in allowed_destinations(request, body.destination, where="body"):
         ids = None if body.all else body.event_ids
         total += await deadletters.replay_dead_letters(request.app[REDIS], dest, ids)
     return json_response(Replayed(replayed=total).model_dump())

@@ -13,7 +13,7 @@ from relay.api.state import EVENTS
 from relay.errors import FieldError, NotFound, ValidationFailed
 from relay.models import EventView, Problem
 
-__all__: list[str] = []
+__all__ = ["MAX_LIMIT", "STATUSES"]
 
 _EVENT_ID = re.compile(r"^evt_[0-9A-HJKMNP-TV-Z]{26}$")
 
@@ -39,7 +39,7 @@ async def get_event(request: web.Request) -> web.Response:
     return json_response(view.model_dump(mode="json", exclude_none=True))
 
 
-_STATUSES = ("pending", "delivering", "retrying", "delivered", "dead", "no_destination", "test")
+STATUSES = ("pending", "delivering", "retrying", "delivered", "dead", "no_destination", "test")
 #: Most events one page of ``GET /v1/events`` returns.
 MAX_LIMIT = 100
 #: The longest search text: an email is at most 254 characters.
@@ -56,7 +56,7 @@ MAX_Q_CHARS = 320
     scope="read:events",
     query=(
         QueryParam("type", "contact or lead", {"type": "string", "enum": ["contact", "lead"]}),
-        QueryParam("status", "Overall status", {"type": "string", "enum": list(_STATUSES)}),
+        QueryParam("status", "Overall status", {"type": "string", "enum": list(STATUSES)}),
         QueryParam("destination", "Only events routed to this destination"),
         QueryParam(
             "limit",
@@ -90,10 +90,8 @@ async def list_events(request: web.Request) -> web.Response:
     errors: list[FieldError] = []
     if q.get("type") not in (None, "contact", "lead"):
         errors.append({"loc": ["query", "type"], "msg": "expected contact or lead"})
-    if q.get("status") not in (None, *_STATUSES):
-        errors.append(
-            {"loc": ["query", "status"], "msg": f"expected one of {', '.join(_STATUSES)}"}
-        )
+    if q.get("status") not in (None, *STATUSES):
+        errors.append({"loc": ["query", "status"], "msg": f"expected one of {', '.join(STATUSES)}"})
     raw_limit = q.get("limit", "50")
     limit = int(raw_limit) if raw_limit.isdigit() else 0
     if not 1 <= limit <= MAX_LIMIT:

@@ -27,7 +27,7 @@ from relay.api.health import no_delivery
 from relay.api.idempotency import MAX_KEY_LENGTH, Claim, claim, idempotency_key, release
 from relay.api.problems import problem
 from relay.api.routing import QueryParam, routes
-from relay.api.state import API_KEY, EVENTS, HOOKS, REDIS, REQUEST_ID, SETTINGS
+from relay.api.state import API_KEY, EVENTS, HOOKS, REDIS, REQUEST_ID, SETTINGS, TRACING
 from relay.apikeys import KeyRecord
 from relay.errors import FieldError, Forbidden, ValidationFailed
 from relay.ids import new_event_id
@@ -163,6 +163,8 @@ async def _accept(request: web.Request, kind: EventKind, claimed: Claim | None) 
     items, is_batch = await read_items(request, max_batch=settings.max_batch)
 
     received_at = datetime.now(UTC)
+    tracing = request.app[TRACING]
+    traceparent = tracing.traceparent()  # the request's span: deliveries link to it
     events: list[NewEvent] = []
     accepted: list[BatchAccepted] = []  # only for a batch's answer
     rejected: list[BatchRejected] = []
@@ -193,6 +195,7 @@ async def _accept(request: web.Request, kind: EventKind, claimed: Claim | None) 
                 payload=record,
                 destinations=destinations,
                 request_id=request[REQUEST_ID],
+                traceparent=traceparent,
             )
         )
         if is_batch:
@@ -220,7 +223,8 @@ async def _accept(request: web.Request, kind: EventKind, claimed: Claim | None) 
         status, body = 202, orjson.dumps(answer)
     remember = None if claimed is None else (claimed.redis_key, claimed.answer(status, body))
     subscribers = await request.app[HOOKS].matching(f"{kind}.received")
-    await request.app[EVENTS].enqueue(events, remember=remember, subscribers=subscribers)
+    with tracing.enqueue(events, destinations):
+        await request.app[EVENTS].enqueue(events, remember=remember, subscribers=subscribers)
     metrics.ingested(kind, key.mode, accepted=len(events), rejected=len(rejected))
     return web.Response(body=body, status=status, content_type="application/json")
 

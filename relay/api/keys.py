@@ -13,11 +13,11 @@ from relay.api.body import read_model
 from relay.api.problems import json_response
 from relay.api.routing import ANY_KEY, routes
 from relay.api.state import API_KEY, KEYS, SETTINGS
-from relay.apikeys import check_key_request, check_reach
+from relay.apikeys import KeyRecord, check_key_request, check_reach
 from relay.errors import Forbidden
 from relay.models import ApiKeyInfo, CreatedKey, KeyCreate, Me, Problem
 
-__all__: list[str] = []
+__all__ = ["create_within_reach", "revoke_within_reach", "within_reach"]
 
 _AUTH_ERRORS = {
     401: ("Missing, unknown, expired or revoked key", Problem),
@@ -63,9 +63,7 @@ async def post_key(request: web.Request) -> web.Response:
     Otherwise 403, naming each field (``loc: ["body", "destinations"]``, ...).
     """
     body = await read_model(request, KeyCreate)
-    args = check_key_request(body, known_destinations=request.app[SETTINGS].destinations)
-    check_reach(request[API_KEY], args)
-    record, key = await request.app[KEYS].create(**args)
+    record, key = await create_within_reach(request, body)
     return json_response(record.created(key).model_dump(mode="json"), status=201)
 
 
@@ -81,8 +79,7 @@ async def post_key(request: web.Request) -> web.Response:
 async def list_keys(request: web.Request) -> web.Response:
     """An unrestricted admin key sees every key; a restricted one (destinations,
     test mode, expiry, rate limit) sees only the keys it could have created."""
-    caller = request[API_KEY]
-    records = [r for r in await request.app[KEYS].list() if caller.reaches(r)]
+    records = within_reach(request, await request.app[KEYS].list())
     return json_response([r.info().model_dump(mode="json") for r in records])
 
 
@@ -102,13 +99,32 @@ async def list_keys(request: web.Request) -> web.Response:
 async def delete_key(request: web.Request) -> web.Response:
     """A key revokes only keys within its reach (those it could have created, itself
     included): a restricted admin cannot revoke an unrestricted admin's key (403)."""
+    await revoke_within_reach(request, request.match_info["id"])
+    return web.Response(status=204)
+
+
+async def create_within_reach(request: web.Request, body: KeyCreate) -> tuple[KeyRecord, str]:
+    """Create the key ``body`` asks for if the request's key may (the API's and the
+    console's one path): ValidationFailed or Forbidden naming each field otherwise."""
+    args = check_key_request(body, known_destinations=request.app[SETTINGS].destinations)
+    check_reach(request[API_KEY], args)
+    return await request.app[KEYS].create(**args)
+
+
+def within_reach(request: web.Request, records: list[KeyRecord]) -> list[KeyRecord]:
+    """The keys the request's key may see (those it could have created)."""
+    caller = request[API_KEY]
+    return [r for r in records if caller.reaches(r)]
+
+
+async def revoke_within_reach(request: web.Request, key_id: str) -> KeyRecord:
+    """Revoke a key if the request's key reaches it; Forbidden or NotFound otherwise."""
     caller, keys = request[API_KEY], request.app[KEYS]
-    target = await keys.get(request.match_info["id"])
+    target = await keys.get(key_id)
     if broader := caller.broader_fields_of(target):
         msg = (
             f"key {target.id} is broader than this key ({', '.join(f for f, _ in broader)}), "
             "so this key may not revoke it"
         )
         raise Forbidden(msg, errors=[{"loc": ["path", "id"], "msg": msg}])
-    await keys.revoke(target.id)
-    return web.Response(status=204)
+    return await keys.revoke(target.id)

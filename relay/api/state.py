@@ -14,6 +14,7 @@ from relay.keystore import KeyStore
 from relay.ratelimit import RateLimiter
 from relay.settings import Settings
 from relay.store import EventStore
+from relay.tracing import Tracing
 
 __all__ = [
     "API_KEY",
@@ -25,6 +26,7 @@ __all__ = [
     "REDIS",
     "REQUEST_ID",
     "SETTINGS",
+    "TRACING",
     "WATCH",
 ]
 
@@ -40,6 +42,8 @@ HOOKS = web.AppKey("hooks", HookStore)
 WATCH = web.AppKey("redis_watch", RedisWatch)
 #: Set when a delivery worker runs in this process (`relay serve`): is it alive now?
 DELIVERY_ALIVE = web.AppKey[Callable[[], bool]]("delivery_alive")
+#: Spans of requests and of the events they queue (relay.tracing; off: no-op calls).
+TRACING = web.AppKey("tracing", Tracing)
 #: The authenticated key of a request (set by the auth middleware).
 API_KEY = web.RequestKey("api_key", KeyRecord)
 #: The request's X-Request-ID, sent or made (set by relay.api.requestid).

@@ -7,17 +7,16 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-import aiohttp
 import orjson
 
-from relay.adapters.convertr import ConvertrAdapter, check_mapping
 from relay.apikeys import KEY_RE, check_key_request
 from relay.commands.reach import reach_redis
+from relay.configcheck import check_convertr_forms
 from relay.connect import check_version
-from relay.errors import ConfigError, RelayError
+from relay.errors import RelayError
 from relay.keystore import KeyStore
 from relay.models import KeyCreate
-from relay.settings import ConvertrDestination, Settings
+from relay.settings import Settings
 from relay.store import EventStore
 
 __all__ = ["config_check", "events_show", "keys_create", "keys_list", "keys_revoke"]
@@ -204,35 +203,14 @@ async def config_check(settings: Settings, args: argparse.Namespace) -> int:
         state = "" if dest.enabled else " (disabled)"
         limit = f", limit {dest.rate_limit}" if dest.rate_limit else ""
         print(f"  {name}: {dest.type}, events {', '.join(dest.events)}{limit}{state}")
-    problems = await _check_convertr_forms(settings)
-    for name, problem in problems:
-        print(f"relay: {name}: {problem}", file=sys.stderr)
+    problems = 0
+    for finding in await check_convertr_forms(settings):
+        if finding.ok:
+            print(f"  {finding.destination}: {finding.text}")
+        else:
+            problems += 1
+            print(f"relay: {finding.destination}: {finding.text}", file=sys.stderr)
     return 1 if problems else 0
-
-
-async def _check_convertr_forms(settings: Settings) -> list[tuple[str, str]]:
-    """Read each Convertr destination's form fields and report mapping mismatches."""
-    problems: list[tuple[str, str]] = []
-    convertr = {
-        n: d for n, d in settings.destinations.items() if isinstance(d, ConvertrDestination)
-    }
-    if not convertr:
-        return problems
-    async with aiohttp.ClientSession() as session:
-        for name, dest in convertr.items():
-            adapter = ConvertrAdapter(name, dest, session)
-            try:
-                fields = await adapter.form_fields()
-            except ConfigError as exc:
-                problems.append((name, f"cannot read the campaign form's fields: {exc}"))
-                continue
-            found = check_mapping(dest.fields, fields)
-            problems += [(name, p) for p in found]
-            if not found:
-                print(
-                    f"  {name}: form {dest.form_id} has every mapped field ({len(fields)} fields)"
-                )
-    return problems
 
 
 # --- output helpers ------------------------------------------------------------

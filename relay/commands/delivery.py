@@ -13,6 +13,7 @@ import logging
 import shutil
 import signal
 import sys
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +30,7 @@ from relay.deadletters import list_dead_letters, replay_dead_letters
 from relay.errors import CannotListen, RelayError
 from relay.models import DeadLetter
 from relay.settings import Settings
+from relay.tracing import Tracing, start_tracing
 from relay.worker import Worker
 
 __all__ = ["dlq_list", "dlq_replay", "run_worker", "status"]
@@ -51,9 +53,16 @@ async def run_worker(settings: Settings, args: argparse.Namespace) -> int:
     except CannotListen as refused:
         print(f"relay worker: {refused}", file=sys.stderr)
         return 1
-    async with redis_for(settings) as redis, contextlib.AsyncExitStack() as stack:
+    tracing = start_tracing(service="relay-worker")
+    async with (
+        _shut_down_at_exit(tracing),
+        redis_for(settings) as redis,
+        contextlib.AsyncExitStack() as stack,
+    ):
         watch = RedisWatch()
-        worker = Worker(settings, redis=redis, concurrency=args.concurrency, watch=watch)
+        worker = Worker(
+            settings, redis=redis, concurrency=args.concurrency, watch=watch, tracing=tracing
+        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
@@ -87,6 +96,15 @@ async def run_worker(settings: Settings, args: argparse.Namespace) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await checked
     return 0
+
+
+@contextlib.asynccontextmanager
+async def _shut_down_at_exit(tracing: Tracing) -> AsyncIterator[None]:
+    """Last out: the spans of the deliveries a graceful stop lets finish are exported."""
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(tracing.shutdown)
 
 
 def _destinations(settings: Settings, only: str | None) -> list[str]:

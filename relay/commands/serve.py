@@ -22,6 +22,7 @@ from relay.connect import check_version, memory_hint
 from relay.embedded import EmbeddedRedis
 from relay.errors import CannotListen, EmbeddedRedisError, RelayError
 from relay.settings import Settings
+from relay.tracing import start_tracing
 
 __all__ = ["in_process_worker", "loop_factory", "serve"]
 
@@ -121,7 +122,9 @@ def _run_api(
 ) -> int:
     from relay.api.app import create_app
 
-    app = create_app(settings)
+    # Here, in the process that serves (after a fork): the SDK's export thread is its own.
+    tracing = start_tracing(service="relay")
+    app = create_app(settings, tracing=tracing)
 
     app.cleanup_ctx.append(functools.partial(_announce, where=_where(settings)))
     app.on_startup.append(_freeze_heap)
@@ -137,6 +140,8 @@ def _run_api(
     except EmbeddedRedisError as exc:
         print(f"relay: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        tracing.shutdown()  # the last spans (of the graceful stop's deliveries too) exported
     return 0
 
 
@@ -188,12 +193,12 @@ async def in_process_worker(app: Any) -> AsyncIterator[None]:
 
     Supervised: a worker that dies is logged and started again, and while it is down
     ingest and /readyz answer 503 (relay.api.health.no_delivery)."""
-    from relay.api.state import DELIVERY_ALIVE, REDIS, SETTINGS, WATCH
+    from relay.api.state import DELIVERY_ALIVE, REDIS, SETTINGS, TRACING, WATCH
     from relay.availability import Supervisor
     from relay.worker import Worker
 
     # Started again after a death (run() builds its session and loops afresh).
-    worker = Worker(app[SETTINGS], redis=app[REDIS], watch=app[WATCH])
+    worker = Worker(app[SETTINGS], redis=app[REDIS], watch=app[WATCH], tracing=app[TRACING])
     supervisor = Supervisor("the in-process delivery worker")
     app[DELIVERY_ALIVE] = lambda: supervisor.running and worker.alive
     stopping = asyncio.Event()
