@@ -238,6 +238,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     show.add_argument("event_id", metavar="EVENT_ID")
     show.add_argument("--json", action="store_true", help="print the event as JSON")
+    find = events_sub.add_parser(
+        "find",
+        help="the events of an email, a phone or an event id, newest first",
+        description="Search events as GET /v1/events?q= does: an email (any case), a phone "
+        "(as typed: spaces, dashes, parentheses, + or 00; without a country code, "
+        "RELAY_DEFAULT_REGION) or an event id. Exit 1 when nothing is found.",
+    )
+    find.add_argument("text", metavar="TEXT")
+    find.add_argument(
+        "--limit", type=int, default=20, metavar="N", help="at most N events (default 20)"
+    )
+    find.add_argument("--json", action="store_true", help="print the events as JSON lines")
 
     config = sub.add_parser(
         "config", help="check relay.toml", description="Check the configuration."
@@ -285,6 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("keys", "list"): admin.keys_list,
             ("keys", "revoke"): admin.keys_revoke,
             ("events", "show"): admin.events_show,
+            ("events", "find"): admin.events_find,
             ("config", "check"): admin.config_check,
         }[(args.command, getattr(args, f"{args.command}_command", None))]
         with asyncio.Runner(loop_factory=serve.loop_factory()) as runner:

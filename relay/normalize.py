@@ -48,7 +48,7 @@ from phonenumbers.phonenumberutil import _test_number_length as _length_check
 from relay.errors import FieldError, ValidationFailed
 from relay.models import CANONICAL_FIELDS, Contact, Lead
 
-__all__ = ["ALIASES", "normalize_item", "unflatten"]
+__all__ = ["ALIASES", "normalize_email", "normalize_item", "normalize_phone", "unflatten"]
 
 #: RFC 5321 limits a forward path to 256 octets, i.e. 254 for the address itself.
 MAX_EMAIL_CHARS: Final = 254
@@ -350,6 +350,18 @@ def _check_field(field: str, text: str, region: str) -> tuple[str | None, str | 
         e164 = _phone(text, region)
         return (e164, None) if e164 else (None, _PHONE_MSG)
     return text, None
+
+
+def normalize_email(text: str) -> str | None:
+    """``text`` as ingest stores an email (lowercased, normalized), or None when ingest
+    would refuse it: what a search by email looks for."""
+    return _check_field("email", text.strip(), "US")[0]
+
+
+def normalize_phone(text: str, *, default_region: str = "US") -> str | None:
+    """``text`` as ingest stores a phone (E.164; spaces, dashes, dots, parentheses and a
+    ``+`` or ``00`` prefix as people type them), or None when ingest would refuse it."""
+    return _check_field("phone", text.strip(), default_region)[0]
 
 
 def _coerce(value: Any, depth: int = 0) -> Any:

@@ -14,6 +14,8 @@ Layout::
                                            "n:<dest>" attempts made, "a:<dest>:<n>" attempt n,
                                            "r:<dest>" retries spent of the current schedule
     {relay}:events                  zset   event id by received time (ms), for listings
+    {relay}:who:<digest>            zset   one email's or phone's event ids by received ms
+                                           (search); the digest, never the address or number
     {relay}:q:<destination>         stream deliveries waiting: "e" event id, and "c" the
                                            contact digest when the event heads its contact
     {relay}:rate:<destination>      zset   sliding-window log: request id -> answered ms
@@ -48,6 +50,7 @@ below that they share with Python (fields, words, TTLs) from here (relay.scripts
 from __future__ import annotations
 
 import hashlib
+from typing import Literal
 
 __all__ = [
     "ATTEMPTS_FIELD_PREFIX",
@@ -90,6 +93,7 @@ __all__ = [
     "queue",
     "rate",
     "retries",
+    "who",
 ]
 
 _TAG = "{relay}"
@@ -185,6 +189,20 @@ def delivered_minute(destination: str, minute: int) -> str:
 def key(digest: str) -> str:
     """Hash of one API key, found by the SHA-256 hex digest of the presented key."""
     return f"{_TAG}:key:{digest}"
+
+
+def who(kind: Literal["email", "phone"], value: str) -> str:
+    """Zset of the events about one email or phone (as normalized at ingest), event id ->
+    received ms, for search (``EventStore.find``).
+
+    Named by a digest (the first 80 bits of SHA-256 of kind and value), so no lead data
+    sits in key names (``SCAN``, ``MONITOR``, slow logs); a search checks each event's own
+    email or phone, so two values sharing a digest would never mix. Written in the
+    enqueue script with the event: members older than the retention are trimmed there,
+    and the key expires a retention after its newest event, as that event's record does.
+    """
+    digest = hashlib.sha256(f"{kind}:{value}".encode()).hexdigest()[:20]
+    return f"{_TAG}:who:{digest}"
 
 
 def event(event_id: str) -> str:

@@ -2,9 +2,11 @@
 
 An accepted event is written in one atomic script call (``relay/lua/enqueue.lua``, a
 group commit shared with concurrent requests; see :mod:`relay.groupcommit`) with
-everything that makes it deliverable: its record (JSON plus a status per
-destination), its place in the time index, and its place in each destination's
-queue: a stream entry, or a place in its contact's order behind an earlier event.
+everything that makes it deliverable and findable: its record (JSON plus a status
+per destination), its place in the time index and in the search index of its email
+and of its phone (``redis_keys.who``, read by :meth:`EventStore.find`), and its place
+in each destination's queue: a stream entry, or a place in its contact's order
+behind an earlier event.
 Either all of it is in Redis when ``enqueue`` returns, or none of it and
 StoreUnavailable is raised when Redis cannot take it now (the API's error
 middleware answers 503, so that Zapier and n8n retry).
@@ -27,6 +29,7 @@ from relay.errors import StoreUnavailable
 from relay.groupcommit import GroupCommit
 from relay.hooks import Subscription, notification_items, notification_records
 from relay.models import Contact, DeliveryStatus, DestinationView, EventKind, EventView
+from relay.normalize import normalize_email, normalize_phone
 from relay.scripts import ENQUEUE, Batch
 
 __all__ = ["EventStore", "NewEvent", "contact_key", "overall_status"]
@@ -92,11 +95,13 @@ class EventStore:
     Expects a client made with ``decode_responses=True`` (see :mod:`relay.connect`).
     """
 
-    __slots__ = ("_commit", "_redis", "_retention_s")
+    __slots__ = ("_commit", "_redis", "_region", "_retention_s")
 
-    def __init__(self, redis: Redis, *, retention_s: int) -> None:
+    def __init__(self, redis: Redis, *, retention_s: int, default_region: str = "US") -> None:
         self._redis = redis
         self._retention_s = retention_s
+        #: Where a phone typed without a country code is (Settings.default_region, as ingest).
+        self._region = default_region
         #: Concurrent enqueues share one script call and one round trip (relay.groupcommit).
         self._commit = GroupCommit(ENQUEUE.bind(redis), self._fixed)
 
@@ -147,16 +152,18 @@ class EventStore:
                             place["list"] = batch.key(redis_keys.order(dest, contact))
                             place["contact"] = contact
                         queue.append(place)
-                batch.add(
-                    {
-                        "event": batch.key(redis_keys.event(ev.id)),
-                        "id": ev.id,
-                        "data": ev.to_json().decode(),
-                        "at": int(ev.received_at.timestamp() * 1000),
-                        "fields": fields,
-                        "queue": queue,
-                    }
-                )
+                item: dict[str, Any] = {
+                    "event": batch.key(redis_keys.event(ev.id)),
+                    "id": ev.id,
+                    "data": ev.to_json().decode(),
+                    "at": int(ev.received_at.timestamp() * 1000),
+                    "fields": fields,
+                    "queue": queue,
+                }
+                who = _who_keys(ev.payload.email, ev.payload.phone)
+                if who:
+                    item["who"] = [batch.key(k) for k in who]
+                batch.add(item)
             for item in notification_items(batch, notifications):
                 batch.add(item)
             if remember is not None:
@@ -187,26 +194,70 @@ class EventStore:
         destination: str | None = None,
         mode: str | None = None,
         before: str | None = None,
+        search: str | None = None,
     ) -> list[EventView]:
-        """Newest first, filtered; ``before`` (an event id) continues a previous page.
+        """Newest first, filtered; ``before`` (an event id) continues a previous page;
+        ``search`` keeps the events it names (see :meth:`find`).
 
         Filters are applied to the events as they are read, a page of the time
-        index at a time, so a rare filter reads further back but never more than
-        the retention holds.
+        index at a time (of the email's or phone's index with ``search``), so a rare
+        filter reads further back but never more than the retention holds.
         """
+        wanted = _Filter(kind, status, destination, mode)
+        if search is None:
+            return await self._scan(redis_keys.EVENTS_INDEX, wanted, limit=limit, before=before)
+        text = search.strip()
+        if not text or limit < 1:
+            return []
+        if text[:4].lower() == "evt_":
+            view = await self.get("evt_" + text[4:].upper())
+            ok = view is not None and wanted(view) and (before is None or view.id < before)
+            return [view] if ok and view is not None else []
+        email = normalize_email(text) if "@" in text else None
+        phone = None if email else normalize_phone(text, default_region=self._region)
+        if email is None and phone is None:
+            return []
+        (key,) = _who_keys(email, phone)
+        # Another value's events, were two ever to share a digest (redis_keys.who), are
+        # never shown: each event's own email or phone is checked.
+        wanted = _Filter(kind, status, destination, mode, email=email, phone=phone)
+        cutoff_ms = int(time.time() * 1000) - self._retention_s * 1000
+        return await self._scan(key, wanted, limit=limit, before=before, after_ms=cutoff_ms)
+
+    async def find(self, text: str, *, limit: int) -> list[EventView]:
+        """The events ``text`` names, newest first, at most ``limit``: an event id, or an
+        email or phone as a person types it (normalized as ingest normalizes them, so
+        ``Ann@Example.com`` and ``(415) 555-0100`` find what was sent as
+        ``ann@example.com`` and ``+1 415 555 0100``). The console's and
+        ``GET /v1/events?q=``'s search; events past the retention are never found.
+        """
+        return await self.recent(limit=limit, search=text)
+
+    async def _scan(
+        self,
+        index: str,
+        wanted: _Filter,
+        *,
+        limit: int,
+        before: str | None,
+        after_ms: int | None = None,
+    ) -> list[EventView]:
+        """The events of a zset of event ids by received ms, newest first, that are
+        ``wanted``; ``before`` an event id in it; only those received after ``after_ms``."""
         out: list[EventView] = []
         top: str | float = "+inf"
         if before is not None:
-            score = await self._redis.zscore(redis_keys.EVENTS_INDEX, before)
+            score = await self._redis.zscore(index, before)
             if score is None:
                 return out
             # Inclusive: events of the same millisecond sort by id, and the ones at or
             # after the cursor (already on an earlier page) are skipped below.
             top = score
+        bottom = "-inf" if after_ms is None else f"({after_ms}"
         offset = 0
         while len(out) < limit:
             found = await self._redis.zrevrangebyscore(
-                redis_keys.EVENTS_INDEX, top, "-inf", start=offset, num=_LIST_PAGE
+                index, top, bottom, start=offset, num=_LIST_PAGE
             )
             ids = cast(list[str], found)
             if not ids:
@@ -215,24 +266,12 @@ class EventStore:
             if before is not None:
                 ids = [i for i in ids if i < before]
             for view in await self._views(ids):
-                if view is None or (kind and view.type != kind):
-                    continue
-                if status and view.status != status:
-                    continue
-                if mode and view.mode != mode:
-                    continue
-                if destination and destination not in {d.name for d in view.destinations}:
-                    continue
+                if view is None or not wanted(view):
+                    continue  # expired, or filtered out
                 out.append(view)
                 if len(out) == limit:
                     break
         return out
-
-    async def find(self, text: str, *, limit: int) -> list[EventView]:
-        """The events ``text`` names, newest first: for now an event id only (the
-        console's and ``GET /v1/events``'s search; email and phone come with their index)."""
-        view = await self.get(text.strip()) if text.strip() else None
-        return [view][:limit] if view is not None else []
 
     async def _views(self, event_ids: list[str]) -> list[EventView | None]:
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -246,6 +285,35 @@ class EventStore:
             return bool(await self._redis.ping())
         except StoreUnavailable:
             return False
+
+
+@dataclass(frozen=True, slots=True)
+class _Filter:
+    """What a listing or a search keeps: an event of this type, overall status,
+    destination, mode (each None: any), and with this email or phone (search only)."""
+
+    kind: str | None = None
+    status: str | None = None
+    destination: str | None = None
+    mode: str | None = None
+    email: str | None = None
+    phone: str | None = None
+
+    def __call__(self, view: EventView) -> bool:
+        return (
+            (not self.kind or view.type == self.kind)
+            and (not self.status or view.status == self.status)
+            and (not self.mode or view.mode == self.mode)
+            and (not self.destination or self.destination in {d.name for d in view.destinations})
+            and (not self.email or view.payload.email == self.email)
+            and (not self.phone or view.payload.phone == self.phone)
+        )
+
+
+def _who_keys(email: str | None, phone: str | None) -> list[str]:
+    """The search zsets an event with this (normalized) email and phone is in."""
+    keys = [redis_keys.who("email", email)] if email else []
+    return [*keys, redis_keys.who("phone", phone)] if phone else keys
 
 
 #: Events read from the time index per round trip when listing.

@@ -81,7 +81,9 @@ def _redis_context(
                 given if given is not None else await stack.enter_async_context(redis_for(settings))
             )
             app[REDIS] = redis
-            app[EVENTS] = EventStore(redis, retention_s=settings.retention_s)
+            app[EVENTS] = EventStore(
+                redis, retention_s=settings.retention_s, default_region=settings.default_region
+            )
             app[KEYS] = KeyStore(redis)
             app[HOOKS] = HookStore(redis)
             app[LIMITER] = RateLimiter(redis)

@@ -1,4 +1,5 @@
-"""Reading events back: ``GET /v1/events/{id}``."""
+"""Reading events back: ``GET /v1/events/{id}``, and ``GET /v1/events`` (newest first,
+filtered, or a search by ``q``)."""
 
 from __future__ import annotations
 
@@ -41,12 +42,17 @@ async def get_event(request: web.Request) -> web.Response:
 STATUSES = ("pending", "delivering", "retrying", "delivered", "dead", "no_destination", "test")
 #: Most events one page of ``GET /v1/events`` returns.
 MAX_LIMIT = 100
+#: The longest search text: an email is at most 254 characters.
+MAX_Q_CHARS = 320
 
 
 @routes.route(
     "GET",
     "/v1/events",
-    summary="Events newest first (Zapier polling): filter by type, status, destination",
+    summary=(
+        "Events newest first (Zapier polling): filter by type, status, destination; "
+        "or search one contact's events by email, phone or event id (q)"
+    ),
     scope="read:events",
     query=(
         QueryParam("type", "contact or lead", {"type": "string", "enum": ["contact", "lead"]}),
@@ -58,6 +64,15 @@ MAX_LIMIT = 100
             {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50},
         ),
         QueryParam("before", "An event id: the page after it (older events)"),
+        QueryParam(
+            "q",
+            "Search: an email (any case), a phone (as typed: spaces, dashes, parentheses, "
+            "+ or 00; without a country code, relay's default region) or an event id; "
+            "the events of that email or phone, newest first; type, status, destination, "
+            "limit and before apply to them as to the listing. Text that is none of the "
+            f"three (blank included) finds nothing: 200, []. 1 to {MAX_Q_CHARS} characters",
+            {"type": "string", "minLength": 1, "maxLength": MAX_Q_CHARS},
+        ),
     ),
     responses={
         200: (
@@ -66,7 +81,7 @@ MAX_LIMIT = 100
         ),
         401: ("Missing, unknown, expired or revoked key", Problem),
         403: ("The key lacks read:events", Problem),
-        422: ("A bad filter or limit", Problem),
+        422: ("A bad filter or limit, or an empty q", Problem),
     },
     tag="events",
 )
@@ -83,6 +98,10 @@ async def list_events(request: web.Request) -> web.Response:
         errors.append(
             {"loc": ["query", "limit"], "msg": f"expected 1 to {MAX_LIMIT}, got {raw_limit!r}"}
         )
+    text = q.get("q")
+    if text is not None and not 1 <= len(text) <= MAX_Q_CHARS:
+        msg = f"expected an email, a phone or an event id (1 to {MAX_Q_CHARS} characters)"
+        errors.append({"loc": ["query", "q"], "msg": msg})
     if errors:
         raise ValidationFailed(errors[0]["msg"], errors=errors)
     views = await request.app[EVENTS].recent(
@@ -91,5 +110,6 @@ async def list_events(request: web.Request) -> web.Response:
         status=q.get("status"),
         destination=q.get("destination"),
         before=q.get("before"),
+        search=text,
     )
     return json_response([v.model_dump(mode="json", exclude_none=True) for v in views])

@@ -151,6 +151,40 @@ async def events_show(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def events_find(settings: Settings, args: argparse.Namespace) -> int:
+    """``relay events find TEXT``: EventStore.find, as the API's ``q`` and the console."""
+    async with reach_redis(settings) as redis:
+        store = EventStore(
+            redis, retention_s=settings.retention_s, default_region=settings.default_region
+        )
+        views = await store.find(args.text, limit=max(args.limit, 1))
+    if not views:
+        print(f"relay: no event found for {args.text!r}", file=sys.stderr)
+        return 1
+    if args.json:
+        for view in views:
+            print(orjson.dumps(view.model_dump(mode="json", exclude_none=True)).decode())
+        return 0
+    head = ("event", "type", "status", "received", "email", "phone")
+    _columns(
+        [
+            head,
+            *(
+                (
+                    v.id,
+                    v.type,
+                    v.status,
+                    v.received_at.isoformat(timespec="seconds"),
+                    v.payload.email or "-",
+                    v.payload.phone or "-",
+                )
+                for v in views
+            ),
+        ]
+    )
+    return 0
+
+
 # --- config ------------------------------------------------------------------
 
 

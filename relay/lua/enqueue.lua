@@ -6,9 +6,12 @@
 -- index      zset of every event id by received ms (listings); trimmed here to the retention
 -- notifications  the stream of hook notifications ("_hooks")
 -- items      JSON array, in order, of:
---   {"event": k, "id", "data", "at": ms, "fields": [name, value, ...], "queue": [q, ...]}
+--   {"event": k, "id", "data", "at": ms, "fields": [name, value, ...], "who": [k, ...],
+--    "queue": [q, ...]}
 --       an event record (hash KEYS[k]: "data" and one status field per destination), its
---       place in the index, and for each q of "queue" (its destinations, live events only):
+--       place in the index and in the search zset of its email and of its phone ("who",
+--       omitted when neither; trimmed to the retention and expiring with it), and for
+--       each q of "queue" (its destinations, live events only):
 --       {"stream": k} an entry in that stream; or, for an event with a contact,
 --       {"stream": k, "heads": k, "list": k, "contact": digest} its place in that contact's
 --       order: the head (with a stream entry that names the contact) if the contact has no
@@ -18,14 +21,14 @@
 --       a hook notification: its record KEYS[k], and its entry in the notifications' stream
 --   {"answer": k, "value"}
 --       the answer to an Idempotency-Key (string KEYS[k], kept IDEMPOTENCY_TTL_S)
--- cutoff_ms  events received at or before this leave the index
+-- cutoff_ms  events received at or before this leave the index (and the search zsets)
 -- retention_s how long records live
 --
 -- Returns 1 for each item.
 local index, notifications = KEYS[1], KEYS[2]
 local items, cutoff_ms, retention_s = cjson.decode(ARGV[1]), ARGV[2], ARGV[3]
 
-local written = {}
+local written, found = {}, {}
 for i, item in ipairs(items) do
   written[i] = 1
   if item.event then
@@ -33,6 +36,10 @@ for i, item in ipairs(items) do
     redis.call('HSET', key, DATA, item.data, unpack(item.fields))
     redis.call('EXPIRE', key, retention_s)
     redis.call('ZADD', index, item.at, item.id)
+    for _, k in ipairs(item.who or {}) do
+      redis.call('ZADD', KEYS[k], item.at, item.id)
+      found[k] = true
+    end
     for _, q in ipairs(item.queue) do
       local stream = KEYS[q.stream]
       if not q.contact then
@@ -58,4 +65,8 @@ for i, item in ipairs(items) do
   end
 end
 redis.call('ZREMRANGEBYSCORE', index, '-inf', cutoff_ms)
+for k in pairs(found) do  -- once per email or phone, however many of its events came
+  redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', cutoff_ms)
+  redis.call('EXPIRE', KEYS[k], retention_s)
+end
 return written
