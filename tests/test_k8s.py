@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from relay.commands.probe import probe_app
 from relay.settings import DeliverySettings, environment_variables, load_settings
 from tests.conftest import AppClient
 from tests.procs import ROOT, clean_env, relay
+from tests.test_deploy import _tracked
 
 K8S = ROOT / "deploy" / "k8s"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
@@ -112,7 +114,12 @@ def test_kustomization_names_every_manifest_and_builds_config_and_secrets() -> N
     assert _generated("configMap") == {"relay-config": ["relay.toml"]}
     assert _generated("secret") == {"relay-secrets": ["secrets.env"]}
     assert (K8S / "relay.toml").is_file()
-    assert ".env" not in {p.suffix for p in K8S.iterdir()}, "a real secrets.env is committed"
+    # The user's secrets.env is never committed: git ignores it.
+    assert "deploy/k8s/secrets.env" not in _tracked()
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "deploy/k8s/secrets.env"], cwd=ROOT, timeout=30, check=False
+    )
+    assert ignored.returncode == 0, ".gitignore does not keep deploy/k8s/secrets.env out"
     kinds = sorted(d["kind"] for d in _documents())
     assert kinds == sorted(
         ["Namespace", "Deployment", "Deployment", "Service"] + ["PodDisruptionBudget"] * 2
