@@ -307,7 +307,7 @@ def test_every_file_deploy_readme_names_is_in_the_repository() -> None:
 def test_compose_monitoring_profile_mounts_what_the_configs_expect() -> None:
     tracked = _tracked()
     for path in sorted(DEPLOY.rglob("*.y*ml")):
-        assert yaml.safe_load(path.read_text()), path
+        assert all(yaml.safe_load_all(path.read_text())), path
     services = _yaml(DEPLOY / "compose.yaml")["services"]
     mounts: dict[str, dict[str, str]] = {}
     for name, service in services.items():
