@@ -231,8 +231,11 @@ async def hooks(request: web.Request) -> web.Response:
 
 
 async def hooks_page(request: web.Request, *, notice: str | None = None) -> web.Response:
-    """Every REST-hook subscription (never its secret)."""
-    subs = await request.app[HOOKS].all()
+    """Every REST-hook subscription (never its secret), with its last notification's
+    outcome (as ``GET /v1/hooks`` gives them)."""
+    store = request.app[HOOKS]
+    last = await store.last_outcomes()
+    subs = [(s, last.get(s.id)) for s in await store.all()]
     context = _context(request, "hooks", hooks=subs, notice=notice)
     return aiohttp_jinja2.render_template("hooks.html", request, context)
 
