@@ -353,8 +353,8 @@ def _who_keys(email: str | None, phone: str | None) -> list[str]:
 #: Events read from the time index per round trip when listing.
 _LIST_PAGE = 200
 #: Index entries one listing call reads at most: a filter that matches none of 100k
-#: events would otherwise read (and fetch) all of them, ~12 s. At 10 000, a call costs
-#: ~1 s at worst and says where it stopped (:attr:`Page.stopped_at`).
+#: events would otherwise read (and fetch) all of them, ~9 s. At 10 000 a call takes
+#: ~0.6 s at worst (bench/console.py) and says where it stopped (Page.stopped_at).
 SCAN_BUDGET = 10_000
 
 
