@@ -166,10 +166,13 @@ class HookStore:
 
     async def delete(self, hook_id: str) -> bool:
         """Delete a subscription everywhere; whether it existed."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hdel(redis_keys.HOOKS_INDEX, hook_id)
+        # Not a MULTI: Redis refuses to queue any command in one once out of memory,
+        # and a delete must work then. Its outcome goes first, so a failure between
+        # the two leaves a subscription without one, never an outcome without it.
+        async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hdel(redis_keys.HOOKS_LAST, hook_id)
-            removed = int((await pipe.execute())[0])
+            pipe.hdel(redis_keys.HOOKS_INDEX, hook_id)
+            removed = int((await pipe.execute())[1])
         await self._redis.publish(redis_keys.HOOKS_CHANGED_CHANNEL, hook_id)
         self._invalidate(hook_id)
         return removed > 0
