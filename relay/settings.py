@@ -318,7 +318,7 @@ class Settings(BaseSettings):
         0,
         ge=0,
         description="replicas that must confirm a write (WAIT) before the API answers 2xx; "
-        "503 when fewer do in time",
+        "503 when fewer do in time (default 0: none)",
     )
     #: Below the Redis client's socket timeout (relay.connect.SOCKET_TIMEOUT_S, 5 s), so
     #: a WAIT that runs out is a 503 saying so, not a dropped connection.
