@@ -125,9 +125,10 @@ def _unavailable(exc: StoreUnavailable, request: web.Request) -> web.Response:
     log.warning("503 %s %s: %s: %s", request.method, request.path, what, exc)
     if isinstance(exc, NotReplicated):
         detail = (
-            f"{exc} (RELAY_REDIS_MIN_REPLICAS): nothing is reported as queued, though it "
-            "may still be delivered; retry later, with the same Idempotency-Key to never "
-            "queue it twice"
+            f"{exc} (RELAY_REDIS_MIN_REPLICAS): nothing is reported as queued or changed, "
+            "though the write is on the Redis master and may last (an event may still be "
+            "delivered); retry later, events with the same Idempotency-Key, which never "
+            "queues them twice"
         )
     elif request.method in ("GET", "HEAD"):
         detail = "relay cannot read its data right now (Redis is unavailable); retry later"
