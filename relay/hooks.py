@@ -36,6 +36,7 @@ from relay.availability import RedisWatch
 from relay.ids import new_event_id, random_base62
 from relay.invalidation import listen
 from relay.models import CreatedHook, HookInfo, HookOutcome, HookTopic
+from relay.replicas import Replicas, publish
 from relay.scripts import Batch
 
 __all__ = [
@@ -107,10 +108,13 @@ class HookStore:
     Expects a client made with ``decode_responses=True``.
     """
 
-    __slots__ = ("_cache", "_generation", "_redis", "_trusted")
+    __slots__ = ("_cache", "_generation", "_redis", "_replicas", "_trusted")
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, replicas: Replicas | None = None) -> None:
         self._redis = redis
+        #: Replicas that must have a subscription or its deletion before the API's 2xx
+        #: (relay.replicas); None: the master's word.
+        self._replicas = replicas
         #: Every subscription, while the invalidation channel is up; else None.
         self._cache: list[Subscription] | None = None
         self._generation = 0
@@ -131,7 +135,7 @@ class HookStore:
             secret=new_signing_secret(),
         )
         await self._redis.hset(redis_keys.HOOKS_INDEX, sub.id, sub.to_json())
-        await self._redis.publish(redis_keys.HOOKS_CHANGED_CHANNEL, sub.id)
+        await publish(self._redis, redis_keys.HOOKS_CHANGED_CHANNEL, sub.id, self._replicas)
         self._invalidate(sub.id)
         return sub
 
@@ -173,7 +177,7 @@ class HookStore:
             pipe.hdel(redis_keys.HOOKS_LAST, hook_id)
             pipe.hdel(redis_keys.HOOKS_INDEX, hook_id)
             removed = int((await pipe.execute())[1])
-        await self._redis.publish(redis_keys.HOOKS_CHANGED_CHANNEL, hook_id)
+        await publish(self._redis, redis_keys.HOOKS_CHANGED_CHANNEL, hook_id, self._replicas)
         self._invalidate(hook_id)
         return removed > 0
 

@@ -9,7 +9,9 @@ in each destination's queue: a stream entry, or a place in its contact's order
 behind an earlier event.
 Either all of it is in Redis when ``enqueue`` returns, or none of it and
 StoreUnavailable is raised when Redis cannot take it now (the API's error
-middleware answers 503, so that Zapier and n8n retry).
+middleware answers 503, so that Zapier and n8n retry). With
+``RELAY_REDIS_MIN_REPLICAS``, "in Redis" means on that many replicas too, else
+NotReplicated (a 503 as well: :mod:`relay.replicas`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from relay.groupcommit import GroupCommit
 from relay.hooks import Subscription, notification_items, notification_records
 from relay.models import Contact, DeliveryStatus, DestinationView, EventKind, EventView
 from relay.normalize import normalize_email, normalize_phone
+from relay.replicas import Replicas
 from relay.scripts import ENQUEUE, Batch
 
 __all__ = ["SCAN_BUDGET", "EventStore", "NewEvent", "Page", "contact_key", "overall_status"]
@@ -97,13 +100,22 @@ class EventStore:
 
     __slots__ = ("_commit", "_redis", "_region", "_retention_s")
 
-    def __init__(self, redis: Redis, *, retention_s: int, default_region: str = "US") -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        retention_s: int,
+        default_region: str = "US",
+        replicas: Replicas | None = None,
+    ) -> None:
         self._redis = redis
         self._retention_s = retention_s
         #: Where a phone typed without a country code is (Settings.default_region, as ingest).
         self._region = default_region
         #: Concurrent enqueues share one script call and one round trip (relay.groupcommit).
-        self._commit = GroupCommit(ENQUEUE.bind(redis), self._fixed)
+        #: With ``replicas``, an enqueue returns once they have its writes, else raises
+        #: NotReplicated (RELAY_REDIS_MIN_REPLICAS; one WAIT per group: relay.replicas).
+        self._commit = GroupCommit(ENQUEUE.bind(redis), self._fixed, replicas=replicas)
 
     def __repr__(self) -> str:
         return f"<EventStore retention_s={self._retention_s}>"

@@ -21,9 +21,13 @@ def free_port() -> int:
 class RedisServer:
     """Start, stop, restart and kill one redis-server process."""
 
-    def __init__(self, data_dir: Path, *, port: int | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, *, port: int | None = None, args: tuple[str, ...] = ()
+    ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
+        #: More redis-server options (``("--replicaof", "127.0.0.1", "6380")``).
+        self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -46,6 +50,7 @@ class RedisServer:
                 "",
                 "--logfile",
                 str(self.data_dir / "redis.log"),
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
