@@ -73,8 +73,9 @@ const dynamicFields = (type) => async (z, bundle) => {
   return fields;
 };
 
-/** What relay receives: the mapped fields, empty ones left out (Zapier sends every
- * unmapped field as ""; relay would refuse an empty email rather than ignore it). */
+/** What relay receives: the mapped fields. Zapier sends an unmapped field as "";
+ * relay reads that as absent too, but leaving it out keeps the request (and the
+ * digest its Idempotency-Key is made of) to what the user mapped. */
 const bodyOf = (inputData) => {
   const body = {};
   for (const [key, value] of Object.entries(inputData || {})) {

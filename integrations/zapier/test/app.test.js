@@ -136,6 +136,8 @@ describe('create actions', () => {
     const payload = found.json[0].payload;
     assert.equal(payload.first_name, 'Ann');
     assert.equal(payload.city, 'Austin');
+    // The destination choice and the Idempotency Key steer the request: not lead data.
+    assert.deepEqual(payload.traits, {});
 
     // Another Zap sending the same data is another run: a new event.
     const other = await appTester(App.creates.create_lead.operation.perform, { ...bundle, meta: { zap: { id: 'zap-2' } } });

@@ -3,8 +3,8 @@
  * A real relay for the tests: `python -m relay serve` from this checkout on a free
  * 127.0.0.1 port, with its embedded Redis in a temporary directory, one webhook
  * destination and private hook targets allowed (the stand-in for Zapier listens on
- * 127.0.0.1). RELAY_PYTHON names the interpreter (.ci/run sets it); default: the
- * repository's .venv.
+ * 127.0.0.1). TEST_PYTHON names the interpreter (.ci/run sets it; not a RELAY_*
+ * name, those are relay's own settings); default: the repository's .venv.
  */
 const { spawn, execFileSync } = require('child_process');
 const crypto = require('crypto');
@@ -14,7 +14,7 @@ const os = require('os');
 const path = require('path');
 
 const ROOT = path.resolve(__dirname, '..', '..', '..');
-const PYTHON = process.env.RELAY_PYTHON || path.join(ROOT, '.venv', 'bin', 'python');
+const PYTHON = process.env.TEST_PYTHON || path.join(ROOT, '.venv', 'bin', 'python');
 
 /** An HTTP server on 127.0.0.1 that keeps what it is sent. `answer(req, body)` gives
  * the status to answer (default 200). */
@@ -94,14 +94,20 @@ const startRelay = async ({ crmUrl, keys }) => {
     RELAY_CONFIG: path.join(dir, 'relay.toml'),
   });
   const run = (...args) => execFileSync(PYTHON, ['-m', 'relay', ...args], { cwd: dir, env, encoding: 'utf8' });
-  // `relay --version` names the package it imports: this checkout's, not another.
-  const version = run('--version');
-  if (!version.includes(path.join(ROOT, 'relay'))) {
-    throw new Error(`${PYTHON} runs ${version.trim()}, not the tree under test ${ROOT}`);
+  let made;
+  try {
+    // `relay --version` names the package it imports: this checkout's, not another.
+    const version = run('--version');
+    if (!version.includes(path.join(ROOT, 'relay'))) {
+      throw new Error(`${PYTHON} runs ${version.trim()}, not the tree under test ${ROOT}`);
+    }
+    const makeKey = (name, scopes) =>
+      JSON.parse(run('keys', 'create', '--name', name, ...scopes.flatMap((s) => ['--scope', s]), '--json'));
+    made = Object.fromEntries(Object.entries(keys).map(([name, scopes]) => [name, makeKey(name, scopes)]));
+  } catch (err) {
+    fs.rmSync(dir, { recursive: true, force: true });
+    throw err;
   }
-  const makeKey = (name, scopes) =>
-    JSON.parse(run('keys', 'create', '--name', name, ...scopes.flatMap((s) => ['--scope', s]), '--json'));
-  const made = Object.fromEntries(Object.entries(keys).map(([name, scopes]) => [name, makeKey(name, scopes)]));
 
   const port = await freePort();
   const log = fs.openSync(path.join(dir, 'serve.log'), 'w');
@@ -120,7 +126,10 @@ const startRelay = async ({ crmUrl, keys }) => {
     }
     if (proc.exitCode !== null || Date.now() > deadline) {
       proc.kill('SIGTERM');
-      throw new Error(`relay serve did not come up:\n${fs.readFileSync(path.join(dir, 'serve.log'), 'utf8')}`);
+      const text = fs.readFileSync(path.join(dir, 'serve.log'), 'utf8');
+      fs.closeSync(log);
+      fs.rmSync(dir, { recursive: true, force: true });
+      throw new Error(`relay serve did not come up:\n${text}`);
     }
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
