@@ -3,7 +3,7 @@
  * A real relay for the tests: `python -m relay serve` from this checkout on a free
  * 127.0.0.1 port, with its embedded Redis in a temporary directory, one webhook
  * destination and private hook targets allowed (the stand-in for Zapier listens on
- * 127.0.0.1). TEST_PYTHON names the interpreter (.ci/run sets it; not a RELAY_*
+ * 127.0.0.1). TEST_RELAY_PYTHON names the interpreter (.ci/run sets it; not a RELAY_*
  * name, those are relay's own settings); default: the repository's .venv.
  */
 const { spawn, execFileSync } = require('child_process');
@@ -14,7 +14,7 @@ const os = require('os');
 const path = require('path');
 
 const ROOT = path.resolve(__dirname, '..', '..', '..');
-const PYTHON = process.env.TEST_PYTHON || path.join(ROOT, '.venv', 'bin', 'python');
+const PYTHON = process.env.TEST_RELAY_PYTHON || path.join(ROOT, '.venv', 'bin', 'python');
 
 /** An HTTP server on 127.0.0.1 that keeps what it is sent. `answer(req, body)` gives
  * the status to answer (default 200). */
