@@ -29,6 +29,9 @@ __all__ = [
     "DestinationView",
     "EventKind",
     "EventView",
+    "FieldInfo",
+    "FieldsDestination",
+    "FieldsInfo",
     "HookCreate",
     "HookInfo",
     "HookOutcome",
@@ -206,6 +209,41 @@ class EventView(BaseModel):
     )
     payload: Contact
     destinations: list[DestinationView]
+
+
+# --- field metadata (GET /v1/fields) -----------------------------------------
+
+
+class FieldInfo(BaseModel):
+    """One canonical field as integrations (Zapier's dynamic fields, n8n's options) show it."""
+
+    name: str
+    label: str
+    type: Literal["email", "phone", "string"] = Field(
+        description="email (lower-cased, checked), phone (stored as E.164), or string"
+    )
+    required: bool = Field(description="False for every field: see require_one_of")
+    aliases: list[str] = Field(
+        description="Other names ingest takes for it (compared ignoring case and with "
+        "camelCase, spaces and dashes read as underscores)"
+    )
+
+
+class FieldsDestination(BaseModel):
+    """A destination the calling key may send this type to (never its settings)."""
+
+    name: str
+    type: str
+    events: list[EventKind]
+
+
+class FieldsInfo(BaseModel):
+    """``GET /v1/fields``: what ingest understands for one event type, for this key."""
+
+    type: EventKind
+    fields: list[FieldInfo]
+    require_one_of: list[str] = Field(description="At least one of these must be given")
+    destinations: list[FieldsDestination]
 
 
 # --- keys ------------------------------------------------------------------

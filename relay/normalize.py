@@ -48,7 +48,14 @@ from phonenumbers.phonenumberutil import _test_number_length as _length_check
 from relay.errors import FieldError, ValidationFailed
 from relay.models import CANONICAL_FIELDS, Contact, Lead
 
-__all__ = ["ALIASES", "normalize_email", "normalize_item", "normalize_phone", "unflatten"]
+__all__ = [
+    "ALIASES",
+    "REQUIRE_ONE_OF",
+    "normalize_email",
+    "normalize_item",
+    "normalize_phone",
+    "unflatten",
+]
 
 #: RFC 5321 limits a forward path to 256 octets, i.e. 254 for the address itself.
 MAX_EMAIL_CHARS: Final = 254
@@ -91,6 +98,9 @@ ALIASES: Final[dict[str, tuple[str, ...]]] = {
     "website": ("url", "web", "site", "homepage"),
     "country": ("country_code", "country_name"),
 }
+
+#: An item must carry at least one of these (non-empty).
+REQUIRE_ONE_OF: Final = ("email", "phone")
 
 # canonical key -> (field, rank); rank 0 is the field's own name.
 _FIELD_OF: Final[dict[str, tuple[str, int]]] = {f: (f, 0) for f in CANONICAL_FIELDS} | {
@@ -460,7 +470,7 @@ def normalize_item(
     if len(custom) > MAX_CUSTOM_TRAITS:
         msg = f"too many custom fields: {len(custom)} given, at most {MAX_CUSTOM_TRAITS}"
         errors.append({"loc": [], "msg": msg})
-    if "email" not in best and "phone" not in best:
+    if not any(field in best for field in REQUIRE_ONE_OF):
         msg = "provide an email or a phone number (none was given)"
         errors.insert(0, {"loc": [], "msg": msg})
     if errors:

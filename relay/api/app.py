@@ -12,7 +12,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 # Importing the route modules registers their handlers in ``routes``.
-from relay.api import dead_letters, events, health, hooks, ingest, keys, openapi  # noqa: F401
+from relay.api import dead_letters, events, fields, health, hooks, ingest, keys, openapi  # noqa: F401
 from relay.api.accesslog import AccessLogger
 from relay.api.auth import auth_middleware
 from relay.api.body import body_guard_middleware
