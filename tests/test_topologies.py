@@ -5,9 +5,10 @@ existing ones imported below, runs once on a 3-master cluster and once on a
 Sentinel-managed master (the session's, from conftest), through ``redis``,
 ``make_settings`` and the app factory exactly as on a single Redis. The imported tests
 cover ingest → worker → upstream → delivered, per-contact order with two workers,
-idempotency, key revocation seen by another client over pub/sub, hook subscriptions
-seen at once, and signed notifications; the tests below add the CLI (a subprocess of
-this tree), Sentinel failover and what an unreachable topology gives.
+idempotency, Redis's own errors passed through untranslated, key revocation seen by
+another client over pub/sub, hook subscriptions seen at once, and signed
+notifications; the tests below add the CLI (a subprocess of this tree), scripts loaded
+again after SCRIPT FLUSH, Sentinel failover and what an unreachable topology gives.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from tests.fakes import FakeConvertr, fake_convertr, fake_conveyour
 from tests.procs import clean_env, relay
 from tests.redis_server import free_port
 from tests.redis_topologies import ClusterServers, SentinelServers
+from tests.test_client_errors import test_other_errors_pass_through_as_redis_py_raised_them
 from tests.test_hooks import (
     receiver,
     setup,
@@ -53,6 +55,7 @@ __all__ = [  # fixtures, and tests collected here too
     "setup",
     "test_another_process_sees_a_new_subscription_at_once",
     "test_lead_delivered_to_both_upstreams",
+    "test_other_errors_pass_through_as_redis_py_raised_them",
     "test_per_contact_order_with_two_workers",
     "test_received_and_delivered_notifications_are_signed",
     "test_repeat_gets_the_first_answer_and_queues_nothing",
@@ -85,6 +88,17 @@ async def test_the_client_is_of_the_topology(redis: Redis, redis_server: Topolog
             assert master.get("{relay}:probe") == "here"
     # INFO goes to one node (on a cluster, the master of relay's slot), not to all.
     assert (await check_version(redis)).count(".") == 2
+
+
+async def test_a_script_redis_forgot_is_loaded_again(redis: Redis) -> None:
+    """NOSCRIPT: redis-py loads the script (on a cluster, on every master) and calls it
+    again. (Not inside a pipeline: redis-py's cluster pipeline does not, and relay calls
+    its scripts alone.)"""
+    script = redis.register_script("return redis.call('SET', KEYS[1], ARGV[1])")
+    assert await script(keys=["{relay}:t:k"], args=["v"]) == "OK"
+    await redis.script_flush()
+    assert await script(keys=["{relay}:t:k"], args=["w"]) == "OK"
+    assert await redis.get("{relay}:t:k") == "w"
 
 
 async def test_the_cli_reads_the_topology_url(
