@@ -41,6 +41,9 @@ sections:
              p99 <= 25 ms, 0 non-2xx). Load by wrk when on PATH, else a bundled
              aiohttp generator; either runs in its own process. relay serve
              --workers N (--api-workers) takes its turn too, for what all cores reach.
+             With --min-replicas N, N Redis replicas run during the rounds and relay
+             serve with RELAY_REDIS_MIN_REPLICAS=N takes its turn: relay WAIT/relay is
+             the cost of a 202 only once replicas have the event.
   delivery   one relay worker --drain vs a bare aiohttp ClientSession loop, same
              upstream, same requests, same concurrency (target: ratio >= 0.7)
   latency    relay serve (the API and its in-process worker, as a user first runs it) under
@@ -67,6 +70,7 @@ examples:
   python -m bench --only memory --events 1000000
   python -m bench --only ingest,delivery --deliveries 20000 --profile prof/
   python -m bench --only latency --latency-rate 1000 --latency-duration 30
+  python -m bench --only ingest --min-replicas 1   # the cost of RELAY_REDIS_MIN_REPLICAS=1
 """
 
 
@@ -89,6 +93,7 @@ class Plan:
     use_wrk: bool
     profile_dir: Path | None
     api_workers: int
+    min_replicas: int
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -138,6 +143,15 @@ def _parser() -> argparse.ArgumentParser:
         default=2,
         metavar="N",
         help="also load relay serve --workers N in the ingest rounds (default 2; 1: skip it)",
+    )
+    parser.add_argument(
+        "--min-replicas",
+        type=int,
+        choices=range(4),
+        default=0,
+        metavar="N",
+        help="start N Redis replicas for the ingest rounds and add relay serve with "
+        "RELAY_REDIS_MIN_REPLICAS=N to them (default 0: none; at most 3)",
     )
     parser.add_argument(
         "--deliveries",
@@ -257,6 +271,7 @@ def _plan(args: argparse.Namespace) -> Plan:
         use_wrk=not args.no_wrk,
         profile_dir=args.profile,
         api_workers=args.api_workers,
+        min_replicas=args.min_replicas,
     )
 
 
@@ -286,6 +301,7 @@ def _run(
             use_wrk=plan.use_wrk,
             profiler=profiler,
             api_workers=plan.api_workers,
+            min_replicas=plan.min_replicas,
         ),
         "delivery": lambda: run_delivery(
             procs, stack, events=plan.deliveries, concurrency=plan.concurrency, profiler=profiler
@@ -336,7 +352,7 @@ def _broken(results: dict[str, Any]) -> list[str]:
     """What went wrong beyond a missed target: bad answers, a limit exceeded."""
     problems = []
     if (ingest := results.get("ingest")) is not None:
-        for side in ("baseline", "relay", "relay_multi"):
+        for side in ("baseline", "relay", "relay_multi", "relay_waiting"):
             if side in ingest and (bad := ingest[side]["non_2xx"] + ingest[side]["errors"]):
                 problems.append(f"ingest: {bad} {side} requests were not answered 2xx")
     if (steady := results.get("latency")) is not None:

@@ -4,13 +4,16 @@ Fills a redis-server of its own with N events (default 100 000) through
 ``EventStore.enqueue`` (in batches, as the API's group commit does), a few hundred of
 them dead letters with an attempt each, then serves ``create_app`` on a loopback port
 and times each page's GET (the server's whole answer: session check, Redis reads,
-rendering), a few times each, printing the median and the worst. Not a test: it asserts
-nothing about speed.
+rendering), a few times each, printing the median and the worst; then follows the
+``status=dead`` listing's "Search older" links to its first match (one scan budget,
+``relay.store.SCAN_BUDGET``, per page). Not a test: it asserts nothing about speed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import html
+import re
 import statistics
 import sys
 import tempfile
@@ -82,7 +85,24 @@ async def _fill(redis_url: str, n: int) -> str:
     return key
 
 
-async def _time_pages(redis_url: str, workdir: Path, key: str) -> None:
+async def _walk(http: aiohttp.ClientSession, base: str, path: str) -> None:
+    """Follow a rare filter's "Search older" links until its first match (the dead
+    letters are the oldest events): how many pages a person clicks through, and the
+    time of them all."""
+    began, pages = time.perf_counter(), 0
+    while True:
+        pages += 1
+        async with http.get(base + path) as answer:
+            page = await answer.text()
+        older = re.search(r'<a href="([^"]+)">Search older</a>', page)
+        if 'href="/console/events/evt_' in page or older is None:
+            break
+        path = html.unescape(older.group(1))
+    took = (time.perf_counter() - began) * 1000
+    print(f"{'  ... Search older to the 1st match':<34} {took:>10.1f} {'':>9} {pages:>6} pp")
+
+
+async def _time_pages(redis_url: str, workdir: Path, key: str, n: int) -> None:
     toml = workdir / "relay.toml"
     toml.write_text(_TOML)
     settings = load_settings(env={"RELAY_REDIS_URL": redis_url, "RELAY_CONFIG": str(toml)})
@@ -106,7 +126,9 @@ async def _time_pages(redis_url: str, workdir: Path, key: str) -> None:
                 "Events, filtered status=dead": "/console/events?status=dead",
                 "Event detail": f"/console/events/{event_id}",
                 "Search by event id": f"/console/events?q={event_id}",
+                "Search by email": f"/console/events?q=Lead{n - 1}@Example.com",
                 f"Dead letters ({_DEAD})": "/console/dead-letters",
+                "Hooks": "/console/hooks",
             }
             print(f"{'page':<34} {'median ms':>10} {'worst ms':>9} {'bytes':>8}")
             for name, path in pages.items():
@@ -121,11 +143,15 @@ async def _time_pages(redis_url: str, workdir: Path, key: str) -> None:
                     f"{name:<34} {statistics.median(times):>10.1f} {max(times):>9.1f} "
                     f"{len(body):>8}"
                 )
+            await _walk(http, base, "/console/events?status=dead")
     finally:
         await runner.cleanup()
 
 
 def main() -> None:
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):
+        print(__doc__)
+        return
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
     with tempfile.TemporaryDirectory() as tmp:
         procs = Procs(Path(tmp))
@@ -135,7 +161,7 @@ def main() -> None:
             began = time.perf_counter()
             key = asyncio.run(_fill(url, n))
             print(f"{n} events stored in {time.perf_counter() - began:.1f} s")
-            asyncio.run(_time_pages(url, Path(tmp), key))
+            asyncio.run(_time_pages(url, Path(tmp), key, n))
         finally:
             procs.stop_all()
 

@@ -6,6 +6,10 @@ Requests/s add up over the rounds; p50 is the rounds' median, p99 the worst roun
 With ``api_workers`` > 1, a second ``relay serve --workers N --no-worker`` (N API
 processes on one port) takes its turn in each round too: the figure all cores
 reach, beside the one-process figure the target is about.
+With ``min_replicas`` > 0, that many replicas of the stack's Redis run during the
+rounds, and a ``relay serve --no-worker`` with ``RELAY_REDIS_MIN_REPLICAS`` set
+takes its turn too: the cost of waiting for them (one WAIT per group commit),
+beside relay on the same master and replicas without waiting.
 """
 
 from __future__ import annotations
@@ -74,6 +78,13 @@ class IngestResult:
     rss_kib: tuple[int, int]
     #: relay serve --workers N (N, its rounds), when measured
     multi: tuple[int, Side] | None = None
+    #: relay serve with RELAY_REDIS_MIN_REPLICAS=N (N, its rounds), when measured
+    waiting: tuple[int, Side] | None = None
+
+    @property
+    def wait_ratio(self) -> float | None:
+        """req/s waiting for replicas / without (the same master and replicas)."""
+        return None if self.waiting is None else self.waiting[1].rps / self.relay.rps
 
     @property
     def ratio(self) -> float:
@@ -94,6 +105,15 @@ class IngestResult:
                 if self.multi is None
                 else {"relay_api_workers": self.multi[0], "relay_multi": self.multi[1].to_dict()}
             ),
+            **(
+                {}
+                if self.waiting is None or self.wait_ratio is None
+                else {
+                    "relay_min_replicas": self.waiting[0],
+                    "relay_waiting": self.waiting[1].to_dict(),
+                    "wait_ratio": round(self.wait_ratio, 3),
+                }
+            ),
         }
 
 
@@ -108,6 +128,7 @@ def run_ingest(
     use_wrk: bool,
     profiler: Profiler,
     api_workers: int,
+    min_replicas: int = 0,
 ) -> IngestResult:
     port = free_port()
     base = procs.python("baseline", "bench.apps", "ingest", "--port", str(port))
@@ -115,6 +136,10 @@ def run_ingest(
     apis = {"relay": stack.api}
     if api_workers > 1:
         apis["multi"] = stack.start_api("relay-serve-multi", "--workers", str(api_workers))
+    replicas = [stack.start_replica() for _ in range(min_replicas)]
+    if min_replicas:
+        waits = {"RELAY_REDIS_MIN_REPLICAS": str(min_replicas)}
+        apis["waiting"] = stack.start_api("relay-serve-wait", extra_env=waits)
     # The baseline gets relay's headers too: the same bytes on the wire.
     targets = {
         "baseline": (f"http://127.0.0.1:{port}/v1/leads", stack.auth),
@@ -141,8 +166,11 @@ def run_ingest(
                     api.proc.check_alive()
     rss_after = rss_kib(stack.serve.pid)
     procs.stop(base)
-    if "multi" in apis:
-        procs.stop(apis["multi"].proc)
+    for name in ("multi", "waiting"):
+        if name in apis:
+            procs.stop(apis[name].proc)
+    for replica in replicas:  # the next sections run on a Redis without replicas
+        procs.stop(replica)
     return IngestResult(
         generator=measured["relay"][0].generator,
         loop=event_loop_name(),
@@ -152,4 +180,5 @@ def run_ingest(
         relay=Side(measured["relay"]),
         rss_kib=(rss_before, rss_after),
         multi=(api_workers, Side(measured["multi"])) if "multi" in apis else None,
+        waiting=(min_replicas, Side(measured["waiting"])) if "waiting" in apis else None,
     )

@@ -54,6 +54,9 @@ def _mib(kib: int) -> str:
 def ingest(r: IngestResult) -> tuple[list[str], list[Target]]:
     rounds = len(r.relay.rounds)
     multi = [] if r.multi is None else [(f"relay --workers {r.multi[0]}", r.multi[1])]  # N cores
+    waiting = []
+    if r.waiting is not None:
+        waiting = [(f"relay, WAIT {r.waiting[0]} replica(s)", r.waiting[1])]
     lines = [
         f"Ingest: POST /v1/leads, {r.connections} connections, {rounds} x {r.round_s:g} s "
         f"rounds each, alternating; load by {r.generator}; baseline on {r.loop}"
@@ -70,14 +73,29 @@ def ingest(r: IngestResult) -> tuple[list[str], list[Target]]:
                         str(s.non_2xx),
                         str(s.errors),
                     )
-                    for name, s in (("bare aiohttp", r.baseline), ("relay", r.relay), *multi)
+                    for name, s in (
+                        ("bare aiohttp", r.baseline),
+                        ("relay", r.relay),
+                        *multi,
+                        *waiting,
+                    )
                 ),
                 ("relay/baseline", f"{r.ratio:.2f}", "", "", "", ""),
+                *(
+                    [("relay WAIT/relay", f"{r.wait_ratio:.2f}", "", "", "", "")]
+                    if r.wait_ratio is not None
+                    else []
+                ),
             ]
         ),
         f"  p50 = median of the rounds, p99 = worst round; relay RSS {_mib(r.rss_kib[0])} -> "
         f"{_mib(r.rss_kib[1])} MiB over the rounds",
     ]
+    if r.waiting is not None:
+        lines.append(
+            f"  {r.waiting[0]} replica(s) of Redis ran during every round, relay's too; "
+            f"relay, WAIT: RELAY_REDIS_MIN_REPLICAS={r.waiting[0]} (one WAIT per group commit)"
+        )
     if r.generator == "bundled":
         lines.append(
             "  (bundled generator: a Python client; the baseline's figure may be its own "

@@ -202,14 +202,17 @@ class Procs:
             time.sleep(0.05)
 
 
-def _start_redis(procs: Procs) -> tuple[Proc, int]:
+def _start_redis(procs: Procs, *, replica_of: int | None = None) -> tuple[Proc, int]:
+    """A redis-server as relay asks for it; with ``replica_of``, a replica of that port's."""
     port = free_port()
-    data = procs.workdir / "redis"
+    data = procs.workdir / ("redis" if replica_of is None else f"redis-replica-{port}")
     data.mkdir()
     argv = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1"]
     argv += ["--dir", str(data), *SERVER_SETTINGS]
     argv += ["--save", "", "--logfile", ""]
-    proc = procs.start("redis-server", argv)
+    if replica_of is not None:
+        argv += ["--replicaof", "127.0.0.1", str(replica_of)]
+    proc = procs.start("redis-server" if replica_of is None else "redis-replica", argv)
     deadline = time.monotonic() + _READY_TIMEOUT_S
     while True:
         proc.check_alive()
@@ -290,14 +293,22 @@ class Stack:
         self.env = self.relay_env(self.toml)
         self.api = self.start_api("relay-serve")
 
-    def start_api(self, name: str, *flags: str, db: int = 0, worker_for: str | None = None) -> Api:
+    def start_api(
+        self,
+        name: str,
+        *flags: str,
+        db: int = 0,
+        worker_for: str | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> Api:
         """A ``relay serve --no-worker [flags]`` on Redis database ``db`` (``db`` > 0: a
         keyspace of its own, as fresh as a new Redis), with a key of its own.
 
         With ``worker_for``, a ``relay serve`` with its in-process worker instead,
-        whose relay.toml names only that destination."""
+        whose relay.toml names only that destination. ``extra_env``: more settings."""
         env = self.env if worker_for is None else self.worker_env(worker_for)
         env = env | {"RELAY_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/{db}"}
+        env |= extra_env or {}
         key = self._create_key(env)
         port = free_port()
         no_worker = ("--no-worker",) if worker_for is None else ()
@@ -310,6 +321,18 @@ class Stack:
         api = Api(proc, port, key)
         self.procs.wait_http(proc, api.url("/readyz"))
         return api
+
+    def start_replica(self) -> Proc:
+        """A replica of the stack's Redis, once its link to the master is up."""
+        proc, port = _start_redis(self.procs, replica_of=self.redis_port)
+        deadline = time.monotonic() + _READY_TIMEOUT_S
+        with Redis(host="127.0.0.1", port=port) as redis:
+            while redis.info("replication").get("master_link_status") != "up":
+                proc.check_alive()
+                if time.monotonic() > deadline:
+                    raise BenchError(f"redis replica never linked up:\n{proc.log_tail()}")
+                time.sleep(0.05)
+        return proc
 
     @property
     def serve(self) -> Proc:

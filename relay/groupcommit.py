@@ -12,7 +12,9 @@ A script call is atomic (nothing else runs between its writes) and one command o
 the wire instead of one or several per item, which is what the API and the worker
 would spend their time on (redis-py's work per command). A call that Redis refuses
 before its first write (out of memory, a read-only replica, a dead connection)
-writes nothing, and every caller in it fails alike.
+writes nothing, and every caller in it fails alike; so does a call whose writes too
+few replicas confirmed (``RELAY_REDIS_MIN_REPLICAS``: NotReplicated, though the
+writes are on the master).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from relay.replicas import Replicas
 from relay.scripts import Batch, Bound
 
 __all__ = ["GroupCommit", "Writes"]
@@ -37,11 +40,14 @@ class GroupCommit:
     """Coalesce concurrent callers' items into calls of one script; see the module
     docstring."""
 
-    __slots__ = ("_fixed", "_flusher", "_largest", "_pending", "_rounds", "_script")
+    __slots__ = ("_fixed", "_flusher", "_largest", "_pending", "_replicas", "_rounds", "_script")
 
-    def __init__(self, script: Bound, fixed: Fixed) -> None:
+    def __init__(self, script: Bound, fixed: Fixed, *, replicas: Replicas | None = None) -> None:
         self._script = script
         self._fixed = fixed
+        #: Replicas that must have a call's writes before its callers get their answers
+        #: (one WAIT per call, so per group: relay.replicas); None: the master's word.
+        self._replicas = replicas
         self._pending: list[tuple[Writes, asyncio.Future[list[Any]]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._rounds = 0
@@ -50,7 +56,8 @@ class GroupCommit:
     def __repr__(self) -> str:
         return (
             f"<GroupCommit {self._script.script.name}.lua rounds={self._rounds} "
-            f"largest={self._largest} waiting={len(self._pending)}>"
+            f"largest={self._largest} waiting={len(self._pending)}"
+            f"{'' if self._replicas is None else f' replicas={self._replicas.count}'}>"
         )
 
     async def submit(self, writes: Writes) -> list[Any]:
@@ -87,7 +94,9 @@ class GroupCommit:
                     if failure is not None:
                         raise failure
                     keys, args = self._fixed()
-                    answers: list[Any] = await self._script(batch, keys=keys, args=args)
+                    answers: list[Any] = await self._script(
+                        batch, keys=keys, args=args, replicas=self._replicas
+                    )
                 except BaseException as exc:
                     for _, future in group:
                         if not future.done():

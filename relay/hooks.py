@@ -11,7 +11,10 @@ notification per matching subscription is written *in the same atomic write* as
 the change itself (:func:`notification_items`, for ``relay/lua/enqueue.lua`` and
 ``settle.lua``): a record ``ntf_…`` and an entry in the ``_hooks`` stream. Workers
 send them like deliveries (see :mod:`relay.notify`), with the same retries, limits
-and dead letters.
+and dead letters. The script that settles a notification also keeps its
+subscription's last outcome (:meth:`HookStore.last_outcomes`: one small hash, read in
+one call by ``GET /v1/hooks`` and the console's Hooks page; the notifications' own
+records are keyed by notification, not by subscription, and expire).
 
 Every subscription hears of every event, whichever key sent it: one relay
 serves one team (as ``GET /v1/events`` does).
@@ -32,10 +35,17 @@ from relay.apikeys import new_signing_secret
 from relay.availability import RedisWatch
 from relay.ids import new_event_id, random_base62
 from relay.invalidation import listen
-from relay.models import CreatedHook, HookInfo, HookTopic
+from relay.models import CreatedHook, HookInfo, HookOutcome, HookTopic
+from relay.replicas import Replicas, publish
 from relay.scripts import Batch
 
-__all__ = ["HookStore", "Subscription", "notification_items", "notification_records"]
+__all__ = [
+    "HookStore",
+    "Subscription",
+    "last_outcome",
+    "notification_items",
+    "notification_records",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,13 +83,23 @@ class Subscription:
             secret=data["secret"],
         )
 
-    def info(self) -> HookInfo:
+    def info(self, last: HookOutcome | None = None) -> HookInfo:
         return HookInfo(
-            id=self.id, event=self.event, target_url=self.target_url, created_at=self.created_at
+            id=self.id,
+            event=self.event,
+            target_url=self.target_url,
+            created_at=self.created_at,
+            last_notification=last,
         )
 
     def created(self) -> CreatedHook:
-        return CreatedHook(**self.info().model_dump(), secret=self.secret)
+        return CreatedHook(
+            id=self.id,
+            event=self.event,
+            target_url=self.target_url,
+            created_at=self.created_at,
+            secret=self.secret,
+        )
 
 
 class HookStore:
@@ -88,10 +108,13 @@ class HookStore:
     Expects a client made with ``decode_responses=True``.
     """
 
-    __slots__ = ("_cache", "_generation", "_redis", "_trusted")
+    __slots__ = ("_cache", "_generation", "_redis", "_replicas", "_trusted")
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, replicas: Replicas | None = None) -> None:
         self._redis = redis
+        #: Replicas that must have a subscription or its deletion before the API's 2xx
+        #: (relay.replicas); None: the master's word.
+        self._replicas = replicas
         #: Every subscription, while the invalidation channel is up; else None.
         self._cache: list[Subscription] | None = None
         self._generation = 0
@@ -112,7 +135,7 @@ class HookStore:
             secret=new_signing_secret(),
         )
         await self._redis.hset(redis_keys.HOOKS_INDEX, sub.id, sub.to_json())
-        await self._redis.publish(redis_keys.HOOKS_CHANGED_CHANNEL, sub.id)
+        await publish(self._redis, redis_keys.HOOKS_CHANGED_CHANNEL, sub.id, self._replicas)
         self._invalidate(sub.id)
         return sub
 
@@ -138,10 +161,23 @@ class HookStore:
         raw = await self._redis.hget(redis_keys.HOOKS_INDEX, hook_id)
         return None if raw is None else Subscription.from_json(cast(str, raw))
 
+    async def last_outcomes(self) -> dict[str, HookOutcome]:
+        """Hook id -> its last notification's outcome (subscriptions notified at least
+        once). Kept by ``relay/lua/settle.lua`` as it settles each notification, so
+        this is one read however many notifications there were."""
+        raw = cast(dict[str, str], await self._redis.hgetall(redis_keys.HOOKS_LAST))
+        return {hook_id: HookOutcome.model_validate_json(v) for hook_id, v in raw.items()}
+
     async def delete(self, hook_id: str) -> bool:
         """Delete a subscription everywhere; whether it existed."""
-        removed = int(await self._redis.hdel(redis_keys.HOOKS_INDEX, hook_id))
-        await self._redis.publish(redis_keys.HOOKS_CHANGED_CHANNEL, hook_id)
+        # Not a MULTI: Redis refuses to queue any command in one once out of memory,
+        # and a delete must work then. Its outcome goes first, so a failure between
+        # the two leaves a subscription without one, never an outcome without it.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hdel(redis_keys.HOOKS_LAST, hook_id)
+            pipe.hdel(redis_keys.HOOKS_INDEX, hook_id)
+            removed = int((await pipe.execute())[1])
+        await publish(self._redis, redis_keys.HOOKS_CHANGED_CHANNEL, hook_id, self._replicas)
         self._invalidate(hook_id)
         return removed > 0
 
@@ -195,6 +231,20 @@ def notification_records(
         }
         records.append((ntf_id, orjson.dumps(data)))
     return records
+
+
+def last_outcome(notification_id: str, result: str, record: bytes) -> str:
+    """The JSON kept as a subscription's last outcome (:class:`HookOutcome`), from the
+    record of a notification's attempt and what it came to (delivered, retrying, dead)."""
+    attempt = orjson.loads(record)
+    outcome = HookOutcome(
+        at=datetime.fromtimestamp(float(attempt["at"]), UTC),
+        result=cast(Any, result),
+        status_code=attempt.get("status"),
+        error=attempt.get("error"),
+        notification=notification_id,
+    )
+    return outcome.model_dump_json()
 
 
 def notification_items(batch: Batch, records: Sequence[tuple[str, bytes]]) -> list[dict[str, Any]]:

@@ -29,6 +29,7 @@ from relay.availability import RedisWatch
 from relay.errors import NotFound
 from relay.ids import random_base62
 from relay.invalidation import listen
+from relay.replicas import Replicas, publish
 
 __all__ = ["KeyStore"]
 
@@ -45,10 +46,13 @@ class KeyStore:
     made with ``decode_responses=True`` (see :mod:`relay.connect`).
     """
 
-    __slots__ = ("_cache", "_generation", "_redis", "_trusted")
+    __slots__ = ("_cache", "_generation", "_redis", "_replicas", "_trusted")
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, replicas: Replicas | None = None) -> None:
         self._redis = redis
+        #: Replicas that must have a creation or a revocation before it returns: a
+        #: revocation lost in a failover would bring a revoked key back (relay.replicas).
+        self._replicas = replicas
         self._cache: dict[str, KeyRecord] = {}
         #: Bumped on every invalidation, so a lookup that raced one is not cached.
         self._generation = 0
@@ -89,6 +93,8 @@ class KeyStore:
             pipe.hset(redis_keys.key(record.digest), mapping=dict(record.to_hash()))  # type: ignore[arg-type]
             pipe.hset(redis_keys.KEYS_INDEX, record.id, record.digest)
             await pipe.execute()
+        if self._replicas is not None:  # else no one need hear of a key no one has used
+            await self._announce(record.digest)
         return record, key
 
     async def list(self) -> list[KeyRecord]:
@@ -114,10 +120,12 @@ class KeyStore:
     async def revoke(self, key_id: str) -> KeyRecord:
         """Revoke a key on every API process at once; revoking twice keeps the first time."""
         record = await self.get(key_id)
-        if record.revoked_at is None:
+        if record.revoked_at is None or self._replicas is not None:
+            # Again when already revoked if replicas must confirm: a revocation answered
+            # 503 (NotReplicated) is on the master, and its retry must wait for them too.
             now = datetime.now(UTC).replace(microsecond=0)
             await self._redis.hsetnx(redis_keys.key(record.digest), "revoked_at", now.isoformat())
-            await self._redis.publish(redis_keys.KEYS_CHANGED_CHANNEL, record.digest)
+            await self._announce(record.digest)
             record = await self.get(key_id)
         self._forget(record.digest)
         return record
@@ -156,6 +164,11 @@ class KeyStore:
             on_down=self._distrust,
             watch=watch or RedisWatch(),
         )
+
+    async def _announce(self, d: str) -> None:
+        """Tell every API process that the key of digest ``d`` changed (and, with
+        replicas to confirm, return once they have it: relay.replicas.publish)."""
+        await publish(self._redis, redis_keys.KEYS_CHANGED_CHANNEL, d, self._replicas)
 
     def _trust(self) -> None:
         self._trusted = True

@@ -31,6 +31,7 @@ __all__ = [
     "EventView",
     "HookCreate",
     "HookInfo",
+    "HookOutcome",
     "HookTopic",
     "KeyCreate",
     "Lead",
@@ -312,16 +313,38 @@ class HookCreate(BaseModel):
     event: HookTopic
 
 
-class HookInfo(BaseModel):
-    """A subscription as lists show it (never its secret)."""
-
+class _Hook(BaseModel):
     id: str
     event: HookTopic
     target_url: str
     created_at: datetime
 
 
-class CreatedHook(HookInfo):
+class HookOutcome(BaseModel):
+    """What the last attempt to notify a subscription came to."""
+
+    at: datetime = Field(description="When the subscriber answered (or the attempt failed)")
+    result: Literal["delivered", "retrying", "dead"] = Field(
+        description="delivered (2xx), retrying (will be sent again), dead (given up)"
+    )
+    status_code: int | None = Field(
+        default=None, description="The subscriber's HTTP status; null when none came"
+    )
+    error: str | None = Field(
+        default=None, description="Error class when there was one (a timeout, a refused target)"
+    )
+    notification: str = Field(description="The notification's id (its webhook-id header)")
+
+
+class HookInfo(_Hook):
+    """A subscription as lists show it (never its secret)."""
+
+    last_notification: HookOutcome | None = Field(
+        default=None, description="The last notification's outcome; null before the first"
+    )
+
+
+class CreatedHook(_Hook):
     """A new subscription, the only time its secret is shown."""
 
     secret: str = Field(

@@ -33,7 +33,7 @@ from redis.exceptions import ResponseError
 
 from relay import redis_keys
 from relay.groupcommit import GroupCommit
-from relay.hooks import notification_items
+from relay.hooks import last_outcome, notification_items
 from relay.models import DeliveryStatus
 from relay.scripts import KEEP, MOVE_DUE, SETTLE, TAKE, Batch
 
@@ -80,6 +80,9 @@ class Result:
     retry_at_ms: int = 0
     #: Hook notifications to queue with it (``hooks.notification_records``).
     notifications: Sequence[tuple[str, bytes]] = ()
+    #: For a notification (destination ``_hooks``): its subscription, whose last
+    #: outcome this result becomes (``redis_keys.HOOKS_LAST``).
+    hook: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +340,11 @@ def _settle_item(batch: Batch, settlement: Settlement) -> None:
             event["minute"] = batch.key(redis_keys.delivered_minute(dest, minute))
         if result.notifications:
             event["notify"] = notification_items(batch, result.notifications)
+        if result.hook is not None:
+            event["hook"] = result.hook
+            event["hooks"] = batch.key(redis_keys.HOOKS_INDEX)
+            event["last"] = batch.key(redis_keys.HOOKS_LAST)
+            event["outcome"] = last_outcome(entry.event, result.status.value, result.record)
         events.append(event)
     item: dict[str, Any] = {
         "destination": dest,

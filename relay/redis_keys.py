@@ -33,6 +33,8 @@ Layout::
     {relay}:idem:<key id>:<digest>  string the first answer to an Idempotency-Key (24 h)
     {relay}:hooks                   hash   hook id -> subscription JSON (with its secret)
     {relay}:hooks:changed           pubsub a subscription was added or deleted (cache invalidation)
+    {relay}:hooks:last              hash   hook id -> its last notification's outcome (JSON:
+                                           "at", "result", "status_code", "error", "notification")
     {relay}:workers                 zset   live workers: JSON {"id", "host", "pid"} -> last beat ms
     {relay}:console:<sha256 hex>    hash   one console session (digest of its cookie, never the
                                            cookie): key id, role, CSRF token, absolute expiry;
@@ -67,6 +69,7 @@ __all__ = [
     "HOLDER_FIELD_PREFIX",
     "HOOKS_CHANGED_CHANNEL",
     "HOOKS_INDEX",
+    "HOOKS_LAST",
     "IDEMPOTENCY_PENDING_MS",
     "IDEMPOTENCY_TTL_S",
     "KEYS_CHANGED_CHANNEL",
@@ -107,6 +110,9 @@ KEYS_CHANGED_CHANNEL = f"{_TAG}:keys:changed"
 EVENTS_INDEX = f"{_TAG}:events"
 #: hash: hook id -> JSON of one REST-hook subscription.
 HOOKS_INDEX = f"{_TAG}:hooks"
+#: hash: hook id -> JSON of the outcome of the last attempt to notify that subscription
+#: (written by relay/lua/settle.lua while the subscription exists; deleted with it).
+HOOKS_LAST = f"{_TAG}:hooks:last"
 #: pub/sub channel: a subscription was created or deleted; processes reload their list.
 HOOKS_CHANGED_CHANNEL = f"{_TAG}:hooks:changed"
 #: The pseudo-destination notifications are queued under (not a valid destination name).

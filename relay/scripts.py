@@ -33,9 +33,11 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from relay import redis_keys
 from relay.models import DeliveryStatus
+from relay.replicas import Replicas
 
 __all__ = [
     "ACQUIRE",
@@ -146,10 +148,11 @@ class Batch:
 class Bound:
     """A :class:`Script` bound to a client: call it with its KEYS and ARGV by name."""
 
-    __slots__ = ("_redis_script", "script")
+    __slots__ = ("_redis", "_redis_script", "script")
 
     def __init__(self, script: Script, redis: Redis) -> None:
         self.script = script
+        self._redis = redis
         self._redis_script = redis.register_script(script.text)
 
     def __repr__(self) -> str:
@@ -165,8 +168,11 @@ class Bound:
         *,
         keys: Mapping[str, str],
         args: Mapping[str, str | int | float],
+        replicas: Replicas | None = None,
     ) -> Any:
-        """Run the script; ``batch`` gives the items (ARGV ``items``) and their keys."""
+        """Run the script; ``batch`` gives the items (ARGV ``items``) and their keys.
+        With ``replicas``, its answer comes once they have its writes (WAIT, on the same
+        connection), else NotReplicated is raised."""
         script = self.script
         if keys.keys() != set(script.keys) or args.keys() != set(script.args) - {"items"}:
             raise TypeError(
@@ -185,7 +191,24 @@ class Bound:
                 values.append(args[name])
         if batch is not None:
             names += batch.keys
-        return await self._redis_script(keys=names, args=values)
+        if replicas is None:
+            return await self._redis_script(keys=names, args=values)
+        try:
+            return await self._confirmed(names, values, replicas)
+        except NoScriptError:  # Redis restarted, or failed over, since it was loaded
+            await self._redis.script_load(self.script.text)
+        return await self._confirmed(names, values, replicas)
+
+    async def _confirmed(
+        self, names: list[str], values: list[str | int | float | bytes], replicas: Replicas
+    ) -> Any:
+        """EVALSHA then WAIT in one pipeline: one connection, so WAIT counts these writes.
+        Not redis-py's pipelined Script, which asks SCRIPT EXISTS first (a round trip per
+        call): the caller loads the script only when Redis says NOSCRIPT."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.evalsha(self._redis_script.sha, len(names), *names, *values)
+            (answer,) = await replicas.execute(pipe)
+        return answer
 
 
 #: Store accepted events and queue them (the API's group commit).

@@ -319,6 +319,20 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         Path(".relay"), description="the embedded Redis's data, append-only file and socket"
     )
+    redis_min_replicas: int = Field(
+        0,
+        ge=0,
+        description="replicas that must confirm a write (WAIT) before the API answers 2xx; "
+        "503 when fewer do in time (default 0: none)",
+    )
+    #: Below the Redis client's socket timeout (relay.connect.SOCKET_TIMEOUT_S, 5 s), so
+    #: a WAIT that runs out is a 503 saying so, not a dropped connection.
+    redis_min_replicas_timeout_ms: int = Field(
+        1000,
+        ge=1,
+        le=4000,
+        description="milliseconds to wait for RELAY_REDIS_MIN_REPLICAS replicas to confirm",
+    )
     #: The relay.toml that was loaded; None when there was none.
     config: Path | None = Field(
         None, description="the relay.toml to read (default ./relay.toml when it exists)"

@@ -299,3 +299,55 @@ async def test_a_session_ends_after_its_absolute_lifetime(
     await redis.hset(name, "ends", int(time.time()) - 1)
     answer = await client.get("/console/overview", allow_redirects=False)
     assert answer.status == 303
+
+
+async def test_secure_cookie_behind_a_proxy_that_ended_tls(
+    client: Client, make_key: MakeKey
+) -> None:
+    key = await make_key("admin")
+    for proto, secure in (("https", True), ("HTTPS, http", True), ("http", False)):
+        answer = await client.post(
+            "/console/sign-in",
+            data={"api_key": key},
+            headers={"X-Forwarded-Proto": proto},
+            allow_redirects=False,
+        )
+        assert answer.status == 303
+        assert ("; Secure" in answer.headers["Set-Cookie"]) is secure, proto
+    # Behind that proxy the browser's Origin is https: the origin check accepts it.
+    client.session.cookie_jar.clear()
+    token = await sign_in(client, key)
+    origin = {"Origin": f"https://{client.host}:{client.port}"}
+    refused = await client.post("/console/sign-out", data={"csrf": token}, headers=origin)
+    assert refused.status == 403  # plain http, and no proxy said otherwise
+    answer = await client.post(
+        "/console/sign-out",
+        data={"csrf": token},
+        headers={**origin, "X-Forwarded-Proto": "https"},
+        allow_redirects=False,
+    )
+    assert answer.status == 303
+
+
+async def test_search_by_email_and_by_phone(
+    client: Client, make_key: MakeKey, redis: Redis, settings: Settings
+) -> None:
+    store = EventStore(redis, retention_s=settings.retention_s)
+    ann = new_lead("", "conveyour", payload=Lead(email="ann@example.com", first_name="Ann"))
+    bob = new_lead("", "conveyour", payload=Lead(phone="+14155550100", first_name="Bob"))
+    others = [new_lead(f"o{i}@example.com", "conveyour") for i in range(3)]
+    await store.enqueue([ann, bob, *others])
+    await sign_in(client, await make_key("read:events"))
+    for typed, found, missing in (
+        ("Ann@Example.COM", ann, bob),
+        ("(415) 555-0100", bob, ann),
+        ("+1 415 555 0100", bob, ann),
+    ):
+        page = await (await client.get("/console/events", params={"q": typed})).text()
+        assert f'href="/console/events/{found.id}"' in page, typed
+        assert f'href="/console/events/{missing.id}"' not in page, typed
+        assert not [o for o in others if o.id in page]
+        assert "1 found for" in page
+    nothing = await (await client.get("/console/events", params={"q": "no@example.com"})).text()
+    assert "0 found for" in nothing
+    assert "No events." in nothing

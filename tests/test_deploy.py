@@ -13,7 +13,6 @@ it must be.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests import ci
 from tests.procs import ROOT
 
 DEPLOY = ROOT / "deploy"
@@ -252,18 +252,11 @@ def _promtool() -> str | None:
     return shutil.which("promtool") or (str(unpacked) if unpacked.exists() else None)
 
 
-def _in_ci() -> bool:
-    """Whether this runs under CI (``.ci/run`` sets CI=1; hosted CIs set CI=true)."""
-    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
-
-
 def test_dashboard_queries_parse_as_promql(tmp_path: Path) -> None:
     promtool = _promtool()
     if promtool is None:
         # .ci/run fetches promtool before pytest: in CI its absence is a failure.
-        if _in_ci():
-            pytest.fail("CI is set and promtool is absent (.ci/promtool fetches it)")
-        pytest.skip("promtool not installed (.ci/promtool fetches it)")
+        ci.missing("promtool", hint=".ci/promtool fetches it")
     rules = [
         {"record": f"relay_dashboard:panel{panel['id']}:{target['refId']}", "expr": expr}
         for panel, target in _targets(_dashboard())
@@ -307,7 +300,7 @@ def test_every_file_deploy_readme_names_is_in_the_repository() -> None:
 def test_compose_monitoring_profile_mounts_what_the_configs_expect() -> None:
     tracked = _tracked()
     for path in sorted(DEPLOY.rglob("*.y*ml")):
-        assert yaml.safe_load(path.read_text()), path
+        assert all(yaml.safe_load_all(path.read_text())), path
     services = _yaml(DEPLOY / "compose.yaml")["services"]
     mounts: dict[str, dict[str, str]] = {}
     for name, service in services.items():

@@ -197,7 +197,7 @@ async def test_polling_pages_through_events_of_one_millisecond(redis: Any) -> No
     seen: list[str] = []
     before = None
     while True:
-        page = await store.recent(limit=3, before=before)
+        page = (await store.page(limit=3, before=before)).events
         if not page:
             break
         seen += [v.id for v in page]

@@ -28,6 +28,7 @@ from relay.console import console_middleware, setup_console
 from relay.hooks import HookStore
 from relay.keystore import KeyStore
 from relay.ratelimit import RateLimiter
+from relay.replicas import Replicas
 from relay.settings import Settings
 from relay.store import EventStore
 from relay.tracing import Tracing
@@ -82,10 +83,13 @@ def _redis_context(
             )
             app[REDIS] = redis
             app[EVENTS] = EventStore(
-                redis, retention_s=settings.retention_s, default_region=settings.default_region
+                redis,
+                retention_s=settings.retention_s,
+                default_region=settings.default_region,
+                replicas=Replicas.of(settings),
             )
-            app[KEYS] = KeyStore(redis)
-            app[HOOKS] = HookStore(redis)
+            app[KEYS] = KeyStore(redis, replicas=Replicas.of(settings))
+            app[HOOKS] = HookStore(redis, replicas=Replicas.of(settings))
             app[LIMITER] = RateLimiter(redis)
             yield
 

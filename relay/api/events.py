@@ -12,8 +12,9 @@ from relay.api.routing import QueryParam, routes
 from relay.api.state import EVENTS
 from relay.errors import FieldError, NotFound, ValidationFailed
 from relay.models import EventView, Problem
+from relay.store import SCAN_BUDGET
 
-__all__ = ["MAX_LIMIT", "STATUSES"]
+__all__ = ["CONTINUE_HEADER", "MAX_LIMIT", "STATUSES"]
 
 _EVENT_ID = re.compile(r"^evt_[0-9A-HJKMNP-TV-Z]{26}$")
 
@@ -44,6 +45,8 @@ STATUSES = ("pending", "delivering", "retrying", "delivered", "dead", "no_destin
 MAX_LIMIT = 100
 #: The longest search text: an email is at most 254 characters.
 MAX_Q_CHARS = 320
+#: Set when a listing stopped reading before its page filled (see EventStore.page).
+CONTINUE_HEADER = "Relay-Continue-Before"
 
 
 @routes.route(
@@ -83,6 +86,21 @@ MAX_Q_CHARS = 320
         403: ("The key lacks read:events", Problem),
         422: ("A bad filter or limit, or an empty q", Problem),
     },
+    headers={
+        200: {
+            CONTINUE_HEADER: {
+                "description": (
+                    f"Present when relay stopped reading before the page filled: one call "
+                    f"reads at most {SCAN_BUDGET} stored events (newest first), so a rare "
+                    "filter may return fewer than limit (even none) while older matches "
+                    "exist. Its value is the last event id read: ask again with "
+                    "before=<it> to go on. Absent: no older event was left unread (or "
+                    "the page is full: continue with before=<the last id>)"
+                ),
+                "schema": {"type": "string"},
+            }
+        }
+    },
     tag="events",
 )
 async def list_events(request: web.Request) -> web.Response:
@@ -104,7 +122,7 @@ async def list_events(request: web.Request) -> web.Response:
         errors.append({"loc": ["query", "q"], "msg": msg})
     if errors:
         raise ValidationFailed(errors[0]["msg"], errors=errors)
-    views = await request.app[EVENTS].recent(
+    found = await request.app[EVENTS].page(
         limit=limit,
         kind=q.get("type"),
         status=q.get("status"),
@@ -112,4 +130,7 @@ async def list_events(request: web.Request) -> web.Response:
         before=q.get("before"),
         search=text,
     )
-    return json_response([v.model_dump(mode="json", exclude_none=True) for v in views])
+    answer = json_response([v.model_dump(mode="json", exclude_none=True) for v in found.events])
+    if found.stopped_at is not None:
+        answer.headers[CONTINUE_HEADER] = found.stopped_at
+    return answer

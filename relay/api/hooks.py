@@ -58,15 +58,18 @@ async def post_hook(request: web.Request) -> web.Response:
 @routes.route(
     "GET",
     "/v1/hooks",
-    summary="This key's subscriptions, oldest first (never their secrets)",
+    summary="This key's subscriptions, oldest first (never their secrets), each with its "
+    "last notification's outcome",
     scope="webhooks",
     responses={200: ("The subscriptions", list[HookInfo]), **_AUTH},
     tag="hooks",
 )
 async def list_hooks(request: web.Request) -> web.Response:
     key_id = request[API_KEY].id
-    subs = [s for s in await request.app[HOOKS].all() if s.key_id == key_id]
-    return json_response([s.info().model_dump(mode="json") for s in subs])
+    hooks = request.app[HOOKS]
+    subs = [s for s in await hooks.all() if s.key_id == key_id]
+    last = await hooks.last_outcomes() if subs else {}
+    return json_response([s.info(last.get(s.id)).model_dump(mode="json") for s in subs])
 
 
 @routes.route(

@@ -6,6 +6,14 @@ queues its events, so either both happen or neither. A repeat with the same
 body gets the stored answer byte for byte and queues nothing; one arriving
 while the first is still being handled waits for it; one with a different
 body is refused (422). Answers that queued nothing (errors) are not kept.
+
+With ``RELAY_REDIS_MIN_REPLICAS`` a first request may answer 503 although its
+events and its answer are on the master (too few replicas confirmed them:
+NotReplicated). Its key is then kept, not released, so a retry never queues the
+events twice: it gets the stored answer only once replicas confirm it (it writes
+the record again and WAITs on that connection, which covers the first request's
+writes, replicated before it), else 503 again. Were they lost with the master in
+a failover, the record went with them and the retry queues the events afresh.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from redis.asyncio import Redis
 
 from relay import redis_keys
 from relay.errors import Conflict, ValidationFailed
+from relay.replicas import Replicas
 
 __all__ = ["Claim", "claim", "idempotency_key", "release"]
 
@@ -55,8 +64,11 @@ def idempotency_key(request: web.Request) -> str | None:
     return value
 
 
-async def claim(redis: Redis, key_id: str, idem: str, body: bytes) -> Claim | web.Response:
-    """Claim ``idem`` for this request, or the first request's answer to send back."""
+async def claim(
+    redis: Redis, key_id: str, idem: str, body: bytes, *, replicas: Replicas | None = None
+) -> Claim | web.Response:
+    """Claim ``idem`` for this request, or the first request's answer to send back (once
+    ``replicas`` confirm it: NotReplicated when they do not)."""
     redis_key = redis_keys.idempotency(key_id, idem)
     digest = hashlib.sha256(body).hexdigest()
     marker = orjson.dumps({"digest": digest, "pending": True})
@@ -74,6 +86,8 @@ async def claim(redis: Redis, key_id: str, idem: str, body: bytes) -> Claim | we
                 errors=[{"loc": ["header", "Idempotency-Key"], "msg": "reused with another body"}],
             )
         if not record.get("pending"):
+            if replicas is not None and not await _confirmed(redis, redis_key, stored, replicas):
+                continue  # expired meanwhile: claim it afresh
             return web.Response(
                 body=record["body"].encode(),
                 status=record["status"],
@@ -86,6 +100,16 @@ async def claim(redis: Redis, key_id: str, idem: str, body: bytes) -> Claim | we
                 errors=[{"loc": ["header", "Idempotency-Key"], "msg": "in progress"}],
             )
         await asyncio.sleep(0.02)
+
+
+async def _confirmed(redis: Redis, redis_key: str, stored: str | bytes, replicas: Replicas) -> bool:
+    """Whether the record is still there, once replicas have it; NotReplicated if they do
+    not confirm. WAIT counts only its own connection's writes, so the record is written
+    again (same value and TTL) on that connection first."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.set(redis_key, stored, xx=True, keepttl=True)
+        (written,) = await replicas.execute(pipe)
+    return bool(written)
 
 
 async def release(redis: Redis, claimed: Claim) -> None:

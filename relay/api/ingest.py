@@ -29,7 +29,7 @@ from relay.api.problems import problem
 from relay.api.routing import QueryParam, routes
 from relay.api.state import API_KEY, EVENTS, HOOKS, REDIS, REQUEST_ID, SETTINGS, TRACING
 from relay.apikeys import KeyRecord
-from relay.errors import FieldError, Forbidden, ValidationFailed
+from relay.errors import FieldError, Forbidden, NotReplicated, ValidationFailed
 from relay.ids import new_event_id
 from relay.models import (
     BatchAccepted,
@@ -42,6 +42,7 @@ from relay.models import (
     destination_name_schema,
 )
 from relay.normalize import normalize_item
+from relay.replicas import Replicas
 from relay.settings import Settings
 from relay.store import NewEvent
 
@@ -97,8 +98,10 @@ _RESPONSES: dict[int, tuple[str, Any]] = {
     ),
     429: ("The key's own rate limit is spent (Retry-After, RateLimit-*)", Problem),
     503: (
-        "Redis cannot take the event now, or the delivery worker of `relay serve` is "
-        "restarting; nothing was queued, retry",
+        "Redis cannot take the event now, fewer replicas than RELAY_REDIS_MIN_REPLICAS "
+        "confirmed it in time, or the delivery worker of `relay serve` is restarting; "
+        "nothing is reported as queued, retry (with the same Idempotency-Key: never a "
+        "duplicate)",
         Problem,
     ),
 }
@@ -137,11 +140,17 @@ async def _ingest(request: web.Request, kind: EventKind) -> web.Response:
     idem = idempotency_key(request)
     if idem is None:
         return await _accept(request, kind, None)
-    got = await claim(request.app[REDIS], request[API_KEY].id, idem, await request.read())
+    replicas = Replicas.of(request.app[SETTINGS])
+    redis, body = request.app[REDIS], await request.read()
+    got = await claim(redis, request[API_KEY].id, idem, body, replicas=replicas)
     if isinstance(got, web.Response):
         return got  # a repeat: the first answer, byte for byte
     try:
         response = await _accept(request, kind, got)
+    except NotReplicated:
+        # 503, but the events and their answer are on the master: keep the key, so a
+        # retry gets that answer once replicas confirm it, never a second event.
+        raise
     except BaseException:
         await release(request.app[REDIS], got)
         raise

@@ -97,7 +97,8 @@ def _operation(spec: RouteSpec, schemas: _Schemas) -> dict[str, Any]:
         op["description"] = (op.get("description", "") + f"\n\nNeeds {need}.").strip()
     responses: dict[str, Any] = {}
     for status, (description, model) in sorted(spec.responses.items()):
-        answer: dict[str, Any] = {"description": description, "headers": _ECHOED}
+        headers = {**_ECHOED, **spec.headers.get(status, {})}
+        answer: dict[str, Any] = {"description": description, "headers": headers}
         if model is not None:
             media = "application/problem+json" if model is Problem else spec.media_type
             answer["content"] = {media: {"schema": schemas.of(model)}}

@@ -3,7 +3,8 @@
 A Redis that cannot serve a request now reaches here as ``StoreUnavailable``
 (the Redis client raises it for a refused write such as OOM or READONLY, a
 dropped or refused connection, a timeout: relay.connect) and answers 503 with
-``Retry-After``, so no route can turn a Redis outage into a 500. Any other
+``Retry-After``, so no route can turn a Redis outage into a 500 (so does a
+write too few replicas confirmed: NotReplicated, relay.replicas). Any other
 Redis error (WRONGTYPE, a script's error) is a bug: a 500, with its traceback
 in the log.
 """
@@ -19,7 +20,13 @@ import orjson
 from aiohttp import web
 
 from relay.api.state import SETTINGS
-from relay.errors import FieldError, MalformedBody, RequestError, StoreUnavailable
+from relay.errors import (
+    FieldError,
+    MalformedBody,
+    NotReplicated,
+    RequestError,
+    StoreUnavailable,
+)
 
 __all__ = ["error_middleware", "json_response", "parser_reason", "problem"]
 
@@ -116,7 +123,14 @@ def _unavailable(exc: StoreUnavailable, request: web.Request) -> web.Response:
     """503: Redis cannot take or give data now; one log line, no traceback (not a bug)."""
     what = type(exc.__cause__ or exc).__name__  # redis-py's: ConnectionError, OutOfMemoryError
     log.warning("503 %s %s: %s: %s", request.method, request.path, what, exc)
-    if request.method in ("GET", "HEAD"):
+    if isinstance(exc, NotReplicated):
+        detail = (
+            f"{exc} (RELAY_REDIS_MIN_REPLICAS): nothing is reported as queued or changed, "
+            "though the write is on the Redis master and may last (an event may still be "
+            "delivered); retry later, events with the same Idempotency-Key, which never "
+            "queues them twice"
+        )
+    elif request.method in ("GET", "HEAD"):
         detail = "relay cannot read its data right now (Redis is unavailable); retry later"
     else:
         detail = (

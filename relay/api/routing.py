@@ -47,6 +47,9 @@ class RouteSpec:
         default_factory=dict
     )
     query: tuple[QueryParam, ...] = ()
+    #: status -> headers an answer may carry besides X-Request-ID (name -> OpenAPI
+    #: header object).
+    headers: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
     #: Media types of the body besides JSON (for ingest).
     body_media_types: tuple[str, ...] = ("application/json",)
     #: Schema of the non-JSON media types (forms), when it is not ``body``'s.

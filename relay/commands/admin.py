@@ -16,6 +16,7 @@ from relay.connect import check_version
 from relay.errors import RelayError
 from relay.keystore import KeyStore
 from relay.models import KeyCreate
+from relay.replicas import Replicas
 from relay.settings import Settings
 from relay.store import EventStore
 
@@ -39,7 +40,8 @@ async def keys_create(settings: Settings, args: argparse.Namespace) -> int:
         raise RelayError(f"--name: at most 100 characters (got {len(args.name)})")
     checked = check_key_request(body, known_destinations=settings.destinations)
     async with reach_redis(settings) as redis:
-        record, key = await KeyStore(redis).create(**checked)
+        store = KeyStore(redis, replicas=Replicas.of(settings))
+        record, key = await store.create(**checked)
     created = record.created(key)
     if args.json:
         print(orjson.dumps(created.model_dump(mode="json")).decode())
@@ -89,7 +91,7 @@ async def keys_list(settings: Settings, args: argparse.Namespace) -> int:
 
 async def keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
     async with reach_redis(settings) as redis:
-        store = KeyStore(redis)
+        store = KeyStore(redis, replicas=Replicas.of(settings))
         key_id = args.key_id
         if KEY_RE.match(key_id):  # the key itself: find it by digest, never print it
             found = await store.lookup(key_id)

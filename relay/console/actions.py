@@ -18,7 +18,7 @@ from relay.api.auth import live_key
 from relay.api.dead_letters import allowed_destinations
 from relay.api.keys import create_within_reach, revoke_within_reach
 from relay.api.state import EVENTS, HOOKS, KEYS, REDIS
-from relay.console.guard import PREFIX, SESSION
+from relay.console.guard import PREFIX, SESSION, over_https
 from relay.console.pages import (
     console_routes,
     dead_letters_page,
@@ -68,7 +68,7 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
         path=PREFIX,
         httponly=True,
         samesite="Strict",
-        secure=request.secure,
+        secure=over_https(request),
     )
     return response
 

@@ -23,7 +23,14 @@ from relay.api.state import API_KEY, KEYS, REDIS
 from relay.console.session import COOKIE, Session, SessionStore
 from relay.errors import RequestError, StoreUnavailable
 
-__all__ = ["PREFIX", "SESSION", "console_middleware", "error_page", "security_headers"]
+__all__ = [
+    "PREFIX",
+    "SESSION",
+    "console_middleware",
+    "error_page",
+    "over_https",
+    "security_headers",
+]
 
 #: Where the console lives.
 PREFIX = "/console"
@@ -67,12 +74,23 @@ def error_page(request: web.Request, status: int, title: str, detail: str) -> we
     return aiohttp_jinja2.render_template("error.html", request, context, status=status)
 
 
+def over_https(request: web.Request) -> bool:
+    """Whether the browser reached relay over https: directly, or through a proxy that
+    ended TLS and says so in ``X-Forwarded-Proto``. Trusted for the session cookie's
+    ``Secure`` flag (a forged header only makes the forger's own cookie https-only) and
+    the origin check's scheme (the host must still be ours)."""
+    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0]
+    return request.secure or forwarded.strip().lower() == "https"
+
+
 def _same_origin(request: web.Request) -> bool:
     """False when the browser says the request came from another origin. ``Origin: null``
     says nothing (Chromium sends it for our own forms under ``Referrer-Policy:
-    no-referrer``); the CSRF token and the SameSite=Strict cookie still hold then."""
+    no-referrer``); the CSRF token and the SameSite=Strict cookie still hold then.
+    Behind a proxy that ended TLS, our origin is https although this request is not."""
     origin = request.headers.get("Origin")
-    return origin in (None, "null") or origin == f"{request.scheme}://{request.host}"
+    schemes = {request.scheme, "https"} if over_https(request) else {request.scheme}
+    return origin in (None, "null") or origin in {f"{s}://{request.host}" for s in schemes}
 
 
 @web.middleware

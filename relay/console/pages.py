@@ -1,6 +1,6 @@
 """The console's pages (GET): each reads through the same code as the JSON API.
 
-Events come from :class:`relay.store.EventStore` (``recent``, ``get``, ``find``), dead
+Events come from :class:`relay.store.EventStore` (``page``, ``get``, ``find``), dead
 letters from :mod:`relay.deadletters`, keys from :class:`relay.keystore.KeyStore`
 (filtered by :func:`relay.api.keys.within_reach`), figures from
 :func:`relay.backlog.overview`, the Convertr check from :mod:`relay.configcheck`.
@@ -29,6 +29,7 @@ from relay.console.session import COOKIE, SessionStore
 from relay.errors import NotFound
 from relay.models import SCOPES, EventView
 from relay.settings import ConvertrDestination
+from relay.store import Page
 
 __all__ = ["console_routes"]
 
@@ -82,11 +83,10 @@ async def events(request: web.Request) -> web.Response:
     }
     before = q.get("before") or None
     store = request.app[EVENTS]
-    found: list[EventView]
     if text:
-        found = await store.find(text, limit=MAX_LIMIT)
+        found = Page(await store.find(text, limit=MAX_LIMIT))
     else:
-        found = await store.recent(
+        found = await store.page(
             limit=PAGE,
             kind=filters["type"],
             status=filters["status"],
@@ -96,14 +96,24 @@ async def events(request: web.Request) -> web.Response:
         )
     shown = {k: v for k, v in filters.items() if v}
     # New events appear by themselves on the first page of the unfiltered listing. Not
-    # under a filter: a rare one reads far back in the time index (EventStore.recent),
+    # under a filter: a rare one reads far back in the time index (EventStore.page),
     # which is fine once, not every few seconds.
     poll_url = None if text or before or shown else "/console/events?rows=1"
-    next_before = found[-1].id if not text and len(found) == PAGE else None
+    rows = found.events
+    next_before = rows[-1].id if not text and len(rows) == PAGE else None
+    stopped = None
+    if found.stopped_at is not None and found.stopped_ms is not None:
+        stopped = {
+            "time": datetime.fromtimestamp(found.stopped_ms / 1000, UTC).strftime(
+                "%Y-%m-%d %H:%M:%S"
+            ),
+            "url": "/console/events?" + urlencode({**shown, "before": found.stopped_at}),
+        }
     context = _context(
         request,
         "events",
-        events=found,
+        events=rows,
+        stopped=stopped,
         q=text,
         filters=filters,
         statuses=STATUSES,
@@ -231,8 +241,11 @@ async def hooks(request: web.Request) -> web.Response:
 
 
 async def hooks_page(request: web.Request, *, notice: str | None = None) -> web.Response:
-    """Every REST-hook subscription (never its secret)."""
-    subs = await request.app[HOOKS].all()
+    """Every REST-hook subscription (never its secret), with its last notification's
+    outcome (as ``GET /v1/hooks`` gives them)."""
+    store = request.app[HOOKS]
+    last = await store.last_outcomes()
+    subs = [(s, last.get(s.id)) for s in await store.all()]
     context = _context(request, "hooks", hooks=subs, notice=notice)
     return aiohttp_jinja2.render_template("hooks.html", request, context)
 

@@ -1,7 +1,8 @@
 """Console sessions: a signed-in key becomes a random cookie; Redis keeps the rest.
 
 The browser holds only a random session id (256 bits, HttpOnly, ``SameSite=Strict``,
-``Path=/console``, ``Secure`` over https). Redis holds, under the id's SHA-256 digest
+``Path=/console``, ``Secure`` over https, or behind a proxy that sends
+``X-Forwarded-Proto: https``). Redis holds, under the id's SHA-256 digest
 (:func:`relay.redis_keys.console_session`), the key's id, the role, the CSRF token and
 the absolute expiry; the key itself is stored nowhere. Every request loads the session
 and the key's record again (:meth:`SessionStore.load`), so revoking the key, or its

@@ -18,7 +18,10 @@
 --        "dead": k,                         status dead: the dead letters' zset
 --        "minute": k,                       status delivered: the minute's counter
 --        "heads": k, "list": k, "contact",  the entry named its contact: its order
---        "notify": [{"notify": k, "id", "data"}, ...]}   hook notifications to queue
+--        "notify": [{"notify": k, "id", "data"}, ...],   hook notifications to queue
+--        "hook", "hooks": k, "last": k, "outcome"}   a notification: its subscription's
+--                                           last outcome, set in hash KEYS[last] while
+--                                           the subscription is in KEYS[hooks]
 --     record: the attempt's JSON, kept as field "a:<destination>:<n>" of the event's
 --     hash (n: attempts made, counted in "n:<destination>"); spend: it spends a step of
 --     the retry schedule (counted in "r:<destination>")
@@ -84,6 +87,9 @@ for i, item in ipairs(items) do
           healthy[dest] = true
         end
         next_of_contact(e, stream)
+      end
+      if e.last and redis.call('HEXISTS', KEYS[e.hooks], e.hook) == 1 then
+        redis.call('HSET', KEYS[e.last], e.hook, e.outcome)
       end
       for _, ntf in ipairs(e.notify or {}) do
         local record = KEYS[ntf.notify]
