@@ -6,9 +6,10 @@ Sentinel-managed master (the session's, from conftest), through ``redis``,
 ``make_settings`` and the app factory exactly as on a single Redis. The imported tests
 cover ingest → worker → upstream → delivered, per-contact order with two workers,
 idempotency, Redis's own errors passed through untranslated, key revocation seen by
-another client over pub/sub, hook subscriptions seen at once, and signed
-notifications; the tests below add the CLI (a subprocess of this tree), scripts loaded
-again after SCRIPT FLUSH, Sentinel failover and what an unreachable topology gives.
+another client over pub/sub, hook subscriptions seen at once, signed notifications,
+and every console page (sessions, the chart); the tests below add the CLI (a
+subprocess of this tree), scripts loaded again after SCRIPT FLUSH, replicas
+confirming writes, Sentinel failover and what an unreachable topology gives.
 """
 
 from __future__ import annotations
@@ -22,13 +23,19 @@ import pytest
 from redis.asyncio import Redis
 
 from relay.connect import check_version, redis_client
-from relay.errors import StoreUnavailable
+from relay.errors import ConfigError, StoreUnavailable
+from relay.keystore import KeyStore
+from relay.replicas import Replicas
 from relay.settings import Settings
 from tests.fakes import FakeConvertr, fake_convertr, fake_conveyour
 from tests.procs import clean_env, relay
 from tests.redis_server import free_port
 from tests.redis_topologies import ClusterServers, SentinelServers
 from tests.test_client_errors import test_other_errors_pass_through_as_redis_py_raised_them
+from tests.test_console import (
+    test_every_page_for_each_role,
+    test_search_chart_and_no_console_in_openapi,
+)
 from tests.test_hooks import (
     receiver,
     setup,
@@ -54,12 +61,14 @@ __all__ = [  # fixtures, and tests collected here too
     "relay_settings",
     "setup",
     "test_another_process_sees_a_new_subscription_at_once",
+    "test_every_page_for_each_role",
     "test_lead_delivered_to_both_upstreams",
     "test_other_errors_pass_through_as_redis_py_raised_them",
     "test_per_contact_order_with_two_workers",
     "test_received_and_delivered_notifications_are_signed",
     "test_repeat_gets_the_first_answer_and_queues_nothing",
     "test_revocation_empties_another_process_cache",
+    "test_search_chart_and_no_console_in_openapi",
 ]
 
 Topology = ClusterServers | SentinelServers
@@ -121,6 +130,26 @@ async def test_the_cli_reads_the_topology_url(
     shown = relay("events", "show", event_id, "--json", cwd=tmp_path, env=env)
     assert orjson.loads(shown.stdout)["status"] == "delivered"
     assert redis_server.password not in done.stdout + done.stderr + shown.stderr
+
+
+async def test_replicas_confirm_ingest_and_keys_or_are_refused_on_a_cluster(
+    redis_server: Topology, make_settings: Any, app_client: Any, make_key: Any, redis: Redis
+) -> None:
+    """RELAY_REDIS_MIN_REPLICAS=1 works with Sentinel (WAIT behind the write, on the
+    master); a cluster refuses it at start, saying so, rather than confirm nothing."""
+    if isinstance(redis_server, ClusterServers):
+        with pytest.raises(ConfigError, match="not supported with redis\\+cluster://"):
+            make_settings(redis_min_replicas=1)
+        return
+    settings = make_settings(redis_min_replicas=1, redis_min_replicas_timeout_ms=2000)
+    client = await app_client(settings)
+    key = await make_key("write:leads")
+    answer = await client.post("/v1/leads", json={"email": "w@example.com"},
+                               headers={"X-API-Key": key})  # fmt: skip
+    assert answer.status == 202, await answer.text()
+    store = KeyStore(redis, replicas=Replicas.of(settings))
+    record, _ = await store.create(name="k", scopes=["write:leads"])
+    await store.revoke(record.id)
 
 
 @pytest.mark.parametrize("redis_server", ["sentinel"], indirect=True)
