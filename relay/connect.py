@@ -142,8 +142,8 @@ def _cluster_client(target: RedisTarget) -> RelayCluster:
 
 
 def _sentinel_client(target: RedisTarget) -> RelayRedis:
-    """The master that the sentinels name now; after a failover, the next connection
-    asks them again (Sentinel drops the old master's clients when it demotes it)."""
+    """The master that the sentinels name now, asked again at every new connection and
+    at least every MASTER_CHECK_S (:class:`_SentinelPool`)."""
     tls = _tls_options(target)
     sentinels = Sentinel(
         list(target.hosts),
