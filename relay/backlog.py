@@ -39,6 +39,7 @@ from typing import Literal, NamedTuple, TypedDict
 from redis.asyncio import Redis
 
 from relay import redis_keys
+from relay.connect import server_time_ms
 from relay.heartbeat import WorkerSeen, live_workers
 from relay.queue import DeliveryQueue
 from relay.settings import Settings
@@ -84,21 +85,25 @@ class Overview:
 
 
 async def counts(redis: Redis, destinations: Sequence[str]) -> dict[str, Counts]:
-    """Each destination's figures, in one round trip."""
+    """Each destination's figures, in two round trips (Redis's clock, then the rest:
+    a cluster pipeline takes only commands on keys)."""
     minute = int(time.time() // 60)  # the clock settle counted deliveries by
+    now_ms = await server_time_ms(redis)
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.time()
         for dest in destinations:
             stream, retries = redis_keys.queue(dest), redis_keys.retries(dest)
             pipe.xlen(stream)
             pipe.hget(redis_keys.heads(dest), redis_keys.PARKED_FIELD)
             pipe.zcard(retries)
             pipe.zcard(redis_keys.dead(dest))
-            pipe.mget([redis_keys.delivered_minute(dest, minute - i) for i in range(60)])
+            # MGET by name: redis-py's cluster pipeline refuses mget() (its keys could
+            # span slots); these share relay's hash tag.
+            pipe.execute_command(
+                "MGET", *[redis_keys.delivered_minute(dest, minute - i) for i in range(60)]
+            )
             pipe.xrange(stream, count=1)
             pipe.zrange(retries, 0, 0, withscores=True)
-        (seconds, micros), *replies = await pipe.execute()
-    now_ms = int(seconds) * 1000 + int(micros) // 1000
+        replies = await pipe.execute()
     found = {}
     for i, dest in enumerate(destinations):
         queued, parked, retrying, dead, delivered, first, due = replies[7 * i : 7 * i + 7]

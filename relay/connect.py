@@ -1,9 +1,14 @@
 """Open the Redis that settings name: ``RELAY_REDIS_URL``, or the embedded server.
 
+``RELAY_REDIS_URL`` (read by :mod:`relay.redis_url`) names one Redis, a Redis
+Cluster or a Sentinel-managed master; each gets the client of its kind, with the
+same timeouts, retries and error translation.
+
 The client is the one place where Redis trouble becomes
 :class:`~relay.errors.StoreUnavailable`: a command, a pipeline, a script or a
 pub/sub call that Redis cannot serve now (down, restarting, loading its data,
-a replica after a failover, out of memory, no connection free in the pool)
+a replica after a failover, out of memory, no connection free in the pool, a
+cluster that is down or whose map is changing, no master a sentinel can name)
 raises it, ``from`` redis-py's error and with its text. Everything else that
 Redis answers (WRONGTYPE, BUSYGROUP, NOGROUP, a script's error) rises as
 redis-py raised it: those are for the caller to handle, or bugs.
@@ -15,35 +20,45 @@ import asyncio
 import contextlib
 import functools
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextvars import ContextVar
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.client import Pipeline, PubSub
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, ClusterPubSub, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import (
-    ClusterDownError,
+    ClusterError,
     ConnectionError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterUnreachableError,
     ResponseError,
+    SlotNotCoveredError,
     TryAgainError,
 )
 from redis.exceptions import TimeoutError as RedisTimeout
 
+from relay import redis_keys
 from relay.embedded import COMPACT_HASH_VALUE, EmbeddedRedis
 from relay.errors import StoreUnavailable
+from relay.redis_url import RedisTarget, parse_redis_url
 from relay.settings import Settings
 
 __all__ = [
     "MIN_REDIS_VERSION",
+    "RelayCluster",
     "RelayRedis",
     "check_version",
+    "home_node",
     "memory_hint",
     "redis_client",
     "redis_for",
+    "server_time_ms",
 ]
 
 P = ParamSpec("P")
@@ -55,6 +70,9 @@ MIN_REDIS_VERSION = (6, 2)
 SOCKET_TIMEOUT_S = 5.0
 #: Times a command is retried on a fresh connection after the old one dropped.
 RECONNECT_RETRIES = 4
+#: How often a Sentinel client asks the sentinels which master is current (besides at
+#: every new connection): the longest a switch of master can go unseen.
+MASTER_CHECK_S = 1.0
 #: Connections one client keeps at most. A command that finds them all busy waits
 #: for one (up to SOCKET_TIMEOUT_S) instead of failing: redis-py's own pool raises
 #: "Too many connections" past 100, which a burst of requests turned into 503s.
@@ -71,29 +89,119 @@ except ImportError:  # redis-py without hiredis: its own Python packing
 def redis_client(url: str) -> Redis:
     """A client as every part of relay expects it: text replies, bounded waits.
 
+    ``url`` is any form :mod:`relay.redis_url` reads: one Redis, a Redis Cluster
+    (a :class:`RelayCluster`, typed ``Redis`` for the callers: every command relay
+    sends exists on both with the same arguments) or the master a Sentinel names.
     A command that meets a dropped connection (Redis restarted; the pool's
-    connections went stale) is sent again on a fresh one, a few times with a
-    short backoff, before the error reaches the caller as StoreUnavailable (503
-    at the API, a pending entry at the worker). At most MAX_CONNECTIONS are open; past that a
-    command waits its turn.
+    connections went stale; a failover moved the master) is sent again on a fresh
+    one, a few times with a short backoff, before the error reaches the caller as
+    StoreUnavailable (503 at the API, a pending entry at the worker). At most
+    MAX_CONNECTIONS are open (per node on a cluster); past that a command waits its
+    turn.
     """
+    target = parse_redis_url(url)
+    if target.kind == "cluster":
+        return cast(Redis, _cluster_client(target))
+    if target.kind == "sentinel":
+        return _sentinel_client(target)
     pool = BlockingConnectionPool.from_url(
-        url,
+        url, max_connections=MAX_CONNECTIONS, timeout=SOCKET_TIMEOUT_S, **_connection_options()
+    )
+    _pack_with_hiredis(pool)
+    return RelayRedis.from_pool(pool)
+
+
+def _connection_options() -> dict[str, Any]:
+    """What every connection to a Redis server is opened with, whatever the topology."""
+    return {
+        "decode_responses": True,
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": SOCKET_TIMEOUT_S,
+        "health_check_interval": 10,
+        "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), RECONNECT_RETRIES),
+        "retry_on_error": [ConnectionError],
+    }
+
+
+def _tls_options(target: RedisTarget) -> dict[str, Any]:
+    return {"ssl": True, **target.ssl} if target.tls else {}
+
+
+def _cluster_client(target: RedisTarget) -> RelayCluster:
+    """Every node named is a startup node (any one that answers gives the map)."""
+    options = _connection_options()
+    del options["retry_on_error"]  # the cluster client retries connection errors itself
+    return RelayCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in target.hosts],
+        max_connections=MAX_CONNECTIONS,
+        username=target.username,
+        password=target.password,
+        **_tls_options(target),
+        **options,
+    )
+
+
+def _sentinel_client(target: RedisTarget) -> RelayRedis:
+    """The master that the sentinels name now, asked again at every new connection and
+    at least every MASTER_CHECK_S (:class:`_SentinelPool`)."""
+    tls = _tls_options(target)
+    sentinels = Sentinel(
+        list(target.hosts),
+        sentinel_kwargs={
+            "socket_timeout": SOCKET_TIMEOUT_S,
+            "socket_connect_timeout": SOCKET_TIMEOUT_S,
+            "decode_responses": True,
+            "username": target.sentinel_username,
+            "password": target.sentinel_password,
+            **tls,
+        },
+    )
+    client = sentinels.master_for(
+        target.service,
+        redis_class=RelayRedis,
+        connection_pool_class=_SentinelPool,
+        db=target.db,
+        username=target.username,
+        password=target.password,
         max_connections=MAX_CONNECTIONS,
         timeout=SOCKET_TIMEOUT_S,
-        decode_responses=True,
-        socket_timeout=SOCKET_TIMEOUT_S,
-        socket_connect_timeout=SOCKET_TIMEOUT_S,
-        health_check_interval=10,
-        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), RECONNECT_RETRIES),
-        retry_on_error=[ConnectionError],
+        **tls,
+        **_connection_options(),
     )
+    _pack_with_hiredis(client.connection_pool)
+    return cast(RelayRedis, client)
+
+
+class _SentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """Sentinel's pool, waiting for a free connection like the single-Redis one, that
+    asks the sentinels which master is current at most every MASTER_CHECK_S.
+
+    redis-py asks only when it opens a connection; but after a graceful failover the
+    old master goes on taking writes until Sentinel demotes it (at its next INFO, up
+    to ~10 s later) and drops its clients, and what it took then is lost. Once the
+    sentinels name another master, every connection (pub/sub and blocked reads too)
+    is closed, so each command goes again, to the new master, by the client's retry.
+    """
+
+    _checked_at = 0.0
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        now = time.monotonic()
+        if now - self._checked_at >= MASTER_CHECK_S:
+            self._checked_at = now
+            before = self.master_address
+            await self.get_master_address()  # type: ignore[no-untyped-call]
+            if before is not None and self.master_address != before:
+                await self.disconnect(inuse_connections=True)
+        return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+
+def _pack_with_hiredis(pool: ConnectionPool) -> None:
     if _HIREDIS is not None and not issubclass(pool.connection_class, _HiredisPacking):
-        # Whatever the URL chose (TCP, TLS, unix socket), with commands packed in C.
+        # Whatever the URL chose (TCP, TLS, unix socket, Sentinel's), commands packed in C.
         pool.connection_class = type(
             pool.connection_class.__name__, (_HiredisPacking, pool.connection_class), {}
         )
-    return RelayRedis.from_pool(pool)
 
 
 class _HiredisPacking:
@@ -116,8 +224,11 @@ _UNAVAILABLE: tuple[type[Exception], ...] = (
     OSError,  # a socket's own error, should redis-py let one through
     ReadOnlyError,  # a replica, after a failover
     OutOfMemoryError,  # a write refused at maxmemory
-    ClusterDownError,
+    ClusterError,  # CLUSTERDOWN, or redirections that did not settle ("TTL exhausted")
     TryAgainError,
+    SlotNotCoveredError,  # the client's map has a hole (a failover under way)
+    RedisClusterUnreachableError,  # no node answered
+    # A Sentinel that names no master: MasterNotFoundError is a ConnectionError.
 )
 #: The same said by an error reply that redis-py leaves a plain ResponseError: one
 #: that has no class of its own (a script running too long, writes refused because
@@ -194,11 +305,83 @@ class RelayRedis(Redis):
     def pubsub(self, **kwargs: Any) -> PubSub:
         return _PubSub(self.connection_pool, event_dispatcher=self._event_dispatcher, **kwargs)
 
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if isinstance(self.connection_pool, SentinelConnectionPool):
+            await self.connection_pool.sentinel_manager.aclose()  # its clients of the sentinels
+
+
+class _ClusterPipeline(ClusterPipeline):
+    """redis-py's cluster pipeline whose round trips raise StoreUnavailable. With
+    ``transaction=True`` it is MULTI/EXEC on the node of the keys' one slot (every
+    key of relay has the hash tag ``{relay}``)."""
+
+    execute = _translated(ClusterPipeline.execute)
+
+
+class _ClusterPubSub(ClusterPubSub):
+    """redis-py's cluster pub/sub whose commands and reads raise StoreUnavailable.
+
+    A channel is subscribed on the node that owns its slot (relay's channels carry
+    ``{relay}``); a PUBLISH anywhere in a cluster reaches every node, so it is heard.
+    Sharded pub/sub (SSUBSCRIBE) would keep messages on one shard, but it needs Redis 7.
+    """
+
+    execute_command = _translated(ClusterPubSub.execute_command)
+    parse_response = _translated(ClusterPubSub.parse_response)
+
+
+class RelayCluster(RedisCluster):
+    """redis-py's Redis Cluster client whose calls raise StoreUnavailable when the
+    cluster cannot serve them now (the cluster's own retries, redirections and map
+    refreshes come first)."""
+
+    execute_command = _translated(RedisCluster.execute_command)
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
+        if shard_hint:
+            raise ValueError("a cluster pipeline takes no shard_hint")
+        return _ClusterPipeline(self, transaction)  # type: ignore[abstract]
+
+    def pubsub(
+        self,
+        node: ClusterNode | None = None,
+        host: str | None = None,
+        port: int | None = None,
+        **kwargs: Any,
+    ) -> ClusterPubSub:
+        return _ClusterPubSub(self, node=node, host=host, port=port, **kwargs)
+
+
+async def home_node(redis: Redis) -> dict[str, Any]:
+    """``target_nodes=`` for a server command (INFO, CONFIG) on a cluster: the master of
+    relay's slot, where its data is; nothing to add on a single Redis."""
+    if not isinstance(redis, RedisCluster):
+        return {}
+    return {"target_nodes": await _home(redis)}
+
+
+async def server_time_ms(redis: Redis) -> int:
+    """Redis's clock, which the scripts date things by (on a cluster, the clock of the
+    master of relay's slot, where they run)."""
+    seconds, micros = await redis.time(**await home_node(redis))
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+@_translated
+async def _home(cluster: RedisCluster) -> ClusterNode:
+    if cluster._initialize:  # the map is read at the first command; this may be it
+        await cluster.initialize()
+    node = cluster.get_node_from_key(redis_keys.KEYS_INDEX)
+    if node is None:
+        raise SlotNotCoveredError("no master holds relay's slot now")
+    return node
+
 
 async def check_version(redis: Redis) -> str:
     """The server's version; StoreUnavailable when it is older than 6.2 or does not answer."""
     try:
-        info = await redis.info("server")
+        info = await redis.info("server", **await home_node(redis))
     except StoreUnavailable as exc:
         raise StoreUnavailable(f"cannot reach Redis: {exc}") from exc
     version = str(info.get("redis_version", "0"))
@@ -212,7 +395,7 @@ async def memory_hint(redis: Redis) -> str | None:
     """A sentence for the log when Redis keeps event records as hash tables (twice
     their listpack size), or None (compact, or CONFIG is not allowed here)."""
     try:
-        found = await redis.config_get("hash-max-ziplist-value")
+        found = await redis.config_get("hash-max-ziplist-value", **await home_node(redis))
         value = int(str(next(iter(found.values()))))
     except (StoreUnavailable, ResponseError, ValueError, StopIteration):
         return None

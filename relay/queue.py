@@ -293,10 +293,12 @@ class DeliveryQueue:
 
     async def idle(self, destinations: Sequence[str]) -> bool:
         """Nothing waiting, pending or scheduled for any of these destinations."""
+        # Retries before the stream: a retry that falls due moves from the first to the
+        # second, so read in this order it is seen in one or the other, never in neither.
         async with self._redis.pipeline(transaction=False) as pipe:
             for dest in destinations:
-                pipe.xlen(redis_keys.queue(dest))
                 pipe.zcard(redis_keys.retries(dest))
+                pipe.xlen(redis_keys.queue(dest))
             counts = await pipe.execute()
         return not any(counts)
 

@@ -62,6 +62,7 @@ from aiolimiter import AsyncLimiter
 from redis.asyncio import Redis
 
 from relay import redis_keys
+from relay.connect import server_time_ms
 from relay.scripts import ACQUIRE
 from relay.settings import RateLimit
 
@@ -162,8 +163,7 @@ class RateLimiter:
         """How many requests the destination's current window holds (read-only: the
         entries ``acquire.lua`` would count now; in-flight ones are dated ahead, so
         they count too). For the console; by the server's clock, as the script."""
-        seconds, micros = await self._redis.time()
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        now_ms = await server_time_ms(self._redis)
         return int(
             await self._redis.zcount(
                 redis_keys.rate(destination), now_ms - _ms(limit.period_s), "+inf"

@@ -44,6 +44,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from relay.config_errors import dotted, explain
 from relay.errors import ConfigError
+from relay.redis_url import parse_redis_url
 
 __all__ = [
     "DEFAULT_CONVERTR_FIELDS",
@@ -133,8 +134,9 @@ def _is_http_url(value: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
-def _is_redis_url(value: SecretStr) -> bool:
-    return urlsplit(value.get_secret_value()).scheme in ("redis", "rediss", "unix")
+def _check_redis_url(value: SecretStr) -> SecretStr:
+    parse_redis_url(value.get_secret_value())  # its errors never echo the URL
+    return value
 
 
 def _is_whsec(value: SecretStr) -> bool:
@@ -155,7 +157,7 @@ Secret = Annotated[
     SecretStr, _must(lambda v: v.get_secret_value(), "a non-empty value", show=False)
 ]
 HttpUrl = Annotated[str, _must(_is_http_url, "an http:// or https:// URL")]
-RedisUrl = Annotated[SecretStr, _must(_is_redis_url, "a redis[s]:// or unix:// URL", show=False)]
+RedisUrl = Annotated[SecretStr, AfterValidator(_check_redis_url)]
 #: A base URL without its trailing slash, so that ``url + "/api/..."`` joins.
 BaseUrl = Annotated[HttpUrl, AfterValidator(lambda v: v.rstrip("/"))]
 HostLabel = Annotated[
@@ -308,7 +310,10 @@ class Settings(BaseSettings):
 
     redis_url: RedisUrl | None = Field(
         None,
-        description="Redis to use: redis://, rediss:// or unix:// (may hold a password); "
+        description="Redis to use: redis://, rediss://, unix://, "
+        "redis+cluster://HOST:PORT[,HOST:PORT...] or "
+        "redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE (may hold user:password@; "
+        "rediss+cluster://, rediss+sentinel:// for TLS); "
         "unset: an embedded redis-server with its append-only file under RELAY_DATA_DIR",
     )
     data_dir: Path = Field(
@@ -400,6 +405,18 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Only the arguments: :func:`load_settings` reads the environment, once."""
         return (init_settings,)
+
+    @model_validator(mode="after")
+    def _check_replicas_where(self) -> Settings:
+        url = self.redis_url.get_secret_value() if self.redis_url else None
+        if self.redis_min_replicas and url and parse_redis_url(url).kind == "cluster":
+            # WAIT must follow the write on its connection, and on a cluster PUBLISH
+            # (what confirms keys and hooks) is not in the replication stream.
+            raise ValueError(
+                "RELAY_REDIS_MIN_REPLICAS is not supported with redis+cluster:// yet; "
+                "set it to 0, or use one Redis or Sentinel"
+            )
+        return self
 
     def destinations_for(self, kind: str) -> list[str]:
         """Names of the enabled destinations that take events of ``kind``, in file order."""

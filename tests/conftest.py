@@ -15,6 +15,7 @@ from relay.connect import redis_client
 from relay.keystore import KeyStore
 from relay.settings import Settings, load_settings
 from tests.redis_server import RedisServer
+from tests.redis_topologies import ClusterServers, SentinelServers, running
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +24,27 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterServers]:
+    """A Redis Cluster of 3 masters with a replica each (with a password)."""
+    servers = ClusterServers(tmp_path_factory.mktemp("cluster"), password="cluster-secret")
+    with running(servers):
+        yield servers
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelServers]:
+    """A master and its replica as Sentinel's ``mymaster``, three sentinels watching."""
+    servers = SentinelServers(
+        tmp_path_factory.mktemp("sentinel"),
+        service="mymaster",
+        password="data-secret",
+        sentinel_password="sentinel-secret",
+    )
+    with running(servers):
+        yield servers
 
 
 @pytest.fixture

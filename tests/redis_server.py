@@ -1,4 +1,6 @@
-"""A real redis-server for tests, on a free loopback port, with AOF in a temp dir."""
+"""A real redis-server for tests, on a free loopback port, with AOF in a temp dir.
+
+(Clusters and Sentinel setups of several of them: :mod:`tests.redis_topologies`.)"""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import contextlib
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from relay.embedded import SERVER_SETTINGS, redis_server_binary
@@ -22,13 +25,26 @@ class RedisServer:
     """Start, stop, restart and kill one redis-server process."""
 
     def __init__(
-        self, data_dir: Path, *, port: int | None = None, args: tuple[str, ...] = ()
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        password: str | None = None,
+        args: Sequence[str] = (),
+        config: Path | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
-        #: More redis-server options (``("--replicaof", "127.0.0.1", "6380")``).
-        self.args = args
+        #: ``requirepass`` (also ``masterauth``, for a replica of a server with the same).
+        self.password = password
+        #: More redis-server options (``--cluster-enabled yes``, ``--replicaof``...).
+        self.args = tuple(args)
+        #: A config file read first (a sentinel's: one it may rewrite).
+        self.config = config
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def __repr__(self) -> str:
+        return f"<RedisServer 127.0.0.1:{self.port} {'up' if self.proc else 'stopped'}>"
 
     @property
     def url(self) -> str:
@@ -39,6 +55,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [
                 redis_server_binary(),
+                *([str(self.config)] if self.config else []),
                 "--port",
                 str(self.port),
                 "--bind",
@@ -50,6 +67,11 @@ class RedisServer:
                 "",
                 "--logfile",
                 str(self.data_dir / "redis.log"),
+                *(
+                    ("--requirepass", self.password, "--masterauth", self.password)
+                    if self.password
+                    else ()
+                ),
                 *self.args,
             ],
             stdout=subprocess.DEVNULL,
@@ -65,9 +87,13 @@ class RedisServer:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
                 sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                # A server with a password answers too: that it wants one.
+                return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
+
+    def _auth(self) -> bytes:
+        return f"AUTH {self.password}\r\n".encode() if self.password else b""
 
     def stop(self) -> None:
         """Graceful: SHUTDOWN flushes the AOF."""
@@ -77,7 +103,7 @@ class RedisServer:
             contextlib.suppress(OSError),
             socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock,
         ):
-            sock.sendall(b"SHUTDOWN\r\n")
+            sock.sendall(self._auth() + b"SHUTDOWN\r\n")
             sock.recv(16)
         try:
             self.proc.wait(timeout=10)

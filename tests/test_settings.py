@@ -466,7 +466,7 @@ def test_one_line_per_problem(workdir: Path) -> None:
         ({"RELAY_DEFAULT_REGION": "XX"}, "RELAY_DEFAULT_REGION: expected an ISO 3166 code"),
         ({"RELAY_LOG_LEVEL": "loud"}, "RELAY_LOG_LEVEL: expected DEBUG, INFO, WARNING or ERROR"),
         ({"RELAY_ALLOW_PRIVATE_TARGETS": "maybe"}, "RELAY_ALLOW_PRIVATE_TARGETS: expected true"),
-        ({"RELAY_REDIS_URL": "http://x"}, "RELAY_REDIS_URL: expected a redis[s]:// or unix://"),
+        ({"RELAY_REDIS_URL": "http://x"}, "RELAY_REDIS_URL: unknown scheme http://"),
     ],
 )
 def test_environment_error_text(workdir: Path, env: dict[str, str], expected: str) -> None:

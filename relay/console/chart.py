@@ -80,7 +80,8 @@ async def per_minute(redis: Redis, destinations: Sequence[str]) -> Chart:
             # Scores are received ms; "(" excludes the next minute's first ms.
             pipe.zcount(redis_keys.EVENTS_INDEX, m * 60_000, f"({(m + 1) * 60_000}")
         for dest in destinations:
-            pipe.mget([redis_keys.delivered_minute(dest, m) for m in minutes])
+            # By name: a cluster pipeline refuses mget() (these keys share one slot).
+            pipe.execute_command("MGET", *[redis_keys.delivered_minute(dest, m) for m in minutes])
         replies = await pipe.execute()
     accepted = [int(n) for n in replies[:MINUTES]]
     delivered = [0] * MINUTES

@@ -1,0 +1,223 @@
+"""relay on a Redis Cluster and on a Sentinel-managed Redis, through its real paths.
+
+``redis_server`` is overridden here: every test of this module, its own and the
+existing ones imported below, runs once on a 3-master cluster and once on a
+Sentinel-managed master (the session's, from conftest), through ``redis``,
+``make_settings`` and the app factory exactly as on a single Redis. The imported tests
+cover ingest → worker → upstream → delivered, per-contact order with two workers,
+idempotency, Redis's own errors passed through untranslated, key revocation seen by
+another client over pub/sub, hook subscriptions seen at once, signed notifications,
+and every console page (sessions, the chart); the tests below add the CLI (a
+subprocess of this tree), scripts loaded again after SCRIPT FLUSH, replicas
+confirming writes, Sentinel failover and what an unreachable topology gives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from relay.connect import check_version, redis_client
+from relay.errors import ConfigError, StoreUnavailable
+from relay.keystore import KeyStore
+from relay.replicas import Replicas
+from relay.settings import Settings
+from tests.fakes import FakeConvertr, fake_convertr, fake_conveyour
+from tests.procs import clean_env, relay
+from tests.redis_server import free_port
+from tests.redis_topologies import ClusterServers, SentinelServers
+from tests.test_client_errors import test_other_errors_pass_through_as_redis_py_raised_them
+from tests.test_console import (
+    test_every_page_for_each_role,
+    test_search_chart_and_no_console_in_openapi,
+)
+from tests.test_hooks import (
+    receiver,
+    setup,
+    test_another_process_sees_a_new_subscription_at_once,
+    test_received_and_delivered_notifications_are_signed,
+)
+from tests.test_idempotency import test_repeat_gets_the_first_answer_and_queues_nothing
+from tests.test_keystore import test_revocation_empties_another_process_cache
+from tests.test_worker import (
+    PostLead,
+    drain,
+    post_lead,
+    relay_settings,
+    test_lead_delivered_to_both_upstreams,
+    test_per_contact_order_with_two_workers,
+)
+
+__all__ = [  # fixtures, and tests collected here too
+    "fake_convertr",
+    "fake_conveyour",
+    "post_lead",
+    "receiver",
+    "relay_settings",
+    "setup",
+    "test_another_process_sees_a_new_subscription_at_once",
+    "test_every_page_for_each_role",
+    "test_lead_delivered_to_both_upstreams",
+    "test_other_errors_pass_through_as_redis_py_raised_them",
+    "test_per_contact_order_with_two_workers",
+    "test_received_and_delivered_notifications_are_signed",
+    "test_repeat_gets_the_first_answer_and_queues_nothing",
+    "test_revocation_empties_another_process_cache",
+    "test_search_chart_and_no_console_in_openapi",
+]
+
+Topology = ClusterServers | SentinelServers
+
+
+@pytest.fixture(params=["cluster", "sentinel"])
+def redis_server(request: pytest.FixtureRequest) -> Topology:
+    """Overrides conftest's single redis-server (see the module docstring)."""
+    servers: Topology = request.getfixturevalue(f"redis_{request.param}")
+    return servers
+
+
+async def test_the_client_is_of_the_topology(redis: Redis, redis_server: Topology) -> None:
+    """The URL picked the client: the data lands where the topology says (for the
+    cluster, on the master of relay's one slot; for Sentinel, on the master it names)."""
+    await redis.set("{relay}:probe", "here")
+    if isinstance(redis_server, ClusterServers):
+        holders = []
+        for server in redis_server.servers:
+            with redis_server.client(server) as node:
+                if node.info("replication")["role"] == "master" and node.dbsize():
+                    holders.append(server.port)
+        assert len(holders) == 1  # one slot, one master: until partitions land
+    else:
+        with redis_server.data_client(redis_server.master_port()) as master:
+            assert master.get("{relay}:probe") == "here"
+    # INFO goes to one node (on a cluster, the master of relay's slot), not to all.
+    assert (await check_version(redis)).count(".") == 2
+
+
+async def test_a_script_redis_forgot_is_loaded_again(redis: Redis) -> None:
+    """NOSCRIPT: redis-py loads the script (on a cluster, on every master) and calls it
+    again. (Not inside a pipeline: redis-py's cluster pipeline does not, and relay calls
+    its scripts alone.)"""
+    script = redis.register_script("return redis.call('SET', KEYS[1], ARGV[1])")
+    assert await script(keys=["{relay}:t:k"], args=["v"]) == "OK"
+    await redis.script_flush()
+    assert await script(keys=["{relay}:t:k"], args=["w"]) == "OK"
+    assert await redis.get("{relay}:t:k") == "w"
+
+
+async def test_the_cli_reads_the_topology_url(
+    tmp_path: Path,
+    redis_server: Topology,
+    redis: Redis,
+    relay_settings: Settings,
+    post_lead: PostLead,
+) -> None:
+    """``relay status`` and ``relay events show`` in a subprocess of this tree."""
+    event_id = await post_lead({"email": "cli@example.com"})
+    await drain(relay_settings, redis)
+    assert relay_settings.config is not None
+    env = clean_env(RELAY_REDIS_URL=redis_server.url, RELAY_CONFIG=str(relay_settings.config))
+    done = relay("status", "--json", cwd=tmp_path, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    rows = {r["destination"]: r for r in orjson.loads(done.stdout)["destinations"]}
+    assert rows["convertr"]["delivered_last_hour"] == 1
+    assert rows["conveyour"]["delivered_last_hour"] == 1
+    shown = relay("events", "show", event_id, "--json", cwd=tmp_path, env=env)
+    assert orjson.loads(shown.stdout)["status"] == "delivered"
+    assert redis_server.password not in done.stdout + done.stderr + shown.stderr
+
+
+async def test_replicas_confirm_ingest_and_keys_or_are_refused_on_a_cluster(
+    redis_server: Topology, make_settings: Any, app_client: Any, make_key: Any, redis: Redis
+) -> None:
+    """RELAY_REDIS_MIN_REPLICAS=1 works with Sentinel (WAIT behind the write, on the
+    master); a cluster refuses it at start, saying so, rather than confirm nothing."""
+    if isinstance(redis_server, ClusterServers):
+        with pytest.raises(ConfigError, match="not supported with redis\\+cluster://"):
+            make_settings(redis_min_replicas=1)
+        return
+    settings = make_settings(redis_min_replicas=1, redis_min_replicas_timeout_ms=2000)
+    client = await app_client(settings)
+    key = await make_key("write:leads")
+    answer = await client.post("/v1/leads", json={"email": "w@example.com"},
+                               headers={"X-API-Key": key})  # fmt: skip
+    assert answer.status == 202, await answer.text()
+    store = KeyStore(redis, replicas=Replicas.of(settings))
+    record, _ = await store.create(name="k", scopes=["write:leads"])
+    await store.revoke(record.id)
+
+
+@pytest.mark.parametrize("redis_server", ["sentinel"], indirect=True)
+async def test_relay_follows_a_sentinel_failover(
+    redis_server: SentinelServers,
+    redis: Redis,
+    relay_settings: Settings,
+    app_client: Any,
+    make_key: Any,
+    fake_convertr: FakeConvertr,
+) -> None:
+    """After SENTINEL FAILOVER the same client writes to the new master (a few 503s
+    while it moves are allowed), at once: not to the old one, which still takes writes
+    until Sentinel demotes it and loses them then; the worker delivers what was
+    accepted before and after."""
+    client = await app_client(relay_settings)
+    key = await make_key("write:leads")
+    headers = {"X-API-Key": key}
+    before = await client.post("/v1/leads?destination=convertr", json={"email": "a@example.com"},
+                               headers=headers)  # fmt: skip
+    assert before.status == 202
+    old = redis_server.master_port()
+    new = redis_server.failover()
+    assert new != old
+    statuses = []
+    for _ in range(100):
+        after = await client.post("/v1/leads?destination=convertr",
+                                  json={"email": "b@example.com"}, headers=headers)  # fmt: skip
+        statuses.append(after.status)
+        if after.status == 202:
+            break
+        assert after.status == 503, await after.text()
+        await asyncio.sleep(0.1)
+    assert statuses[-1] == 202, statuses
+    await drain(relay_settings, redis)
+    assert sorted(lead["fields"]["email"] for lead in fake_convertr.leads) == [
+        "a@example.com",
+        "b@example.com",
+    ]
+    with redis_server.data_client(new) as master:
+        assert master.info("replication")["role"] == "master"
+        assert master.zcard("{relay}:events") == 2
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+cluster://:pw-not-shown@127.0.0.1:{port}",
+        "redis+sentinel://:pw-not-shown@127.0.0.1:{port}/mymaster",
+    ],
+)
+async def test_an_unreachable_topology_is_store_unavailable(url: str) -> None:
+    client = redis_client(url.format(port=free_port()))
+    try:
+        with pytest.raises(StoreUnavailable) as caught:
+            await client.ping()
+        assert "pw-not-shown" not in str(caught.value)
+    finally:
+        await client.aclose()
+
+
+async def test_a_service_the_sentinels_do_not_know_is_store_unavailable(
+    redis_sentinel: SentinelServers,
+) -> None:
+    url = redis_sentinel.url.replace("/mymaster?", "/nosuch?")
+    client = redis_client(url)
+    try:
+        with pytest.raises(StoreUnavailable, match="No master found for 'nosuch'"):
+            await client.ping()
+    finally:
+        await client.aclose()
