@@ -73,9 +73,13 @@ _EXPIRES = (
 )
 _RATE_LIMIT = r"^[1-9][0-9]{0,5}/([1-9][0-9]{0,3})?(s|m|h|d)$"
 # An http(s) URL with a host and no credentials (relay.targets says which hosts may be used).
+# Wide enough for the URLs tools really subscribe (n8n's: a hyphenated host, a 5-digit
+# port, a 36-character id), narrow enough that every URL it admits is a valid one.
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,28}[a-z0-9])?"
+_PORT = r"([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
 _TARGET_URL = (
-    r"^https?://[a-z0-9]{1,30}(\.[a-z0-9]{1,30}){0,4}(:[1-9][0-9]{0,3})?"
-    r"(/[A-Za-z0-9._~-]{0,30}){0,5}$"
+    rf"^https?://{_LABEL}(\.{_LABEL}){{0,4}}(:{_PORT})?"
+    r"(/[A-Za-z0-9._~-]{0,64}){0,8}$"
 )
 
 #: Canonical field names of a normalized contact or lead, in display order.

@@ -57,6 +57,18 @@ async def test_ingest_body_needs_an_email_or_a_phone(doc: dict[str, Any]) -> Non
     assert not batch.is_valid([{"email": "a@example.com"}, {"first_name": "Nobody"}])
 
 
+async def test_hook_target_urls_admit_what_zapier_and_n8n_subscribe(doc: dict[str, Any]) -> None:
+    check = _validator(doc, _body(doc, "/v1/hooks"))
+    for url in (
+        "https://hooks.zapier.com/hooks/standard/123456/0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+        "https://my-n8n.example.com/webhook/7f3c2a1e-1b2c-4d5e-8f90-123456789abc/webhook",
+        "http://n8n.internal:5678/webhook-test/7f3c2a1e-1b2c-4d5e-8f90-123456789abc",
+    ):
+        assert check.is_valid({"event": "lead.received", "target_url": url}), url
+    for url in ("http://n8n.internal:65536/x", "https://-n8n.example.com/", "ftp://example.com/"):
+        assert not check.is_valid({"event": "lead.received", "target_url": url}), url
+
+
 async def test_what_the_ingest_schema_admits_normalize_accepts(doc: dict[str, Any]) -> None:
     check = _validator(doc, _body(doc, "/v1/contacts"))
     admitted = [
