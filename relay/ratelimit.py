@@ -56,7 +56,7 @@ from __future__ import annotations
 import asyncio
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from aiolimiter import AsyncLimiter
 from redis.asyncio import Redis
@@ -159,16 +159,17 @@ class RateLimiter:
         if request_ids:
             await self._redis.zrem(redis_keys.rate(destination), *request_ids)
 
-    async def in_use(self, destination: str, limit: RateLimit) -> int:
-        """How many requests the destination's current window holds (read-only: the
+    async def in_use(self, limits: Mapping[str, RateLimit]) -> dict[str, int]:
+        """How many requests each destination's current window holds (read-only: the
         entries ``acquire.lua`` would count now; in-flight ones are dated ahead, so
-        they count too). For the console; by the server's clock, as the script."""
+        they count too). For the console; by the server's clock, as the script; one
+        clock read and one round trip for them all."""
         now_ms = await server_time_ms(self._redis)
-        return int(
-            await self._redis.zcount(
-                redis_keys.rate(destination), now_ms - _ms(limit.period_s), "+inf"
-            )
-        )
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for destination, limit in limits.items():
+                pipe.zcount(redis_keys.rate(destination), now_ms - _ms(limit.period_s), "+inf")
+            counts = await pipe.execute()
+        return {name: int(n) for name, n in zip(limits, counts, strict=True)}
 
     async def paused_for(self, destination: str) -> float:
         """Seconds left of the destination's pause; 0.0 when it is not paused."""

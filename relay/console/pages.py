@@ -60,12 +60,19 @@ async def sign_in_form(request: web.Request) -> web.StreamResponse:
 async def overview(request: web.Request) -> web.Response:
     settings, redis = request.app[SETTINGS], request.app[REDIS]
     found = await backlog.overview(redis, settings)
-    rows = []
+    limits = {}
     for row in found.destinations:
         dest = settings.destinations.get(row["destination"])
         limit = dest.rate_limit if dest is not None else settings.hooks.rate_limit
-        used = await request.app[LIMITER].in_use(row["destination"], limit) if limit else None
-        rows.append({**row, "limit": str(limit) if limit else None, "used": used})
+        if limit:
+            limits[row["destination"]] = limit
+    used = await request.app[LIMITER].in_use(limits)
+    rows = []
+    for row in found.destinations:
+        limit = limits.get(row["destination"])
+        rows.append(
+            {**row, "limit": str(limit) if limit else None, "used": used.get(row["destination"])}
+        )
     chart = await per_minute(redis, [r["destination"] for r in found.destinations])
     context = _context(request, "overview", rows=rows, workers=found.workers, chart=chart)
     return aiohttp_jinja2.render_template("overview.html", request, context)
