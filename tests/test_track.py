@@ -14,9 +14,17 @@ from relay.deadletters import list_dead_letters
 from relay.settings import Settings
 from relay.store import EventStore
 from tests.fakes import FakeConvertr, FakeConveyour, fake_convertr, fake_conveyour
-from tests.test_worker import PostLead, drain, post_lead, relay_settings, toml_for
+from tests.test_worker import (
+    PostLead,
+    batching_settings,
+    drain,
+    post_lead,
+    relay_settings,
+    toml_for,
+)
 
-__all__ = ["fake_convertr", "fake_conveyour", "post_lead", "relay_settings"]  # fixtures
+# fixtures used below
+__all__ = ["batching_settings", "fake_convertr", "fake_conveyour", "post_lead", "relay_settings"]
 
 TRACKS = [
     {"event": "applied", "properties": {"job": "driver"}, "timestamp": "2026-01-31T12:00:00Z"},
@@ -142,3 +150,33 @@ async def test_a_bad_track_event_is_a_422_naming_it(
     payload = (await event.json())["payload"]
     assert payload["events"] == [{"event": "applied", "properties": {}}]
     assert "events" not in payload.get("traits", {})
+
+
+async def test_a_batch_tracks_each_contact_and_resumes_alone(
+    batching_settings: Settings,
+    redis: Redis,
+    app_client: Any,
+    make_key: Any,
+    fake_conveyour: FakeConveyour,
+) -> None:
+    client = await app_client(batching_settings)
+    key = {"X-API-Key": await make_key("write:contacts", "read:events")}
+    batch = [
+        {"email": "a@example.com", "events": [{"event": "applied"}, {"event": "hired"}]},
+        {"email": "b@example.com"},
+        {"email": "c@example.com", "events": [{"event": "viewed"}]},
+    ]
+    fake_conveyour.script(status=None, times=2)  # the batch identify and a's first track
+    fake_conveyour.script(status=500, body="oops")  # a's second track fails
+    resp = await client.post("/v1/contacts", json=batch, headers=key)
+    ids = [a["id"] for a in (await resp.json())["accepted"]]
+    await drain(batching_settings, redis)
+    assert len(fake_conveyour.requests[0].parsed["data"]) == 3  # one identify for all three
+    assert len(fake_conveyour.contacts) == 3  # and none again
+    assert [(who, e["event"]) for who, e in fake_conveyour.tracked] == [
+        ("a@example.com", "applied"),
+        ("c@example.com", "viewed"),
+        ("a@example.com", "hired"),  # the retry: only what was left
+    ]
+    steps = [[a.get("steps") for a in await _attempts(redis, i, "conveyour")] for i in ids]
+    assert steps == [[2, 3], [None], [2]]
