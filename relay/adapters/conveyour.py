@@ -157,8 +157,10 @@ class ConveyourAdapter:
         before_each: Callable[[], Awaitable[None]] | None,
     ) -> Attempt:
         """Send the track events after the first ``done - 1``; the last call's attempt,
-        with ``steps`` (calls taken so far). ``last``: the identify just sent, if it was."""
+        with ``steps`` (calls taken so far) and the time all its calls took (the
+        identify's included). ``last``: the identify just sent, if it was."""
         tracks = _tracks(event)
+        spent_ms = last.duration_ms if last is not None else 0.0
         ident = next(
             str(item["traits"][n])
             for n in (p.removeprefix("$") for p in self._config.id.split(","))
@@ -168,14 +170,17 @@ class ConveyourAdapter:
             if last is not None and before_each is not None:
                 await before_each()
             last = await self._post({"id": ident, "events": [tracks[i]]}, self._track)
+            spent_ms += last.duration_ms
             if last.outcome is not Outcome.delivered:
                 why = f"track event {i} ({tracks[i]['event']!r}) not taken"
                 note = f"{why}: {last.note}" if last.note else why
-                return dataclasses.replace(last, steps=done, note=note[:500])
+                return dataclasses.replace(
+                    last, steps=done, note=note[:500], duration_ms=round(spent_ms, 3)
+                )
             done += 1
         if last is None:  # nothing was left to send (cannot happen: it would be delivered)
             return Attempt(Outcome.delivered, None, 0.0, steps=done)
-        return dataclasses.replace(last, steps=done)
+        return dataclasses.replace(last, steps=done, duration_ms=round(spent_ms, 3))
 
     async def deliver_batch(
         self,
