@@ -79,6 +79,7 @@ class _Batching(Protocol):
         events: list[dict[str, Any]],
         *,
         before_each: Callable[[], Awaitable[None]] | None = None,
+        done: Sequence[int] = (),
     ) -> list[Attempt]: ...
 
 
@@ -160,7 +161,7 @@ class Deliverer:
                 events = [orjson.loads(t.data) for t in ready]
                 span.link(events)
                 logs.bind(request_id=request_ids(events))
-                attempts = await self._send(destination, events, sent)
+                attempts = await self._send(destination, events, sent, [t.steps for t in ready])
                 settlement = await self._judge(destination, holder, ready, events, attempts, sent)
                 # Said before the settle: a settle that fails leaves the attempt made.
                 log_attempts(destination, events, attempts, settlement.results)
@@ -259,22 +260,27 @@ class Deliverer:
             await self._wait(wait_s, stoppable=stoppable)
 
     async def _send(
-        self, destination: str, events: list[dict[str, Any]], sent: list[str]
+        self, destination: str, events: list[dict[str, Any]], sent: list[str], done: list[int]
     ) -> list[Attempt]:
         """One request with these events (a ConveYour batch when several); one attempt
-        each. An adapter that raises (a bug) is an attempt to retry, with its error."""
+        each. An adapter that raises (a bug) is an attempt to retry, with its error.
+
+        A ConveYour request may grow into several (a rejected batch sent one contact a
+        call, track events after an identify): each further call waits for a rate slot
+        of its own; ``done`` says what earlier attempts of each event got taken."""
         adapter = self._adapters[destination]
         try:
-            if len(events) == 1:
+            if not isinstance(adapter, _Batching):
+                assert len(events) == 1
                 return [await adapter.deliver(events[0])]
-            assert isinstance(adapter, _Batching)
             more = self._configs[destination].rate_limit is not None
 
-            async def before_each() -> None:  # part of the batch is sent: no stopping
-                if more:
+            async def before_each() -> None:  # part of the request is sent: no stopping
+                if more:  # the calls so far were answered: their slots age from now
+                    await self._again(lambda: self._limiter.answered(destination, sent))
                     await self._rate(destination, sent, stoppable=False)
 
-            return await adapter.deliver_batch(events, before_each=before_each)
+            return await adapter.deliver_batch(events, before_each=before_each, done=done)
         except Exception as exc:
             log.exception("relay failed to send %s to %s", [e["id"] for e in events], destination)
             note = f"relay could not send it ({type(exc).__name__}: {exc}); will retry"

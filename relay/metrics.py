@@ -110,7 +110,8 @@ _DELIVERIES = Counter(
 )
 _UPSTREAM = Histogram(
     "relay_upstream_request_seconds",
-    "Duration of each request to an upstream (a ConveYour batch is one), answered or not",
+    "Duration of each request to an upstream (a ConveYour batch is one; an identify and its"
+    " track calls are one), answered or not",
     ["destination"],
     buckets=_UPSTREAM_BUCKETS_S,
     registry=_REGISTRY,

@@ -16,6 +16,7 @@ __all__ = [
     "CANONICAL_FIELDS",
     "DESTINATIONS_KEY",
     "HOOK_TOPICS",
+    "MAX_TRACK_EVENTS",
     "SCOPES",
     "ApiKeyInfo",
     "BatchAccepted",
@@ -43,6 +44,7 @@ __all__ = [
     "Problem",
     "ProblemError",
     "Queued",
+    "TrackEvent",
     "destination_name_schema",
 ]
 
@@ -101,6 +103,26 @@ CANONICAL_FIELDS: tuple[str, ...] = (
 )
 
 
+#: Track events one contact or lead may carry (each is one upstream request, under the
+#: destination's rate limit and the request's lease).
+MAX_TRACK_EVENTS = 20
+
+
+class TrackEvent(BaseModel):
+    """One behaviour to record for the contact (ConveYour ``/api/analytics/track``).
+
+    ``timestamp`` is kept as given: ISO 8601 text or epoch seconds (checked at ingest).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event: str = Field(description="Event name, e.g. applied")
+    properties: dict[str, JsonValue] = Field(default_factory=dict)
+    timestamp: str | int | float | None = Field(
+        default=None, description="ISO 8601 or epoch seconds"
+    )
+
+
 class Contact(BaseModel):
     """A normalized contact: canonical fields plus every other field as a custom trait.
 
@@ -125,6 +147,11 @@ class Contact(BaseModel):
     country: str | None = None
     website: str | None = None
     traits: dict[str, JsonValue] = Field(default_factory=dict, description="Custom fields")
+    events: list[TrackEvent] = Field(
+        default_factory=list,
+        max_length=MAX_TRACK_EVENTS,
+        description="Track events, sent to ConveYour after the contact's identify, in order",
+    )
 
 
 class Lead(Contact):

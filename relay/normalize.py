@@ -47,6 +47,7 @@ from phonenumbers.phonenumberutil import _test_number_length as _length_check
 
 from relay.errors import FieldError, ValidationFailed
 from relay.models import CANONICAL_FIELDS, Contact, Lead
+from relay.trackevents import EVENTS_FIELD, check_events
 
 __all__ = [
     "ALIASES",
@@ -430,6 +431,10 @@ def normalize_item(
         errors: list[FieldError] = [{"loc": [], "msg": msg}]
         raise ValidationFailed(_detail(kind, errors), errors=errors)
     errors = []
+    tracks: list[dict[str, Any]] = []
+    if EVENTS_FIELD in raw:  # not a field of the contact: what it did (relay.trackevents)
+        raw = dict(raw)
+        tracks, errors = check_events(raw.pop(EVENTS_FIELD))
     entries = _entries(raw)
     # For each canonical field, the non-empty candidate with the best priority wins.
     best: dict[str, tuple[tuple[int, int, int, int], int]] = {}
@@ -476,4 +481,4 @@ def normalize_item(
     if errors:
         raise ValidationFailed(_detail(kind, errors), errors=errors)
     model = Lead if kind == "lead" else Contact
-    return model.model_validate({**fields, "traits": custom})
+    return model.model_validate({**fields, "traits": custom, "events": tracks})

@@ -64,6 +64,16 @@ class Taken:
     made: int = 0
     retried: int = 0
     wait_ms: int = 0
+    #: ok: the last attempt's record (JSON), if one was made.
+    last: str | bytes | None = None
+
+    @property
+    def steps(self) -> int:
+        """Requests of the event the upstream took in earlier attempts (their ``steps``)."""
+        if not self.last:
+            return 0
+        steps = orjson.loads(self.last).get("steps")
+        return steps if isinstance(steps, int) else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +214,8 @@ class DeliveryQueue:
         taken = []
         for entry, one in zip(entries, reply, strict=True):
             if one[0] == "ok":
-                taken.append(Taken(entry, "ok", one[1], int(one[2]), int(one[3])))
+                last = one[4] if len(one) > 4 else None
+                taken.append(Taken(entry, "ok", one[1], int(one[2]), int(one[3]), last=last))
             else:
                 taken.append(Taken(entry, one[0], wait_ms=int(one[1]) if len(one) > 1 else 0))
         return taken

@@ -159,6 +159,18 @@ class RateLimiter:
         if request_ids:
             await self._redis.zrem(redis_keys.rate(destination), *request_ids)
 
+    async def answered(self, destination: str, request_ids: Sequence[str]) -> None:
+        """The requests ``request_ids`` were answered: date them now (Redis's clock), no
+        longer in flight, as ``settle.lua`` does. For a request that grows into several
+        calls (ConveYour track events): the earlier calls' slots free one period after
+        their answers, not after the settle of the last one (which dates them again,
+        later: later is never too early)."""
+        if request_ids:
+            now_ms = await server_time_ms(self._redis)
+            await self._redis.zadd(
+                redis_keys.rate(destination), dict.fromkeys(request_ids, now_ms), xx=True
+            )
+
     async def in_use(self, limits: Mapping[str, RateLimit]) -> dict[str, int]:
         """How many requests each destination's current window holds (read-only: the
         entries ``acquire.lua`` would count now; in-flight ones are dated ahead, so

@@ -193,7 +193,8 @@ class _Fake:
 
 
 class FakeConveyour(_Fake):
-    """ConveYour's ``POST /api/analytics/identify``, single and ``{"data": [...]}`` batch."""
+    """ConveYour's ``POST /api/analytics/identify``, single and ``{"data": [...]}`` batch,
+    and ``POST /api/analytics/track`` (``{"id": <value>, "events": [...]}``)."""
 
     def __init__(self, *, token: str = CONVEYOUR_TOKEN, appkey: str | None = None) -> None:
         super().__init__()
@@ -202,11 +203,15 @@ class FakeConveyour(_Fake):
         self.appkey = appkey
         #: Identify items accepted, in order: ``{"id": ..., "traits": {...}}``.
         self.contacts: list[dict[str, Any]] = []
+        #: Track events accepted, in order: ``(contact id, {"event": ..., ...})``.
+        self.tracked: list[tuple[str, dict[str, Any]]] = []
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/api/analytics/identify", self._identify)
+        app.router.add_post("/api/analytics/track", self._track)
 
-    async def _identify(self, request: web.Request) -> web.Response:
+    async def _read(self, request: web.Request) -> Any:
+        """The JSON body, or the answer to give instead (403, or 400 for bad JSON)."""
         # A sibling product answers a bad or inactive key with 403 and no body.
         if request.headers.get("x-conveyour-token") != self.token or (
             self.appkey is not None and request.headers.get("x-conveyour-appkey") != self.appkey
@@ -214,9 +219,27 @@ class FakeConveyour(_Fake):
             return web.Response(status=403)
         # ConveYour's error bodies are undocumented: this shape is our guess.
         try:
-            doc = orjson.loads(await request.read())
+            return orjson.loads(await request.read())
         except orjson.JSONDecodeError:
             return _json(400, {"status": "error", "message": "Invalid JSON"})
+
+    async def _track(self, request: web.Request) -> web.Response:
+        doc = await self._read(request)
+        if isinstance(doc, web.Response):
+            return doc
+        ident = doc.get("id") if isinstance(doc, dict) else None
+        events = doc.get("events") if isinstance(doc, dict) else None
+        if not isinstance(ident, str) or not ident or not isinstance(events, list):
+            return _json(400, {"status": "error", "message": "id and events are required"})
+        if not all(isinstance(e, dict) and isinstance(e.get("event"), str) for e in events):
+            return _json(400, {"status": "error", "message": "each event needs a name"})
+        self.tracked.extend((ident, e) for e in events)
+        return _json(200, {"status": "ok", "message": "queued", "data": []})
+
+    async def _identify(self, request: web.Request) -> web.Response:
+        doc = await self._read(request)
+        if isinstance(doc, web.Response):
+            return doc
         items = doc.get("data") if isinstance(doc, dict) and "data" in doc else [doc]
         if not isinstance(items, list):
             return _json(400, {"status": "error", "message": "data must be a list"})

@@ -538,3 +538,31 @@ async def test_make_adapter(session: aiohttp.ClientSession) -> None:
     adapter = make_adapter("c", wh, session)
     assert isinstance(adapter, WebhookAdapter)
     assert adapter.name == "c"
+
+
+async def test_conveyour_batch_resumes_tracks_and_asks_a_slot_per_further_call(
+    cy: FakeConveyour, session: aiohttp.ClientSession
+) -> None:
+    adapter = cy_adapter(cy.url, session)
+    tracked = [{"event": "applied"}, {"event": "hired"}]
+    events = [
+        event({"email": "a@example.com", "events": tracked}),  # identify and 1st track done
+        event({"email": "b@example.com", "events": [{"event": "viewed"}]}),
+        event({"email": "c@example.com"}),
+    ]
+    slots = 0
+
+    async def before_each() -> None:
+        nonlocal slots
+        slots += 1
+
+    attempts = await adapter.deliver_batch(events, before_each=before_each, done=[2, 0, 0])
+    assert [(a.outcome, a.steps) for a in attempts] == [
+        (Outcome.delivered, 3),
+        (Outcome.delivered, 2),
+        (Outcome.delivered, None),
+    ]
+    assert [r.path.rsplit("/", 1)[-1] for r in cy.requests] == ["identify", "track", "track"]
+    assert [c["traits"]["email"] for c in cy.contacts] == ["b@example.com", "c@example.com"]
+    assert cy.tracked == [("b@example.com", {"event": "viewed"}), ("a@example.com", tracked[1])]
+    assert slots == len(cy.requests) - 1  # the first call went under the caller's slot

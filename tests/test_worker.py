@@ -340,18 +340,27 @@ async def test_per_contact_order_without_a_rate_limit(
         assert seen == sorted(seen), (who, seen, retried)
 
 
-async def test_conveyour_batches_and_falls_back_to_single_sends(
+@pytest.fixture
+def batching_settings(
     make_settings: Callable[..., Settings],
+    fake_conveyour: FakeConveyour,
+    fake_convertr: FakeConvertr,
+) -> Settings:
+    """The fakes' settings, with ConveYour contacts sent up to 25 a call."""
+    toml = toml_for(fake_conveyour, fake_convertr).replace(
+        'events = ["contact", "lead"]', 'events = ["contact", "lead"]\nbatch_size = 25', 1
+    )
+    return make_settings(toml)
+
+
+async def test_conveyour_batches_and_falls_back_to_single_sends(
+    batching_settings: Settings,
     redis: Redis,
     app_client: Any,
     make_key: Any,
     fake_conveyour: FakeConveyour,
-    fake_convertr: FakeConvertr,
 ) -> None:
-    toml = toml_for(fake_conveyour, fake_convertr).replace(
-        'events = ["contact", "lead"]', 'events = ["contact", "lead"]\nbatch_size = 25', 1
-    )
-    settings = make_settings(toml)
+    settings = batching_settings
     client = await app_client(settings)
     key = {"X-API-Key": await make_key("write:contacts")}
     batch = [{"email": f"c{i}@example.com"} for i in range(5)]

@@ -47,6 +47,9 @@ class Attempt:
     upstream_id: str | None = None
     #: Anything the user should know (e.g. fields left out of a Convertr lead).
     note: str | None = None
+    #: Requests of this event the upstream has taken so far, earlier attempts included
+    #: (ConveYour: its identify, then one per track event); a retry resumes after them.
+    steps: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__ if getattr(self, k) is not None}

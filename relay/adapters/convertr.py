@@ -52,7 +52,7 @@ def lead_form(
     >>> lead_form({"email": "a@b.co", "city": "Leeds"}, {"email": "email"})
     ([('form[email]', 'a@b.co')], ['city'])
     """
-    present = [(k, v) for k, v in payload.items() if k != "traits"]
+    present = [(k, v) for k, v in payload.items() if k not in ("traits", "events")]
     present += list((payload.get("traits") or {}).items())
     pairs, unmapped = [], []
     for key, value in present:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from relay.models import CANONICAL_FIELDS
+from relay.models import CANONICAL_FIELDS, MAX_TRACK_EVENTS
 from relay.normalize import (
     ALIASES,
     MAX_ADDRESS_CHARS,
@@ -21,6 +21,7 @@ from relay.normalize import (
     MAX_EMAIL_CHARS,
     MAX_FIELD_CHARS,
 )
+from relay.trackevents import MAX_EVENT_NAME_CHARS
 
 __all__ = ["form_body", "json_body"]
 
@@ -79,6 +80,25 @@ def _item(*, form: bool) -> dict[str, Any]:
                 "pattern": _NO_NUL,
                 "minimum": -_SAFE_INTEGER,
                 "maximum": _SAFE_INTEGER,
+            },
+        }
+        props["events"] = {
+            "type": "array",
+            "maxItems": MAX_TRACK_EVENTS,
+            "description": "Track events, sent to ConveYour (/api/analytics/track) in order "
+            "after the contact's identify; other destinations ignore them (webhooks get them)",
+            "items": {
+                "type": "object",
+                "required": ["event"],
+                "additionalProperties": False,
+                "properties": {
+                    "event": {"type": "string", "minLength": 1, "maxLength": MAX_EVENT_NAME_CHARS},
+                    "properties": {"type": "object"},
+                    "timestamp": {
+                        "type": ["string", "number"],
+                        "description": "ISO 8601 text or epoch seconds",
+                    },
+                },
             },
         }
     return {

@@ -21,7 +21,8 @@
 --              holder to ack when it settles (or to be claimed again if it dies)
 -- The rest wait together for the end of a pause ({'paused', ms left}) and, per holder,
 -- a lease ({'full'}: every one is taken); nothing of them is changed then. Otherwise
--- each is marked delivering by its holder: {'ok', data, attempts made, retries spent}.
+-- each is marked delivering by its holder: {'ok', data, attempts made, retries spent,
+-- the last attempt's record or false} (a ConveYour retry resumes after its "steps").
 --
 -- The contact's order needs no check here: only the event that heads its contact has
 -- a stream entry (enqueue.lua, settle.lua), and a replayed dead letter is in no order.
@@ -51,7 +52,9 @@ for i, item in ipairs(items) do
       and tonumber(redis.call('ZSCORE', leases, holder) or 0) > now then
     out[i] = {'busy'}
   else
-    out[i] = {'ok', data, tonumber(found[4] or 0), tonumber(found[5] or 0)}
+    local made = tonumber(found[4] or 0)
+    local last = made > 0 and redis.call('HGET', key, RECORD .. dest .. ':' .. made)
+    out[i] = {'ok', data, made, tonumber(found[5] or 0), last or false}
     going[#going + 1] = i
   end
 end
