@@ -17,6 +17,7 @@ import orjson
 from redis.asyncio import Redis
 
 from relay import redis_keys
+from relay.ids import partition_of
 from relay.models import DeadLetter
 from relay.scripts import REPLAY
 
@@ -26,15 +27,17 @@ __all__ = ["list_dead_letters", "replay_dead_letters"]
 _CHUNK = 500
 
 
-async def list_dead_letters(redis: Redis, destination: str) -> list[DeadLetter]:
-    """A destination's dead letters, oldest first, each with its last attempt.
+async def list_dead_letters(redis: Redis, destination: str, *, partitions: int) -> list[DeadLetter]:
+    """A destination's dead letters of every partition, oldest first, each with its last
+    attempt.
 
     Expects a ``decode_responses=True`` client.
     """
-    rows = cast(
-        list[tuple[str, float]],
-        await redis.zrange(redis_keys.dead(destination), 0, -1, withscores=True),
-    )
+    async with redis.pipeline(transaction=False) as pipe:
+        for partition in range(partitions):
+            pipe.zrange(redis_keys.dead(destination, partition), 0, -1, withscores=True)
+        found = cast(list[list[tuple[str, float]]], await pipe.execute())
+    rows = sorted((row for rows in found for row in rows), key=lambda row: (row[1], row[0]))
     out: list[DeadLetter] = []
     for start in range(0, len(rows), _CHUNK):
         out += await _explain(redis, destination, rows[start : start + _CHUNK])
@@ -77,24 +80,42 @@ async def replay_dead_letters(
     destination: str,
     event_ids: list[str] | None = None,
     *,
+    partitions: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> int:
     """Queue dead letters again (``None``: all of them), each with a fresh retry
     schedule; their earlier attempts stay on the event. Works in chunks, so replaying
     100 000 is not one giant script call; ``progress(done, total)`` is called after each.
     Returns how many were queued (ids that are not dead letters here, or whose event
-    expired, are skipped).
+    expired, are skipped). Each event goes back into the stream of its partition (named
+    by its id: relay.partitions), a script call per partition and chunk.
     """
     if event_ids is None:
-        event_ids = cast(list[str], await redis.zrange(redis_keys.dead(destination), 0, -1))
+        event_ids = [
+            letter
+            for partition in range(partitions)
+            for letter in cast(
+                list[str], await redis.zrange(redis_keys.dead(destination, partition), 0, -1)
+            )
+        ]
+    by_partition: dict[int, list[str]] = {}
+    for event_id in event_ids:
+        try:
+            by_partition.setdefault(partition_of(event_id), []).append(event_id)
+        except ValueError:
+            continue  # not an event id: no dead letter of it
     replay = REPLAY.bind(redis)
-    keys = {"dead": redis_keys.dead(destination), "stream": redis_keys.queue(destination)}
     done = 0
-    for start in range(0, len(event_ids), _CHUNK):
-        batch = replay.batch()
-        for event_id in event_ids[start : start + _CHUNK]:
-            batch.add({"id": event_id, "event": batch.key(redis_keys.event(event_id))})
-        done += int(await replay(batch, keys=keys, args={"destination": destination}))
-        if progress is not None:
-            progress(done, len(event_ids))
+    for partition, ids in sorted(by_partition.items()):
+        keys = {
+            "dead": redis_keys.dead(destination, partition),
+            "stream": redis_keys.queue(destination, partition),
+        }
+        for start in range(0, len(ids), _CHUNK):
+            batch = replay.batch()
+            for event_id in ids[start : start + _CHUNK]:
+                batch.add({"id": event_id, "event": batch.key(redis_keys.event(event_id))})
+            done += int(await replay(batch, keys=keys, args={"destination": destination}))
+            if progress is not None:
+                progress(done, len(event_ids))
     return done
