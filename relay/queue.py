@@ -225,34 +225,36 @@ class DeliveryQueue:
                 batch.add({"holder": holder})
 
         leases = await admits.submit(holders)
-        taken: dict[tuple[str, str], Taken] = {}
-        by_partition: dict[int, list[tuple[str, Entry]]] = {}
-        for (holder, group), lease in zip(requests, leases, strict=True):
-            for entry in group:
-                if lease[0] == "ok":
-                    by_partition.setdefault(entry.partition, []).append((holder, entry))
-                else:
-                    wait_ms = int(lease[1]) if len(lease) > 1 else 0
-                    taken[holder, entry.id] = Taken(entry, lease[0], wait_ms=wait_ms)
+        # By place: entries of different partitions' streams may share an id.
+        flat = [(holder, entry) for holder, group in requests for entry in group]
+        taken: list[Taken | None] = [None] * len(flat)
+        leased = {holder: lease for (holder, _), lease in zip(requests, leases, strict=True)}
+        by_partition: dict[int, list[int]] = {}
+        for i, (holder, entry) in enumerate(flat):
+            lease = leased[holder]
+            if lease[0] == "ok":
+                by_partition.setdefault(entry.partition, []).append(i)
+            else:
+                wait_ms = int(lease[1]) if len(lease) > 1 else 0
+                taken[i] = Taken(entry, lease[0], wait_ms=wait_ms)
 
-        async def one(partition: int, items: list[tuple[str, Entry]]) -> None:
+        async def one(partition: int, places: list[int]) -> None:
             def writes(batch: Batch) -> None:
-                for holder, entry in items:
+                for i in places:
+                    holder, entry = flat[i]
                     event = batch.key(redis_keys.event(entry.event))
                     batch.add({"entry": entry.id, "event": event, "holder": holder})
 
             commit = self._takes_of(destination, partition, lease_ms, now_ms)
-            for (holder, entry), reply in zip(items, await commit.submit(writes), strict=True):
-                taken[holder, entry.id] = _taken(entry, reply)
+            for i, reply in zip(places, await commit.submit(writes), strict=True):
+                taken[i] = _taken(flat[i][1], reply)
 
-        await asyncio.gather(*(one(p, items) for p, items in by_partition.items()))
-        out = [taken[holder, entry.id] for holder, group in requests for entry in group]
+        await asyncio.gather(*(one(p, places) for p, places in by_partition.items()))
+        out = [t for t in taken if t is not None]
+        assert len(out) == len(flat)
         # A request admitted with nothing to send gives its lease back at once.
-        idle = [
-            holder
-            for (holder, group), lease in zip(requests, leases, strict=True)
-            if lease[0] == "ok" and all(taken[holder, e.id].state != "ok" for e in group)
-        ]
+        sending = {holder for (holder, _), t in zip(flat, out, strict=True) if t.state == "ok"}
+        idle = [h for h, lease in leased.items() if lease[0] == "ok" and h not in sending]
         if idle:
             await self._redis.zrem(redis_keys.inflight(destination), *idle)
         return out

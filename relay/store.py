@@ -172,12 +172,12 @@ class EventStore:
         by_partition: dict[int, list[NewEvent]] = {}
         for ev in events:
             by_partition.setdefault(partition_of(ev.id), []).append(ev)
-        await asyncio.gather(
-            *(
-                self._commit(p).submit(functools.partial(_writes, group, subscribers))
-                for p, group in by_partition.items()
-            )
-        )
+        calls = [
+            self._commit(p).submit(functools.partial(_writes, group, subscribers))
+            for p, group in by_partition.items()
+        ]
+        # One partition (a single event, most often): its items join the group at once.
+        await (calls[0] if len(calls) == 1 else asyncio.gather(*calls))
         if remember is not None:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.set(remember[0], remember[1], ex=redis_keys.IDEMPOTENCY_TTL_S)

@@ -125,5 +125,5 @@ async def test_a_deleted_subscription_gets_no_outcome_back(
         assert await HookStore(redis).delete(sub["id"])
         await drain(settings, redis)
         assert receiver.requests == []
-        assert await redis.zcard(redis_keys.dead(redis_keys.NOTIFICATIONS)) == 1
+        assert await redis.zcard(redis_keys.dead(redis_keys.NOTIFICATIONS, 0)) == 1
         assert await redis.hgetall(redis_keys.HOOKS_LAST) == {}

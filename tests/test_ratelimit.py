@@ -43,7 +43,7 @@ async def _answered(
     item = {
         "destination": dest,
         "holder": "h",
-        "stream": batch.key(redis_keys.queue(dest)),
+        "stream": batch.key(redis_keys.queue(dest, 0)),
         "leases": batch.key(redis_keys.inflight(dest)),
         "events": [],
         "rate": batch.key(redis_keys.rate(dest)),
