@@ -48,18 +48,21 @@ async def _explain(
     redis: Redis, destination: str, rows: list[tuple[str, float]]
 ) -> list[DeadLetter]:
     made_field = redis_keys.ATTEMPTS_FIELD_PREFIX + destination
+    # A dead letter's id names its partition; anything else has no record to read.
+    known = [(i, redis_keys.event(event_id)) for i, (event_id, _) in enumerate(rows)
+             if _is_event_id(event_id)]  # fmt: skip
+    counts = [0] * len(rows)
+    last: list[dict[str, Any] | None] = [None] * len(rows)
     async with redis.pipeline(transaction=False) as pipe:
-        for event_id, _ in rows:
-            pipe.hget(redis_keys.event(event_id), made_field)
-        counts = [int(n or 0) for n in await pipe.execute()]
+        for _, key in known:
+            pipe.hget(key, made_field)
+        for (i, _), n in zip(known, await pipe.execute(), strict=True):
+            counts[i] = int(n or 0)
     async with redis.pipeline(transaction=False) as pipe:
-        for (event_id, _), n in zip(rows, counts, strict=True):
-            pipe.hget(
-                redis_keys.event(event_id), f"{redis_keys.ATTEMPT_RECORD_PREFIX}{destination}:{n}"
-            )
-        last: list[dict[str, Any] | None] = [
-            orjson.loads(raw) if raw else None for raw in await pipe.execute()
-        ]
+        for i, key in known:
+            pipe.hget(key, f"{redis_keys.ATTEMPT_RECORD_PREFIX}{destination}:{counts[i]}")
+        for (i, _), raw in zip(known, await pipe.execute(), strict=True):
+            last[i] = orjson.loads(raw) if raw else None
     return [
         DeadLetter(
             destination=destination,
@@ -73,6 +76,14 @@ async def _explain(
         )
         for (event_id, score), n, attempt in zip(rows, counts, [a or {} for a in last], strict=True)
     ]
+
+
+def _is_event_id(text: str) -> bool:
+    try:
+        partition_of(text)
+    except ValueError:
+        return False
+    return True
 
 
 async def replay_dead_letters(
@@ -99,11 +110,8 @@ async def replay_dead_letters(
             )
         ]
     by_partition: dict[int, list[str]] = {}
-    for event_id in event_ids:
-        try:
-            by_partition.setdefault(partition_of(event_id), []).append(event_id)
-        except ValueError:
-            continue  # not an event id: no dead letter of it
+    for event_id in filter(_is_event_id, event_ids):  # anything else is no dead letter
+        by_partition.setdefault(partition_of(event_id), []).append(event_id)
     replay = REPLAY.bind(redis)
     done = 0
     for partition, ids in sorted(by_partition.items()):

@@ -33,7 +33,7 @@ import orjson
 from redis.asyncio import Redis
 
 from relay import redis_keys
-from relay.errors import StoreUnavailable
+from relay.errors import NotReplicated, StoreUnavailable
 from relay.groupcommit import GroupCommit
 from relay.hooks import Subscription, notification_items, notification_records
 from relay.ids import new_event_id, partition_of
@@ -177,14 +177,31 @@ class EventStore:
             for p, group in by_partition.items()
         ]
         # One partition (a single event, most often): its items join the group at once.
-        await (calls[0] if len(calls) == 1 else asyncio.gather(*calls))
-        if remember is not None:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.set(remember[0], remember[1], ex=redis_keys.IDEMPOTENCY_TTL_S)
-                if self._replicas is None:
-                    await pipe.execute()
-                else:
-                    await self._replicas.execute(pipe)
+        if len(calls) == 1:
+            failures = []
+            try:
+                await calls[0]
+            except StoreUnavailable as exc:
+                failures.append(exc)
+        else:
+            answers = await asyncio.gather(*calls, return_exceptions=True)
+            failures = [a for a in answers if isinstance(a, BaseException)]
+        if remember is not None and all(isinstance(f, NotReplicated) for f in failures):
+            # Every event is on the master (too few replicas confirmed some): a retry
+            # must find this answer, not queue them again (it is confirmed or refused
+            # when found: relay.api.idempotency).
+            await self._remember(*remember, confirmed=not failures)
+        if failures:
+            raise failures[0]
+
+    async def _remember(self, key: str, answer: bytes, *, confirmed: bool) -> None:
+        """Write an Idempotency-Key's answer; ``confirmed``: once replicas have it."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(key, answer, ex=redis_keys.IDEMPOTENCY_TTL_S)
+            if self._replicas is None or not confirmed:
+                await pipe.execute()
+            else:
+                await self._replicas.execute(pipe)
 
     def _commit(self, partition: int) -> GroupCommit:
         commit = self._commits.get(partition)
@@ -315,10 +332,14 @@ class EventStore:
         return Page(out, stopped_at=last[0], stopped_ms=int(last[1]))
 
     async def _views(self, event_ids: list[str]) -> list[EventView | None]:
+        """The events of these ids (None: unknown, expired, or not an event id at all)."""
+        keys = [_event_key(event_id) for event_id in event_ids]
         async with self._redis.pipeline(transaction=False) as pipe:
-            for event_id in event_ids:
-                pipe.hgetall(redis_keys.event(event_id))
-            return [_view(raw) for raw in await pipe.execute()]
+            for key in keys:
+                if key is not None:
+                    pipe.hgetall(key)
+            found = iter(await pipe.execute())
+        return [None if key is None else _view(next(found)) for key in keys]
 
     async def ping(self) -> bool:
         """Whether Redis answers right now."""
@@ -466,6 +487,14 @@ _LIST_PAGE = 200
 #: events would otherwise read (and fetch) all of them, ~9 s. At 10 000 a call takes
 #: ~0.6 s at worst (bench/console.py) and says where it stopped (Page.stopped_at).
 SCAN_BUDGET = 10_000
+
+
+def _event_key(event_id: str) -> str | None:
+    """An event's hash, or None for text that names no partition (typed by a person)."""
+    try:
+        return redis_keys.event(event_id)
+    except ValueError:
+        return None
 
 
 def _view(raw: dict[str, str]) -> EventView | None:

@@ -108,7 +108,8 @@ async def test_a_search_reads_no_further_back_than_its_retention(redis: Redis) -
 async def test_values_that_share_a_digest_never_mix(
     redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(redis_keys, "who", lambda kind, value: "{relay}:who:same")
+    same = "{{relay:{}}}:who:same".format
+    monkeypatch.setattr(redis_keys, "who", lambda partition, kind, value: same(partition))
     store = EventStore(redis, retention_s=3600, partitions=16)
     ann, bob = lead(email="ann@example.com"), lead(phone="+14155550100")
     await store.enqueue([ann, bob])

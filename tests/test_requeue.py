@@ -52,8 +52,15 @@ async def test_a_replay_queues_each_dead_letter_once_with_a_fresh_schedule(
         await settle_next(redis, DEST, DeliveryStatus.dead, {"status": 503})
     gone = events[2].id
     await redis.delete(redis_keys.event(gone))  # past its retention: nothing left to send
-    assert await replay_dead_letters(redis, DEST, [events[0].id, "evt_never_dead", gone]) == 1
-    assert await replay_dead_letters(redis, DEST, [events[0].id]) == 0  # not dead any more
+    assert (
+        await replay_dead_letters(
+            redis, DEST, [events[0].id, "evt_never_dead", gone], partitions=16
+        )
+        == 1
+    )
+    assert (
+        await replay_dead_letters(redis, DEST, [events[0].id], partitions=16) == 0
+    )  # not dead any more
     assert (
         await replay_dead_letters(redis, DEST, partitions=16) == 1
     )  # all: the one left that can go

@@ -175,10 +175,12 @@ async def test_keep_resets_only_its_own_entries_and_renews_only_live_leases(
     (claimed,) = await queue.claim_stale(DEST, "other", min_idle_ms=500, count=1)
     assert claimed.id == a.id  # the oldest first
     kept, renewed = await queue.keep(
-        DEST, "w", [a.id, b.id], ["ha", "hb", "gone"], lease_ms=LEASE_MS, now_ms=T0 + 9_000
+        DEST, "w", [a, b], ["ha", "hb", "gone"], lease_ms=LEASE_MS, now_ms=T0 + 9_000
     )
     assert (kept, renewed) == (1, 2)
     assert await redis.zscore(redis_keys.inflight(DEST), "ha") == T0 + 9_000 + LEASE_MS
+    # Their holds in the partition (what a copy's take checks) are renewed alike.
+    assert await redis.zscore(redis_keys.held(DEST, 0), "hb") == T0 + 9_000 + LEASE_MS
     # Not stale any more: housekeeping elsewhere (500 ms window) claims nothing of it.
     assert await queue.claim_stale(DEST, "third", min_idle_ms=500, count=10) == []
     rows = await redis.xpending_range(

@@ -16,6 +16,7 @@ from relay.backlog import counts
 from relay.connect import redis_client
 from relay.deadletters import list_dead_letters, replay_dead_letters
 from relay.hooks import HookStore
+from relay.ids import partition_of
 from relay.queue import DeliveryQueue
 from relay.settings import Settings
 from relay.store import EventStore
@@ -189,7 +190,7 @@ async def test_rejection_is_dead_lettered_then_replayed(
     assert "Validation failed" in dest.attempts[0]["excerpt"]
     assert CONVERTR_API_KEY not in str(dest.attempts)
 
-    assert await replay_dead_letters(redis, "convertr", [event_id]) == 1
+    assert await replay_dead_letters(redis, "convertr", [event_id], partitions=16) == 1
     await drain(relay_settings, redis)
     view = await EventStore(redis, retention_s=60, partitions=16).get(event_id)
     assert view is not None
@@ -231,7 +232,8 @@ async def test_rejected_credentials_keep_the_event_and_mark_unhealthy(
     assert "401" in health["convertr"]["problem"]
     found = (await counts(redis, ["convertr"], partitions=16))["convertr"]
     assert (found.retrying, found.dead) == (1, 0), found
-    rows = await redis.zrange(redis_keys.retries("convertr", 0), 0, -1, withscores=True)
+    retries = redis_keys.retries("convertr", partition_of(event_id))
+    rows = await redis.zrange(retries, 0, -1, withscores=True)
     ((member, due),) = cast(list[tuple[str, float]], rows)
     assert member.startswith(event_id + redis_keys.RETRY_CONTACT_SEP)
     # The long end of the schedule: 600 s ± 20 % jitter, minutes rather than seconds.
