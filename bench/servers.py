@@ -398,14 +398,18 @@ class Stack:
     def post(self, path: str, body: bytes) -> dict[str, Any]:
         return self.api.post(path, body)
 
-    def enqueue_contacts(self, destination: str, count: int, *, tag: str) -> None:
-        """Queue ``count`` contacts (one contact each) for ``destination`` through the API."""
+    def enqueue_contacts(
+        self, destination: str, count: int, *, tag: str, api: Api | None = None
+    ) -> None:
+        """Queue ``count`` contacts (one contact each) for ``destination`` through the API
+        (the stack's, or ``api``)."""
+        post = self.post if api is None else api.post
         for start in range(0, count, BATCH):
             items = [
                 {"email": f"{tag}{i}@example.com", "first_name": "Ann", "phone": "+14155550100"}
                 for i in range(start, min(count, start + BATCH))
             ]
-            answer = self.post(f"/v1/contacts?destination={destination}", orjson.dumps(items))
+            answer = post(f"/v1/contacts?destination={destination}", orjson.dumps(items))
             if len(answer.get("accepted", ())) != len(items):
                 raise BenchError(f"relay did not queue every contact: {str(answer)[:300]}")
 

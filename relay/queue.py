@@ -181,10 +181,18 @@ class DeliveryQueue:
         self, destination: str, consumer: str, *, min_idle_ms: int, count: int
     ) -> list[Entry]:
         """Entries another consumer took and did not settle within ``min_idle_ms``, from
-        every partition, at most ``count``."""
-        found: list[Entry] = []
-        for stream in self.streams(destination):
-            try:
+        every partition, at most ``count``. One round trip finds the partitions with
+        entries pending at all (most have none most of the time); only those are asked."""
+        streams = self.streams(destination)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for stream in streams:
+                    pipe.xpending(stream, redis_keys.CONSUMER_GROUP)
+                summaries = await pipe.execute()
+            found: list[Entry] = []
+            for stream, summary in zip(streams, summaries, strict=True):
+                if not summary["pending"]:
+                    continue
                 reply = await self._redis.xautoclaim(
                     stream,
                     redis_keys.CONSUMER_GROUP,
@@ -193,14 +201,14 @@ class DeliveryQueue:
                     start_id="0-0",
                     count=count - len(found),
                 )
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                await self.ensure_group(destination)
-                return found
-            found += _entries(reply[1])
-            if len(found) >= count:
-                break
+                found += _entries(reply[1])
+                if len(found) >= count:
+                    break
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.ensure_group(destination)
+            return []
         return found
 
     async def take(
@@ -393,17 +401,17 @@ class DeliveryQueue:
         if not destinations:
             return 0
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-        moved = 0
-        for partition in range(self._partitions):
+
+        async def one(partition: int) -> int:
             batch = self._move_due.batch()
             for dest in destinations:
                 retries = redis_keys.retries(dest, partition)
                 stream = redis_keys.queue(dest, partition)
                 batch.add({"retries": batch.key(retries), "stream": batch.key(stream)})
-            moved += int(
-                await self._move_due(batch, keys={}, args={"now_ms": now_ms, "limit": limit})
-            )
-        return moved
+            args = {"now_ms": now_ms, "limit": limit}
+            return int(await self._move_due(batch, keys={}, args=args))
+
+        return sum(await asyncio.gather(*(one(p) for p in range(self._partitions))))
 
     async def idle(self, destinations: Sequence[str]) -> bool:
         """Nothing waiting, pending or scheduled for any of these destinations."""

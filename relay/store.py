@@ -177,8 +177,8 @@ class EventStore:
             for p, group in by_partition.items()
         ]
         # One partition (a single event, most often): its items join the group at once.
+        failures: list[BaseException] = []
         if len(calls) == 1:
-            failures = []
             try:
                 await calls[0]
             except StoreUnavailable as exc:
