@@ -31,7 +31,7 @@ from relay.worker import Worker
 from tests.events import new_lead
 from tests.fakes import FakeReceiver
 from tests.procs import clean_env, relay
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, free_port
 
 PARTS = 4
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -105,6 +105,10 @@ async def test_a_process_with_another_count_refuses_to_start(
     assert done.returncode == 1
     assert "RELAY_PARTITIONS is 8" in done.stderr
     assert "drain" in done.stderr
+    # relay serve listens at once (Redis may be away), and stops as soon as it sees it.
+    done = relay("serve", "--port", str(free_port()), cwd=tmp_path, env=env, check=False)
+    assert done.returncode == 1
+    assert "relay: error: RELAY_PARTITIONS is 8" in done.stderr
     assert await redis.get(redis_keys.PARTITIONS) == str(PARTS)  # left as it was
 
 
