@@ -27,7 +27,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import orjson
 from redis.asyncio import Redis
@@ -37,6 +37,7 @@ from relay.errors import NotReplicated, StoreUnavailable
 from relay.groupcommit import GroupCommit
 from relay.hooks import Subscription, notification_items, notification_records
 from relay.ids import new_event_id, partition_of
+from relay.listing import MergedIndexes
 from relay.models import Contact, DeliveryStatus, DestinationView, EventKind, EventView
 from relay.normalize import normalize_email, normalize_phone
 from relay.partitions import contact_partition
@@ -309,7 +310,9 @@ class EventStore:
             # Inclusive: events of the same millisecond sort by id, and the ones at or
             # after the cursor (already on an earlier page) are skipped below.
             top, cursor = score, (score, before)
-        merged = _Merge(self._redis, indexes, top, "-inf" if after_ms is None else f"({after_ms}")
+        merged = MergedIndexes(
+            self._redis, indexes, top, "-inf" if after_ms is None else f"({after_ms}"
+        )
         read = 0
         last: tuple[str, float] | None = None  # the last entry read
         while len(out) < limit and read < budget:
@@ -419,59 +422,6 @@ class _Filter:
             and (not self.email or view.payload.email == self.email)
             and (not self.phone or view.payload.phone == self.phone)
         )
-
-
-class _Merge:
-    """Zsets of event ids by ms (a partition's each), read newest first as one: a page
-    of each at a time, as far down as the others have been read."""
-
-    __slots__ = ("_bottom", "_buffers", "_done", "_indexes", "_offsets", "_redis", "_top")
-
-    def __init__(self, redis: Redis, indexes: list[str], top: str | float, bottom: str) -> None:
-        self._redis = redis
-        self._indexes = indexes
-        self._top, self._bottom = top, bottom
-        self._buffers: list[list[tuple[str, float]]] = [[] for _ in indexes]
-        self._offsets = [0] * len(indexes)
-        self._done = [False] * len(indexes)
-
-    async def _fill(self, size: int) -> None:
-        """Read the next page of every index whose buffer is empty."""
-        empty = [i for i, b in enumerate(self._buffers) if not b and not self._done[i]]
-        if not empty:
-            return
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for i in empty:
-                pipe.zrevrangebyscore(
-                    self._indexes[i],
-                    self._top,
-                    self._bottom,
-                    start=self._offsets[i],
-                    num=size,
-                    withscores=True,
-                )
-            pages = cast(list[list[tuple[str, float]]], await pipe.execute())
-        for i, page in zip(empty, pages, strict=True):
-            self._offsets[i] += len(page)
-            self._done[i] = len(page) < size
-            self._buffers[i] = page[::-1]  # oldest first: the newest pops off the end
-
-    async def take(self, count: int) -> list[tuple[str, float]]:
-        """The next ``count`` entries (or fewer: the end), newest first."""
-        out: list[tuple[str, float]] = []
-        while len(out) < count:
-            await self._fill(max(count, 20))
-            heads = [(b[-1][1], b[-1][0], i) for i, b in enumerate(self._buffers) if b]
-            if not heads:
-                break
-            _, _, i = max(heads)
-            out.append(self._buffers[i].pop())
-        return out
-
-    async def more(self) -> bool:
-        """Whether any entry is left to read."""
-        await self._fill(1)
-        return any(self._buffers)
 
 
 def _who_keys(partition: int, email: str | None, phone: str | None) -> list[str]:
