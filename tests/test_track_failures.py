@@ -120,6 +120,10 @@ async def test_a_track_taken_with_an_undocumented_answer_is_not_sent_again(
     assert [e["event"] for _, e in fake_conveyour.tracked] == ["interviewed", "hired"]
     attempts = await _attempts(redis, event_id, "conveyour")
     assert [(a["outcome"], a["steps"]) for a in attempts] == [("delivered", 4)]
+    assert attempts[0]["note"] == (
+        f"track event 0 ('applied'): taken on HTTP {status} with no status in the answer"
+        " (not resent)"
+    )
 
     fake_conveyour.script(status=status, body=body)  # an identify answered so
     other = await post_lead({"email": "oe@example.com"}, "/v1/contacts")

@@ -192,6 +192,7 @@ class ConveyourAdapter:
             for n in (p.removeprefix("$") for p in self._config.id.split(","))
             if item["traits"].get(n)
         )
+        notes: list[str] = []
         for i in range(done - 1, len(tracks)):
             if last is not None and before_each is not None:
                 await before_each()
@@ -203,10 +204,13 @@ class ConveyourAdapter:
                 return dataclasses.replace(
                     last, steps=done, note=note[:500], duration_ms=round(spent_ms, 3)
                 )
+            if last.note:  # taken, but oddly: kept, or the calls after it would hide it
+                notes.append(f"track event {i} ({tracks[i]['event']!r}): {last.note}")
             done += 1
         if last is None:  # nothing was left to send (cannot happen: it would be delivered)
             return Attempt(Outcome.delivered, None, 0.0, steps=done)
-        return dataclasses.replace(last, steps=done, duration_ms=round(spent_ms, 3))
+        note = "; ".join(notes)[:500] or last.note
+        return dataclasses.replace(last, steps=done, note=note, duration_ms=round(spent_ms, 3))
 
     async def deliver_batch(
         self,
