@@ -209,8 +209,12 @@ class ConveyourAdapter:
             done += 1
         if last is None:  # nothing was left to send (cannot happen: it would be delivered)
             return Attempt(Outcome.delivered, None, 0.0, steps=done)
-        note = "; ".join(notes)[:500] or last.note
-        return dataclasses.replace(last, steps=done, note=note, duration_ms=round(spent_ms, 3))
+        return dataclasses.replace(
+            last,
+            steps=done,
+            note="; ".join(notes)[:500] or last.note,
+            duration_ms=round(spent_ms, 3),
+        )
 
     async def deliver_batch(
         self,
