@@ -235,6 +235,10 @@ async def test_forms_and_flattened_keys_carry_events(
     flat = {"email": "j@example.com", "events.0.event": "applied", "events.0.properties.job": "x"}
     resp = await client.post("/v1/contacts", json=flat, headers=key)
     assert (await payload_of(resp))["events"] == [{"event": "applied", "properties": {"job": "x"}}]
+    # already nested by the sender (Webhooks by Zapier's json payload nests __ keys)
+    nested = {"email": "n@example.com", "events": {"1": {"event": "b"}, "0": {"event": "a"}}}
+    resp = await client.post("/v1/contacts", json=nested, headers=key)
+    assert [e["event"] for e in (await payload_of(resp))["events"]] == ["a", "b"]
     # wrapped ({"contact": {...}}): the list inside the wrapper, and errors named there
     wrapped = {"contact": {"email": "w@example.com", "events": [{"event": "applied"}]}}
     resp = await client.post("/v1/contacts", json=wrapped, headers=key)
