@@ -9,7 +9,6 @@ before they are handed out. ``url`` is what ``RELAY_REDIS_URL`` would say.
 from __future__ import annotations
 
 import contextlib
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,14 +16,13 @@ from pathlib import Path
 from redis import Redis as SyncRedis
 from redis.exceptions import RedisError
 
-from tests.redis_server import RedisServer, free_port
+from bench.cluster import cluster_port
+from tests.redis_server import RedisServer
 
 __all__ = ["ClusterServers", "SentinelServers", "running"]
 
 #: Slots of a Redis Cluster.
 _SLOTS = 16384
-#: A cluster node talks to the others on its port + 10000.
-_BUS_OFFSET = 10000
 #: How long the servers may take to agree (a cluster's gossip, sentinels' hellos).
 _AGREE_S = 30.0
 
@@ -45,20 +43,6 @@ def _hosts(servers: list[RedisServer]) -> str:
     return ",".join(f"127.0.0.1:{s.port}" for s in servers)
 
 
-def _cluster_port() -> int:
-    """A free port whose cluster bus port (10000 above it) is free too."""
-    while True:
-        port = free_port()
-        if port + _BUS_OFFSET > 65535:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port + _BUS_OFFSET))
-            except OSError:
-                continue
-        return port
-
-
 class ClusterServers:
     """A Redis Cluster: ``masters`` masters with one replica each, slots split evenly."""
 
@@ -72,7 +56,7 @@ class ClusterServers:
         args = ("--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms))
         self.servers = [
             RedisServer(
-                data_dir / f"node{n}", port=_cluster_port(), password=password or None, args=args
+                data_dir / f"node{n}", port=cluster_port(), password=password or None, args=args
             )
             for n in range(masters * 2)
         ]
