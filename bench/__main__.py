@@ -71,7 +71,7 @@ stopped and removed at the end, on error and on Ctrl-C.
 
 examples:
   python -m bench                       # full run, a few minutes
-  python -m bench --smoke               # about 20 s: does everything still run?
+  python -m bench --smoke               # about 30 s: does everything still run?
   python -m bench --only ingest --duration 10 --connections 128 --json
   python -m bench --only memory --events 1000000
   python -m bench --only ingest,delivery --deliveries 20000 --profile prof/
@@ -113,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--smoke", action="store_true", help="tiny sizes (about 20 s): check that it all runs"
+        "--smoke", action="store_true", help="tiny sizes (about 30 s): check that it all runs"
     )
     parser.add_argument(
         "--only",

@@ -34,9 +34,6 @@ from tests.redis_topologies import ClusterServers, SentinelServers, running
 
 __all__ = ["fake_convertr"]
 
-#: Starting a topology, the load before and after, the failover and the drain.
-pytestmark = pytest.mark.timeout(180)
-
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[ClusterServers]:
