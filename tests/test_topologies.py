@@ -146,9 +146,14 @@ async def test_replicas_confirm_ingest_keys_and_hooks(
     client = await app_client(settings)
     key = await make_key("write:leads", "webhooks")
     headers = {"X-API-Key": key}
-    answer = await client.post("/v1/leads", json={"email": "w@example.com"}, headers=headers)
+    once = headers | {"Idempotency-Key": "zap-1"}
+    answer = await client.post("/v1/leads", json={"email": "w@example.com"}, headers=once)
     assert answer.status == 202, await answer.text()
     event_id = (await answer.json())["id"]
+    # A repeat is answered from the record, written again and WAITed on (on its master).
+    again = await client.post("/v1/leads", json={"email": "w@example.com"}, headers=once)
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert (await again.json())["id"] == event_id
     hook = {"target_url": "https://93.184.216.34/h", "event": "lead.received"}
     created = await client.post("/v1/hooks", json=hook, headers=headers)
     assert created.status == 201, await created.text()
