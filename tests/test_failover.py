@@ -116,8 +116,8 @@ async def test_cluster_wait_is_on_the_master_that_took_the_write(
 ) -> None:  # fmt: skip
     """With the replica of the master that owns the written keys stopped (SIGSTOP), a
     write is 503 (NotReplicated), though the other masters' replicas are up: WAIT went
-    to that master, on the connection that wrote (a WAIT on a fresh connection, or on
-    another master, would count a replica and answer 202). Continued, it confirms."""
+    to that master (a WAIT on another master would count that one's replica and answer
+    202: tried). Continued, it confirms."""
     settings = settings_for(cluster.url, fake_convertr, tmp_path, replicas=1)
     settings = settings.model_copy(update={"redis_min_replicas_timeout_ms": 300})
     redis = redis_client(cluster.url)
