@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 
 from relay import redis_keys
 from relay.errors import Conflict, ValidationFailed
-from relay.replicas import Replicas
+from relay.replicas import Replicas, write
 
 __all__ = ["Claim", "claim", "idempotency_key", "release"]
 
@@ -106,9 +106,9 @@ async def _confirmed(redis: Redis, redis_key: str, stored: str | bytes, replicas
     """Whether the record is still there, once replicas have it; NotReplicated if they do
     not confirm. WAIT counts only its own connection's writes, so the record is written
     again (same value and TTL) on that connection first."""
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.set(redis_key, stored, xx=True, keepttl=True)
-        (written,) = await replicas.execute(pipe)
+    (written,) = await write(
+        redis, redis_key, [("SET", redis_key, stored, "XX", "KEEPTTL")], replicas
+    )
     return bool(written)
 
 
