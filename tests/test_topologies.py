@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from redis.asyncio import Redis
 from redis.exceptions import MovedError
 
 from relay import redis_keys
-from relay.connect import check_version, redis_client
+from relay.connect import MASTER_CHECK_S, check_version, redis_client
 from relay.errors import StoreUnavailable
 from relay.keystore import KeyStore
 from relay.replicas import Replicas
@@ -202,6 +203,7 @@ def _replicas(servers: Topology) -> list[SyncRedis]:
     return found
 
 
+@pytest.mark.parametrize("replicas", [0, 1])
 @pytest.mark.parametrize("redis_server", ["sentinel"], indirect=True)
 async def test_relay_follows_a_sentinel_failover(
     redis_server: SentinelServers,
@@ -210,31 +212,43 @@ async def test_relay_follows_a_sentinel_failover(
     app_client: Any,
     make_key: Any,
     fake_convertr: FakeConvertr,
+    replicas: int,
 ) -> None:
     """After SENTINEL FAILOVER the same client writes to the new master (a few 503s
-    while it moves are allowed), at once: not to the old one, which still takes writes
-    until Sentinel demotes it and loses them then; the worker delivers what was
-    accepted before and after."""
-    client = await app_client(relay_settings)
+    while it moves are allowed): the worker delivers what was accepted before and after.
+
+    The old master still takes writes until Sentinel demotes it, and loses them then;
+    the client sees the switch within MASTER_CHECK_S (README, "Sentinel"). Without
+    RELAY_REDIS_MIN_REPLICAS the test posts once that has passed; with 1 it posts at
+    once, and a write that lands on the old master must get a 503 (its replica is
+    gone), never a 202 that is then lost. A 503 undoes nothing (the write may still be
+    delivered), so the client repeats with one Idempotency-Key, as it should."""
+    settings = relay_settings.model_copy(update={"redis_min_replicas": replicas})
+    _until_replicated(redis_server)  # an earlier failover's old master may not be back yet
+    client = await app_client(settings)
     key = await make_key("write:leads")
     headers = {"X-API-Key": key}
     before = await client.post("/v1/leads?destination=convertr", json={"email": "a@example.com"},
                                headers=headers)  # fmt: skip
-    assert before.status == 202
+    assert before.status == 202, await before.text()
     old = redis_server.master_port()
+    started = time.monotonic()
     new = redis_server.failover()
     assert new != old
+    if not replicas:
+        await asyncio.sleep(max(0.0, MASTER_CHECK_S - (time.monotonic() - started)) + 0.1)
     statuses = []
     for _ in range(100):
         after = await client.post("/v1/leads?destination=convertr",
-                                  json={"email": "b@example.com"}, headers=headers)  # fmt: skip
+                                  json={"email": "b@example.com"},
+                                  headers={**headers, "Idempotency-Key": "b"})  # fmt: skip
         statuses.append(after.status)
         if after.status == 202:
             break
         assert after.status == 503, await after.text()
         await asyncio.sleep(0.1)
     assert statuses[-1] == 202, statuses
-    await drain(relay_settings, redis)
+    await drain(settings, redis)
     assert sorted(lead["fields"]["email"] for lead in fake_convertr.leads) == [
         "a@example.com",
         "b@example.com",
@@ -242,6 +256,17 @@ async def test_relay_follows_a_sentinel_failover(
     with redis_server.data_client(new) as master:
         assert master.info("replication")["role"] == "master"
         assert master.zcard("{relay}:events") == 2
+    with redis_server.data_client(old) as demoted:  # what Sentinel does, seconds later
+        demoted.replicaof("127.0.0.1", new)
+
+
+def _until_replicated(servers: SentinelServers, timeout_s: float = 20) -> None:
+    """Wait until the master has a replica that is online."""
+    deadline = time.monotonic() + timeout_s
+    with servers.data_client(servers.master_port()) as master:
+        while master.info("replication").get("connected_slaves", 0) < 1:
+            assert time.monotonic() < deadline, "the master has no replica"
+            time.sleep(0.1)
 
 
 @pytest.mark.parametrize(
