@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 import orjson
 
 from bench import report
+from bench.cluster import run_cluster
 from bench.delivery import run_delivery
 from bench.ingest import run_ingest
 from bench.latency import run_latency
@@ -32,7 +33,7 @@ from bench.ratelimit import run_ratelimit
 from bench.servers import BenchError, Procs, Stack
 from relay.settings import parse_rate_limit
 
-SECTIONS = ("ingest", "delivery", "latency", "ratelimit", "memory")
+SECTIONS = ("ingest", "delivery", "latency", "ratelimit", "memory", "cluster")
 
 _EPILOG = """\
 sections:
@@ -61,6 +62,11 @@ sections:
   memory     Redis bytes per queued event vs the lead's JSON (target <= 2x), and relay
              serve's RSS at the start, middle and end of sustained ingest (a relay serve
              of its own, on a Redis database of its own)
+  cluster    relay on a Redis Cluster of 3 masters vs relay on the single Redis, same
+             run: ingest in alternating rounds (req/s, p99) and one relay worker --drain
+             each on the same number of queued contacts (events/s); cluster/one ratios.
+             With --min-replicas N, each master has N replicas and relay serve with
+             RELAY_REDIS_MIN_REPLICAS=N on the cluster takes its turn in the rounds
 
 Everything runs on 127.0.0.1: a redis-server (append-only file, everysec) in a
 temp dir, relay as subprocesses, the fake upstream and the baseline; all of it is
@@ -68,12 +74,13 @@ stopped and removed at the end, on error and on Ctrl-C.
 
 examples:
   python -m bench                       # full run, a few minutes
-  python -m bench --smoke               # about 20 s: does everything still run?
+  python -m bench --smoke               # about 30 s: does everything still run?
   python -m bench --only ingest --duration 10 --connections 128 --json
   python -m bench --only memory --events 1000000
   python -m bench --only ingest,delivery --deliveries 20000 --profile prof/
   python -m bench --only latency --latency-rate 1000 --latency-duration 30
   python -m bench --only ingest --min-replicas 1   # the cost of RELAY_REDIS_MIN_REPLICAS=1
+  python -m bench --only cluster                   # a 3-master Redis Cluster vs one Redis
 """
 
 
@@ -109,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--smoke", action="store_true", help="tiny sizes (about 20 s): check that it all runs"
+        "--smoke", action="store_true", help="tiny sizes (about 30 s): check that it all runs"
     )
     parser.add_argument(
         "--only",
@@ -153,8 +160,9 @@ def _parser() -> argparse.ArgumentParser:
         choices=range(4),
         default=0,
         metavar="N",
-        help="start N Redis replicas for the ingest rounds and add relay serve with "
-        "RELAY_REDIS_MIN_REPLICAS=N to them (default 0: none; at most 3)",
+        help="start N Redis replicas for the ingest rounds (N per master in the cluster "
+        "section) and add relay serve with RELAY_REDIS_MIN_REPLICAS=N to them (default 0: "
+        "none; at most 3)",
     )
     parser.add_argument(
         "--deliveries",
@@ -325,6 +333,19 @@ def _run(
             concurrency=plan.concurrency,
         ),
         "memory": lambda: run_memory(stack, events=plan.events),
+        "cluster": lambda: run_cluster(
+            procs,
+            stack,
+            masters=3,
+            connections=plan.connections,
+            round_s=plan.round_s,
+            rounds=plan.rounds,
+            warmup_s=plan.warmup_s,
+            use_wrk=plan.use_wrk,
+            events=plan.deliveries,
+            concurrency=plan.concurrency,
+            min_replicas=plan.min_replicas,
+        ),
     }
     render: dict[str, Callable[[Any], tuple[list[str], list[report.Target]]]] = {
         "ingest": report.ingest,
@@ -332,6 +353,7 @@ def _run(
         "latency": report.latency,
         "ratelimit": report.ratelimit,
         "memory": report.memory,
+        "cluster": report.cluster,
     }
     found: list[report.Target] = []
     for name in SECTIONS:
@@ -358,6 +380,10 @@ def _broken(results: dict[str, Any]) -> list[str]:
         for side in ("baseline", "relay", "relay_multi", "relay_waiting"):
             if side in ingest and (bad := ingest[side]["non_2xx"] + ingest[side]["errors"]):
                 problems.append(f"ingest: {bad} {side} requests were not answered 2xx")
+    if (cluster := results.get("cluster")) is not None:
+        for side in ("ingest_single", "ingest_cluster", "ingest_cluster_waiting"):
+            if side in cluster and (bad := cluster[side]["non_2xx"] + cluster[side]["errors"]):
+                problems.append(f"cluster: {bad} {side} requests were not answered 2xx")
     if (steady := results.get("latency")) is not None:
         if steady["lost"]:
             problems.append(f"latency: {steady['lost']} accepted events never reached the upstream")

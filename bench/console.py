@@ -25,7 +25,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from bench.servers import Procs, _start_redis
+from bench.servers import Procs, start_redis
 from relay import redis_keys
 from relay.api import create_app
 from relay.connect import redis_client
@@ -156,7 +156,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         procs = Procs(Path(tmp))
         try:
-            _, port = _start_redis(procs)
+            _, port = start_redis(procs)
             url = f"redis://127.0.0.1:{port}/0"
             began = time.perf_counter()
             key = asyncio.run(_fill(url, n))

@@ -12,15 +12,16 @@ partitions (a stream each per destination) on one Redis.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from bench.load import run_load
 from bench.profile import Profiler
-from bench.servers import BenchError, Procs, Stack
+from bench.servers import Api, BenchError, Procs, Stack
 
-__all__ = ["DeliveryResult", "run_delivery"]
+__all__ = ["DeliveryResult", "relay_delivery", "run_delivery"]
 
 
 @dataclass(frozen=True)
@@ -68,22 +69,27 @@ def _rate(times: list[float]) -> float:
     return (len(times) - 1) / (times[-1] - times[0])
 
 
-def run_delivery(
-    procs: Procs, stack: Stack, *, events: int, concurrency: int, profiler: Profiler
-) -> DeliveryResult:
+def relay_delivery(
+    procs: Procs,
+    stack: Stack,
+    *,
+    events: int,
+    concurrency: int,
+    profiler: Profiler | None = None,
+    api: Api | None = None,
+    redis_url: str | None = None,
+) -> tuple[float, float, dict[str, Any]]:
+    """``events`` contacts queued for ``fast`` through ``api`` (default the stack's) and
+    delivered by one ``relay worker --drain`` on ``redis_url`` (default the stack's):
+    events/s from the upstream's clock, the worker's wall time, a request it sent."""
     stack.reset_upstream()
-    stack.enqueue_contacts("fast", events, tag=f"d{time.monotonic_ns()}-")
+    stack.enqueue_contacts("fast", events, tag=f"d{time.monotonic_ns()}-", api=api)
+    env = stack.worker_env("fast") | ({"RELAY_REDIS_URL": redis_url} if redis_url else {})
     started = time.monotonic()
     worker = procs.python(
-        "relay-worker",
-        "relay",
-        "worker",
-        "--drain",
-        "--concurrency",
-        str(concurrency),
-        env=stack.worker_env("fast"),
+        "relay-worker", "relay", "worker", "--drain", "--concurrency", str(concurrency), env=env
     )
-    with profiler.attach(worker, "delivery"):
+    with profiler.attach(worker, "delivery") if profiler else contextlib.nullcontext():
         code = procs.wait(worker, timeout_s=60 + events / 20)
     wall_s = time.monotonic() - started
     if code != 0:
@@ -91,8 +97,15 @@ def run_delivery(
     relay = stack.upstream_stats()
     if relay["unique"] != events:
         raise BenchError(f"the upstream got {relay['unique']} of {events} events")
-    sample = relay["sample"]
+    return _rate(relay["times"]), wall_s, relay["sample"]
 
+
+def run_delivery(
+    procs: Procs, stack: Stack, *, events: int, concurrency: int, profiler: Profiler
+) -> DeliveryResult:
+    relay_rate, wall_s, sample = relay_delivery(
+        procs, stack, events=events, concurrency=concurrency, profiler=profiler
+    )
     stack.reset_upstream()
     result = run_load(
         procs,
@@ -109,7 +122,7 @@ def run_delivery(
     return DeliveryResult(
         events=events,
         concurrency=concurrency,
-        relay_rate=_rate(relay["times"]),
+        relay_rate=relay_rate,
         baseline_rate=_rate(baseline["times"]),
         worker_wall_s=wall_s,
         one_partition_rate=_one_partition(procs, stack, events=events, concurrency=concurrency),

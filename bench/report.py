@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bench.cluster import ClusterResult
 from bench.delivery import DeliveryResult
 from bench.ingest import IngestResult
 from bench.latency import LATE_S, LatencyResult, Spread
@@ -14,6 +15,7 @@ from bench.ratelimit import RateLimitResult
 
 __all__ = [
     "Target",
+    "cluster",
     "delivery",
     "ingest",
     "latency",
@@ -147,6 +149,43 @@ def delivery(r: DeliveryResult) -> tuple[list[str], list[Target]]:
     return lines, [
         Target("delivery events/s relay/baseline", f"{r.ratio:.2f}", ">= 0.70", r.ratio >= 0.7)
     ]
+
+
+def _waiting_row(r: ClusterResult) -> list[tuple[str, str, str, str]]:
+    if r.waiting is None or r.wait_ratio is None:
+        return []
+    name = f"ingest req/s, cluster with RELAY_REDIS_MIN_REPLICAS={r.waiting[0]}"
+    return [(name, "", f"{r.waiting[1].rps:,.0f}", f"{r.wait_ratio:.2f} of cluster")]
+
+
+def cluster(r: ClusterResult) -> tuple[list[str], list[Target]]:
+    lines = [
+        f"Cluster: relay on a Redis Cluster of {r.masters} masters "
+        f"({r.waiting[0] if r.waiting else 'no'} replica(s) each) vs one "
+        f"Redis, in the same run; relay's data ended on {r.masters_used} of the masters",
+        *table(
+            [
+                ("", "one Redis", "cluster", "cluster/one"),
+                (
+                    f"ingest req/s ({r.connections} connections)",
+                    f"{r.single.rps:,.0f}",
+                    f"{r.cluster.rps:,.0f}",
+                    f"{r.ingest_ratio:.2f}",
+                ),
+                ("ingest p99 ms", f"{r.single.p99_ms:.1f}", f"{r.cluster.p99_ms:.1f}", ""),
+                *_waiting_row(r),
+                (
+                    f"delivery events/s (1 worker, concurrency {r.concurrency})",
+                    f"{r.single_rate:,.0f}",
+                    f"{r.cluster_rate:,.0f}",
+                    f"{r.delivery_ratio:.2f}",
+                ),
+            ]
+        ),
+        f"  ingest: {len(r.single.rounds)} alternating round(s) of {r.round_s:g} s each; "
+        f"delivery: {r.events:,} queued contacts each, rates from the upstream's clock",
+    ]
+    return lines, []
 
 
 def _spread(name: str, s: Spread) -> tuple[str, ...]:

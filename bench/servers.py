@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,17 +203,28 @@ class Procs:
             time.sleep(0.05)
 
 
-def _start_redis(procs: Procs, *, replica_of: int | None = None) -> tuple[Proc, int]:
-    """A redis-server as relay asks for it; with ``replica_of``, a replica of that port's."""
-    port = free_port()
-    data = procs.workdir / ("redis" if replica_of is None else f"redis-replica-{port}")
+def start_redis(
+    procs: Procs,
+    *,
+    replica_of: int | None = None,
+    name: str = "redis-server",
+    args: Sequence[str] = (),
+    port: int | None = None,
+) -> tuple[Proc, int]:
+    """A redis-server as relay asks for it, and its port; with ``replica_of``, a replica
+    of that port's; ``args``: more options (``--cluster-enabled yes``...); ``port``: that
+    one rather than a free one."""
+    port = port or free_port()
+    if replica_of is not None:
+        name = "redis-replica"
+    data = procs.workdir / ("redis" if name == "redis-server" else f"{name}-{port}")
     data.mkdir()
     argv = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1"]
     argv += ["--dir", str(data), *SERVER_SETTINGS]
-    argv += ["--save", "", "--logfile", ""]
+    argv += ["--save", "", "--logfile", "", *args]
     if replica_of is not None:
         argv += ["--replicaof", "127.0.0.1", str(replica_of)]
-    proc = procs.start("redis-server" if replica_of is None else "redis-replica", argv)
+    proc = procs.start(name, argv)
     deadline = time.monotonic() + _READY_TIMEOUT_S
     while True:
         proc.check_alive()
@@ -282,7 +294,7 @@ class Stack:
         self.procs = procs
         self.concurrency = concurrency
         self.rate_limit = rate_limit
-        self.redis, self.redis_port = _start_redis(procs)
+        self.redis, self.redis_port = start_redis(procs)
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
         self.upstream_port = free_port()
         self.upstream = procs.python(
@@ -300,14 +312,17 @@ class Stack:
         db: int = 0,
         worker_for: str | None = None,
         extra_env: dict[str, str] | None = None,
+        redis_url: str | None = None,
     ) -> Api:
         """A ``relay serve --no-worker [flags]`` on Redis database ``db`` (``db`` > 0: a
         keyspace of its own, as fresh as a new Redis), with a key of its own.
 
         With ``worker_for``, a ``relay serve`` with its in-process worker instead,
-        whose relay.toml names only that destination. ``extra_env``: more settings."""
+        whose relay.toml names only that destination. ``extra_env``: more settings.
+        ``redis_url``: another Redis than the stack's (a cluster), instead of ``db``."""
         env = self.env if worker_for is None else self.worker_env(worker_for)
-        env = env | {"RELAY_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/{db}"}
+        url = redis_url or f"redis://127.0.0.1:{self.redis_port}/{db}"
+        env = env | {"RELAY_REDIS_URL": url}
         env |= extra_env or {}
         key = self._create_key(env)
         port = free_port()
@@ -324,7 +339,7 @@ class Stack:
 
     def start_replica(self) -> Proc:
         """A replica of the stack's Redis, once its link to the master is up."""
-        proc, port = _start_redis(self.procs, replica_of=self.redis_port)
+        proc, port = start_redis(self.procs, replica_of=self.redis_port)
         deadline = time.monotonic() + _READY_TIMEOUT_S
         with Redis(host="127.0.0.1", port=port) as redis:
             while redis.info("replication").get("master_link_status") != "up":
@@ -402,14 +417,14 @@ class Stack:
         self, destination: str, count: int, *, tag: str, api: Api | None = None
     ) -> None:
         """Queue ``count`` contacts (one contact each) for ``destination`` through the API
-        (the stack's, or ``api``)."""
-        post = self.post if api is None else api.post
+        (``api``, default the stack's)."""
+        api = api or self.api
         for start in range(0, count, BATCH):
             items = [
                 {"email": f"{tag}{i}@example.com", "first_name": "Ann", "phone": "+14155550100"}
                 for i in range(start, min(count, start + BATCH))
             ]
-            answer = post(f"/v1/contacts?destination={destination}", orjson.dumps(items))
+            answer = api.post(f"/v1/contacts?destination={destination}", orjson.dumps(items))
             if len(answer.get("accepted", ())) != len(items):
                 raise BenchError(f"relay did not queue every contact: {str(answer)[:300]}")
 

@@ -27,13 +27,20 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.client import Pipeline, PubSub
-from redis.asyncio.cluster import ClusterNode, ClusterPipeline, ClusterPubSub, RedisCluster
+from redis.asyncio.cluster import (
+    ClusterNode,
+    ClusterPipeline,
+    ClusterPubSub,
+    PipelineCommand,
+    RedisCluster,
+)
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import (
     ClusterError,
     ConnectionError,
+    MovedError,
     OutOfMemoryError,
     ReadOnlyError,
     RedisClusterUnreachableError,
@@ -42,6 +49,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 from redis.exceptions import TimeoutError as RedisTimeout
+from redis.typing import EncodableT
 
 from relay import redis_keys
 from relay.embedded import COMPACT_HASH_VALUE, EmbeddedRedis
@@ -74,6 +82,8 @@ RECONNECT_RETRIES = 4
 #: How often a Sentinel client asks the sentinels which master is current (besides at
 #: every new connection): the longest a switch of master can go unseen.
 MASTER_CHECK_S = 1.0
+#: Times RelayCluster.on_master sends its commands, following MOVED (a failover).
+_ON_MASTER_TRIES = 3
 #: Connections one client keeps at most. A command that finds them all busy waits
 #: for one (up to SOCKET_TIMEOUT_S) instead of failing: redis-py's own pool raises
 #: "Too many connections" past 100, which a burst of requests turned into 503s.
@@ -353,6 +363,36 @@ class RelayCluster(RedisCluster):
         if shard_hint:
             raise ValueError("a cluster pipeline takes no shard_hint")
         return _ClusterPipeline(self, transaction)  # type: ignore[abstract]
+
+    @_translated
+    async def on_master(self, key: str, commands: list[tuple[EncodableT, ...]]) -> list[Any]:
+        """The answers to ``commands``, sent together on one connection to the master
+        that owns ``key``'s slot (so a WAIT among them counts the writes before it: see
+        relay.replicas); the first error answer is raised.
+
+        A MOVED (the slot has another master now: a failover, a resharding) means
+        Redis ran nothing of ``commands`` that needed the slot (a MULTI is aborted):
+        the map is patched and they go again, to the new master, a few times.
+        """
+        for attempt in range(_ON_MASTER_TRIES):
+            if self._initialize_due():  # a refresh asked for after an error, or none yet
+                await self.initialize()
+            node = self.get_node_from_key(key)
+            if node is None:
+                raise SlotNotCoveredError(f"no master holds the slot of {key!r} now")
+            sent = [PipelineCommand(n, *command) for n, command in enumerate(commands)]
+            await node.execute_pipeline(sent)
+            error = next((c.result for c in sent if isinstance(c.result, Exception)), None)
+            if error is None:
+                return [c.result for c in sent]
+            if isinstance(error, MovedError) and attempt + 1 < _ON_MASTER_TRIES:
+                await self.nodes_manager.move_slot(error)
+                continue
+            if isinstance(error, ConnectionError | RedisTimeout | MovedError):
+                # As redis-py's own commands do: the next call reads the map again.
+                self._request_refresh(last_failed_node_name=node.name)
+            raise error
+        raise AssertionError("unreachable")  # the last attempt returns or raises
 
     def pubsub(
         self,

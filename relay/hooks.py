@@ -36,7 +36,7 @@ from relay.availability import RedisWatch
 from relay.ids import new_event_id, partition_of, random_base62
 from relay.invalidation import listen
 from relay.models import CreatedHook, HookInfo, HookOutcome, HookTopic
-from relay.replicas import Replicas, publish
+from relay.replicas import Command, Replicas, write
 from relay.scripts import Batch
 
 __all__ = [
@@ -134,8 +134,9 @@ class HookStore:
             created_at=datetime.now(UTC).replace(microsecond=0),
             secret=new_signing_secret(),
         )
-        await self._redis.hset(redis_keys.HOOKS_INDEX, sub.id, sub.to_json())
-        await publish(self._redis, redis_keys.HOOKS_CHANGED_CHANNEL, sub.id, self._replicas)
+        index = redis_keys.HOOKS_INDEX
+        await write(self._redis, index, [("HSET", index, sub.id, sub.to_json())], self._replicas)
+        await self._redis.publish(redis_keys.HOOKS_CHANGED_CHANNEL, sub.id)
         self._invalidate(sub.id)
         return sub
 
@@ -170,16 +171,26 @@ class HookStore:
 
     async def delete(self, hook_id: str) -> bool:
         """Delete a subscription everywhere; whether it existed."""
-        # Not a MULTI: Redis refuses to queue any command in one once out of memory,
-        # and a delete must work then. Its outcome goes first, so a failure between
-        # the two leaves a subscription without one, never an outcome without it.
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hdel(redis_keys.HOOKS_LAST, hook_id)
-            pipe.hdel(redis_keys.HOOKS_INDEX, hook_id)
-            removed = int((await pipe.execute())[1])
-        await publish(self._redis, redis_keys.HOOKS_CHANGED_CHANNEL, hook_id, self._replicas)
+        index, last = redis_keys.HOOKS_INDEX, redis_keys.HOOKS_LAST
+        if self._replicas is None:
+            # Not a MULTI: Redis refuses to queue any command in one once out of memory,
+            # and a delete must work then. Its outcome goes first, so a failure between
+            # the two leaves a subscription without one, never an outcome without it.
+            writes: list[Command] = [("HDEL", last, hook_id), ("HDEL", index, hook_id)]
+            removed = int((await write(self._redis, index, writes, None))[1]) > 0
+        else:
+            # A delete that replicas confirm must be a write Redis propagates even when
+            # the subscription is already gone (the retry of a delete answered 503), so
+            # that WAIT has something to count (relay.replicas): the field is made if
+            # missing, then deleted, unseen by anyone in a MULTI. HSETNX says whether
+            # it was there.
+            writes = [("HDEL", last, hook_id), ("HSETNX", index, hook_id, "{}"),
+                      ("HDEL", index, hook_id)]  # fmt: skip
+            answers = await write(self._redis, index, writes, self._replicas, transaction=True)
+            removed = int(answers[1]) == 0
+        await self._redis.publish(redis_keys.HOOKS_CHANGED_CHANNEL, hook_id)
         self._invalidate(hook_id)
-        return removed > 0
+        return removed
 
     async def listen(self, *, watch: RedisWatch | None = None) -> None:
         """Keep the invalidation subscription up until cancelled (run as a task); a lost

@@ -29,7 +29,7 @@ from relay.availability import RedisWatch
 from relay.errors import NotFound
 from relay.ids import random_base62
 from relay.invalidation import listen
-from relay.replicas import Replicas, publish
+from relay.replicas import Replicas, write
 
 __all__ = ["KeyStore"]
 
@@ -89,10 +89,13 @@ class KeyStore:
             rate_limit=rate_limit,
             signing_secret=new_signing_secret() if signing else None,
         )
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(redis_keys.key(record.digest), mapping=dict(record.to_hash()))  # type: ignore[arg-type]
-            pipe.hset(redis_keys.KEYS_INDEX, record.id, record.digest)
-            await pipe.execute()
+        hashed = redis_keys.key(record.digest)
+        fields = [word for pair in record.to_hash().items() for word in pair]
+        writes = [
+            ("HSET", hashed, *fields),
+            ("HSET", redis_keys.KEYS_INDEX, record.id, record.digest),
+        ]
+        await write(self._redis, hashed, writes, self._replicas, transaction=True)
         if self._replicas is not None:  # else no one need hear of a key no one has used
             await self._announce(record.digest)
         return record, key
@@ -124,7 +127,15 @@ class KeyStore:
             # Again when already revoked if replicas must confirm: a revocation answered
             # 503 (NotReplicated) is on the master, and its retry must wait for them too.
             now = datetime.now(UTC).replace(microsecond=0)
-            await self._redis.hsetnx(redis_keys.key(record.digest), "revoked_at", now.isoformat())
+            hashed = redis_keys.key(record.digest)
+            await self._redis.hsetnx(hashed, "revoked_at", now.isoformat())
+            if self._replicas is not None:
+                # The revocation in force, written again as it is (it never changes
+                # once set), so that WAIT has a write of its connection to count even
+                # when this one was already in force: relay.replicas.
+                revoked_at = await self._redis.hget(hashed, "revoked_at")
+                writes = [("HSET", hashed, "revoked_at", cast(str, revoked_at))]
+                await write(self._redis, hashed, writes, self._replicas)
             await self._announce(record.digest)
             record = await self.get(key_id)
         self._forget(record.digest)
@@ -166,9 +177,8 @@ class KeyStore:
         )
 
     async def _announce(self, d: str) -> None:
-        """Tell every API process that the key of digest ``d`` changed (and, with
-        replicas to confirm, return once they have it: relay.replicas.publish)."""
-        await publish(self._redis, redis_keys.KEYS_CHANGED_CHANNEL, d, self._replicas)
+        """Tell every API process that the key of digest ``d`` changed."""
+        await self._redis.publish(redis_keys.KEYS_CHANGED_CHANNEL, d)
 
     def _trust(self) -> None:
         self._trusted = True

@@ -45,6 +45,8 @@ __all__ = [
     "ProblemError",
     "Queued",
     "TrackEvent",
+    "TrackEventField",
+    "TrackEventsInfo",
     "destination_name_schema",
 ]
 
@@ -268,6 +270,30 @@ class FieldsDestination(BaseModel):
     events: list[EventKind]
 
 
+class TrackEventField(BaseModel):
+    """One field of a track event (an item of ``events``)."""
+
+    name: str
+    label: str
+    type: Literal["string", "object", "datetime"] = Field(
+        description="string; object (names to values); datetime (ISO 8601 or epoch seconds)"
+    )
+    required: bool
+
+
+class TrackEventsInfo(BaseModel):
+    """The ``events`` list an item may carry, as integrations offer it (line items)."""
+
+    name: str = Field(description="The item's key for the list: events")
+    label: str
+    max_items: int
+    fields: list[TrackEventField] = Field(description="The fields of each item of the list")
+    destinations: list[str] = Field(
+        description="Those of ``destinations`` that track them (ConveYour: one track call "
+        "each); a webhook gets them in the payload it is sent, Convertr never sees them"
+    )
+
+
 class FieldsInfo(BaseModel):
     """``GET /v1/fields``: what ingest understands for one event type, for this key."""
 
@@ -275,6 +301,9 @@ class FieldsInfo(BaseModel):
     fields: list[FieldInfo]
     require_one_of: list[str] = Field(description="At least one of these must be given")
     destinations: list[FieldsDestination]
+    track_events: TrackEventsInfo = Field(
+        description="A list of things the contact did, each sent to ConveYour after its identify"
+    )
 
 
 # --- keys ------------------------------------------------------------------

@@ -250,8 +250,9 @@ def _is_empty(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-def _entries(item: dict[Any, Any]) -> list[tuple[str, Any, list[str | int], int]]:
-    """Every field of an item as ``(name, value, loc, source)``; source 0 is top level, 1 traits."""
+def _unwrapped(item: dict[Any, Any]) -> tuple[dict[Any, Any], list[str | int]]:
+    """The item unflattened and out of its wrapper (``{"lead": {...}}``), and the
+    ``loc`` prefix that the wrapper adds to its fields."""
     item, prefix = _maybe_unflatten(item), list[str | int]()
     if len(item) == 1:
         ((key, inner),) = item.items()
@@ -261,6 +262,14 @@ def _entries(item: dict[Any, Any]) -> list[tuple[str, Any, list[str | int], int]
             except ValidationFailed as exc:
                 errors: list[FieldError] = [{**e, "loc": [key, *e["loc"]]} for e in exc.errors]
                 raise ValidationFailed(_detail("item", errors), errors=errors) from None
+    return item, prefix
+
+
+def _entries(
+    item: dict[Any, Any], prefix: list[str | int]
+) -> list[tuple[str, Any, list[str | int], int]]:
+    """Every field of an unwrapped item as ``(name, value, loc, source)``; source 0 is
+    top level, 1 traits."""
     top: list[tuple[str, Any, list[str | int], int]] = []
     traits: list[tuple[str, Any, list[str | int], int]] = []
     for key, value in item.items():
@@ -432,10 +441,12 @@ def normalize_item(
         raise ValidationFailed(_detail(kind, errors), errors=errors)
     errors = []
     tracks: list[dict[str, Any]] = []
-    if EVENTS_FIELD in raw:  # not a field of the contact: what it did (relay.trackevents)
-        raw = dict(raw)
-        tracks, errors = check_events(raw.pop(EVENTS_FIELD))
-    entries = _entries(raw)
+    item, prefix = _unwrapped(raw)
+    if EVENTS_FIELD in item:  # not a field of the contact: what it did (relay.trackevents)
+        item = dict(item)
+        tracks, errors = check_events(item.pop(EVENTS_FIELD))
+        errors = [{**e, "loc": [*prefix, *e["loc"]]} for e in errors]
+    entries = _entries(item, prefix)
     # For each canonical field, the non-empty candidate with the best priority wins.
     best: dict[str, tuple[tuple[int, int, int, int], int]] = {}
     for i, (name, value, _, source) in enumerate(entries):

@@ -41,7 +41,7 @@ from redis.exceptions import NoScriptError
 from relay import redis_keys
 from relay.models import DeliveryStatus
 from relay.pipeliner import Pipeliner
-from relay.replicas import Replicas
+from relay.replicas import Replicas, write
 
 __all__ = [
     "ACQUIRE",
@@ -217,12 +217,13 @@ class Bound:
     async def _confirmed(
         self, names: list[str], values: list[str | int | float | bytes], replicas: Replicas
     ) -> Any:
-        """EVALSHA then WAIT in one pipeline: one connection, so WAIT counts these writes.
-        Not redis-py's pipelined Script, which asks SCRIPT EXISTS first (a round trip per
-        call): the caller loads the script only when Redis says NOSCRIPT."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.evalsha(self._redis_script.sha, len(names), *names, *values)
-            (answer,) = await replicas.execute(pipe)
+        """EVALSHA then WAIT on one connection (on a cluster, to the master of the keys'
+        slot, found from the first: every key of a script is in one slot), so WAIT
+        counts these writes. Not redis-py's pipelined Script, which asks SCRIPT EXISTS
+        first (a round trip per call): the caller loads the script only when Redis
+        says NOSCRIPT."""
+        evalsha = ("EVALSHA", self._redis_script.sha, len(names), *names, *values)
+        (answer,) = await write(self._redis, names[0], [evalsha], replicas)
         return answer
 
 

@@ -415,18 +415,6 @@ class Settings(BaseSettings):
         """Only the arguments: :func:`load_settings` reads the environment, once."""
         return (init_settings,)
 
-    @model_validator(mode="after")
-    def _check_replicas_where(self) -> Settings:
-        url = self.redis_url.get_secret_value() if self.redis_url else None
-        if self.redis_min_replicas and url and parse_redis_url(url).kind == "cluster":
-            # WAIT must follow the write on its connection, and on a cluster PUBLISH
-            # (what confirms keys and hooks) is not in the replication stream.
-            raise ValueError(
-                "RELAY_REDIS_MIN_REPLICAS is not supported with redis+cluster:// yet; "
-                "set it to 0, or use one Redis or Sentinel"
-            )
-        return self
-
     def destinations_for(self, kind: str) -> list[str]:
         """Names of the enabled destinations that take events of ``kind``, in file order."""
         return [n for n, d in self.destinations.items() if d.enabled and kind in d.events]

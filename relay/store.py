@@ -41,7 +41,7 @@ from relay.listing import MergedIndexes
 from relay.models import Contact, DeliveryStatus, DestinationView, EventKind, EventView
 from relay.normalize import normalize_email, normalize_phone
 from relay.partitions import contact_partition
-from relay.replicas import Replicas
+from relay.replicas import Replicas, write
 from relay.scripts import ENQUEUE, Batch
 
 __all__ = ["SCAN_BUDGET", "EventStore", "NewEvent", "Page", "contact_key", "overall_status"]
@@ -197,12 +197,8 @@ class EventStore:
 
     async def _remember(self, key: str, answer: bytes, *, confirmed: bool) -> None:
         """Write an Idempotency-Key's answer; ``confirmed``: once replicas have it."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.set(key, answer, ex=redis_keys.IDEMPOTENCY_TTL_S)
-            if self._replicas is None or not confirmed:
-                await pipe.execute()
-            else:
-                await self._replicas.execute(pipe)
+        command = ("SET", key, answer, "EX", redis_keys.IDEMPOTENCY_TTL_S)
+        await write(self._redis, key, [command], self._replicas if confirmed else None)
 
     def _commit(self, partition: int) -> GroupCommit:
         commit = self._commits.get(partition)

@@ -9,7 +9,6 @@ before they are handed out. ``url`` is what ``RELAY_REDIS_URL`` would say.
 from __future__ import annotations
 
 import contextlib
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,14 +16,13 @@ from pathlib import Path
 from redis import Redis as SyncRedis
 from redis.exceptions import RedisError
 
-from tests.redis_server import RedisServer, free_port
+from bench.cluster import cluster_port
+from tests.redis_server import RedisServer
 
 __all__ = ["ClusterServers", "SentinelServers", "running"]
 
 #: Slots of a Redis Cluster.
 _SLOTS = 16384
-#: A cluster node talks to the others on its port + 10000.
-_BUS_OFFSET = 10000
 #: How long the servers may take to agree (a cluster's gossip, sentinels' hellos).
 _AGREE_S = 30.0
 
@@ -45,30 +43,20 @@ def _hosts(servers: list[RedisServer]) -> str:
     return ",".join(f"127.0.0.1:{s.port}" for s in servers)
 
 
-def _cluster_port() -> int:
-    """A free port whose cluster bus port (10000 above it) is free too."""
-    while True:
-        port = free_port()
-        if port + _BUS_OFFSET > 65535:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port + _BUS_OFFSET))
-            except OSError:
-                continue
-        return port
-
-
 class ClusterServers:
     """A Redis Cluster: ``masters`` masters with one replica each, slots split evenly."""
 
-    def __init__(self, data_dir: Path, *, masters: int = 3, password: str = "") -> None:
+    def __init__(
+        self, data_dir: Path, *, masters: int = 3, password: str = "", node_timeout_ms: int = 2000
+    ) -> None:
         self.password = password
         # nodes.conf (the node's own record of the cluster) goes to the node's --dir.
-        args = ("--cluster-enabled", "yes", "--cluster-node-timeout", "2000")
+        # A node unreachable for node_timeout_ms is failing; its replica takes over soon
+        # after (a failover test keeps it short).
+        args = ("--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms))
         self.servers = [
             RedisServer(
-                data_dir / f"node{n}", port=_cluster_port(), password=password or None, args=args
+                data_dir / f"node{n}", port=cluster_port(), password=password or None, args=args
             )
             for n in range(masters * 2)
         ]
@@ -118,6 +106,55 @@ class ClusterServers:
             c.info("replication").get("master_link_status") == "up"
             for c in clients[self.masters :]
         ))  # fmt: skip
+
+    def master_of(self, key: str) -> RedisServer:
+        """The master that owns ``key``'s slot now (as a live node sees it)."""
+        with self.client(next(s for s in self.servers if s.proc)) as node:
+            slot = int(node.cluster("KEYSLOT", key))
+            for start, end, (_, port, *_), *_ in node.execute_command("CLUSTER SLOTS"):
+                if start <= slot <= end:
+                    return next(s for s in self.servers if s.port == int(port))
+        raise LookupError(f"no master owns slot {slot}")
+
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        with self.client(master) as node:
+            port = int(node.info("replication")["slave0"]["port"])
+        return next(s for s in self.servers if s.port == port)
+
+    def failover(self, replica: RedisServer) -> None:
+        """CLUSTER FAILOVER on ``replica`` (graceful: its master stops taking writes
+        until the replica has them all); returns once every node says it is master of
+        the slots, its old master being its replica."""
+        with self.client(replica) as node:
+            node.cluster("FAILOVER")
+        self._until_master(replica, every=self.servers)
+
+    def kill_master(self, master: RedisServer) -> RedisServer:
+        """kill -9 of ``master``, returned once the others promoted its replica."""
+        replica = self.replica_of(master)
+        master.kill()
+        self._until_master(replica, every=[s for s in self.servers if s is not master])
+        return master
+
+    def rejoin(self, server: RedisServer) -> None:
+        """Start a killed node again: it rejoins as a replica of who took its place."""
+        server.start()
+        with self.client(server) as node:
+            _until("the node to follow its new master", lambda: (
+                node.info("replication").get("master_link_status") == "up"
+            ))  # fmt: skip
+
+    def _until_master(self, new: RedisServer, *, every: list[RedisServer]) -> None:
+        clients = [self.client(s) for s in every]
+        try:
+            _until("the failover", lambda: all(
+                c.cluster("INFO")["cluster_state"] == "ok"
+                and "master" in c.cluster("NODES")[f"127.0.0.1:{new.port}"]["flags"].split(",")
+                for c in clients
+            ))  # fmt: skip
+        finally:
+            for c in clients:
+                c.close()
 
     def stop(self) -> None:
         for server in self.servers:
@@ -229,6 +266,29 @@ class SentinelServers:
         with self.data_client(new) as client:
             _until("the new master", lambda: client.info("replication")["role"] == "master")
         return new
+
+    def kill_master(self) -> RedisServer:
+        """kill -9 of the master; the killed server, once every sentinel names the
+        replica and it says it is master."""
+        old = self.master_port()
+        master = next(s for s in self.servers if s.port == old)
+        master.kill()
+        _until("the failover", lambda: all(self.master_port(n) != old for n in range(3)))
+        with self.data_client(self.master_port()) as client:
+            _until("the new master", lambda: client.info("replication")["role"] == "master")
+        return master
+
+    def rejoin(self, server: RedisServer) -> None:
+        """Start a killed master again, as a replica of the new one. (The sentinels
+        would make it one themselves, but only once they saw it claim to be master for
+        a while: 10 to 30 s later. Until then it takes no write of relay's: they name
+        the new master.)"""
+        server.start()
+        with self.data_client(server.port) as client:
+            client.replicaof("127.0.0.1", self.master_port())
+            _until("the old master to follow the new one", lambda: (
+                client.info("replication").get("master_link_status") == "up"
+            ))  # fmt: skip
 
     def stop(self) -> None:
         for server in [*self.sentinels, *self.servers]:

@@ -24,7 +24,7 @@ async def test_shape_and_default_type(client: Client, make_key: Any) -> None:
     key = await make_key("read:events")  # any scope will do
     doc = await _fields(client, key)
     assert doc["type"] == "lead"  # absent type: lead
-    assert set(doc) == {"type", "fields", "require_one_of", "destinations"}
+    assert set(doc) == {"type", "fields", "require_one_of", "destinations", "track_events"}
     assert doc["require_one_of"] == ["email", "phone"]
     names = [f["name"] for f in doc["fields"]]
     assert names[:3] == ["email", "phone", "first_name"]
@@ -71,6 +71,38 @@ async def test_every_name_listed_is_taken_by_ingest(client: Client, make_key: An
     assert tried > 50  # every alias, not a handful
 
 
+async def test_track_events_are_described_and_taken_as_described(
+    client: Client, make_key: Any
+) -> None:
+    """``track_events``: the list's key, its item fields, the limit, and the destinations
+    that track them; an item built from that description is stored as sent."""
+    key = await make_key("write:leads", "write:contacts", "read:events")
+    doc = await _fields(client, key, "?type=lead")
+    info = doc["track_events"]
+    assert info["name"] == "events"
+    assert info["max_items"] == 20
+    assert [(f["name"], f["type"], f["required"]) for f in info["fields"]] == [
+        ("event", "string", True),
+        ("properties", "object", False),
+        ("timestamp", "datetime", False),
+    ]
+    assert info["destinations"] == ["conveyour"]  # not convertr: it never sends them
+    assert "events" not in [f["name"] for f in doc["fields"]]  # a flat field cannot hold it
+    values = {"string": "applied", "object": {"job": "driver"}, "datetime": "2026-01-31T12:00:00Z"}
+    item = {f["name"]: values[f["type"]] for f in info["fields"]}
+    body = {"email": "t@example.com", info["name"]: [item] * info["max_items"]}
+    resp = await client.post("/v1/leads", json=body, headers={"X-API-Key": key})
+    assert resp.status == 202, await resp.text()
+    event_id = (await resp.json())["id"]
+    got = await (await client.get(f"/v1/events/{event_id}", headers={"X-API-Key": key})).json()
+    assert got["payload"]["events"] == [item] * info["max_items"]
+    body[info["name"]] = [item] * (info["max_items"] + 1)
+    resp = await client.post("/v1/leads", json=body, headers={"X-API-Key": key})
+    assert resp.status == 422
+    restricted = await make_key("write:leads", destinations=["convertr"])
+    assert (await _fields(client, restricted))["track_events"]["destinations"] == []
+
+
 async def test_restricted_key_sees_only_its_destinations(client: Client, make_key: Any) -> None:
     key = await make_key("write:leads", destinations=["convertr"])
     doc = await _fields(client, key, "?type=lead")
@@ -104,3 +136,7 @@ async def test_in_openapi(client: Client) -> None:
     op = doc["paths"]["/v1/fields"]["get"]
     assert set(op["responses"]) >= {"200", "401", "422"}
     assert op["parameters"][0]["name"] == "type"
+    ref = op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    info = doc["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+    assert "track_events" in info["required"]
+    assert "track_events" in info["properties"]

@@ -187,3 +187,25 @@ async def test_multipart_bodies_with_a_key(
     )
     assert refused.status == 422
     assert (await refused.json())["errors"][0]["loc"] == ["body", "cv"]
+
+
+async def test_an_answer_whose_events_redis_lost_is_not_given_again(
+    client: TestClient[Any, Any], redis: Redis, make_key: KeyMaker
+) -> None:
+    # The answer is written after the events, in its own command (another slot): a
+    # master that failed over in between can keep the answer and lose the events.
+    key = await make_key("write:leads")
+    headers = {"X-API-Key": key, "Idempotency-Key": "zap-run-lost"}
+    first = await client.post("/v1/leads", json=[LEAD, {"email": "b@example.com"}], headers=headers)
+    lost = (await first.json())["accepted"][1]["id"]
+    await redis.delete(redis_keys.event(lost))
+    again = await client.post("/v1/leads", json=[LEAD, {"email": "b@example.com"}], headers=headers)
+    assert again.status == 202
+    assert "Idempotent-Replayed" not in again.headers
+    ids = [a["id"] for a in (await again.json())["accepted"]]
+    assert lost not in ids
+    assert all([await redis.exists(redis_keys.event(i)) for i in ids])
+    # And that answer is given to a third, its events being there.
+    third = await client.post("/v1/leads", json=[LEAD, {"email": "b@example.com"}], headers=headers)
+    assert third.headers["Idempotent-Replayed"] == "true"
+    assert await third.read() == await again.read()

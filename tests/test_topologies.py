@@ -15,16 +15,20 @@ confirming writes, Sentinel failover and what an unreachable topology gives.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
+from redis.exceptions import MovedError
 
 from relay import redis_keys
-from relay.connect import check_version, redis_client
-from relay.errors import ConfigError, StoreUnavailable
+from relay.connect import MASTER_CHECK_S, check_version, redis_client
+from relay.errors import StoreUnavailable
 from relay.keystore import KeyStore
 from relay.replicas import Replicas
 from relay.settings import Settings
@@ -166,26 +170,73 @@ async def test_the_cli_reads_the_topology_url(
     assert redis_server.password not in done.stdout + done.stderr + shown.stderr
 
 
-async def test_replicas_confirm_ingest_and_keys_or_are_refused_on_a_cluster(
+async def test_replicas_confirm_ingest_keys_and_hooks(
     redis_server: Topology, make_settings: Any, app_client: Any, make_key: Any, redis: Redis
 ) -> None:
-    """RELAY_REDIS_MIN_REPLICAS=1 works with Sentinel (WAIT behind the write, on the
-    master); a cluster refuses it at start, saying so, rather than confirm nothing."""
-    if isinstance(redis_server, ClusterServers):
-        with pytest.raises(ConfigError, match="not supported with redis\\+cluster://"):
-            make_settings(redis_min_replicas=1)
-        return
+    """RELAY_REDIS_MIN_REPLICAS=1 works on both: WAIT behind the write, on the master
+    that took it (on a cluster, the master of the written key's slot), and each
+    confirmed write is on a replica when the 2xx comes."""
     settings = make_settings(redis_min_replicas=1, redis_min_replicas_timeout_ms=2000)
     client = await app_client(settings)
-    key = await make_key("write:leads")
-    answer = await client.post("/v1/leads", json={"email": "w@example.com"},
-                               headers={"X-API-Key": key})  # fmt: skip
+    key = await make_key("write:leads", "webhooks")
+    headers = {"X-API-Key": key}
+    once = headers | {"Idempotency-Key": "zap-1"}
+    answer = await client.post("/v1/leads", json={"email": "w@example.com"}, headers=once)
     assert answer.status == 202, await answer.text()
+    event_id = (await answer.json())["id"]
+    # A repeat is answered from the record, written again and WAITed on (on its master).
+    again = await client.post("/v1/leads", json={"email": "w@example.com"}, headers=once)
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert (await again.json())["id"] == event_id
+    hook = {"target_url": "https://93.184.216.34/h", "event": "lead.received"}
+    created = await client.post("/v1/hooks", json=hook, headers=headers)
+    assert created.status == 201, await created.text()
+    hook_id = (await created.json())["id"]
     store = KeyStore(redis, replicas=Replicas.of(settings))
     record, _ = await store.create(name="k", scopes=["write:leads"])
     await store.revoke(record.id)
+    replicas = _replicas(redis_server)
+    try:
+        assert _on_a_replica(replicas, "EXISTS", redis_keys.event(event_id))
+        assert _on_a_replica(replicas, "HEXISTS", redis_keys.HOOKS_INDEX, hook_id)
+        revoked = redis_keys.key(record.digest)
+        assert _on_a_replica(replicas, "HEXISTS", revoked, "revoked_at")
+        gone = await client.delete(f"/v1/hooks/{hook_id}", headers=headers)
+        assert gone.status == 204
+        assert not _on_a_replica(replicas, "HEXISTS", redis_keys.HOOKS_INDEX, hook_id)
+    finally:
+        for r in replicas:
+            r.close()
 
 
+def _on_a_replica(replicas: list[SyncRedis], *command: str) -> bool:
+    """Whether ``command`` answers 1 on the replica that holds its key's slot (the
+    others answer MOVED)."""
+    answers = []
+    for replica in replicas:
+        with contextlib.suppress(MovedError):
+            answers.append(int(replica.execute_command(*command)))  # type: ignore[no-untyped-call]
+    assert len(answers) == 1, answers
+    return answers[0] == 1
+
+
+def _replicas(servers: Topology) -> list[SyncRedis]:
+    """A client of every replica of ``servers`` (read as they are, not redirected)."""
+    if isinstance(servers, SentinelServers):
+        ports = [s.port for s in servers.servers if s.port != servers.master_port()]
+        return [servers.data_client(p) for p in ports]
+    found = []
+    for server in servers.servers:
+        node = servers.client(server)
+        if node.info("replication")["role"] == "slave":
+            node.readonly()
+            found.append(node)
+        else:
+            node.close()
+    return found
+
+
+@pytest.mark.parametrize("replicas", [0, 1])
 @pytest.mark.parametrize("redis_server", ["sentinel"], indirect=True)
 async def test_relay_follows_a_sentinel_failover(
     redis_server: SentinelServers,
@@ -194,31 +245,43 @@ async def test_relay_follows_a_sentinel_failover(
     app_client: Any,
     make_key: Any,
     fake_convertr: FakeConvertr,
+    replicas: int,
 ) -> None:
     """After SENTINEL FAILOVER the same client writes to the new master (a few 503s
-    while it moves are allowed), at once: not to the old one, which still takes writes
-    until Sentinel demotes it and loses them then; the worker delivers what was
-    accepted before and after."""
-    client = await app_client(relay_settings)
+    while it moves are allowed): the worker delivers what was accepted before and after.
+
+    The old master still takes writes until Sentinel demotes it, and loses them then;
+    the client sees the switch within MASTER_CHECK_S (README, "Sentinel"). Without
+    RELAY_REDIS_MIN_REPLICAS the test posts once that has passed; with 1 it posts at
+    once, and a write that lands on the old master must get a 503 (its replica is
+    gone), never a 202 that is then lost. A 503 undoes nothing (the write may still be
+    delivered), so the client repeats with one Idempotency-Key, as it should."""
+    settings = relay_settings.model_copy(update={"redis_min_replicas": replicas})
+    _until_replicated(redis_server)  # an earlier failover's old master may not be back yet
+    client = await app_client(settings)
     key = await make_key("write:leads")
     headers = {"X-API-Key": key}
     before = await client.post("/v1/leads?destination=convertr", json={"email": "a@example.com"},
                                headers=headers)  # fmt: skip
-    assert before.status == 202
+    assert before.status == 202, await before.text()
     old = redis_server.master_port()
+    started = time.monotonic()
     new = redis_server.failover()
     assert new != old
+    if not replicas:
+        await asyncio.sleep(max(0.0, MASTER_CHECK_S - (time.monotonic() - started)) + 0.1)
     statuses = []
     for _ in range(100):
         after = await client.post("/v1/leads?destination=convertr",
-                                  json={"email": "b@example.com"}, headers=headers)  # fmt: skip
+                                  json={"email": "b@example.com"},
+                                  headers={**headers, "Idempotency-Key": "b"})  # fmt: skip
         statuses.append(after.status)
         if after.status == 202:
             break
         assert after.status == 503, await after.text()
         await asyncio.sleep(0.1)
     assert statuses[-1] == 202, statuses
-    await drain(relay_settings, redis)
+    await drain(settings, redis)
     assert sorted(lead["fields"]["email"] for lead in fake_convertr.leads) == [
         "a@example.com",
         "b@example.com",
@@ -227,6 +290,17 @@ async def test_relay_follows_a_sentinel_failover(
         assert master.info("replication")["role"] == "master"
         indexes = [redis_keys.events_index(p) for p in range(relay_settings.partitions)]
         assert sum(master.zcard(index) for index in indexes) == 2
+    with redis_server.data_client(old) as demoted:  # what Sentinel does, seconds later
+        demoted.replicaof("127.0.0.1", new)
+
+
+def _until_replicated(servers: SentinelServers, timeout_s: float = 20) -> None:
+    """Wait until the master has a replica that is online."""
+    deadline = time.monotonic() + timeout_s
+    with servers.data_client(servers.master_port()) as master:
+        while master.info("replication").get("connected_slaves", 0) < 1:
+            assert time.monotonic() < deadline, "the master has no replica"
+            time.sleep(0.1)
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 from redis.asyncio import Redis
 
 from relay.deadletters import list_dead_letters
@@ -182,3 +183,85 @@ async def test_a_batch_tracks_each_contact_and_resumes_alone(
     ]
     steps = [[a.get("steps") for a in await _attempts(redis, i, "conveyour")] for i in ids]
     assert steps == [[2, 3], [None], [2]]
+
+
+async def test_forms_and_flattened_keys_carry_events(
+    app_client: Any, relay_settings: Settings, make_key: Any
+) -> None:
+    """A form cannot send a list: ``events__0__event`` (Zapier's flattening),
+    ``events[0][event]`` and ``events.0.event`` are read as the list in the order of
+    their numbers, and a timestamp of digits is epoch seconds."""
+    client = await app_client(relay_settings)
+    key = {"X-API-Key": await make_key("write:contacts", "read:events")}
+    want = [
+        {"event": "applied", "properties": {"job": "driver"}, "timestamp": 1767225600},
+        {"event": "hired", "properties": {}, "timestamp": "2026-01-31T12:00:00Z"},
+    ]
+
+    async def payload_of(resp: Any) -> dict[str, Any]:
+        assert resp.status == 202, await resp.text()
+        event_id = (await resp.json())["id"]
+        got = await client.get(f"/v1/events/{event_id}", headers=key)
+        doc: dict[str, Any] = (await got.json())["payload"]
+        return doc
+
+    # urlencoded, Zapier's keys, the second event first: the numbers give the order
+    form = (
+        "email=z%40example.com&events__1__event=hired"
+        "&events__1__timestamp=2026-01-31T12%3A00%3A00Z&events__0__event=applied"
+        "&events__0__properties__job=driver&events__0__timestamp=1767225600"
+    )
+    resp = await client.post(
+        "/v1/contacts",
+        data=form,
+        headers={**key, "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    payload = await payload_of(resp)
+    assert payload["events"] == want
+    assert payload["traits"] == {}
+    # multipart, bracketed keys
+    multipart = aiohttp.FormData()
+    for name, value in [
+        ("email", "m@example.com"),
+        ("events[0][event]", "applied"),
+        ("events[0][properties][job]", "driver"),
+        ("events[0][timestamp]", "1767225600"),
+        ("events[1][event]", "hired"),
+        ("events[1][timestamp]", "2026-01-31T12:00:00Z"),
+    ]:
+        multipart.add_field(name, value)
+    assert (await payload_of(await client.post("/v1/contacts", data=multipart, headers=key)))[
+        "events"
+    ] == want
+    # flat JSON written like a form (Zapier's flattened line items in a JSON payload)
+    flat = {"email": "j@example.com", "events.0.event": "applied", "events.0.properties.job": "x"}
+    resp = await client.post("/v1/contacts", json=flat, headers=key)
+    assert (await payload_of(resp))["events"] == [{"event": "applied", "properties": {"job": "x"}}]
+    # already nested by the sender (Webhooks by Zapier's json payload nests __ keys)
+    nested = {"email": "n@example.com", "events": {"1": {"event": "b"}, "0": {"event": "a"}}}
+    resp = await client.post("/v1/contacts", json=nested, headers=key)
+    assert [e["event"] for e in (await payload_of(resp))["events"]] == ["a", "b"]
+    # wrapped ({"contact": {...}}): the list inside the wrapper, and errors named there
+    wrapped = {"contact": {"email": "w@example.com", "events": [{"event": "applied"}]}}
+    resp = await client.post("/v1/contacts", json=wrapped, headers=key)
+    payload = await payload_of(resp)
+    assert payload["events"] == [{"event": "applied", "properties": {}}]
+    assert payload["traits"] == {}
+    wrapped["contact"]["events"] = [{"event": ""}]
+    resp = await client.post("/v1/contacts", json=wrapped, headers=key)
+    assert resp.status == 422
+    assert (await resp.json())["errors"][0]["loc"] == ["body", "contact", "events", 0, "event"]
+    # what is not numbered, or is not an event, is named
+    for body, loc in [
+        ("email=a%40example.com&events__first__event=x", ["body", "events"]),
+        ("email=a%40example.com&events=applied", ["body", "events"]),
+        ("email=a%40example.com&events__0__name=x", ["body", "events", 0, "name"]),
+        ("email=a%40example.com&events__3__timestamp=soon", ["body", "events", 3, "event"]),
+    ]:
+        resp = await client.post(
+            "/v1/contacts",
+            data=body,
+            headers={**key, "Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert resp.status == 422, (body, await resp.text())
+        assert loc in [e["loc"] for e in (await resp.json())["errors"]], body

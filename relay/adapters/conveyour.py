@@ -11,7 +11,10 @@ only on HTTP 200 with ``{"status": "ok"}``; anything else is classified as in
 A contact's ``events`` go after its identify succeeded, one track call each, in
 order, under a rate slot each (``before_each``). The attempt's ``steps`` counts the
 calls taken so far; a retry starts after them (``done``), so a track that failed is
-sent again without the identify or the tracks before it.
+sent again without the identify or the tracks before it; a dead letter's replay
+resumes the same way (its last attempt keeps ``steps``). A track's answer is judged
+apart (``_judge_track``): its success shape is undocumented and a track sent twice is
+recorded twice, so any 2xx counts as taken unless it says ``status`` other than ``ok``.
 """
 
 from __future__ import annotations
@@ -91,15 +94,15 @@ class ConveyourAdapter:
             return Attempt(Outcome.rejected, None, 0.0, error="missing_id_trait", note=note)
         return {"id": self._config.id, "traits": traits}
 
-    async def _post(self, body: dict[str, Any], endpoint: str | None = None) -> Attempt:
+    async def _post(self, body: dict[str, Any], *, track: bool = False) -> Attempt:
         """One identify call (one contact, or a batch of them), or a track call, and its verdict."""
         return await send(
             self._session,
             "POST",
-            endpoint or self._endpoint,
+            self._track if track else self._endpoint,
             timeout_s=self._config.timeout_s,
             secrets=self._secrets,
-            judge=self._judge,
+            judge=self._judge_track if track else self._judge,
             data=orjson.dumps(body),
             headers={**self._headers, "Content-Type": "application/json"},
         )
@@ -121,9 +124,32 @@ class ConveyourAdapter:
             return attempt_for(answer, Outcome.retry, self._secrets, note=note)
         if doc.get("status") == "ok":
             return attempt_for(answer, Outcome.delivered, self._secrets)
+        return self._refused(answer, doc)
+
+    def _refused(self, answer: Answer, doc: dict[str, Any]) -> Attempt:
+        """A 200 whose ``status`` is not ``ok``: ConveYour said no (its ``message`` says why)."""
         note = f"ConveYour said {doc.get('status')!r}: {doc.get('message') or 'no message'}"
         error = f"status_{doc.get('status') or 'missing'}"
         return attempt_for(answer, Outcome.rejected, self._secrets, note=note, error=error)
+
+    def _judge_track(self, answer: Answer) -> Attempt:
+        """Classify a track answer. Its success shape is not documented, and a track is not
+        idempotent (sent twice, ConveYour records it twice): so any 2xx is taken, unless it
+        is a JSON object whose ``status`` is given and is not ``ok`` (a refusal, as for
+        identify). Other statuses as for identify."""
+        outcome = classify_status(answer.status)
+        if outcome is not Outcome.delivered:
+            return self._judge(answer)
+        try:
+            doc = orjson.loads(answer.body)
+        except orjson.JSONDecodeError:
+            doc = None
+        if isinstance(doc, dict) and doc.get("status", "ok") != "ok":
+            return self._refused(answer, doc)
+        note = None
+        if not isinstance(doc, dict) or "status" not in doc:
+            note = f"taken on HTTP {answer.status} with no status in the answer (not resent)"
+        return attempt_for(answer, Outcome.delivered, self._secrets, note=note)
 
     async def deliver(
         self,
@@ -166,10 +192,11 @@ class ConveyourAdapter:
             for n in (p.removeprefix("$") for p in self._config.id.split(","))
             if item["traits"].get(n)
         )
+        notes: list[str] = []
         for i in range(done - 1, len(tracks)):
             if last is not None and before_each is not None:
                 await before_each()
-            last = await self._post({"id": ident, "events": [tracks[i]]}, self._track)
+            last = await self._post({"id": ident, "events": [tracks[i]]}, track=True)
             spent_ms += last.duration_ms
             if last.outcome is not Outcome.delivered:
                 why = f"track event {i} ({tracks[i]['event']!r}) not taken"
@@ -177,10 +204,17 @@ class ConveyourAdapter:
                 return dataclasses.replace(
                     last, steps=done, note=note[:500], duration_ms=round(spent_ms, 3)
                 )
+            if last.note:  # taken, but oddly: kept, or the calls after it would hide it
+                notes.append(f"track event {i} ({tracks[i]['event']!r}): {last.note}")
             done += 1
         if last is None:  # nothing was left to send (cannot happen: it would be delivered)
             return Attempt(Outcome.delivered, None, 0.0, steps=done)
-        return dataclasses.replace(last, steps=done, duration_ms=round(spent_ms, 3))
+        return dataclasses.replace(
+            last,
+            steps=done,
+            note="; ".join(notes)[:500] or last.note,
+            duration_ms=round(spent_ms, 3),
+        )
 
     async def deliver_batch(
         self,

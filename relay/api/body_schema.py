@@ -40,6 +40,12 @@ _SCHEMA_TRAITS = 20
 _SAFE_INTEGER = 2**53
 #: Text without NUL (U+0000), which relay refuses wherever it appears.
 _NO_NUL = r"^[^\u0000]*$"
+#: An event name: not only white space, and no NUL.
+_EVENT_NAME = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+#: A UTC time in ISO 8601 on a day every month has (fromisoformat reads it, Z and all).
+_ISO_UTC = (
+    r"^20[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]Z$"
+)
 
 
 def _item(*, form: bool) -> dict[str, Any]:
@@ -67,13 +73,10 @@ def _item(*, form: bool) -> dict[str, Any]:
             props[name] = {**text, "maxLength": limit}
     if not form:
         taken = sorted({*CANONICAL_FIELDS, *(a for names in ALIASES.values() for a in names)})
-        props["traits"] = {
+        traits_like: dict[str, Any] = {
             "type": "object",
-            "description": f"Custom fields (relay takes up to {MAX_CUSTOM_TRAITS}, of any "
-            "JSON value); a name that is a canonical field or one of its aliases is read "
-            "as that field",
             "maxProperties": _SCHEMA_TRAITS,
-            "propertyNames": {"pattern": _TRAIT_NAME, "not": {"enum": taken}},
+            "propertyNames": {"pattern": _TRAIT_NAME},
             "additionalProperties": {
                 "type": ["string", "boolean", "integer", "null"],
                 "maxLength": 1000,
@@ -82,21 +85,39 @@ def _item(*, form: bool) -> dict[str, Any]:
                 "maximum": _SAFE_INTEGER,
             },
         }
+        props["traits"] = {
+            **traits_like,
+            "description": f"Custom fields (relay takes up to {MAX_CUSTOM_TRAITS}, of any "
+            "JSON value); a name that is a canonical field or one of its aliases is read "
+            "as that field",
+            "propertyNames": {"pattern": _TRAIT_NAME, "not": {"enum": taken}},
+        }
         props["events"] = {
             "type": "array",
             "maxItems": MAX_TRACK_EVENTS,
             "description": "Track events, sent to ConveYour (/api/analytics/track) in order "
-            "after the contact's identify; other destinations ignore them (webhooks get them)",
+            "after the contact's identify; Convertr ignores them, webhooks get them. Forms "
+            "send them as numbered keys (events__0__event, events[0][event])",
             "items": {
                 "type": "object",
                 "required": ["event"],
                 "additionalProperties": False,
                 "properties": {
-                    "event": {"type": "string", "minLength": 1, "maxLength": MAX_EVENT_NAME_CHARS},
-                    "properties": {"type": "object"},
+                    "event": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": MAX_EVENT_NAME_CHARS,
+                        "pattern": _EVENT_NAME,
+                    },
+                    "properties": {**traits_like, "description": "Details of the event"},
                     "timestamp": {
-                        "type": ["string", "number"],
-                        "description": "ISO 8601 text or epoch seconds",
+                        "description": "ISO 8601 text (any that Python's fromisoformat "
+                        "reads, Z allowed) or epoch seconds (0 to 10^11); the pattern is a "
+                        "subset that always is",
+                        "oneOf": [
+                            {"type": "string", "pattern": _ISO_UTC},
+                            {"type": "number", "minimum": 0, "exclusiveMaximum": 1e11},
+                        ],
                     },
                 },
             },

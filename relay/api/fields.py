@@ -21,14 +21,18 @@ from relay.api.state import API_KEY, SETTINGS
 from relay.errors import ValidationFailed
 from relay.models import (
     CANONICAL_FIELDS,
+    MAX_TRACK_EVENTS,
     Contact,
     EventKind,
     FieldInfo,
     FieldsDestination,
     FieldsInfo,
     Problem,
+    TrackEventField,
+    TrackEventsInfo,
 )
 from relay.normalize import ALIASES, REQUIRE_ONE_OF
+from relay.trackevents import EVENTS_FIELD, TRACKING_TYPES
 
 __all__ = ["canonical_fields"]
 
@@ -49,6 +53,14 @@ def canonical_fields() -> tuple[FieldInfo, ...]:
         )
         for name in CANONICAL_FIELDS
     )
+
+
+#: Each item of ``events`` (what :func:`relay.trackevents.check_events` takes).
+_TRACK_EVENT_FIELDS = (
+    TrackEventField(name="event", label="Event", type="string", required=True),
+    TrackEventField(name="properties", label="Properties", type="object", required=False),
+    TrackEventField(name="timestamp", label="Timestamp", type="datetime", required=False),
+)
 
 
 @routes.route(
@@ -74,7 +86,9 @@ def canonical_fields() -> tuple[FieldInfo, ...]:
 async def get_fields(request: web.Request) -> web.Response:
     """A missing ``type`` means lead (what most integrations send); any other value is 422.
     ``destinations`` are those an event of this type from this key would go to by default
-    (enabled, taking the type, allowed for the key): exactly what ``?destination=`` takes."""
+    (enabled, taking the type, allowed for the key): exactly what ``?destination=`` takes.
+    ``track_events`` is a key of its own, not an entry of ``fields``: it is a list of
+    objects, which a client reading ``fields`` as flat values could not send."""
     kind = request.query.get("type", "lead")
     if kind not in _KINDS:
         msg = f"expected one of {', '.join(_KINDS)}, got {kind[:40]!r}"
@@ -93,5 +107,14 @@ async def get_fields(request: web.Request) -> web.Response:
             )
             for name in dests
         ],
+        track_events=TrackEventsInfo(
+            name=EVENTS_FIELD,
+            label="Track Events",
+            max_items=MAX_TRACK_EVENTS,
+            fields=list(_TRACK_EVENT_FIELDS),
+            destinations=[
+                name for name in dests if settings.destinations[name].type in TRACKING_TYPES
+            ],
+        ),
     ).model_dump()
     return json_response(body)

@@ -126,6 +126,20 @@ test('Relay node in ExecuteContext and LoadOptionsContext', async () => {
 	assert.equal(event.payload.phone, '+447123456789');
 	assert.deepEqual(event.payload.traits, { source: 'n8n-core' });
 	const found = await execute({ resource: 'event', operation: 'getAll', limit: 5, filters: { q: 'core@n8n.example' } });
+	assert.deepEqual(event.payload.events, []); // no rows: no events key sent
+
+	// Track events through n8n's own parameter handling (the rows' defaults filled in).
+	const [tracked] = await execute({
+		resource: 'lead',
+		operation: 'create',
+		fields: { field: [{ name: 'email', value: 'track@n8n.example' }] },
+		trackEvents: { event: [{ event: 'applied', properties: '{"job": "driver"}' }, { event: 'hired' }] },
+	});
+	const [withEvents] = await execute({ resource: 'event', operation: 'get', eventId: tracked.id });
+	assert.deepEqual(withEvents.payload.events, [
+		{ event: 'applied', properties: { job: 'driver' } },
+		{ event: 'hired', properties: {} },
+	]);
 	assert.deepEqual(found.map((e) => e.id), [queued.id]);
 	await assert.rejects(execute({ resource: 'event', operation: 'get', eventId: 'evt_nope' }), (e) => {
 		assert.equal(e.constructor.name, 'NodeApiError');

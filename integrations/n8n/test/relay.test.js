@@ -168,6 +168,50 @@ test('create contact; a restricted key naming another destination is refused', a
 	);
 });
 
+test('create contact with track events: rows become relay\'s events list, as /v1/fields describes it', async () => {
+	const fields = await h.httpRequest({
+		url: `${relay.baseUrl}/v1/fields?type=contact`,
+		headers: { Authorization: `Bearer ${full.apiKey}` },
+	});
+	const prop = node.description.properties.find((p) => p.name === 'trackEvents');
+	assert.equal(prop.type, 'fixedCollection');
+	assert.deepEqual(prop.displayOptions, { show: { resource: ['lead', 'contact'], operation: ['create'] } });
+	const row = prop.options[0].values;
+	assert.deepEqual(row.map((v) => v.name), fields.track_events.fields.map((f) => f.name));
+	assert.deepEqual(row.filter((v) => v.required).map((v) => v.name), ['event']);
+	assert.match(prop.description, new RegExp(`at most ${fields.track_events.max_items}\\)`));
+
+	const [queued] = await execute({
+		resource: 'contact',
+		operation: 'create',
+		fields: { field: [{ name: 'email', value: 'tr@example.com' }] },
+		trackEvents: {
+			event: [
+				{ event: 'applied', properties: '{"job": "driver"}', timestamp: '2026-01-31T12:00:00' },
+				{ event: 'interviewed', properties: { round: 2 }, timestamp: '' }, // an expression's object
+				{ event: 'hired', properties: '{}' },
+			],
+		},
+	});
+	const [event] = await execute({ resource: 'event', operation: 'get', eventId: queued.id });
+	assert.deepEqual(event.payload.events, [
+		{ event: 'applied', properties: { job: 'driver' }, timestamp: '2026-01-31T12:00:00' },
+		{ event: 'interviewed', properties: { round: 2 } },
+		{ event: 'hired', properties: {} },
+	]);
+	assert.deepEqual(event.payload.traits, {});
+	const hit = await h.until('the sink to get it', () => sink.seen.find((s) => s.rawBody.includes(queued.id)));
+	assert.equal(JSON.parse(hit.rawBody).payload.events.length, 3);
+
+	const bad = (events) =>
+		execute({ resource: 'contact', operation: 'create', fields: { field: [{ name: 'email', value: 'tr@example.com' }] }, trackEvents: { event: events } });
+	await assert.rejects(bad([{ event: 'x', properties: 'driver' }]), /422.*events\.0\.properties: expected an object/);
+	await assert.rejects(bad([{ event: 'x' }, { event: ' ' }]), /422.*events\.1\.event/);
+	const [plain] = await execute({ resource: 'contact', operation: 'create', fields: { field: [{ name: 'email', value: 'tp@example.com' }] }, trackEvents: {} });
+	const [stored] = await execute({ resource: 'event', operation: 'get', eventId: plain.id });
+	assert.deepEqual(stored.payload.events, []);
+});
+
 test('replay dead letters by id and all', async () => {
 	const [queued] = await execute({
 		resource: 'lead',

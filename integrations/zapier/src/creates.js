@@ -11,9 +11,12 @@
  */
 const crypto = require('crypto');
 const { apiUrl } = require('./client');
+const { eventsOf, trackEventsField } = require('./trackevents');
 
 /** Input keys that steer the request rather than fill the lead. */
 const CONTROL_KEYS = ['destination', 'idempotency_key'];
+/** The line-item field of track events (GET /v1/fields' track_events.name). */
+const EVENTS_KEY = 'events';
 
 const ZAPIER_TYPES = {
   integer: 'integer',
@@ -57,6 +60,8 @@ const dynamicFields = (type) => async (z, bundle) => {
   if (!doc.fields.some((f) => f.name === 'traits')) {
     fields.push(toInputField({ name: 'traits', label: 'Custom Fields', type: 'object' }, requireOneOf));
   }
+  const tracks = trackEventsField(doc.track_events);
+  if (tracks) fields.push(tracks);
   const destinations = (doc.destinations || []).filter((d) => !d.events || d.events.includes(type));
   if (destinations.length) {
     const choices = {};
@@ -75,10 +80,16 @@ const dynamicFields = (type) => async (z, bundle) => {
 
 /** What relay receives: the mapped fields. Zapier sends an unmapped field as "";
  * relay reads that as absent too, but leaving it out keeps the request (and the
- * digest its Idempotency-Key is made of) to what the user mapped. */
+ * digest its Idempotency-Key is made of) to what the user mapped. Track events
+ * (line items) become relay's `events` list (see ./trackevents.js). */
 const bodyOf = (inputData) => {
   const body = {};
   for (const [key, value] of Object.entries(inputData || {})) {
+    if (key === EVENTS_KEY) {
+      const events = eventsOf(value);
+      if (events) body[key] = events;
+      continue;
+    }
     if (CONTROL_KEYS.includes(key) || value === '' || value === null || value === undefined) continue;
     if (typeof value === 'object' && !Array.isArray(value) && !Object.keys(value).length) continue;
     body[key] = value;

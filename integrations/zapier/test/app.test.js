@@ -154,6 +154,62 @@ describe('create actions', () => {
     assert.equal(second.id, first.id);
   });
 
+  test('track events: a line-item field from /v1/fields, sent as relay\'s events list', async () => {
+    const fields = await appTester(App.creates.create_contact.operation.inputFields[0], bundleFor());
+    const events = fields.find((f) => f.key === 'events');
+    assert.ok(events, fields.map((f) => f.key).join(','));
+    assert.equal(events.label, 'Track Events');
+    assert.deepEqual(
+      events.children.map((c) => [c.key, c.type, c.required]),
+      [['event', 'string', true], ['properties', 'text', false], ['timestamp', 'datetime', false]],
+    );
+    // The loaded fields, put in the app as static ones, pass Zapier's schema (line items:
+    // one level of children, no type, list or helpText on the parent).
+    const create = App.creates.create_contact;
+    const frozen = { ...create, operation: { ...create.operation, inputFields: fields } };
+    assert.deepEqual(validateApp({ ...App, creates: { ...App.creates, create_contact: frozen } }), []);
+    const bad = { ...frozen, operation: { ...frozen.operation, inputFields: [{ ...events, list: true }] } };
+    assert.notDeepEqual(validateApp({ ...App, creates: { ...App.creates, create_contact: bad } }), []);
+    // This relay's only destination is a webhook: it gets them in its payload, tracks none.
+    assert.match(events.children[0].helpText, /at most 20\. None of the destinations/);
+
+    const bundle = bundleFor({
+      inputData: {
+        email: 'li@example.com',
+        events: [
+          { event: 'applied', properties: '{"job": "driver", "shift": 2}', timestamp: '2026-01-31T12:00:00Z' },
+          { event: '', properties: '', timestamp: '' }, // a line the Zap left empty
+          { event: 'hired', properties: '', timestamp: '' },
+        ],
+      },
+    });
+    const made = await appTester(App.creates.create_lead.operation.perform, bundle);
+    const stored = await relay.api('GET', `/v1/events/${made.id}`, relay.keys.zapier.key);
+    assert.deepEqual(stored.json.payload.events, [
+      { event: 'applied', properties: { job: 'driver', shift: 2 }, timestamp: '2026-01-31T12:00:00Z' },
+      { event: 'hired', properties: {} },
+    ]);
+    assert.deepEqual(stored.json.payload.traits, {});
+    const hit = await receiver.waitFor((h) => h.path === '/crm' && h.json.id === made.id);
+    assert.equal(hit.json.payload.events.length, 2);
+
+    // Properties that are not a JSON object: relay's 422 names the line and the field.
+    await assert.rejects(
+      appTester(
+        App.creates.create_lead.operation.perform,
+        bundleFor({ inputData: { email: 'li@example.com', events: [{ event: 'x', properties: 'driver' }] } }),
+      ),
+      /relay answered 422.*events\.0\.properties: expected an object/,
+    );
+    // No line mapped: no events key at all.
+    const plain = await appTester(
+      App.creates.create_lead.operation.perform,
+      bundleFor({ inputData: { email: 'lo@example.com', events: [{ event: '' }] } }),
+    );
+    const got = await relay.api('GET', `/v1/events/${plain.id}`, relay.keys.zapier.key);
+    assert.deepEqual(got.json.payload.events, []);
+  });
+
   test('neither email nor phone: relay\'s own 422 message', async () => {
     await assert.rejects(
       appTester(App.creates.create_lead.operation.perform, bundleFor({ inputData: { first_name: 'Cy' } })),

@@ -10,6 +10,7 @@ import type {
 } from 'n8n-workflow';
 
 import { relayRequest } from '../shared/transport';
+import { trackEventsOf, trackEventsProperty } from './trackEvents';
 
 const MAIN = 'main' as NodeConnectionType;
 const CREATE = { show: { resource: ['lead', 'contact'], operation: ['create'] } };
@@ -49,7 +50,8 @@ function ids(text: string): string[] {
 
 /**
  * Relay's API as an action node: create leads and contacts (fields offered from
- * ``GET /v1/fields``), read events, replay dead letters. One request per input item.
+ * ``GET /v1/fields``, track events as rows), read events, replay dead letters. One
+ * request per input item.
  */
 export class Relay implements INodeType {
 	description: INodeTypeDescription = {
@@ -159,6 +161,7 @@ export class Relay implements INodeType {
 					},
 				],
 			},
+			trackEventsProperty(CREATE),
 			{
 				displayName: 'Options',
 				name: 'options',
@@ -333,10 +336,12 @@ async function runOne(this: IExecuteFunctions, i: number): Promise<IDataObject[]
 	const resource = this.getNodeParameter('resource', i) as string;
 	const operation = this.getNodeParameter('operation', i) as string;
 	if (operation === 'create') {
-		const body = {
+		const body: IDataObject = {
 			...pairs(this.getNodeParameter('customFields', i, {}) as IDataObject, 'field'),
 			...pairs(this.getNodeParameter('fields', i, {}) as IDataObject, 'field'),
 		};
+		const events = trackEventsOf(this.getNodeParameter('trackEvents', i, {}) as IDataObject);
+		if (events) body.events = events;
 		const options = this.getNodeParameter('options', i, {}) as IDataObject;
 		const qs: IDataObject = {};
 		const destinations = (options.destinations as string[] | undefined) ?? [];
