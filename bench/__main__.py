@@ -44,9 +44,12 @@ sections:
              --workers N (--api-workers) takes its turn too, for what all cores reach.
              With --min-replicas N, N Redis replicas run during the rounds and relay
              serve with RELAY_REDIS_MIN_REPLICAS=N takes its turn: relay WAIT/relay is
-             the cost of a 202 only once replicas have the event.
+             the cost of a 202 only once replicas have the event. relay serve with
+             RELAY_PARTITIONS=1 (a Redis database of its own) takes its turn too:
+             relay/relay 1 partition is the cost of the default partitions.
   delivery   one relay worker --drain vs a bare aiohttp ClientSession loop, same
-             upstream, same requests, same concurrency (target: ratio >= 0.7)
+             upstream, same requests, same concurrency (target: ratio >= 0.7); then the
+             same events through a worker with RELAY_PARTITIONS=1 (a database of its own)
   latency    relay serve (the API and its in-process worker, as a user first runs it) under
              a steady open-loop load: --latency-rate leads/s, one a POST, each a new
              contact, sent on schedule whatever the answers, to an unlimited webhook

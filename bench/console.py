@@ -52,7 +52,7 @@ events = ["contact", "lead"]
 
 async def _fill(redis_url: str, n: int) -> str:
     redis = redis_client(redis_url)
-    store = EventStore(redis, retention_s=7 * 86400)
+    store = EventStore(redis, retention_s=7 * 86400, partitions=16)
     dead_ids: list[str] = []
     for start in range(0, n, _BATCH):
         events = [
@@ -78,7 +78,7 @@ async def _fill(redis_url: str, n: int) -> str:
             pipe.hset(key, redis_keys.STATUS_FIELD_PREFIX + "conveyour", "dead")
             pipe.hset(key, redis_keys.ATTEMPTS_FIELD_PREFIX + "conveyour", 1)
             pipe.hset(key, f"{redis_keys.ATTEMPT_RECORD_PREFIX}conveyour:1", orjson.dumps(attempt))
-            pipe.zadd(redis_keys.dead("conveyour"), {event_id: time.time() * 1000})
+            pipe.zadd(redis_keys.dead("conveyour", 0), {event_id: time.time() * 1000})
         await pipe.execute()
     _, key = await KeyStore(redis).create(name="bench", scopes=["admin"])
     await redis.aclose()

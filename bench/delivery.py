@@ -5,7 +5,9 @@ N contacts are queued for the ``fast`` webhook destination (no rate limit,
 bundled generator posts N copies of a request relay sent (same body, same
 headers) with the same concurrency. Both rates come from the upstream's own
 clock: (arrivals - 1) / (last arrival - first arrival), so process start-up
-counts for neither.
+counts for neither. Then the same N go through a worker with ``RELAY_PARTITIONS=1``
+(on a Redis database of its own, the same Redis): the cost of the default
+partitions (a stream each per destination) on one Redis.
 """
 
 from __future__ import annotations
@@ -29,6 +31,14 @@ class DeliveryResult:
     relay_rate: float  #: events/s
     baseline_rate: float  #: requests/s
     worker_wall_s: float  #: from starting the worker process to its exit
+    one_partition_rate: float | None = None  #: events/s with RELAY_PARTITIONS=1
+
+    @property
+    def partition_ratio(self) -> float | None:
+        """events/s with the default partitions / with one (the same Redis)."""
+        if self.one_partition_rate is None:
+            return None
+        return self.relay_rate / self.one_partition_rate
 
     @property
     def ratio(self) -> float:
@@ -42,6 +52,14 @@ class DeliveryResult:
             "baseline_requests_per_s": round(self.baseline_rate, 1),
             "ratio": round(self.ratio, 3),
             "worker_wall_s": round(self.worker_wall_s, 2),
+            **(
+                {}
+                if self.one_partition_rate is None or self.partition_ratio is None
+                else {
+                    "relay_one_partition_events_per_s": round(self.one_partition_rate, 1),
+                    "partition_ratio": round(self.partition_ratio, 3),
+                }
+            ),
         }
 
 
@@ -107,4 +125,29 @@ def run_delivery(
         relay_rate=relay_rate,
         baseline_rate=_rate(baseline["times"]),
         worker_wall_s=wall_s,
+        one_partition_rate=_one_partition(procs, stack, events=events, concurrency=concurrency),
     )
+
+
+def _one_partition(procs: Procs, stack: Stack, *, events: int, concurrency: int) -> float:
+    """The same delivery with RELAY_PARTITIONS=1, on a Redis database of its own (the
+    count is kept in Redis): events/s."""
+    one = {"RELAY_PARTITIONS": "1"}
+    api = stack.start_api("relay-serve-p1", db=1, extra_env=one)
+    stack.reset_upstream()
+    stack.enqueue_contacts("fast", events, tag=f"p{time.monotonic_ns()}-", api=api)
+    procs.stop(api.proc)
+    env = stack.worker_env("fast") | one
+    env["RELAY_REDIS_URL"] = f"redis://127.0.0.1:{stack.redis_port}/1"
+    worker = procs.python(
+        "relay-worker-p1", "relay", "worker", "--drain", "--concurrency", str(concurrency), env=env
+    )
+    code = procs.wait(worker, timeout_s=60 + events / 20)
+    if code != 0:
+        raise BenchError(
+            f"relay worker --drain (1 partition) exited with {code}:\n{worker.log_tail()}"
+        )
+    found = stack.upstream_stats()
+    if found["unique"] != events:
+        raise BenchError(f"the upstream got {found['unique']} of {events} events (1 partition)")
+    return _rate(found["times"])

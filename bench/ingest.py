@@ -10,6 +10,9 @@ With ``min_replicas`` > 0, that many replicas of the stack's Redis run during th
 rounds, and a ``relay serve --no-worker`` with ``RELAY_REDIS_MIN_REPLICAS`` set
 takes its turn too: the cost of waiting for them (one WAIT per group commit),
 beside relay on the same master and replicas without waiting.
+A ``relay serve --no-worker`` with ``RELAY_PARTITIONS=1`` on a database of its own
+(the same Redis) takes its turn in each round too: the cost of the default partitions
+on one Redis.
 """
 
 from __future__ import annotations
@@ -80,6 +83,13 @@ class IngestResult:
     multi: tuple[int, Side] | None = None
     #: relay serve with RELAY_REDIS_MIN_REPLICAS=N (N, its rounds), when measured
     waiting: tuple[int, Side] | None = None
+    #: relay serve with RELAY_PARTITIONS=1 (its rounds), beside the default's
+    one_partition: Side | None = None
+
+    @property
+    def partition_ratio(self) -> float | None:
+        """req/s with the default partitions / with one partition (the same Redis)."""
+        return None if self.one_partition is None else self.relay.rps / self.one_partition.rps
 
     @property
     def wait_ratio(self) -> float | None:
@@ -104,6 +114,14 @@ class IngestResult:
                 {}
                 if self.multi is None
                 else {"relay_api_workers": self.multi[0], "relay_multi": self.multi[1].to_dict()}
+            ),
+            **(
+                {}
+                if self.one_partition is None or self.partition_ratio is None
+                else {
+                    "relay_one_partition": self.one_partition.to_dict(),
+                    "partition_ratio": round(self.partition_ratio, 3),
+                }
             ),
             **(
                 {}
@@ -136,6 +154,8 @@ def run_ingest(
     apis = {"relay": stack.api}
     if api_workers > 1:
         apis["multi"] = stack.start_api("relay-serve-multi", "--workers", str(api_workers))
+    one = {"RELAY_PARTITIONS": "1"}  # a database of its own: the count is kept in Redis
+    apis["one_partition"] = stack.start_api("relay-serve-p1", db=1, extra_env=one)
     replicas = [stack.start_replica() for _ in range(min_replicas)]
     if min_replicas:
         waits = {"RELAY_REDIS_MIN_REPLICAS": str(min_replicas)}
@@ -166,7 +186,7 @@ def run_ingest(
                     api.proc.check_alive()
     rss_after = rss_kib(stack.serve.pid)
     procs.stop(base)
-    for name in ("multi", "waiting"):
+    for name in ("multi", "waiting", "one_partition"):
         if name in apis:
             procs.stop(apis[name].proc)
     for replica in replicas:  # the next sections run on a Redis without replicas
@@ -181,4 +201,5 @@ def run_ingest(
         rss_kib=(rss_before, rss_after),
         multi=(api_workers, Side(measured["multi"])) if "multi" in apis else None,
         waiting=(min_replicas, Side(measured["waiting"])) if "waiting" in apis else None,
+        one_partition=Side(measured["one_partition"]),
     )

@@ -59,6 +59,7 @@ def ingest(r: IngestResult) -> tuple[list[str], list[Target]]:
     waiting = []
     if r.waiting is not None:
         waiting = [(f"relay, WAIT {r.waiting[0]} replica(s)", r.waiting[1])]
+    one = [] if r.one_partition is None else [("relay, RELAY_PARTITIONS=1", r.one_partition)]
     lines = [
         f"Ingest: POST /v1/leads, {r.connections} connections, {rounds} x {r.round_s:g} s "
         f"rounds each, alternating; load by {r.generator}; baseline on {r.loop}"
@@ -80,9 +81,15 @@ def ingest(r: IngestResult) -> tuple[list[str], list[Target]]:
                         ("relay", r.relay),
                         *multi,
                         *waiting,
+                        *one,
                     )
                 ),
                 ("relay/baseline", f"{r.ratio:.2f}", "", "", "", ""),
+                *(
+                    [("relay/relay 1 partition", f"{r.partition_ratio:.2f}", "", "", "", "")]
+                    if r.partition_ratio is not None
+                    else []
+                ),
                 *(
                     [("relay WAIT/relay", f"{r.wait_ratio:.2f}", "", "", "", "")]
                     if r.wait_ratio is not None
@@ -123,7 +130,17 @@ def delivery(r: DeliveryResult) -> tuple[list[str], list[Target]]:
                 ("", "events/s"),
                 ("bare aiohttp ClientSession loop", f"{r.baseline_rate:,.0f}"),
                 ("relay worker --drain (1 process)", f"{r.relay_rate:,.0f}"),
+                *(
+                    [("the same, RELAY_PARTITIONS=1", f"{r.one_partition_rate:,.0f}")]
+                    if r.one_partition_rate is not None
+                    else []
+                ),
                 ("relay/baseline", f"{r.ratio:.2f}"),
+                *(
+                    [("relay/relay 1 partition", f"{r.partition_ratio:.2f}")]
+                    if r.partition_ratio is not None
+                    else []
+                ),
             ]
         ),
         f"  rates from the upstream's clock, first to last arrival; the worker process "

@@ -84,38 +84,50 @@ class Overview:
     workers: list[WorkerSeen]
 
 
-async def counts(redis: Redis, destinations: Sequence[str]) -> dict[str, Counts]:
-    """Each destination's figures, in two round trips (Redis's clock, then the rest:
-    a cluster pipeline takes only commands on keys)."""
+async def counts(
+    redis: Redis, destinations: Sequence[str], *, partitions: int
+) -> dict[str, Counts]:
+    """Each destination's figures, summed over the partitions, in two round trips
+    (Redis's clock, then the rest: a cluster pipeline takes only commands on keys)."""
     minute = int(time.time() // 60)  # the clock settle counted deliveries by
     now_ms = await server_time_ms(redis)
     async with redis.pipeline(transaction=False) as pipe:
         for dest in destinations:
-            stream, retries = redis_keys.queue(dest), redis_keys.retries(dest)
-            pipe.xlen(stream)
-            pipe.hget(redis_keys.heads(dest), redis_keys.PARKED_FIELD)
-            pipe.zcard(retries)
-            pipe.zcard(redis_keys.dead(dest))
             # MGET by name: redis-py's cluster pipeline refuses mget() (its keys could
-            # span slots); these share relay's hash tag.
+            # span slots); these share relay's control hash tag.
             pipe.execute_command(
                 "MGET", *[redis_keys.delivered_minute(dest, minute - i) for i in range(60)]
             )
-            pipe.xrange(stream, count=1)
-            pipe.zrange(retries, 0, 0, withscores=True)
+            for p in range(partitions):
+                stream, retries = redis_keys.queue(dest, p), redis_keys.retries(dest, p)
+                pipe.xlen(stream)
+                pipe.hget(redis_keys.heads(dest, p), redis_keys.PARKED_FIELD)
+                pipe.zcard(retries)
+                pipe.zcard(redis_keys.dead(dest, p))
+                pipe.xrange(stream, count=1)
+                pipe.zrange(retries, 0, 0, withscores=True)
         replies = await pipe.execute()
     found = {}
+    per_dest = 1 + 6 * partitions
     for i, dest in enumerate(destinations):
-        queued, parked, retrying, dead, delivered, first, due = replies[7 * i : 7 * i + 7]
-        # An entry id is "<ms of its XADD>-<sequence>".
-        since_ms = [int(first[0][0].partition("-")[0])] if first else []
-        if due and due[0][1] <= now_ms:
-            since_ms.append(int(due[0][1]))
+        delivered, *rest = replies[per_dest * i : per_dest * (i + 1)]
+        pending = retrying = dead = 0
+        since_ms = []
+        for p in range(partitions):
+            queued, parked, waiting, gone, first, due = rest[6 * p : 6 * p + 6]
+            pending += int(queued) + int(parked or 0)
+            retrying += int(waiting)
+            dead += int(gone)
+            # An entry id is "<ms of its XADD>-<sequence>".
+            if first:
+                since_ms.append(int(first[0][0].partition("-")[0]))
+            if due and due[0][1] <= now_ms:
+                since_ms.append(int(due[0][1]))
         oldest_ms = max(0, now_ms - min(since_ms)) if since_ms else 0
         found[dest] = Counts(
-            pending=int(queued) + int(parked or 0),
-            retrying=int(retrying),
-            dead=int(dead),
+            pending=pending,
+            retrying=retrying,
+            dead=dead,
             delivered_last_hour=sum(int(v) for v in delivered if v),
             oldest_pending_s=oldest_ms / 1000,
         )
@@ -127,8 +139,10 @@ async def overview(redis: Redis, settings: Settings) -> Overview:
     while its upstream refuses our credentials, or while events wait and no worker is
     live (a disabled destination is only ever "disabled")."""
     names = [*settings.destinations, redis_keys.NOTIFICATIONS]
-    figures = await counts(redis, names)
-    refused = await DeliveryQueue(redis, retention_s=settings.retention_s).health()
+    figures = await counts(redis, names, partitions=settings.partitions)
+    refused = await DeliveryQueue(
+        redis, retention_s=settings.retention_s, partitions=settings.partitions
+    ).health()
     workers = await live_workers(redis)
     rows: list[Backlog] = []
     for name in names:

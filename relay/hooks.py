@@ -33,7 +33,7 @@ from redis.asyncio import Redis
 from relay import redis_keys
 from relay.apikeys import new_signing_secret
 from relay.availability import RedisWatch
-from relay.ids import new_event_id, random_base62
+from relay.ids import new_event_id, partition_of, random_base62
 from relay.invalidation import listen
 from relay.models import CreatedHook, HookInfo, HookOutcome, HookTopic
 from relay.replicas import Command, Replicas, write
@@ -230,7 +230,8 @@ def notification_records(
     now = datetime.now(UTC).isoformat()
     records = []
     for sub in subscriptions:
-        ntf_id = new_event_id(prefix="ntf_")
+        # In the partition of the event it tells of (relay.partitions).
+        ntf_id = new_event_id(prefix="ntf_", partition=partition_of(event_id))
         data: dict[str, Any] = {
             "id": ntf_id,
             "hook": sub.id,

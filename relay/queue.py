@@ -1,52 +1,50 @@
 """The Redis boundary for deliveries: read, take, settle, keep, retry.
 
-Each destination has a stream that every worker reads through one consumer group.
-Every delivery, whatever it is (a first try, a retry, a replay, a ConveYour batch,
-a hook notification; rate-limited or not), goes through the same two script calls:
+Each destination has a stream per partition (:mod:`relay.partitions`) that every
+worker reads through one consumer group. Every delivery, whatever it is (a first try,
+a retry, a replay, a ConveYour batch, a hook notification; rate-limited or not), goes
+through the same two steps, each a script call in the control slot and one in each
+partition its events are in (a script call touches one slot: :mod:`relay.redis_keys`):
 
-* :meth:`DeliveryQueue.take` (``relay/lua/take.lua``) admits the entries of one or
-  more requests: it refuses a copy of an event already delivered, dead or being sent
-  under another live lease, and waits out a 429 pause and ``max_in_flight``; what
-  it admits it marks delivering by the request's holder, under a lease.
-* :meth:`DeliveryQueue.settle` (``relay/lua/settle.lua``) records the answers, with
-  everything that follows from them (retry, dead letter, the contact's next event,
-  hook notifications, the lease given back, the rate log, a pause, the destination's
-  health), and acks the entries, in one step shared with other deliveries settling at
-  the same time (a group commit).
+* :meth:`DeliveryQueue.take`: ``relay/lua/admit.lua`` gives each request its lease
+  (the global 429 pause and ``max_in_flight``), then ``take.lua`` judges its entries
+  in their partitions: it refuses a copy of an event already delivered, dead or being
+  sent by another holder, and marks the rest delivering by the request's holder. A
+  request left nothing to send gives its lease back at once.
+* :meth:`DeliveryQueue.settle`: ``settle.lua`` records the answers in each partition,
+  with everything that follows for the events (retry, dead letter, the contact's next
+  event, hook notifications) and acks the entries; then ``release.lua`` does what
+  follows for the destination (the lease given back, the rate log, a pause, health,
+  delivered counts, hooks' last outcomes). Each is shared with other deliveries
+  settling at the same time (a group commit per slot).
 
 A worker that dies before settling leaves its entries pending, and another worker
 claims them (XAUTOCLAIM) once they have been idle longer than the visibility window;
 a live worker keeps what it holds (:meth:`DeliveryQueue.keep`) so that never happens
-to it while its deliveries wait.
+to it while its deliveries wait. One that dies between the two steps of a settle
+leaves a lease that lapses by itself and rate entries dated a hold ahead: both safe.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from relay import redis_keys
 from relay.groupcommit import GroupCommit
-from relay.hooks import last_outcome, notification_items
-from relay.models import DeliveryStatus
-from relay.scripts import KEEP, MOVE_DUE, SETTLE, TAKE, Batch
+from relay.scripts import ADMIT, KEEP, MOVE_DUE, RELEASE, RENEW, SETTLE, TAKE, Batch
+from relay.settlement import Entry, Result, Settlement, release_item, settle_item
 
 __all__ = ["DeliveryQueue", "Entry", "Result", "Settlement", "Taken"]
-
-
-class Entry(NamedTuple):
-    """One stream entry: its id, its event's, and the event's contact digest when the
-    event heads that contact's order (see :func:`relay.redis_keys.heads`)."""
-
-    id: str
-    event: str
-    contact: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,117 +74,142 @@ class Taken:
         return steps if isinstance(steps, int) else 0
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
-    """What one attempt means for one event (see ``relay/lua/settle.lua``)."""
-
-    entry: Entry
-    status: DeliveryStatus
-    #: The attempt's record (JSON), kept on the event.
-    record: bytes
-    #: The retry uses up a step of the schedule (rejected credentials do not).
-    spends_step: bool = False
-    #: status retrying: when (unix ms).
-    retry_at_ms: int = 0
-    #: Hook notifications to queue with it (``hooks.notification_records``).
-    notifications: Sequence[tuple[str, bytes]] = ()
-    #: For a notification (destination ``_hooks``): its subscription, whose last
-    #: outcome this result becomes (``redis_keys.HOOKS_LAST``).
-    hook: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Settlement:
-    """One request's answer, settled in one go: its events' results and what it means
-    for its destination."""
-
-    destination: str
-    #: Whose lease the request went under (given back).
-    holder: str
-    results: Sequence[Result]
-    #: The request's ids in the destination's rate log, dated at the answer.
-    sent: Sequence[str] = ()
-    #: An upstream 429's Retry-After: the destination pauses this long (ms).
-    pause_ms: int = 0
-    #: Why the destination is unhealthy now (its credentials were refused).
-    unhealthy: str | None = None
-    #: Entries whose event expired before it was sent (a take found it gone): acked,
-    #: and their contacts' next events go.
-    expired: Sequence[Entry] = ()
-
-
 class DeliveryQueue:
     """Worker-side queue operations; expects a ``decode_responses=True`` client."""
 
     __slots__ = (
-        "_commit",
+        "_admit",
+        "_admits",
         "_keep",
         "_move_due",
+        "_partitions",
         "_redis",
+        "_release",
+        "_renew",
         "_retention_s",
+        "_settle",
+        "_settles",
+        "_start",
         "_take",
-        "_take_commits",
+        "_takes",
     )
 
-    def __init__(self, redis: Redis, *, retention_s: int) -> None:
+    def __init__(self, redis: Redis, *, retention_s: int, partitions: int) -> None:
         self._redis = redis
         self._retention_s = retention_s
+        #: RELAY_PARTITIONS: every destination has a stream in each.
+        self._partitions = partitions
+        self._admit = ADMIT.bind(redis)
         self._take = TAKE.bind(redis)
-        self._take_commits: dict[tuple[str, int, int, int | None], GroupCommit] = {}
+        self._settle = SETTLE.bind(redis)
         self._keep = KEEP.bind(redis)
+        self._renew = RENEW.bind(redis)
         self._move_due = MOVE_DUE.bind(redis)
-        #: Deliveries settling at the same time share one script call (relay.groupcommit).
-        self._commit = GroupCommit(SETTLE.bind(redis), self._settle_fixed)
+        #: Group commits (relay.groupcommit), one per slot and fixed arguments: takes'
+        #: control and partition steps, settles' partition steps, and their releases.
+        self._admits: dict[tuple[str, int, int, int | None], GroupCommit] = {}
+        self._takes: dict[tuple[str, int, int, int | None], GroupCommit] = {}
+        self._settles: dict[int, GroupCommit] = {}
+        self._release = GroupCommit(RELEASE.bind(redis), self._release_fixed)
+        #: Where each destination's next read starts: partitions take turns going first.
+        self._start: dict[str, itertools.count[int]] = {}
 
     def __repr__(self) -> str:
-        return f"<DeliveryQueue retention_s={self._retention_s} {self._commit!r}>"
+        return (
+            f"<DeliveryQueue partitions={self._partitions} retention_s={self._retention_s} "
+            f"{self._release!r}>"
+        )
+
+    def streams(self, destination: str) -> list[str]:
+        """The destination's stream in every partition, in partition order."""
+        return [redis_keys.queue(destination, p) for p in range(self._partitions)]
 
     async def ensure_group(self, destination: str) -> None:
-        """Create the consumer group (and stream); an existing group is fine."""
-        try:
-            await self._redis.xgroup_create(
-                redis_keys.queue(destination), redis_keys.CONSUMER_GROUP, id="0", mkstream=True
-            )
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        """Create the consumer group (and stream) in every partition; existing ones are fine."""
+        for stream in self.streams(destination):
+            try:
+                await self._redis.xgroup_create(
+                    stream, redis_keys.CONSUMER_GROUP, id="0", mkstream=True
+                )
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
     async def read(
         self, destination: str, consumer: str, *, count: int, block_ms: int
     ) -> list[Entry]:
-        """New entries for this consumer; recreates the group after a Redis restart lost it."""
-        stream = redis_keys.queue(destination)
+        """New entries for this consumer, at most ``count``, from every partition in
+        turn; recreates the groups after a Redis restart lost them.
+
+        On one Redis, with room for an entry from each, one XREADGROUP over every
+        partition's stream (COUNT is per stream: ``count`` shared out), blocking up to
+        ``block_ms``. Otherwise (a cluster cannot read streams of several slots in one
+        command, or room for fewer than one each): one stream after the other, starting
+        at the next partition each time, until ``count`` are read; nothing found, a short
+        sleep (at most ``block_ms``) stands for the block."""
+        start = next(self._start.setdefault(destination, itertools.count())) % self._partitions
+        streams = self.streams(destination)
+        streams = streams[start:] + streams[:start]
         try:
-            reply = await self._redis.xreadgroup(
-                redis_keys.CONSUMER_GROUP, consumer, {stream: ">"}, count=count, block=block_ms
-            )
+            if count >= len(streams) and not isinstance(self._redis, RedisCluster):
+                reply = await self._redis.xreadgroup(
+                    redis_keys.CONSUMER_GROUP,
+                    consumer,
+                    dict.fromkeys(streams, ">"),
+                    count=count // len(streams),
+                    block=block_ms,
+                )
+                return _read_entries(reply)
+            found: list[Entry] = []
+            for stream in streams:
+                reply = await self._redis.xreadgroup(
+                    redis_keys.CONSUMER_GROUP, consumer, {stream: ">"}, count=count - len(found)
+                )
+                found += _read_entries(reply)
+                if len(found) >= count:
+                    break
+            if not found:
+                await asyncio.sleep(min(block_ms, _POLL_MS) / 1000)
+            return found
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             await self.ensure_group(destination)
             return []
-        streams = cast(list[tuple[str, Any]], reply or [])
-        return [e for _, rows in streams for e in _entries(rows)]
 
     async def claim_stale(
         self, destination: str, consumer: str, *, min_idle_ms: int, count: int
     ) -> list[Entry]:
-        """Entries another consumer took and did not settle within ``min_idle_ms``."""
+        """Entries another consumer took and did not settle within ``min_idle_ms``, from
+        every partition, at most ``count``. One round trip finds the partitions with
+        entries pending at all (most have none most of the time); only those are asked."""
+        streams = self.streams(destination)
         try:
-            reply = await self._redis.xautoclaim(
-                redis_keys.queue(destination),
-                redis_keys.CONSUMER_GROUP,
-                consumer,
-                min_idle_time=min_idle_ms,
-                start_id="0-0",
-                count=count,
-            )
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for stream in streams:
+                    pipe.xpending(stream, redis_keys.CONSUMER_GROUP)
+                summaries = await pipe.execute()
+            found: list[Entry] = []
+            for stream, summary in zip(streams, summaries, strict=True):
+                if not summary["pending"]:
+                    continue
+                reply = await self._redis.xautoclaim(
+                    stream,
+                    redis_keys.CONSUMER_GROUP,
+                    consumer,
+                    min_idle_time=min_idle_ms,
+                    start_id="0-0",
+                    count=count - len(found),
+                )
+                found += _entries(reply[1])
+                if len(found) >= count:
+                    break
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             await self.ensure_group(destination)
             return []
-        return _entries(reply[1])
+        return found
 
     async def take(
         self,
@@ -199,62 +222,132 @@ class DeliveryQueue:
     ) -> list[Taken]:
         """Admit the entries of these requests (holder, its entries) for sending; what
         became of each entry, in order (see :class:`Taken`). Takes of one destination
-        made at the same time share one script call."""
-        entries = [entry for _, group in requests for entry in group]
-        if not entries:
+        made at the same time share script calls (one per slot)."""
+        requests = [(holder, group) for holder, group in requests if group]
+        if not requests:
             return []
+        admits = self._admits_of(destination, lease_ms, max_in_flight, now_ms)
 
-        def writes(batch: Batch) -> None:
-            for holder, group in requests:
-                for entry in group:
+        def holders(batch: Batch) -> None:
+            for holder, _ in requests:
+                batch.add({"holder": holder})
+
+        leases = await admits.submit(holders)
+        # By place: entries of different partitions' streams may share an id.
+        flat = [(holder, entry) for holder, group in requests for entry in group]
+        taken: list[Taken | None] = [None] * len(flat)
+        leased = {holder: lease for (holder, _), lease in zip(requests, leases, strict=True)}
+        by_partition: dict[int, list[int]] = {}
+        for i, (holder, entry) in enumerate(flat):
+            lease = leased[holder]
+            if lease[0] == "ok":
+                by_partition.setdefault(entry.partition, []).append(i)
+            else:
+                wait_ms = int(lease[1]) if len(lease) > 1 else 0
+                taken[i] = Taken(entry, lease[0], wait_ms=wait_ms)
+
+        async def one(partition: int, places: list[int]) -> None:
+            def writes(batch: Batch) -> None:
+                for i in places:
+                    holder, entry = flat[i]
                     event = batch.key(redis_keys.event(entry.event))
                     batch.add({"entry": entry.id, "event": event, "holder": holder})
 
-        reply = await self._takes(destination, lease_ms, max_in_flight, now_ms).submit(writes)
-        taken = []
-        for entry, one in zip(entries, reply, strict=True):
-            if one[0] == "ok":
-                last = one[4] if len(one) > 4 else None
-                taken.append(Taken(entry, "ok", one[1], int(one[2]), int(one[3]), last=last))
-            else:
-                taken.append(Taken(entry, one[0], wait_ms=int(one[1]) if len(one) > 1 else 0))
-        return taken
+            commit = self._takes_of(destination, partition, lease_ms, now_ms)
+            for i, reply in zip(places, await commit.submit(writes), strict=True):
+                taken[i] = _taken(flat[i][1], reply)
 
-    def _takes(
+        await asyncio.gather(*(one(p, places) for p, places in by_partition.items()))
+        out = [t for t in taken if t is not None]
+        assert len(out) == len(flat)
+        # A request admitted with nothing to send gives its lease back at once.
+        sending = {holder for (holder, _), t in zip(flat, out, strict=True) if t.state == "ok"}
+        idle = [h for h, lease in leased.items() if lease[0] == "ok" and h not in sending]
+        if idle:
+            await self._redis.zrem(redis_keys.inflight(destination), *idle)
+        return out
+
+    def _admits_of(
         self, destination: str, lease_ms: int, max_in_flight: int, now_ms: int | None
     ) -> GroupCommit:
-        """The group commit of takes of one destination (and limits)."""
+        """The group commit of takes' control steps for one destination (and limits)."""
         key = (destination, lease_ms, max_in_flight, now_ms)
-        commit = self._take_commits.get(key)
+        commit = self._admits.get(key)
         if commit is None:
             keys = {
-                "stream": redis_keys.queue(destination),
                 "leases": redis_keys.inflight(destination),
                 "pause": redis_keys.paused(destination),
+            }
+            args: dict[str, str | int | float] = {
+                "now_ms": "" if now_ms is None else now_ms,
+                "lease_ms": lease_ms,
+                "max_in_flight": max_in_flight,
+            }
+            commit = self._admits[key] = GroupCommit(self._admit, lambda: (keys, args))
+        return commit
+
+    def _takes_of(
+        self, destination: str, partition: int, lease_ms: int, now_ms: int | None
+    ) -> GroupCommit:
+        """The group commit of takes' partition steps for one destination's partition."""
+        key = (destination, partition, lease_ms, now_ms)
+        commit = self._takes.get(key)
+        if commit is None:
+            keys = {
+                "stream": redis_keys.queue(destination, partition),
+                "held": redis_keys.held(destination, partition),
             }
             args: dict[str, str | int | float] = {
                 "destination": destination,
                 "now_ms": "" if now_ms is None else now_ms,
                 "lease_ms": lease_ms,
-                "max_in_flight": max_in_flight,
             }
-            commit = self._take_commits[key] = GroupCommit(self._take, lambda: (keys, args))
+            commit = self._takes[key] = GroupCommit(self._take, lambda: (keys, args))
         return commit
 
     async def settle(self, settlement: Settlement) -> list[str]:
-        """Record one request's answer and all that follows from it, and ack its entries,
-        atomically (in one script call, shared with other settlements of the moment).
-        For each expired entry, then each result: "settled", "late" (another worker took
-        the event over: only the attempt was recorded) or "gone" (the event expired)."""
-        (words,) = await self._commit.submit(lambda batch: _settle_item(batch, settlement))
-        return cast(list[str], words)
+        """Record one request's answer and all that follows from it, and ack its entries:
+        in each partition of its events (atomically there), then in the control slot,
+        each step in a script call shared with other settlements of the moment. For each
+        expired entry, then each result: "settled", "late" (another worker took the event
+        over: only the attempt was recorded) or "gone" (the event expired)."""
+        expired, results = settlement.expired, settlement.results
+        words: list[str] = [""] * (len(expired) + len(results))
+        parts = sorted({e.partition for e in expired} | {r.entry.partition for r in results})
 
-    def _settle_fixed(self) -> tuple[dict[str, str], dict[str, str | int | float]]:
-        keys = {
-            "health": redis_keys.HEALTH,
-            "notifications": redis_keys.queue(redis_keys.NOTIFICATIONS),
-        }
-        return keys, {"now_ms": "", "retention_s": self._retention_s}
+        async def one(partition: int) -> None:
+            gone = [i for i, e in enumerate(expired) if e.partition == partition]
+            mine = [i for i, r in enumerate(results) if r.entry.partition == partition]
+            (answer,) = await self._settle_commit(partition).submit(
+                lambda batch: settle_item(
+                    batch,
+                    settlement,
+                    partition,
+                    [expired[i] for i in gone],
+                    [results[i] for i in mine],
+                )
+            )
+            for i, word in zip([*gone, *(len(expired) + i for i in mine)], answer, strict=True):
+                words[i] = word
+
+        await asyncio.gather(*(one(p) for p in parts))
+        settled = [r for r, w in zip(results, words[len(expired) :], strict=True) if w == "settled"]
+        await self._release.submit(lambda batch: release_item(batch, settlement, settled))
+        return words
+
+    def _settle_commit(self, partition: int) -> GroupCommit:
+        commit = self._settles.get(partition)
+        if commit is None:
+            keys = {"notifications": redis_keys.queue(redis_keys.NOTIFICATIONS, partition)}
+
+            def fixed() -> tuple[dict[str, str], dict[str, str | int | float]]:
+                return keys, {"now_ms": "", "retention_s": self._retention_s}
+
+            commit = self._settles[partition] = GroupCommit(self._settle, fixed)
+        return commit
+
+    def _release_fixed(self) -> tuple[dict[str, str], dict[str, str | int | float]]:
+        return {"health": redis_keys.HEALTH}, {"now_ms": ""}
 
     async def give_back(self, destination: str, holder: str) -> None:
         """Give back ``holder``'s lease without settling (nothing was sent); its entries
@@ -265,42 +358,60 @@ class DeliveryQueue:
         self,
         destination: str,
         consumer: str,
-        entry_ids: Sequence[str],
+        entries: Sequence[Entry],
         holders: Sequence[str],
         *,
         lease_ms: int,
         now_ms: int | None = None,
     ) -> tuple[int, int]:
-        """Reset the idle time of the entries ``consumer`` still holds and renew the live
-        leases of its requests, so that no other worker claims them while they wait; how
-        many entries it still holds, and how many leases were renewed."""
-        kept, renewed = await self._keep(
-            keys={
-                "stream": redis_keys.queue(destination),
-                "leases": redis_keys.inflight(destination),
-            },
-            args={
-                "consumer": consumer,
-                "entries": orjson.dumps(list(entry_ids)).decode(),
-                "holders": orjson.dumps(list(holders)).decode(),
-                "now_ms": "" if now_ms is None else now_ms,
-                "lease_ms": lease_ms,
-            },
+        """Reset the idle time of the entries ``consumer`` still holds and renew its
+        requests' holds in their partitions and their live leases, so that no other
+        worker claims them while they wait; how many entries it still holds, and how
+        many leases were renewed."""
+        when = "" if now_ms is None else now_ms
+        names = orjson.dumps(list(holders)).decode()
+        kept = 0
+        for partition in sorted({e.partition for e in entries}):
+            ids = [e.id for e in entries if e.partition == partition]
+            done, _ = await self._keep(
+                keys={
+                    "stream": redis_keys.queue(destination, partition),
+                    "held": redis_keys.held(destination, partition),
+                },
+                args={
+                    "consumer": consumer,
+                    "entries": orjson.dumps(ids).decode(),
+                    "holders": names,
+                    "now_ms": when,
+                    "lease_ms": lease_ms,
+                },
+            )
+            kept += int(done)
+        renewed = await self._renew(
+            keys={"leases": redis_keys.inflight(destination)},
+            args={"holders": names, "now_ms": when, "lease_ms": lease_ms},
         )
-        return int(kept), int(renewed)
+        return kept, int(renewed)
 
     async def move_due_retries(
         self, destinations: Sequence[str], *, now_ms: int | None = None, limit: int = 500
     ) -> int:
-        """Put retries whose time has come back into their streams; how many moved."""
+        """Put retries whose time has come back into their streams (a call per
+        partition, at most ``limit`` per destination and partition); how many moved."""
         if not destinations:
             return 0
-        batch = self._move_due.batch()
-        for dest in destinations:
-            retries, stream = redis_keys.retries(dest), redis_keys.queue(dest)
-            batch.add({"retries": batch.key(retries), "stream": batch.key(stream)})
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-        return int(await self._move_due(batch, keys={}, args={"now_ms": now_ms, "limit": limit}))
+
+        async def one(partition: int) -> int:
+            batch = self._move_due.batch()
+            for dest in destinations:
+                retries = redis_keys.retries(dest, partition)
+                stream = redis_keys.queue(dest, partition)
+                batch.add({"retries": batch.key(retries), "stream": batch.key(stream)})
+            args = {"now_ms": now_ms, "limit": limit}
+            return int(await self._move_due(batch, keys={}, args=args))
+
+        return sum(await asyncio.gather(*(one(p) for p in range(self._partitions))))
 
     async def idle(self, destinations: Sequence[str]) -> bool:
         """Nothing waiting, pending or scheduled for any of these destinations."""
@@ -308,8 +419,9 @@ class DeliveryQueue:
         # second, so read in this order it is seen in one or the other, never in neither.
         async with self._redis.pipeline(transaction=False) as pipe:
             for dest in destinations:
-                pipe.zcard(redis_keys.retries(dest))
-                pipe.xlen(redis_keys.queue(dest))
+                for partition in range(self._partitions):
+                    pipe.zcard(redis_keys.retries(dest, partition))
+                    pipe.xlen(redis_keys.queue(dest, partition))
             counts = await pipe.execute()
         return not any(counts)
 
@@ -319,6 +431,22 @@ class DeliveryQueue:
         return {name: orjson.loads(value) for name, value in raw.items()}
 
 
+#: A read that found nothing in any partition, one stream at a time, sleeps this long.
+_POLL_MS = 50
+
+
+def _taken(entry: Entry, reply: list[Any]) -> Taken:
+    if reply[0] == "ok":
+        last = reply[4] if len(reply) > 4 else None
+        return Taken(entry, "ok", reply[1], int(reply[2]), int(reply[3]), last=last)
+    return Taken(entry, reply[0], wait_ms=int(reply[1]) if len(reply) > 1 else 0)
+
+
+def _read_entries(reply: Any) -> list[Entry]:
+    streams = cast(list[tuple[str, Any]], reply or [])
+    return [e for _, rows in streams for e in _entries(rows)]
+
+
 def _entries(reply: Any) -> list[Entry]:
     event, contact = redis_keys.ENTRY_EVENT_FIELD, redis_keys.ENTRY_CONTACT_FIELD
     return [
@@ -326,68 +454,3 @@ def _entries(reply: Any) -> list[Entry]:
         for entry_id, fields in reply
         if fields and event in fields
     ]
-
-
-def _settle_item(batch: Batch, settlement: Settlement) -> None:
-    """Add one settlement to a ``settle.lua`` call being built."""
-    dest = settlement.destination
-    stream = batch.key(redis_keys.queue(dest))
-    events = [_settle_event(batch, dest, entry) for entry in settlement.expired]
-    for result in settlement.results:
-        entry = result.entry
-        event = _settle_event(batch, dest, entry)
-        event["status"] = result.status.value
-        event["record"] = result.record.decode()
-        if result.spends_step:
-            event["spend"] = True
-        if result.status is DeliveryStatus.retrying:
-            event["retry"] = batch.key(redis_keys.retries(dest))
-            event["at"] = result.retry_at_ms
-            event["member"] = entry.event
-            if entry.contact is not None:
-                event["member"] += redis_keys.RETRY_CONTACT_SEP + entry.contact
-        elif result.status is DeliveryStatus.dead:
-            event["dead"] = batch.key(redis_keys.dead(dest))
-        elif result.status is DeliveryStatus.delivered:
-            minute = int(time.time() // 60)
-            event["minute"] = batch.key(redis_keys.delivered_minute(dest, minute))
-        if result.notifications:
-            event["notify"] = notification_items(batch, result.notifications)
-        if result.hook is not None:
-            event["hook"] = result.hook
-            event["hooks"] = batch.key(redis_keys.HOOKS_INDEX)
-            event["last"] = batch.key(redis_keys.HOOKS_LAST)
-            event["outcome"] = last_outcome(entry.event, result.status.value, result.record)
-        events.append(event)
-    item: dict[str, Any] = {
-        "destination": dest,
-        "holder": settlement.holder,
-        "stream": stream,
-        "leases": batch.key(redis_keys.inflight(dest)),
-        "events": events,
-    }
-    if settlement.sent:
-        item["rate"] = batch.key(redis_keys.rate(dest))
-        item["sent"] = list(settlement.sent)
-    if settlement.pause_ms > 0:
-        item["pause"] = batch.key(redis_keys.paused(dest))
-        item["pause_ms"] = settlement.pause_ms
-    if settlement.unhealthy is not None:
-        problem = {"problem": settlement.unhealthy, "since": time.time()}
-        item["unhealthy"] = orjson.dumps(problem).decode()
-    batch.add(item)
-
-
-def _settle_event(batch: Batch, destination: str, entry: Entry) -> dict[str, Any]:
-    """An event of a ``settle.lua`` item: its entry, and its contact's order when the
-    entry names the contact (the order moves on when it is settled for good)."""
-    event: dict[str, Any] = {
-        "entry": entry.id,
-        "id": entry.event,
-        "event": batch.key(redis_keys.event(entry.event)),
-    }
-    if entry.contact is not None:
-        event["contact"] = entry.contact
-        event["heads"] = batch.key(redis_keys.heads(destination))
-        event["list"] = batch.key(redis_keys.order(destination, entry.contact))
-    return event

@@ -1,35 +1,53 @@
 """Every Redis key name relay uses, and every TTL, in one place.
 
-All keys carry the hash tag ``{relay}`` so that a MULTI or a Lua script that
-touches several of them stays in one slot: the same code runs on Redis
-Cluster (in one slot, which is what the ordering and rate-limit scripts need).
+Keys come in two kinds, by hash tag (the part in braces that Redis Cluster hashes to
+a slot), so that every script call touches one slot and a cluster spreads the events
+over every master:
 
-Layout::
+* **control keys**, tagged ``{relay}`` (one slot): API keys, hook subscriptions,
+  workers, health, console sessions, idempotency answers, the partition count, and
+  per destination its rate log, pause, in-flight leases and delivered-minute counters.
+  These make limits, pauses and caps global across partitions and workers.
+* **partition keys**, tagged ``{relay:<p>}`` for partition p of ``RELAY_PARTITIONS``
+  (:mod:`relay.partitions`): events, their time and search indexes, and per
+  destination its stream, retries, dead letters, contact order and held requests, and
+  the hook notifications' stream. An event's partition is in its id
+  (:func:`relay.ids.partition_of`), so :func:`event` needs nothing else; the other
+  partition keys take the partition, always (no default that could hide a wrong one).
+  With the default 16 partitions, the tags ``{relay:0}`` .. ``{relay:15}`` fall 5, 5
+  and 6 on the three masters of a standard 3-master cluster (slots 0-5460,
+  5461-10922, 10923-16383; tests/test_partitions.py checks it).
+
+Layout (``{p}`` = ``{relay:<p>}``)::
 
     {relay}:key:<sha256 hex>        hash   one API key (digest only, never the key)
     {relay}:keys                    hash   key id -> digest, for list and revoke by id
     {relay}:keys:changed            pubsub digest of a key that changed (cache invalidation)
-    {relay}:evt:<event id>          hash   one event: "data" (JSON), and per destination:
+    {relay}:partitions              string RELAY_PARTITIONS this data was written with
+    {p}:evt:<event id>              hash   one event: "data" (JSON), and per destination:
                                            "st:<dest>" status, "h:<dest>" who is sending it,
                                            "n:<dest>" attempts made, "a:<dest>:<n>" attempt n,
                                            "r:<dest>" retries spent of the current schedule
-    {relay}:events                  zset   event id by received time (ms), for listings
-    {relay}:who:<digest>            zset   one email's or phone's event ids by received ms
+    {p}:events                      zset   the partition's event ids by received time (ms)
+    {p}:who:<digest>                zset   one email's or phone's event ids by received ms
                                            (search); the digest, never the address or number
-    {relay}:q:<destination>         stream deliveries waiting: "e" event id, and "c" the
+    {p}:q:<destination>             stream deliveries waiting: "e" event id, and "c" the
                                            contact digest when the event heads its contact
     {relay}:rate:<destination>      zset   sliding-window log: request id -> answered ms
                                            (in flight: admitted ms + hold)
     {relay}:paused:<destination>    string upstream asked us to wait (429); PX = the wait
-    {relay}:inflight:<destination>  zset   in-flight leases: holder -> lease expiry ms
-    {relay}:retry:<destination>     zset   scheduled retries: event id[/contact] -> due ms
-    {relay}:dead:<destination>      zset   dead letters: event id -> dead-lettered ms
+    {relay}:inflight:<destination>  zset   in-flight leases: holder -> lease expiry ms (the
+                                           global max_in_flight cap)
+    {p}:held:<destination>          zset   the partition's requests under way: holder ->
+                                           lease expiry ms (who may mark its events)
+    {p}:retry:<destination>         zset   scheduled retries: event id[/contact] -> due ms
+    {p}:dead:<destination>          zset   dead letters: event id -> dead-lettered ms
     {relay}:done:<dest>:<minute>    string deliveries in that minute (for `relay status`)
     {relay}:health                  hash   destination -> why it is unhealthy (JSON)
-    {relay}:heads:<dest>            hash   contact digest -> its undelivered event that goes
+    {p}:heads:<dest>                hash   contact digest -> its undelivered event that goes
                                            first (the only one with a stream entry);
                                            "#parked" -> how many wait behind heads
-    {relay}:order:<dest>:<contact>  list   that contact's later events, parked, in accepted order
+    {p}:order:<dest>:<contact>      list   that contact's later events, parked, in accepted order
     {relay}:idem:<key id>:<digest>  string the first answer to an Idempotency-Key (24 h)
     {relay}:hooks                   hash   hook id -> subscription JSON (with its secret)
     {relay}:hooks:changed           pubsub a subscription was added or deleted (cache invalidation)
@@ -42,8 +60,8 @@ Layout::
 
 Outbound notifications are queued like deliveries, under the pseudo-destination
 ``_hooks`` (:data:`NOTIFICATIONS`, a name no configured destination can have):
-each is a record ``{relay}:evt:ntf_…`` with its stream entry, retries, dead
-letters and attempts in the keys above.
+each is a record ``{p}:evt:ntf_…`` in the partition of the event it tells of, with
+its stream entry, retries, dead letters and attempts in that partition's keys above.
 
 The Lua scripts (``relay/lua``) are given every key they touch, and use the names
 below that they share with Python (fields, words, TTLs) from here (relay.scripts).
@@ -54,6 +72,8 @@ from __future__ import annotations
 import hashlib
 from typing import Literal
 
+from relay.ids import partition_of
+
 __all__ = [
     "ATTEMPTS_FIELD_PREFIX",
     "ATTEMPT_RECORD_PREFIX",
@@ -63,7 +83,6 @@ __all__ = [
     "DELIVERED_MINUTE_TTL_S",
     "ENTRY_CONTACT_FIELD",
     "ENTRY_EVENT_FIELD",
-    "EVENTS_INDEX",
     "EVENT_DATA_FIELD",
     "HEALTH",
     "HOLDER_FIELD_PREFIX",
@@ -76,6 +95,7 @@ __all__ = [
     "KEYS_INDEX",
     "NOTIFICATIONS",
     "PARKED_FIELD",
+    "PARTITIONS",
     "RETRIES_FIELD_PREFIX",
     "RETRY_CONTACT_SEP",
     "STATUS_FIELD_PREFIX",
@@ -87,11 +107,14 @@ __all__ = [
     "dead",
     "delivered_minute",
     "event",
+    "events_index",
     "heads",
+    "held",
     "idempotency",
     "inflight",
     "key",
     "order",
+    "partition_tag",
     "paused",
     "queue",
     "rate",
@@ -106,8 +129,9 @@ KEYS_INDEX = f"{_TAG}:keys"
 #: pub/sub channel: the digest of a key that was revoked or changed. Every API
 #: process drops that key from its in-memory cache when it hears it.
 KEYS_CHANGED_CHANNEL = f"{_TAG}:keys:changed"
-#: zset: every event id, scored by its received time in ms; trimmed to the retention.
-EVENTS_INDEX = f"{_TAG}:events"
+#: string: the RELAY_PARTITIONS the data was written with (relay.partitions): set at the
+#: first start, and a process started with another count refuses to start.
+PARTITIONS = f"{_TAG}:partitions"
 #: hash: hook id -> JSON of one REST-hook subscription.
 HOOKS_INDEX = f"{_TAG}:hooks"
 #: hash: hook id -> JSON of the outcome of the last attempt to notify that subscription
@@ -175,16 +199,37 @@ def console_session(digest: str) -> str:
     return f"{_TAG}:console:{digest}"
 
 
-def retries(destination: str) -> str:
+def partition_tag(partition: int) -> str:
+    """The hash tag of one partition's keys, braces included."""
+    return f"{{relay:{partition}}}"
+
+
+def events_index(partition: int) -> str:
+    """Zset of one partition's event ids by received ms (listings merge the partitions);
+    trimmed to the retention by the enqueue script."""
+    return f"{partition_tag(partition)}:events"
+
+
+def held(destination: str, partition: int) -> str:
+    """Zset of the requests sending this partition's events to one destination: holder
+    -> lease expiry ms. Written with the "delivering" mark (relay/lua/take.lua), renewed
+    with the entries (keep.lua), removed at settle: a take refuses an event another
+    holder marks while that holder's entry here lives. The global cap is
+    :func:`inflight`, in the control slot."""
+    return f"{partition_tag(partition)}:held:{destination}"
+
+
+def retries(destination: str, partition: int) -> str:
     """Zset of a destination's scheduled retries (event id, or event id
     ``RETRY_CONTACT_SEP`` contact for the head of a contact's order -> due ms); moved back
     to the stream when due, by a script that removes and re-adds in one step."""
-    return f"{_TAG}:retry:{destination}"
+    return f"{partition_tag(partition)}:retry:{destination}"
 
 
-def dead(destination: str) -> str:
-    """Zset of a destination's dead letters (event id -> ms); kept until replayed."""
-    return f"{_TAG}:dead:{destination}"
+def dead(destination: str, partition: int) -> str:
+    """Zset of a destination's dead letters in one partition (event id -> ms); kept
+    until replayed."""
+    return f"{partition_tag(partition)}:dead:{destination}"
 
 
 def delivered_minute(destination: str, minute: int) -> str:
@@ -197,7 +242,7 @@ def key(digest: str) -> str:
     return f"{_TAG}:key:{digest}"
 
 
-def who(kind: Literal["email", "phone"], value: str) -> str:
+def who(partition: int, kind: Literal["email", "phone"], value: str) -> str:
     """Zset of the events about one email or phone (as normalized at ingest), event id ->
     received ms, for search (``EventStore.find``).
 
@@ -206,19 +251,22 @@ def who(kind: Literal["email", "phone"], value: str) -> str:
     email or phone, so two values sharing a digest would never mix. Written in the
     enqueue script with the event: members older than the retention are trimmed there,
     and the key expires a retention after its newest event, as that event's record does.
+    One per partition: an event with an email and a phone is in the partition of its
+    email, so a search by phone reads every partition's.
     """
     digest = hashlib.sha256(f"{kind}:{value}".encode()).hexdigest()[:20]
-    return f"{_TAG}:who:{digest}"
+    return f"{partition_tag(partition)}:who:{digest}"
 
 
 def event(event_id: str) -> str:
-    """Hash of one event; expires after ``Settings.retention_s``."""
-    return f"{_TAG}:evt:{event_id}"
+    """Hash of one event (or notification), in the partition its id names; expires after
+    ``Settings.retention_s``."""
+    return f"{partition_tag(partition_of(event_id))}:evt:{event_id}"
 
 
-def queue(destination: str) -> str:
-    """Stream of deliveries pending for one destination."""
-    return f"{_TAG}:q:{destination}"
+def queue(destination: str, partition: int) -> str:
+    """Stream of deliveries pending for one destination in one partition."""
+    return f"{partition_tag(partition)}:q:{destination}"
 
 
 def rate(destination: str) -> str:
@@ -246,7 +294,7 @@ def inflight(destination: str) -> str:
     return f"{_TAG}:inflight:{destination}"
 
 
-def heads(destination: str) -> str:
+def heads(destination: str, partition: int) -> str:
     """Hash of the contacts with an undelivered event to one destination: contact digest
     (of the email, else phone) -> the event that goes first, the only one of that contact
     with a stream entry; and :data:`PARKED_FIELD` -> how many wait behind heads.
@@ -254,14 +302,15 @@ def heads(destination: str) -> str:
     A contact's events thus reach the upstream in the order they were accepted: the next
     one gets its stream entry only when its head is settled delivered or dead, in the
     script that settles it (relay/lua/settle.lua), so a contact with a thousand queued
-    events moves as fast as the upstream answers, with nothing polling for it."""
-    return f"{_TAG}:heads:{destination}"
+    events moves as fast as the upstream answers, with nothing polling for it. A
+    contact's events all share one partition (relay.partitions)."""
+    return f"{partition_tag(partition)}:heads:{destination}"
 
 
-def order(destination: str, contact: str) -> str:
+def order(destination: str, partition: int, contact: str) -> str:
     """List of one contact's events after its head (see :func:`heads`), oldest first,
     parked: each gets its stream entry when the one before it is settled."""
-    return f"{_TAG}:order:{destination}:{contact}"
+    return f"{partition_tag(partition)}:order:{destination}:{contact}"
 
 
 def idempotency(key_id: str, idempotency_key: str) -> str:

@@ -10,8 +10,11 @@ declares the same names; loading checks them against the file's ``-- KEYS:`` and
     take = TAKE.bind(redis)
     batch = take.batch()
     batch.add({"entry": entry_id, "event": batch.key(redis_keys.event(event_id)), "holder": h})
-    keys = {"stream": redis_keys.queue(dest), "leases": ..., "pause": ...}
+    keys = {"stream": redis_keys.queue(dest, p), "held": redis_keys.held(dest, p)}
     reply = await take(batch, keys=keys, args={"destination": dest, "now_ms": "", ...})
+
+Every call touches one slot: a partition's keys (``{relay:<p>}``) or the control keys
+(``{relay}``), never both (relay.redis_keys; tests/test_scripts.py checks each call).
 
 Scripts that work on a list of items (``items`` in ARGV) take the keys of those items
 after their named ones: a :class:`Batch` collects them, each once, and gives the index
@@ -25,7 +28,7 @@ plus one).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib.resources import files
@@ -37,13 +40,17 @@ from redis.exceptions import NoScriptError
 
 from relay import redis_keys
 from relay.models import DeliveryStatus
+from relay.pipeliner import Pipeliner
 from relay.replicas import Replicas, write
 
 __all__ = [
     "ACQUIRE",
+    "ADMIT",
     "ENQUEUE",
     "KEEP",
     "MOVE_DUE",
+    "RELEASE",
+    "RENEW",
     "REPLAY",
     "SETTLE",
     "TAKE",
@@ -148,12 +155,14 @@ class Batch:
 class Bound:
     """A :class:`Script` bound to a client: call it with its KEYS and ARGV by name."""
 
-    __slots__ = ("_redis", "_redis_script", "script")
+    __slots__ = ("_pipeliner", "_redis", "_redis_script", "script")
 
     def __init__(self, script: Script, redis: Redis) -> None:
         self.script = script
         self._redis = redis
         self._redis_script = redis.register_script(script.text)
+        #: Calls of the moment share a round trip on one Redis (relay.pipeliner).
+        self._pipeliner = Pipeliner.of(redis)
 
     def __repr__(self) -> str:
         return f"<Bound {self.script.name}.lua>"
@@ -192,7 +201,13 @@ class Bound:
         if batch is not None:
             names += batch.keys
         if replicas is None:
-            return await self._redis_script(keys=names, args=values)
+            if self._pipeliner is None:
+                return await self._redis_script(keys=names, args=values)
+
+            def alone() -> Awaitable[Any]:
+                return self._redis_script(keys=names, args=values)
+
+            return await self._pipeliner.call(self._redis_script.sha, names, values, alone)
         try:
             return await self._confirmed(names, values, replicas)
         except NoScriptError:  # Redis restarted, or failed over, since it was loaded
@@ -212,23 +227,23 @@ class Bound:
         return answer
 
 
-#: Store accepted events and queue them (the API's group commit).
+#: Store one partition's accepted events and queue them (the API's group commit).
 ENQUEUE = Script("enqueue", ("index", "notifications"), ("items", "cutoff_ms", "retention_s"))
-#: Admit stream entries for sending: a lease per request, or why not.
-TAKE = Script(
-    "take",
-    ("stream", "leases", "pause"),
-    ("items", "destination", "now_ms", "lease_ms", "max_in_flight"),
-)
-#: Record answers, with all that follows from them, and ack the entries.
-SETTLE = Script("settle", ("health", "notifications"), ("items", "now_ms", "retention_s"))
-#: Keep the entries and leases a worker holds while its deliveries wait.
-KEEP = Script(
-    "keep", ("stream", "leases"), ("consumer", "entries", "holders", "now_ms", "lease_ms")
-)
-#: Due retries back into their streams.
+#: Leases for requests to one destination, or why not (control slot: pause, cap).
+ADMIT = Script("admit", ("leases", "pause"), ("items", "now_ms", "lease_ms", "max_in_flight"))
+#: Mark one partition's stream entries delivering, or say why not.
+TAKE = Script("take", ("stream", "held"), ("items", "destination", "now_ms", "lease_ms"))
+#: Record answers for one partition's events, with all that follows, and ack the entries.
+SETTLE = Script("settle", ("notifications",), ("items", "now_ms", "retention_s"))
+#: What answers mean for their destinations (control slot: leases, rate, pause, health).
+RELEASE = Script("release", ("health",), ("items", "now_ms"))
+#: Keep the entries and holders a worker has in one partition while its deliveries wait.
+KEEP = Script("keep", ("stream", "held"), ("consumer", "entries", "holders", "now_ms", "lease_ms"))
+#: Renew the leases of a worker's requests while they wait (control slot).
+RENEW = Script("renew", ("leases",), ("holders", "now_ms", "lease_ms"))
+#: One partition's due retries back into their streams.
 MOVE_DUE = Script("move_due", (), ("items", "now_ms", "limit"))
-#: Dead letters back into their stream.
+#: Dead letters of one partition back into its stream.
 REPLAY = Script("replay", ("dead", "stream"), ("items", "destination"))
 #: A slot under a sliding-window rate limit.
 ACQUIRE = Script(

@@ -333,6 +333,15 @@ class Settings(BaseSettings):
         le=4000,
         description="milliseconds to wait for RELAY_REDIS_MIN_REPLICAS replicas to confirm",
     )
+    #: The count is recorded in Redis at the first start (relay.partitions); a process
+    #: started with another refuses to start. 1024: what an event id can name.
+    partitions: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="partitions the events spread over, by contact (each its own Redis "
+        "Cluster hash tag); fixed once data is written: drain before changing it",
+    )
     #: The relay.toml that was loaded; None when there was none.
     config: Path | None = Field(
         None, description="the relay.toml to read (default ./relay.toml when it exists)"

@@ -1,14 +1,18 @@
 """The Redis boundary for events: enqueue atomically, read back.
 
 An accepted event is written in one atomic script call (``relay/lua/enqueue.lua``, a
-group commit shared with concurrent requests; see :mod:`relay.groupcommit`) with
+group commit of its partition shared with concurrent requests; see
+:mod:`relay.groupcommit` and :mod:`relay.partitions`) with
 everything that makes it deliverable and findable: its record (JSON plus a status
 per destination), its place in the time index and in the search index of its email
 and of its phone (``redis_keys.who``, read by :meth:`EventStore.find`), and its place
 in each destination's queue: a stream entry, or a place in its contact's order
 behind an earlier event.
-Either all of it is in Redis when ``enqueue`` returns, or none of it and
-StoreUnavailable is raised when Redis cannot take it now (the API's error
+Either all of an event is in Redis when ``enqueue`` returns, or none of it and
+StoreUnavailable is raised when Redis cannot take it now (a request whose events fall
+in several partitions makes a call per partition, all awaited before it answers: if one
+fails, the others may have been written, and the client's retry queues those again;
+with an Idempotency-Key, the answer is written after them all) (the API's error
 middleware answers 503, so that Zapier and n8n retry). With
 ``RELAY_REDIS_MIN_REPLICAS``, "in Redis" means on that many replicas too, else
 NotReplicated (a 503 as well: :mod:`relay.replicas`).
@@ -16,23 +20,28 @@ NotReplicated (a 503 as well: :mod:`relay.replicas`).
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import orjson
 from redis.asyncio import Redis
 
 from relay import redis_keys
-from relay.errors import StoreUnavailable
+from relay.errors import NotReplicated, StoreUnavailable
 from relay.groupcommit import GroupCommit
 from relay.hooks import Subscription, notification_items, notification_records
+from relay.ids import new_event_id, partition_of
+from relay.listing import MergedIndexes
 from relay.models import Contact, DeliveryStatus, DestinationView, EventKind, EventView
 from relay.normalize import normalize_email, normalize_phone
-from relay.replicas import Replicas
+from relay.partitions import contact_partition
+from relay.replicas import Replicas, write
 from relay.scripts import ENQUEUE, Batch
 
 __all__ = ["SCAN_BUDGET", "EventStore", "NewEvent", "Page", "contact_key", "overall_status"]
@@ -98,27 +107,46 @@ class EventStore:
     Expects a client made with ``decode_responses=True`` (see :mod:`relay.connect`).
     """
 
-    __slots__ = ("_commit", "_redis", "_region", "_retention_s")
+    __slots__ = (
+        "_commits",
+        "_enqueue",
+        "_partitions",
+        "_redis",
+        "_region",
+        "_replicas",
+        "_retention_s",
+    )
 
     def __init__(
         self,
         redis: Redis,
         *,
         retention_s: int,
+        partitions: int,
         default_region: str = "US",
         replicas: Replicas | None = None,
     ) -> None:
         self._redis = redis
         self._retention_s = retention_s
+        #: RELAY_PARTITIONS: events spread over this many (relay.partitions).
+        self._partitions = partitions
         #: Where a phone typed without a country code is (Settings.default_region, as ingest).
         self._region = default_region
-        #: Concurrent enqueues share one script call and one round trip (relay.groupcommit).
         #: With ``replicas``, an enqueue returns once they have its writes, else raises
         #: NotReplicated (RELAY_REDIS_MIN_REPLICAS; one WAIT per group: relay.replicas).
-        self._commit = GroupCommit(ENQUEUE.bind(redis), self._fixed, replicas=replicas)
+        self._replicas = replicas
+        self._enqueue = ENQUEUE.bind(redis)
+        #: Per partition, concurrent enqueues share one script call and one round trip
+        #: (relay.groupcommit); made at its first use.
+        self._commits: dict[int, GroupCommit] = {}
 
     def __repr__(self) -> str:
-        return f"<EventStore retention_s={self._retention_s}>"
+        return f"<EventStore partitions={self._partitions} retention_s={self._retention_s}>"
+
+    def new_id(self, payload: Contact) -> str:
+        """A new event id, in the partition of the payload's contact (relay.partitions)."""
+        contact = contact_key({"email": payload.email, "phone": payload.phone})
+        return new_event_id(partition=contact_partition(contact, self._partitions))
 
     async def enqueue(
         self,
@@ -127,70 +155,67 @@ class EventStore:
         remember: tuple[str, bytes] | None = None,
         subscribers: Sequence[Subscription] = (),
     ) -> None:
-        """Store and queue events in one transaction; returns once Redis has them all.
+        """Store and queue events; returns once Redis has them all.
 
-        The transaction may hold other requests' events too (group commit): it
-        is sent at once when Redis is idle, else as soon as the one in flight returns.
+        Each partition's events are written in one transaction, which may hold other
+        requests' events too (group commit): it is sent at once when Redis is idle, else
+        as soon as the one in flight returns. Those of several partitions go at once.
 
-        ``remember`` (key, answer) stores an Idempotency-Key's answer in the same
-        transaction, so a repeat finds the answer exactly when the events exist.
+        ``remember`` (key, answer) stores an Idempotency-Key's answer once every event
+        is written, in a command of its own (it is a control key: another slot). A
+        process that dies between the two leaves the pending marker, which lapses
+        (``IDEMPOTENCY_PENDING_MS``): a retry after it queues the events again.
         ``subscribers`` are the hook subscriptions to the events' ``<type>.received``:
-        their notifications are queued in the same transaction too.
+        their notifications are queued in each event's transaction, in its partition.
         """
         if not events:
             return
-        notifications = [
-            record
-            for ev in events
-            if subscribers
-            for record in notification_records(
-                subscribers, f"{ev.type}.received", ev.id, mode=ev.mode
-            )
+        by_partition: dict[int, list[NewEvent]] = {}
+        for ev in events:
+            by_partition.setdefault(partition_of(ev.id), []).append(ev)
+        calls = [
+            self._commit(p).submit(functools.partial(_writes, group, subscribers))
+            for p, group in by_partition.items()
         ]
+        # One partition (a single event, most often): its items join the group at once.
+        failures: list[BaseException] = []
+        if len(calls) == 1:
+            try:
+                await calls[0]
+            except StoreUnavailable as exc:
+                failures.append(exc)
+        else:
+            answers = await asyncio.gather(*calls, return_exceptions=True)
+            failures = [a for a in answers if isinstance(a, BaseException)]
+        if remember is not None and all(isinstance(f, NotReplicated) for f in failures):
+            # Every event is on the master (too few replicas confirmed some): a retry
+            # must find this answer, not queue them again (it is confirmed or refused
+            # when found: relay.api.idempotency).
+            await self._remember(*remember, confirmed=not failures)
+        if failures:
+            raise failures[0]
 
-        def writes(batch: Batch) -> None:
-            for ev in events:
-                initial = DeliveryStatus.test if ev.mode == "test" else DeliveryStatus.pending
-                fields: list[str] = []
-                for dest in ev.destinations:
-                    fields += (redis_keys.STATUS_FIELD_PREFIX + dest, initial.value)
-                queue: list[dict[str, Any]] = []
-                if ev.mode == "live":
-                    contact = contact_key({"email": ev.payload.email, "phone": ev.payload.phone})
-                    for dest in ev.destinations:
-                        place: dict[str, Any] = {"stream": batch.key(redis_keys.queue(dest))}
-                        if contact is not None:  # its stream entry when it heads the order
-                            place["heads"] = batch.key(redis_keys.heads(dest))
-                            place["list"] = batch.key(redis_keys.order(dest, contact))
-                            place["contact"] = contact
-                        queue.append(place)
-                item: dict[str, Any] = {
-                    "event": batch.key(redis_keys.event(ev.id)),
-                    "id": ev.id,
-                    "data": ev.to_json().decode(),
-                    "at": int(ev.received_at.timestamp() * 1000),
-                    "fields": fields,
-                    "queue": queue,
-                }
-                who = _who_keys(ev.payload.email, ev.payload.phone)
-                if who:
-                    item["who"] = [batch.key(k) for k in who]
-                batch.add(item)
-            for item in notification_items(batch, notifications):
-                batch.add(item)
-            if remember is not None:
-                batch.add({"answer": batch.key(remember[0]), "value": remember[1].decode()})
+    async def _remember(self, key: str, answer: bytes, *, confirmed: bool) -> None:
+        """Write an Idempotency-Key's answer; ``confirmed``: once replicas have it."""
+        command = ("SET", key, answer, "EX", redis_keys.IDEMPOTENCY_TTL_S)
+        await write(self._redis, key, [command], self._replicas if confirmed else None)
 
-        await self._commit.submit(writes)
+    def _commit(self, partition: int) -> GroupCommit:
+        commit = self._commits.get(partition)
+        if commit is None:
+            keys = {
+                "index": redis_keys.events_index(partition),
+                "notifications": redis_keys.queue(redis_keys.NOTIFICATIONS, partition),
+            }
 
-    def _fixed(self) -> tuple[dict[str, str], dict[str, str | int | float]]:
-        """The script's own keys and arguments: events past the retention leave the index."""
-        cutoff_ms = int(time.time() * 1000) - self._retention_s * 1000
-        keys = {
-            "index": redis_keys.EVENTS_INDEX,
-            "notifications": redis_keys.queue(redis_keys.NOTIFICATIONS),
-        }
-        return keys, {"cutoff_ms": cutoff_ms, "retention_s": self._retention_s}
+            def fixed() -> tuple[dict[str, str], dict[str, str | int | float]]:
+                """Events past the retention leave the index."""
+                cutoff_ms = int(time.time() * 1000) - self._retention_s * 1000
+                return keys, {"cutoff_ms": cutoff_ms, "retention_s": self._retention_s}
+
+            commit = GroupCommit(self._enqueue, fixed, replicas=self._replicas)
+            self._commits[partition] = commit
+        return commit
 
     async def get(self, event_id: str) -> EventView | None:
         """One event with its destinations' statuses, or None (unknown or expired)."""
@@ -221,9 +246,8 @@ class EventStore:
         wanted = _Filter(kind, status, destination, mode)
         budget = SCAN_BUDGET if budget is None else budget
         if search is None:
-            return await self._scan(
-                redis_keys.EVENTS_INDEX, wanted, limit=limit, before=before, budget=budget
-            )
+            indexes = [redis_keys.events_index(p) for p in range(self._partitions)]
+            return await self._scan(indexes, wanted, limit=limit, before=before, budget=budget)
         text = search.strip()
         if not text or limit < 1:
             return Page([])
@@ -235,13 +259,14 @@ class EventStore:
         phone = None if email else normalize_phone(text, default_region=self._region)
         if email is None and phone is None:
             return Page([])
-        (key,) = _who_keys(email, phone)
+        # Every partition's: an event with an email and a phone is in its email's.
+        keys = [_who_keys(p, email, phone)[0] for p in range(self._partitions)]
         # Another value's events, were two ever to share a digest (redis_keys.who), are
         # never shown: each event's own email or phone is checked.
         wanted = _Filter(kind, status, destination, mode, email=email, phone=phone)
         cutoff_ms = int(time.time() * 1000) - self._retention_s * 1000
         return await self._scan(
-            key, wanted, limit=limit, before=before, budget=budget, after_ms=cutoff_ms
+            keys, wanted, limit=limit, before=before, budget=budget, after_ms=cutoff_ms
         )
 
     async def find(self, text: str, *, limit: int) -> list[EventView]:
@@ -255,7 +280,7 @@ class EventStore:
 
     async def _scan(
         self,
-        index: str,
+        indexes: list[str],
         wanted: _Filter,
         *,
         limit: int,
@@ -263,36 +288,36 @@ class EventStore:
         budget: int,
         after_ms: int | None = None,
     ) -> Page:
-        """The events of a zset of event ids by received ms, newest first, that are
-        ``wanted``; ``before`` an event id in it; only those received after ``after_ms``;
-        reading at most ``budget`` of its entries."""
+        """The events of zsets of event ids by received ms (one per partition, index i
+        for partition i), merged newest first (by ms, then id), that are ``wanted``;
+        ``before`` an event id in them; only those received after ``after_ms``; reading
+        at most ``budget`` of their entries."""
         out: list[EventView] = []
         top: str | float = "+inf"
+        cursor: tuple[float, str] | None = None
         if before is not None:
-            score = await self._redis.zscore(index, before)
+            try:
+                at = partition_of(before)
+            except ValueError:
+                return Page(out)
+            score = await self._redis.zscore(indexes[at], before) if at < len(indexes) else None
             if score is None:
                 return Page(out)
             # Inclusive: events of the same millisecond sort by id, and the ones at or
             # after the cursor (already on an earlier page) are skipped below.
-            top = score
-        bottom = "-inf" if after_ms is None else f"({after_ms}"
-        offset = 0
+            top, cursor = score, (score, before)
+        merged = MergedIndexes(
+            self._redis, indexes, top, "-inf" if after_ms is None else f"({after_ms}"
+        )
+        read = 0
         last: tuple[str, float] | None = None  # the last entry read
-        while len(out) < limit and offset < budget:
-            found = await self._redis.zrevrangebyscore(
-                index,
-                top,
-                bottom,
-                start=offset,
-                num=min(_LIST_PAGE, budget - offset),
-                withscores=True,
-            )
-            entries = cast(list[tuple[str, float]], found)
+        while len(out) < limit and read < budget:
+            entries = await merged.take(min(_LIST_PAGE, budget - read, limit - len(out) + 20))
             if not entries:
                 return Page(out)
-            offset += len(entries)
+            read += len(entries)
             last = entries[-1]
-            ids = [i for i, _ in entries if before is None or i < before]
+            ids = [i for i, ms in entries if cursor is None or (ms, i) < cursor]
             for view in await self._views(ids):
                 if view is None or not wanted(view):
                     continue  # expired, or filtered out
@@ -301,16 +326,19 @@ class EventStore:
                     return Page(out)
         if last is None or len(out) >= limit:
             return Page(out)
-        more = await self._redis.zrevrangebyscore(index, top, bottom, start=offset, num=1)
-        if not more:  # the budget ended with the index: nothing older to read
+        if not await merged.more():  # the budget ended with the index: nothing older
             return Page(out)
         return Page(out, stopped_at=last[0], stopped_ms=int(last[1]))
 
     async def _views(self, event_ids: list[str]) -> list[EventView | None]:
+        """The events of these ids (None: unknown, expired, or not an event id at all)."""
+        keys = [_event_key(event_id) for event_id in event_ids]
         async with self._redis.pipeline(transaction=False) as pipe:
-            for event_id in event_ids:
-                pipe.hgetall(redis_keys.event(event_id))
-            return [_view(raw) for raw in await pipe.execute()]
+            for key in keys:
+                if key is not None:
+                    pipe.hgetall(key)
+            found = iter(await pipe.execute())
+        return [None if key is None else _view(next(found)) for key in keys]
 
     async def ping(self) -> bool:
         """Whether Redis answers right now."""
@@ -318,6 +346,42 @@ class EventStore:
             return bool(await self._redis.ping())
         except StoreUnavailable:
             return False
+
+
+def _writes(events: Sequence[NewEvent], subscribers: Sequence[Subscription], batch: Batch) -> None:
+    """Add one partition's events (and their notifications) to an enqueue call."""
+    for ev in events:
+        initial = DeliveryStatus.test if ev.mode == "test" else DeliveryStatus.pending
+        fields: list[str] = []
+        for dest in ev.destinations:
+            fields += (redis_keys.STATUS_FIELD_PREFIX + dest, initial.value)
+        partition = partition_of(ev.id)
+        queue: list[dict[str, Any]] = []
+        if ev.mode == "live":
+            contact = contact_key({"email": ev.payload.email, "phone": ev.payload.phone})
+            for dest in ev.destinations:
+                place: dict[str, Any] = {"stream": batch.key(redis_keys.queue(dest, partition))}
+                if contact is not None:  # its stream entry when it heads the order
+                    place["heads"] = batch.key(redis_keys.heads(dest, partition))
+                    place["list"] = batch.key(redis_keys.order(dest, partition, contact))
+                    place["contact"] = contact
+                queue.append(place)
+        item: dict[str, Any] = {
+            "event": batch.key(redis_keys.event(ev.id)),
+            "id": ev.id,
+            "data": ev.to_json().decode(),
+            "at": int(ev.received_at.timestamp() * 1000),
+            "fields": fields,
+            "queue": queue,
+        }
+        who = _who_keys(partition, ev.payload.email, ev.payload.phone)
+        if who:
+            item["who"] = [batch.key(k) for k in who]
+        batch.add(item)
+        if subscribers:
+            records = notification_records(subscribers, f"{ev.type}.received", ev.id, mode=ev.mode)
+            for ntf in notification_items(batch, records):
+                batch.add(ntf)
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,10 +420,11 @@ class _Filter:
         )
 
 
-def _who_keys(email: str | None, phone: str | None) -> list[str]:
-    """The search zsets an event with this (normalized) email and phone is in."""
-    keys = [redis_keys.who("email", email)] if email else []
-    return [*keys, redis_keys.who("phone", phone)] if phone else keys
+def _who_keys(partition: int, email: str | None, phone: str | None) -> list[str]:
+    """The search zsets an event of this partition with this (normalized) email and
+    phone is in."""
+    keys = [redis_keys.who(partition, "email", email)] if email else []
+    return [*keys, redis_keys.who(partition, "phone", phone)] if phone else keys
 
 
 #: Events read from the time index per round trip when listing.
@@ -368,6 +433,14 @@ _LIST_PAGE = 200
 #: events would otherwise read (and fetch) all of them, ~9 s. At 10 000 a call takes
 #: ~0.6 s at worst (bench/console.py) and says where it stopped (Page.stopped_at).
 SCAN_BUDGET = 10_000
+
+
+def _event_key(event_id: str) -> str | None:
+    """An event's hash, or None for text that names no partition (typed by a person)."""
+    try:
+        return redis_keys.event(event_id)
+    except ValueError:
+        return None
 
 
 def _view(raw: dict[str, str]) -> EventView | None:

@@ -117,7 +117,9 @@ class Worker:
         #: The process's one voice about Redis outages (shared with the API in `relay serve`).
         self._watch = watch or RedisWatch()
         self._loops: list[Supervisor] = []
-        self._queue = DeliveryQueue(redis, retention_s=settings.retention_s)
+        self._queue = DeliveryQueue(
+            redis, retention_s=settings.retention_s, partitions=settings.partitions
+        )
         self._limiter = RateLimiter(redis)
         self._hooks = HookStore(redis)
         self._deliverer: Deliverer | None = None
@@ -127,7 +129,7 @@ class Worker:
         #: Per destination, the stream entries and the request holders this worker has
         #: not settled: kept claimed (relay/lua/keep.lua) until then, so no other worker
         #: claims them while they wait for a slot, a rate limit or a pause.
-        self._held: dict[str, set[str]] = {name: set() for name in self.destinations}
+        self._held: dict[str, set[Entry]] = {name: set() for name in self.destinations}
         self._holders: dict[str, set[str]] = {name: set() for name in self.destinations}
         #: Per destination, the requests read and not started yet (oldest first), and how
         #: many are under way.
@@ -189,7 +191,11 @@ class Worker:
             adapters[redis_keys.NOTIFICATIONS] = Notifier(
                 self._settings.hooks,
                 hooks=self._hooks,
-                events=EventStore(self._redis, retention_s=self._settings.retention_s),
+                events=EventStore(
+                    self._redis,
+                    retention_s=self._settings.retention_s,
+                    partitions=self._settings.partitions,
+                ),
                 session=await stack.enter_async_context(
                     guarded_session(
                         self._settings.hooks, trace_configs=self._tracing.trace_configs()
@@ -332,10 +338,10 @@ class Worker:
         a request per ``batch_size``. An entry this worker holds already (claimed back
         from itself when keeping it was late) is not queued twice."""
         held = self._held[destination]
-        entries = [e for e in entries if e.id not in held]
+        entries = [e for e in entries if e not in held]
         if not entries:
             return
-        held.update(e.id for e in entries)
+        held.update(entries)
         size = self._sizes[destination]
         waiting = self._waiting[destination]
         for i in range(0, len(entries), size):
@@ -371,7 +377,7 @@ class Worker:
             self._in_flight.discard(t)
             self._running[destination] -= 1
             holders.discard(holder)
-            self._held[destination].difference_update(e.id for e in entries)
+            self._held[destination].difference_update(entries)
             self._free.set()
             self._dispatch()
 
@@ -382,5 +388,5 @@ class Worker:
         Redis, for another worker to claim after the visibility window."""
         for name, waiting in self._waiting.items():
             for _, entries in waiting:
-                self._held[name].difference_update(e.id for e in entries)
+                self._held[name].difference_update(entries)
             waiting.clear()

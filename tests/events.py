@@ -3,6 +3,7 @@ tests that write Redis directly."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,11 +15,34 @@ from relay.models import Contact, DeliveryStatus, Lead
 from relay.queue import DeliveryQueue, Entry, Result, Settlement
 from relay.store import NewEvent
 
+#: The partitions of the stores these tests make (the settings' default too).
+PARTITIONS = 16
 
-def new_lead(email: str, *destinations: str, payload: Contact | None = None) -> NewEvent:
-    """A live lead of ``email`` (or ``payload``) for ``destinations``, received now."""
+
+async def total(redis: Redis, command: str, key_of: Callable[[int], str]) -> int:
+    """A count command (ZCARD, XLEN, ...) summed over every partition's key."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for partition in range(PARTITIONS):
+            pipe.execute_command(command, key_of(partition))
+        return sum(int(n or 0) for n in await pipe.execute())
+
+
+async def members(redis: Redis, key_of: Callable[[int], str]) -> list[str]:
+    """The members of every partition's zset (dead letters, retries), partition by
+    partition."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for partition in range(PARTITIONS):
+            pipe.zrange(key_of(partition), 0, -1)
+        return [str(m) for found in await pipe.execute() for m in found]
+
+
+def new_lead(
+    email: str, *destinations: str, payload: Contact | None = None, partition: int = 0
+) -> NewEvent:
+    """A live lead of ``email`` (or ``payload``) for ``destinations``, received now, in
+    ``partition`` (whatever its contact: tests name its keys)."""
     return NewEvent(
-        id=new_event_id(),
+        id=new_event_id(partition=partition),
         type="lead",
         mode="live",
         key_id="key_test",
@@ -39,7 +63,7 @@ async def settle_next(
 ) -> Entry:
     """Read the destination's next stream entry, take it and settle it with ``status``,
     as a worker would (``attempt`` is the record kept); the entry."""
-    queue = DeliveryQueue(redis, retention_s=60)
+    queue = DeliveryQueue(redis, retention_s=60, partitions=16)
     await queue.ensure_group(destination)
     (entry,) = await queue.read(destination, consumer, count=1, block_ms=1)
     holder = consumer + entry.id

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from relay.replicas import Replicas
 from relay.settings import Settings, load_settings
 from relay.worker import Worker
 from tests.conftest import AppClient
+from tests.events import PARTITIONS, total
 from tests.fakes import FakeConvertr
 from tests.redis_server import RedisServer
 from tests.test_delivery_processes import convertr_toml
@@ -146,12 +148,14 @@ async def _accepted_at_least(outcome: Outcome, count: int, timeout_s: float) -> 
 
 async def _left(redis: Redis, outcome: Outcome) -> str:
     """What the queue still holds, for a drain that did not end."""
-    stream = redis_keys.queue("convertr")
-    entries = await redis.xrange(stream, count=5)
-    pending = await redis.xpending(stream, redis_keys.CONSUMER_GROUP)
-    retries = await redis.zcard(redis_keys.retries("convertr"))
+    streams = [redis_keys.queue("convertr", p) for p in range(PARTITIONS)]
+    entries = [e for s in streams for e in (await redis.xrange(s, count=5) or [])][:5]
+    pending = [await redis.xpending(s, redis_keys.CONSUMER_GROUP) for s in streams]
+    retries = await total(redis, "ZCARD", functools.partial(redis_keys.retries, "convertr"))
+    queued = await total(redis, "XLEN", functools.partial(redis_keys.queue, "convertr"))
+    waiting = sum(int(p["pending"]) for p in pending)
     return (
-        f"{await redis.xlen(stream)} entries, first {entries}; pending {pending}; "
+        f"{queued} entries, first {entries}; {waiting} pending; "
         f"{retries} retries; {outcome.report('load')}"
     )
 

@@ -3,6 +3,7 @@ dead letters a destination-restricted admin key sees and replays."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,7 +17,7 @@ from relay.apikeys import KeyRecord, broader_fields
 from relay.keystore import KeyStore
 from relay.models import DeliveryStatus
 from relay.store import EventStore
-from tests.events import new_lead, settle_next
+from tests.events import members, new_lead, settle_next
 
 Client = TestClient[Any, Any]
 KeyMaker = Callable[..., Awaitable[str]]
@@ -188,14 +189,14 @@ async def test_a_restricted_admin_lists_and_revokes_only_keys_within_reach(
 async def _dead(redis: Redis, *destinations: str) -> str:
     """An event dead-lettered at each of ``destinations`` (nothing is ever sent)."""
     event = new_lead("dl@example.com", *destinations)
-    await EventStore(redis, retention_s=60).enqueue([event])
+    await EventStore(redis, retention_s=60, partitions=16).enqueue([event])
     for dest in destinations:
         await settle_next(redis, dest, DeliveryStatus.dead, {"status": 400, "outcome": "dead"})
     return event.id
 
 
 async def _dead_ids(redis: Redis, destination: str) -> set[str]:
-    return {str(e) for e in await redis.zrange(redis_keys.dead(destination), 0, -1)}
+    return {str(e) for e in await members(redis, functools.partial(redis_keys.dead, destination))}
 
 
 @pytest.fixture

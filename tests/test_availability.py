@@ -205,7 +205,7 @@ async def test_a_worker_loop_that_dies_is_restarted(
 
     monkeypatch.setattr(DeliveryQueue, "read", buggy)
     event = new_lead("ada@example.com", "convertr")
-    await EventStore(redis, retention_s=3600).enqueue([event])
+    await EventStore(redis, retention_s=3600, partitions=16).enqueue([event])
     await asyncio.wait_for(Worker(settings, redis=redis).run(drain=True), 20)
     assert [lead["fields"]["email"] for lead in fake_convertr.leads] == ["ada@example.com"]
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]

@@ -47,7 +47,7 @@ async def enqueue(
         new_lead("", "convertr", payload=lead)
         for lead in leads or [Lead(email=f"u{tag}{i}@example.com") for i in range(count)]
     ]
-    await EventStore(redis, retention_s=3600).enqueue(events)
+    await EventStore(redis, retention_s=3600, partitions=16).enqueue(events)
     return [e.id for e in events]
 
 
@@ -60,7 +60,7 @@ async def start_worker(cwd: Path, env: dict[str, str], *args: str) -> asyncio.su
 
 
 async def statuses(redis: Redis, ids: list[str]) -> list[str]:
-    store = EventStore(redis, retention_s=3600)
+    store = EventStore(redis, retention_s=3600, partitions=16)
     views = [await store.get(i) for i in ids]
     return [v.status if v else "missing" for v in views]
 

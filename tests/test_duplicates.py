@@ -97,7 +97,7 @@ retry_schedule = [0.2]
         fake.script(status=429, headers={"Retry-After": "5"})  # 5 s: past the 2 s window
         sent = leads(25, 4)
         events = [new_lead("", "crm", payload=lead) for lead in sent]
-        await EventStore(redis, retention_s=3600).enqueue(events)
+        await EventStore(redis, retention_s=3600, partitions=16).enqueue(events)
         await run_workers(tmp_path, redis_server, 1)
         assert set(await statuses(redis, [e.id for e in events])) == {"delivered"}
         # The first request was answered 429 and sent again; every other once, in order.
@@ -132,7 +132,7 @@ retry_schedule = [0.2]
         fake.script(status=429, headers={"Retry-After": "5"})  # 5 s: past the 2 s window
         sent = leads(25, 2)
         events = [new_lead("", "conveyour", payload=lead) for lead in sent]
-        await EventStore(redis, retention_s=3600).enqueue(events)
+        await EventStore(redis, retention_s=3600, partitions=16).enqueue(events)
         await run_workers(tmp_path, redis_server, 1)
         assert set(await statuses(redis, [e.id for e in events])) == {"delivered"}
         counts = Counter(orjson.dumps(item, option=orjson.OPT_SORT_KEYS) for item in fake.contacts)

@@ -185,7 +185,7 @@ async def test_polling_pages_through_events_of_one_millisecond(redis: Any) -> No
     from relay.models import Lead
     from relay.store import EventStore, NewEvent
 
-    store = EventStore(redis, retention_s=3600)
+    store = EventStore(redis, retention_s=3600, partitions=16)
     now = datetime.now(UTC)
     ms = int(now.timestamp() * 1000)
     events = [
@@ -222,7 +222,7 @@ async def test_test_mode_events_are_stored_and_never_queued(
     ).json()
     assert (event["mode"], event["status"]) == ("test", "test")
     assert {d["status"] for d in event["destinations"]} == {"test"}
-    assert await redis.xlen(redis_keys.queue("convertr")) == 0
+    assert await redis.xlen(redis_keys.queue("convertr", 0)) == 0
     me = await (await client.get("/v1/me", headers={"X-API-Key": key})).json()
     assert me["mode"] == "test"
 

@@ -26,8 +26,11 @@ from relay.api import create_app
 from relay.connect import redis_client
 from relay.errors import NotReplicated
 from relay.keystore import KeyStore
+from relay.partitions import contact_partition
 from relay.replicas import Replicas
+from relay.store import contact_key
 from tests.conftest import AppClient
+from tests.events import PARTITIONS
 from tests.failover import Outcome, kill_and_rejoin, settings_for, under_load
 from tests.fakes import FakeConvertr, fake_convertr
 from tests.redis_topologies import ClusterServers, SentinelServers, running
@@ -70,25 +73,25 @@ def load(fake_convertr: FakeConvertr, aiohttp_client: AppClient, tmp_path: Path)
 
 
 async def test_cluster_failover_loses_no_accepted_lead(cluster: ClusterServers, load: Run) -> None:
-    replica = cluster.replica_of(cluster.master_of(redis_keys.EVENTS_INDEX))
+    replica = cluster.replica_of(cluster.master_of(redis_keys.events_index(0)))
     outcome = await load(cluster.url, 1, lambda: cluster.failover(replica))
     print(outcome.report("\ncluster, CLUSTER FAILOVER, MIN_REPLICAS=1"))
     assert not outcome.other
     assert not outcome.lost
-    assert cluster.master_of(redis_keys.EVENTS_INDEX) is replica
+    assert cluster.master_of(redis_keys.events_index(0)) is replica
 
 
 async def test_cluster_master_killed_loses_no_accepted_lead(
     cluster: ClusterServers, load: Run
 ) -> None:
-    master = cluster.master_of(redis_keys.EVENTS_INDEX)
+    master = cluster.master_of(redis_keys.events_index(0))
     outcome = await load(cluster.url, 1, lambda: kill_and_rejoin(
         lambda: cluster.kill_master(master), cluster.rejoin
     ))  # fmt: skip
     print(outcome.report("\ncluster, kill -9 of a master, MIN_REPLICAS=1"))
     assert not outcome.other
     assert not outcome.lost
-    assert cluster.master_of(redis_keys.EVENTS_INDEX) is not master
+    assert cluster.master_of(redis_keys.events_index(0)) is not master
     with cluster.client(master) as node:
         assert node.info("replication")["role"] == "slave"  # back, as a replica
 
@@ -110,11 +113,18 @@ async def test_sentinel_master_killed(replicas: int, sentinel: SentinelServers, 
         assert not outcome.lost
 
 
+#: The index of the partition of contact a@example.com (where its lead is written).
+_A_EVENTS = redis_keys.events_index(
+    contact_partition(contact_key({"email": "a@example.com"}), PARTITIONS)
+)
+
+
 async def test_cluster_wait_is_on_the_master_that_took_the_write(
     cluster: ClusterServers, fake_convertr: FakeConvertr, aiohttp_client: AppClient,
     tmp_path: Path,
 ) -> None:  # fmt: skip
-    """With the replica of the master that owns the written keys stopped (SIGSTOP), a
+    """With the replica of the master that owns the written keys (the partition of the
+    lead's contact) stopped (SIGSTOP), a
     write is 503 (NotReplicated), though the other masters' replicas are up: WAIT went
     to that master (a WAIT on another master would count that one's replica and answer
     202: tried). Continued, it confirms."""
@@ -122,7 +132,7 @@ async def test_cluster_wait_is_on_the_master_that_took_the_write(
     settings = settings.model_copy(update={"redis_min_replicas_timeout_ms": 300})
     redis = redis_client(cluster.url)
     client: TestClient[Any, Any] | None = None
-    stopped = cluster.replica_of(cluster.master_of(redis_keys.EVENTS_INDEX))
+    stopped = cluster.replica_of(cluster.master_of(_A_EVENTS))
     try:
         store = KeyStore(redis, replicas=Replicas.of(settings))
         record, key = await store.create(name="k", scopes=["write:leads"])
@@ -134,9 +144,7 @@ async def test_cluster_wait_is_on_the_master_that_took_the_write(
                                        headers={"X-API-Key": key})  # fmt: skip
             assert answer.status == 503, await answer.text()
             assert "0 Redis replica(s) of the 1 required" in (await answer.json())["detail"]
-            if cluster.master_of(redis_keys.key(record.digest)) is cluster.master_of(
-                redis_keys.EVENTS_INDEX
-            ):
+            if cluster.master_of(redis_keys.key(record.digest)) is cluster.master_of(_A_EVENTS):
                 with pytest.raises(NotReplicated):
                     await store.revoke(record.id)
         finally:

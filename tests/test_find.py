@@ -40,7 +40,7 @@ def lead(*, email: str | None = None, phone: str | None = None, ago_s: float = 0
 
 
 async def test_find_by_email_phone_and_id(redis: Redis) -> None:
-    store = EventStore(redis, retention_s=3600)
+    store = EventStore(redis, retention_s=3600, partitions=16)
     ann = lead(email="ann@example.com", phone="+14155550100")
     other = lead(email="bob@example.com", phone="+447123456789")
     await store.enqueue([ann, other])
@@ -59,13 +59,13 @@ async def test_find_by_email_phone_and_id(redis: Redis) -> None:
     for nothing in ("", "   ", "nobody@example.com", "+1 212 555 0199", "ann", "evt_nope"):
         assert await ids(nothing) == [], nothing
     # The index keys hold no lead data: only digests.
-    names = [k async for k in redis.scan_iter(match=f"{redis_keys.who('email', 'x')[:-20]}*")]
+    names = [k async for k in redis.scan_iter(match=f"{redis_keys.who(0, 'email', 'x')[:-20]}*")]
     assert len(names) == 4
     assert not any("ann" in k or "4155550100" in k for k in names)
 
 
 async def test_a_contact_s_events_newest_first_and_limit(redis: Redis) -> None:
-    store = EventStore(redis, retention_s=3600)
+    store = EventStore(redis, retention_s=3600, partitions=16)
     events = [lead(email="cy@example.com", ago_s=30 - i) for i in range(3)]
     await store.enqueue(events[:1])
     await store.enqueue([lead(email="someone@example.com"), *events[1:]])
@@ -76,12 +76,12 @@ async def test_a_contact_s_events_newest_first_and_limit(redis: Redis) -> None:
 
 
 async def test_events_past_the_retention_are_not_found(redis: Redis) -> None:
-    store = EventStore(redis, retention_s=60)
+    store = EventStore(redis, retention_s=60, partitions=16)
     old = lead(email="old@example.com", ago_s=120)  # received before the retention
     fresh = lead(email="old@example.com")
     await store.enqueue([old])
     await store.enqueue([fresh])
-    key = redis_keys.who("email", "old@example.com")
+    key = redis_keys.who(0, "email", "old@example.com")
     # Trimmed where it is written: the zset holds only what the retention keeps...
     assert await redis.zrange(key, 0, -1) == [fresh.id]
     assert 0 < await redis.ttl(key) <= 60
@@ -91,16 +91,26 @@ async def test_events_past_the_retention_are_not_found(redis: Redis) -> None:
 
 
 async def test_a_search_reads_no_further_back_than_its_retention(redis: Redis) -> None:
-    await EventStore(redis, retention_s=3600).enqueue([lead(email="gi@example.com", ago_s=120)])
-    assert len(await EventStore(redis, retention_s=3600).find("gi@example.com", limit=5)) == 1
-    assert await EventStore(redis, retention_s=60).find("gi@example.com", limit=5) == []
+    await EventStore(redis, retention_s=3600, partitions=16).enqueue(
+        [lead(email="gi@example.com", ago_s=120)]
+    )
+    assert (
+        len(
+            await EventStore(redis, retention_s=3600, partitions=16).find("gi@example.com", limit=5)
+        )
+        == 1
+    )
+    assert (
+        await EventStore(redis, retention_s=60, partitions=16).find("gi@example.com", limit=5) == []
+    )
 
 
 async def test_values_that_share_a_digest_never_mix(
     redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(redis_keys, "who", lambda kind, value: "{relay}:who:same")
-    store = EventStore(redis, retention_s=3600)
+    same = "{{relay:{}}}:who:same".format
+    monkeypatch.setattr(redis_keys, "who", lambda partition, kind, value: same(partition))
+    store = EventStore(redis, retention_s=3600, partitions=16)
     ann, bob = lead(email="ann@example.com"), lead(phone="+14155550100")
     await store.enqueue([ann, bob])
     assert [v.id for v in await store.find("ann@example.com", limit=5)] == [ann.id]
@@ -108,13 +118,13 @@ async def test_values_that_share_a_digest_never_mix(
 
 
 async def test_the_index_expires_with_the_events(redis: Redis) -> None:
-    store = EventStore(redis, retention_s=1)
+    store = EventStore(redis, retention_s=1, partitions=16)
     await store.enqueue([lead(email="brief@example.com", phone="+14155550100")])
     assert len(await store.find("brief@example.com", limit=10)) == 1
     await asyncio.sleep(1.3)
     assert await store.find("brief@example.com", limit=10) == []
     assert await store.find("+14155550100", limit=10) == []
-    assert await redis.exists(redis_keys.who("email", "brief@example.com")) == 0
+    assert await redis.exists(redis_keys.who(0, "email", "brief@example.com")) == 0
 
 
 async def test_batch_ingest_indexes_every_item_and_no_rejected_one(
@@ -180,7 +190,7 @@ async def test_relay_events_find(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    store = EventStore(redis, retention_s=3600)
+    store = EventStore(redis, retention_s=3600, partitions=16)
     older, newer = lead(phone="+14155550100", ago_s=5), lead(phone="+14155550100")
     await store.enqueue([older, newer])
     assert settings.redis_url is not None

@@ -23,7 +23,7 @@ def lead(i: int) -> NewEvent:
 
 
 async def test_concurrent_enqueues_share_round_trips_and_all_land(redis: Redis) -> None:
-    store = EventStore(redis, retention_s=3600)
+    store = EventStore(redis, retention_s=3600, partitions=16)
     events = [lead(i) for i in range(50)]
 
     async def one(ev: NewEvent) -> bool:
@@ -32,29 +32,30 @@ async def test_concurrent_enqueues_share_round_trips_and_all_land(redis: Redis) 
         return bool(await redis.exists(redis_keys.event(ev.id)))
 
     assert all(await asyncio.gather(*(one(ev) for ev in events)))
-    commit = store._commit
+    commit = store._commit(0)
     assert commit._rounds < 50
     assert commit._largest > 1
-    assert await redis.xlen(redis_keys.queue("crm")) == 50
-    assert await redis.zcard(redis_keys.EVENTS_INDEX) == 50
+    assert await redis.xlen(redis_keys.queue("crm", 0)) == 50
+    assert await redis.zcard(redis_keys.events_index(0)) == 50
 
 
 async def test_a_lone_write_goes_at_once_in_its_own_round(redis: Redis) -> None:
-    store = EventStore(redis, retention_s=3600)
+    store = EventStore(redis, retention_s=3600, partitions=16)
     await store.enqueue([lead(1)])
     await store.enqueue([lead(2)])
-    assert (store._commit._rounds, store._commit._largest) == (2, 1)
+    assert (store._commit(0)._rounds, store._commit(0)._largest) == (2, 1)
 
 
 def _commit(redis: Redis) -> GroupCommit:
-    """A group commit of enqueue.lua, for writes of its simplest item (an answer: SET)."""
+    """A group commit of enqueue.lua, for writes of its simplest item (a notification's
+    record: HSET of its "data", and a stream entry)."""
     keys = {"index": "{relay}:t:index", "notifications": "{relay}:t:ntf"}
     return GroupCommit(ENQUEUE.bind(redis), lambda: (keys, {"cutoff_ms": 0, "retention_s": 60}))
 
 
 def _set(key: str, value: str) -> Callable[[Batch], None]:
     def add(batch: Batch) -> None:
-        batch.add({"answer": batch.key(key), "value": value})
+        batch.add({"notify": batch.key(key), "id": value, "data": value})
 
     return add
 
@@ -65,12 +66,12 @@ async def test_writes_arriving_during_a_round_go_in_the_next(redis: Redis) -> No
     await asyncio.sleep(0)  # "a" is now on its way
     later = [asyncio.create_task(commit.submit(_set("{relay}:t:last", n))) for n in "bcd"]
     await asyncio.gather(first, *later)
-    assert await redis.get("{relay}:t:last") == "d"  # in the order they came
+    assert await redis.hget("{relay}:t:last", "data") == "d"  # in the order they came
     assert (commit._rounds, commit._largest) == (2, 3)
 
 
 async def test_a_refused_group_fails_every_caller_and_stores_nothing(own_redis: Redis) -> None:
-    store = EventStore(own_redis, retention_s=3600)
+    store = EventStore(own_redis, retention_s=3600, partitions=16)
     before = await own_redis.dbsize()
     await own_redis.config_set("maxmemory", "1")  # every write now fails with OOM
     try:
@@ -83,11 +84,11 @@ async def test_a_refused_group_fails_every_caller_and_stores_nothing(own_redis: 
     assert await own_redis.dbsize() == before
     # And the next group goes through.
     await store.enqueue([lead(9)])
-    assert await own_redis.xlen(redis_keys.queue("crm")) == 1
+    assert await own_redis.xlen(redis_keys.queue("crm", 0)) == 1
 
 
 async def test_a_cancelled_caller_does_not_cancel_the_group(redis: Redis) -> None:
-    store = EventStore(redis, retention_s=3600)
+    store = EventStore(redis, retention_s=3600, partitions=16)
     a, b = lead(1), lead(2)
     task_a = asyncio.create_task(store.enqueue([a]))
     task_b = asyncio.create_task(store.enqueue([b]))
@@ -102,13 +103,13 @@ async def test_a_cancelled_caller_does_not_cancel_the_group(redis: Redis) -> Non
 
 
 async def test_a_big_group_is_split_without_splitting_a_request(redis: Redis) -> None:
-    store = EventStore(redis, retention_s=3600)
+    store = EventStore(redis, retention_s=3600, partitions=16)
     # 6 requests of 700 events, and a call takes no more once it has 1,000 items (a
     # request's are never split): at most 2 requests a call.
     batches = [[lead(i * 700 + j) for j in range(700)] for i in range(6)]
     await asyncio.gather(*(store.enqueue(b) for b in batches))
-    assert store._commit._rounds >= 3
-    assert await redis.xlen(redis_keys.queue("crm")) == 4200
+    assert store._commit(0)._rounds >= 3
+    assert await redis.xlen(redis_keys.queue("crm", 0)) == 4200
 
 
 async def test_a_failing_request_fails_its_group_and_the_next_goes_on(redis: Redis) -> None:
@@ -161,7 +162,7 @@ async def test_a_burst_past_the_pool_waits_for_a_connection(redis: Redis) -> Non
 async def test_an_event_record_stays_a_compact_hash(redis: Redis) -> None:
     # Redis started as relay starts it (SERVER_SETTINGS) keeps an event's hash, JSON
     # and all, as a listpack: about half the memory of a hash table per queued event.
-    store = EventStore(redis, retention_s=3600)
+    store = EventStore(redis, retention_s=3600, partitions=16)
     ev = lead(1)
     await store.enqueue([ev])
     assert await redis.object("encoding", redis_keys.event(ev.id)) in ("ziplist", "listpack")

@@ -5,6 +5,7 @@ console's Hooks page."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,6 +19,7 @@ from relay import redis_keys
 from relay.hooks import HookStore
 from relay.settings import Settings
 from relay.worker import Worker
+from tests.events import total
 from tests.fakes import FakeReceiver
 from tests.test_console import XSS_ANSWER, sign_in
 from tests.test_hooks import drain, subscribe
@@ -125,5 +127,10 @@ async def test_a_deleted_subscription_gets_no_outcome_back(
         assert await HookStore(redis).delete(sub["id"])
         await drain(settings, redis)
         assert receiver.requests == []
-        assert await redis.zcard(redis_keys.dead(redis_keys.NOTIFICATIONS)) == 1
+        assert (
+            await total(
+                redis, "ZCARD", functools.partial(redis_keys.dead, redis_keys.NOTIFICATIONS)
+            )
+            == 1
+        )
         assert await redis.hgetall(redis_keys.HOOKS_LAST) == {}

@@ -4,6 +4,7 @@ real worker to real loopback receivers (verified with the standardwebhooks libra
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,6 +22,7 @@ from relay.hooks import HookStore
 from relay.settings import Settings
 from relay.targets import GuardedResolver, TargetRefused, TargetUnresolved, check_target
 from relay.worker import Worker
+from tests.events import members
 from tests.fakes import FakeReceiver
 
 Client = TestClient[Any, Any]
@@ -458,7 +460,7 @@ async def test_redirects_are_not_followed(
     await drain(settings, redis)
     assert [r.path for r in receiver.requests] == ["/crm"]  # never /internal
     assert len(other_receiver.requests) == 1  # and not retried
-    dead = await redis.zrange(redis_keys.dead(redis_keys.NOTIFICATIONS), 0, -1)
+    dead = await members(redis, functools.partial(redis_keys.dead, redis_keys.NOTIFICATIONS))
     assert len(dead) == 1
     attempts = await redis.hmget(redis_keys.event(str(dead[0])), f"a:{redis_keys.NOTIFICATIONS}:1")
     assert "redirects are not followed" in str(attempts[0])
@@ -485,7 +487,7 @@ async def test_guard_applies_again_when_sending(
     assert not strict.hooks.allow_private_targets
     await drain(strict, redis)
     assert [r.path for r in receiver.requests] == ["/crm"]  # the delivery, no notification
-    dead = await redis.zrange(redis_keys.dead(redis_keys.NOTIFICATIONS), 0, -1)
+    dead = await members(redis, functools.partial(redis_keys.dead, redis_keys.NOTIFICATIONS))
     attempts = await redis.hmget(redis_keys.event(str(dead[0])), f"a:{redis_keys.NOTIFICATIONS}:1")
     assert "target_refused" in str(attempts[0])
     assert "loopback" in str(attempts[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ from relay.api import create_app
 from relay.connect import redis_client
 from relay.keystore import KeyStore
 from relay.settings import Settings
+from tests.events import total
 from tests.redis_server import free_port
 
 KeyMaker = Callable[..., Awaitable[str]]
@@ -63,7 +65,7 @@ async def test_lead_is_stored_before_the_answer(
         "traits": {"utm_source": "ads"},
     }
     for dest in ("conveyour", "convertr"):
-        entries: Any = await redis.xrange(redis_keys.queue(dest))
+        entries: Any = await redis.xrange(redis_keys.queue(dest, 0))
         assert [e[1]["e"] for e in entries] == [body["id"]]
     assert await redis.ttl(redis_keys.event(body["id"])) > 6 * 86400
 
@@ -134,7 +136,7 @@ async def test_mixed_batch_keeps_the_good_items(
     assert body["rejected"][1]["errors"][0]["loc"] == ["body", 2]
     for item in body["accepted"]:
         assert await redis.exists(redis_keys.event(item["id"]))
-    assert await redis.xlen(redis_keys.queue("convertr")) == 2
+    assert await total(redis, "XLEN", functools.partial(redis_keys.queue, "convertr")) == 2
 
 
 async def test_all_good_batch_is_202(client: TestClient[Any, Any], headers: dict[str, str]) -> None:
@@ -160,7 +162,7 @@ async def test_all_bad_batch_is_422(
     assert body["accepted"] == []
     assert [r["index"] for r in body["rejected"]] == [0, 1]
     assert {tuple(e["loc"][:2]) for e in body["errors"]} == {("body", 0), ("body", 1)}
-    assert await redis.xlen(redis_keys.queue("convertr")) == 0
+    assert await total(redis, "XLEN", functools.partial(redis_keys.queue, "convertr")) == 0
 
 
 @pytest.mark.parametrize(
@@ -208,7 +210,7 @@ async def test_error_statuses(
     _problem(body, status)
     if loc is not None:
         assert body["errors"][0]["loc"] == loc
-    assert await redis.zcard(redis_keys.EVENTS_INDEX) == 0
+    assert await total(redis, "ZCARD", redis_keys.events_index) == 0
 
 
 async def test_body_over_the_limit_is_413(

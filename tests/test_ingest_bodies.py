@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,7 @@ from relay.api.bounds import (
     may_be_inexact,
     too_many_values,
 )
+from tests.events import total
 
 KeyMaker = Callable[..., Awaitable[str]]
 JSON = {"Content-Type": "application/json"}
@@ -72,7 +74,7 @@ async def test_json_value_that_cannot_be_kept_is_422_naming_the_field(
     assert status == 422, answer
     assert answer["errors"] == [{"loc": ["body", "traits", "x"], "msg": answer["errors"][0]["msg"]}]
     assert says in answer["errors"][0]["msg"]
-    assert await redis.zcard(redis_keys.EVENTS_INDEX) == 0
+    assert await total(redis, "ZCARD", redis_keys.events_index) == 0
 
 
 async def test_nul_in_a_field_name_is_422(
@@ -278,7 +280,7 @@ async def test_an_item_out_of_bounds_rejects_only_that_item(
             "msg": f"too many values: more than {MAX_ITEM_VALUES} fields and array elements",
         }
     ]
-    assert await redis.xlen(redis_keys.queue("convertr")) == 1
+    assert await total(redis, "XLEN", functools.partial(redis_keys.queue, "convertr")) == 1
 
 
 async def _p50(client: TestClient[Any, Any], headers: dict[str, str], n: int) -> float:

@@ -138,7 +138,7 @@ async def test_latency_runs_from_the_write_to_redis(
     before = await scrape(client)
     event = new_lead("lat@x.io", "convertr")
     written_ms = time.time() * 1000
-    await EventStore(redis, retention_s=60).enqueue([event])
+    await EventStore(redis, retention_s=60, partitions=16).enqueue([event])
     key = redis_keys.event(event.id)
     data = orjson.loads(await redis.hget(key, redis_keys.EVENT_DATA_FIELD) or "")
     assert written_ms - 5 <= data["accepted_ms"] <= time.time() * 1000
@@ -212,7 +212,7 @@ async def test_queue_gauges_are_what_relay_status_says(
     redis: Redis,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    store = EventStore(redis, retention_s=60)
+    store = EventStore(redis, retention_s=60, partitions=16)
     await store.enqueue([new_lead(f"q{i}@x.io", "conveyour", "convertr") for i in range(3)])
     await store.enqueue([new_lead("q0@x.io", "convertr")])  # parked behind q0's first
     await settle_next(redis, "conveyour", DeliveryStatus.dead, {"status": 400})
@@ -253,7 +253,9 @@ async def test_oldest_pending_grows_while_nothing_delivers(
 ) -> None:
     dest = {"destination": "convertr"}
     assert (await scrape(client))["relay_queue_oldest_pending_seconds", dest] == 0
-    await EventStore(redis, retention_s=60).enqueue([new_lead("old@x.io", "convertr")])
+    await EventStore(redis, retention_s=60, partitions=16).enqueue(
+        [new_lead("old@x.io", "convertr")]
+    )
     first = (await scrape(client))["relay_queue_oldest_pending_seconds", dest]
     await asyncio.sleep(0.3)
     second = (await scrape(client))["relay_queue_oldest_pending_seconds", dest]
@@ -264,21 +266,21 @@ async def test_oldest_pending_counts_from_the_front_of_the_queue(redis: Redis) -
     """The stream's first entry, or a retry that fell due and was not moved back; a
     retry not yet due and a parked event are not waiting to be sent."""
     dest = "convertr"
-    store = EventStore(redis, retention_s=60)
+    store = EventStore(redis, retention_s=60, partitions=16)
     now_ms = int(time.time() * 1000)
     await store.enqueue([new_lead("p@x.io", dest), new_lead("p@x.io", dest)])  # one parked
-    (found,) = (await counts(redis, [dest])).values()
+    (found,) = (await counts(redis, [dest], partitions=16)).values()
     assert found.pending == 2
     assert found.oldest_pending_s < 0.5
-    await redis.zadd(redis_keys.retries(dest), {"evt_later": now_ms + 600_000})
-    (found,) = (await counts(redis, [dest])).values()
+    await redis.zadd(redis_keys.retries(dest, 0), {"evt_later": now_ms + 600_000})
+    (found,) = (await counts(redis, [dest], partitions=16)).values()
     assert found.oldest_pending_s < 0.5
-    await redis.zadd(redis_keys.retries(dest), {"evt_due": now_ms - 90_000})
-    (found,) = (await counts(redis, [dest])).values()
+    await redis.zadd(redis_keys.retries(dest, 0), {"evt_due": now_ms - 90_000})
+    (found,) = (await counts(redis, [dest], partitions=16)).values()
     assert found.retrying == 2
     assert 90 <= found.oldest_pending_s < 91
-    await redis.delete(redis_keys.retries(dest), redis_keys.queue(dest))
-    (found,) = (await counts(redis, [dest])).values()
+    await redis.delete(redis_keys.retries(dest, 0), redis_keys.queue(dest, 0))
+    (found,) = (await counts(redis, [dest], partitions=16)).values()
     assert (found.pending, found.oldest_pending_s) == (1, 0)  # only the parked one
 
 

@@ -26,8 +26,8 @@ DEST = "crm"
 
 async def _enqueue(redis: Redis, *emails: str) -> list[NewEvent]:
     events = [new_lead(email, DEST) for email in emails]
-    await DeliveryQueue(redis, retention_s=60).ensure_group(DEST)
-    await EventStore(redis, retention_s=60).enqueue(events)
+    await DeliveryQueue(redis, retention_s=60, partitions=16).ensure_group(DEST)
+    await EventStore(redis, retention_s=60, partitions=16).enqueue(events)
     return events
 
 
@@ -55,24 +55,26 @@ async def test_only_a_contacts_head_is_queued_and_the_next_comes_when_it_is_done
     ann, b1, b2, b3 = await _enqueue(
         redis, "ann@example.com", "bob@example.com", "bob@example.com", "bob@example.com"
     )
-    queue = DeliveryQueue(redis, retention_s=60)
+    queue = DeliveryQueue(redis, retention_s=60, partitions=16)
     entries = await _read(queue)
     assert list(entries) == [ann.id, b1.id]  # the later two are parked: no stream entry
     bob = entries[b1.id].contact
     assert bob is not None
-    heads = redis_keys.heads(DEST)
+    heads = redis_keys.heads(DEST, 0)
     assert await redis.hgetall(heads) == {
         entries[ann.id].contact: ann.id,
         bob: b1.id,
         PARKED_FIELD: "2",
     }
-    bobs = redis_keys.order(DEST, bob)
+    bobs = redis_keys.order(DEST, 0, bob)
     assert await redis.lrange(bobs, 0, -1) == [b2.id, b3.id]
-    assert not await redis.exists(redis_keys.order(DEST, entries[ann.id].contact or ""))
-    assert (await counts(redis, [DEST]))[DEST].pending == 4  # parked ones are pending too
+    assert not await redis.exists(redis_keys.order(DEST, 0, entries[ann.id].contact or ""))
+    assert (await counts(redis, [DEST], partitions=16))[
+        DEST
+    ].pending == 4  # parked ones are pending too
 
     # Settled in the order the worker reads them: ann first, then bob's head.
-    await redis.xgroup_setid(redis_keys.queue(DEST), redis_keys.CONSUMER_GROUP, "0")
+    await redis.xgroup_setid(redis_keys.queue(DEST, 0), redis_keys.CONSUMER_GROUP, "0")
     assert (await _done(redis)).event == ann.id
     assert (await _done(redis)).event == b1.id
     assert await redis.hget(heads, bob) == b2.id  # its turn: a stream entry of its own
@@ -109,7 +111,7 @@ async def test_a_dead_head_lets_the_next_go_and_a_retrying_one_does_not(
     redis: Redis, status: DeliveryStatus
 ) -> None:
     _, later = await _enqueue(redis, "bob@example.com", "bob@example.com")
-    queue = DeliveryQueue(redis, retention_s=60)
+    queue = DeliveryQueue(redis, retention_s=60, partitions=16)
     await settle_next(redis, DEST, status, {"status": 500}, retry_at_ms=10**13)
     assert list(await _read(queue)) == ([later.id] if status is DeliveryStatus.dead else [])
 
@@ -123,5 +125,5 @@ async def test_a_head_that_expired_unsent_lets_its_contact_s_next_event_go(
         await redis.delete(redis_keys.event(expired.id))  # past the retention, unsent
         await asyncio.wait_for(Worker(settings, redis=redis).run(drain=True), 30)
         assert [r.parsed["id"] for r in receiver.requests] == [later.id]
-    assert await redis.hgetall(redis_keys.heads(DEST)) == {PARKED_FIELD: "0"}
-    assert await redis.xlen(redis_keys.queue(DEST)) == 0
+    assert await redis.hgetall(redis_keys.heads(DEST, 0)) == {PARKED_FIELD: "0"}
+    assert await redis.xlen(redis_keys.queue(DEST, 0)) == 0

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from relay import redis_keys
 from relay.connect import redis_client
 from relay.ratelimit import FULL_POLL_S, LOCAL_BURST, RateLimiter, local_limiter
-from relay.scripts import SETTLE
+from relay.scripts import RELEASE
 from relay.settings import RateLimit
 from tests.redis_server import RedisServer
 
@@ -36,24 +36,22 @@ async def _answered(
     now_ms: int | None = None,
     dest: str = DEST,
 ) -> None:
-    """What settle.lua does for the rate limit when a request's answer comes: its ids in
+    """What release.lua does for the rate limit when a request's answer comes: its ids in
     the log dated now, and a 429's pause (a settlement of no events)."""
-    settle = SETTLE.bind(redis)
-    batch = settle.batch()
+    release = RELEASE.bind(redis)
+    batch = release.batch()
     item = {
         "destination": dest,
         "holder": "h",
-        "stream": batch.key(redis_keys.queue(dest)),
         "leases": batch.key(redis_keys.inflight(dest)),
-        "events": [],
         "rate": batch.key(redis_keys.rate(dest)),
         "sent": list(sent),
     }
     if pause_ms:
         item |= {"pause": batch.key(redis_keys.paused(dest)), "pause_ms": pause_ms}
     batch.add(item)
-    keys = {"health": redis_keys.HEALTH, "notifications": "{relay}:q:_hooks"}
-    await settle(batch, keys=keys, args={"now_ms": now_ms or "", "retention_s": 60})
+    keys = {"health": redis_keys.HEALTH}
+    await release(batch, keys=keys, args={"now_ms": now_ms or ""})
 
 
 def worst_window(admitted_ms: Sequence[int], period_ms: int) -> int:

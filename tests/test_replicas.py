@@ -26,6 +26,7 @@ from relay.keystore import KeyStore
 from relay.replicas import Replicas
 from relay.settings import load_settings
 from tests.conftest import DESTINATIONS_TOML, AppClient
+from tests.events import members, total
 from tests.redis_server import RedisServer
 
 LEAD = {"email": "rena@example.com"}
@@ -138,7 +139,7 @@ async def test_202_once_the_replica_has_the_event(pair: Pair, post: Post) -> Non
     # A Redis that lost its scripts (restarted, failed over) is given the script again.
     await pair.master.script_flush()
     assert (await post({"email": "sam@example.com"})).status == 202
-    assert await pair.replica.zcard(redis_keys.EVENTS_INDEX) == 2
+    assert await total(pair.replica, "ZCARD", redis_keys.events_index) == 2
 
 
 async def test_unconfirmed_is_503_and_the_retry_makes_no_duplicate(pair: Pair, post: Post) -> None:
@@ -156,18 +157,18 @@ async def test_unconfirmed_is_503_and_the_retry_makes_no_duplicate(pair: Pair, p
     assert "id" not in problem
     assert TIMEOUT_MS / 1000 <= took_s < 3
     # WAIT undoes nothing: the master has the event (it may yet be delivered).
-    (stored,) = await pair.master.zrange(redis_keys.EVENTS_INDEX, 0, -1)
+    (stored,) = await members(pair.master, redis_keys.events_index)
     # Still no replica: 503 again, and still one event.
     assert (await post(LEAD, headers)).status == 503
-    assert await pair.master.zcard(redis_keys.EVENTS_INDEX) == 1
+    assert await total(pair.master, "ZCARD", redis_keys.events_index) == 1
 
     await pair.relink()
     again = await post(LEAD, headers)
     assert again.status == 202
     assert again.headers["Idempotent-Replayed"] == "true"
     assert (await again.json())["id"] == stored
-    assert await pair.master.zrange(redis_keys.EVENTS_INDEX, 0, -1) == [stored]
-    assert await pair.replica.zrange(redis_keys.EVENTS_INDEX, 0, -1) == [stored]
+    assert await members(pair.master, redis_keys.events_index) == [stored]
+    assert await members(pair.replica, redis_keys.events_index) == [stored]
 
 
 async def test_a_batch_is_all_or_nothing(pair: Pair, post: Post) -> None:
@@ -187,7 +188,7 @@ async def test_one_wait_per_group_commit(pair: Pair, post: Post) -> None:
     stats = await pair.master.info("commandstats")
     waits, calls = stats["cmdstat_wait"]["calls"], stats["cmdstat_evalsha"]["calls"]
     assert waits == calls < 50  # one WAIT per group commit's script call
-    assert await pair.replica.zcard(redis_keys.EVENTS_INDEX) == 50
+    assert await total(pair.replica, "ZCARD", redis_keys.events_index) == 50
 
 
 async def test_keys_and_hooks_wait_too(pair: Pair, api: Api) -> None:

@@ -47,14 +47,14 @@ async def stored(redis: Redis) -> tuple[list[str], list[str]]:
                 destinations=(),
             )
         )
-    await EventStore(redis, retention_s=3600).enqueue(events)
+    await EventStore(redis, retention_s=3600, partitions=16).enqueue(events)
     newest_first = [e.id for e in reversed(events)]
     return newest_first[LEADS:], newest_first[:LEADS]
 
 
 async def test_a_rare_filter_stops_at_the_budget_and_goes_on_from_there(redis: Redis) -> None:
     contacts, leads = await stored(redis)
-    store = EventStore(redis, retention_s=3600)
+    store = EventStore(redis, retention_s=3600, partitions=16)
     first = await store.page(limit=10, kind="contact", budget=8)
     assert first.events == []
     assert first.stopped_at == leads[7]  # the last of the 8 entries read

@@ -1,6 +1,7 @@
-"""The script loader (relay.scripts), and the rule every script keeps: it touches only
-keys it was given in KEYS (what Redis Cluster routes by). Against a real redis-server,
-watched with MONITOR while a worker runs every kind of delivery."""
+"""The script loader (relay.scripts), and the rules every script keeps: it touches only
+keys it was given in KEYS (what Redis Cluster routes by), and every call's KEYS hash to
+one slot (a partition's, or the control keys'). Against a real redis-server, watched
+with MONITOR while a worker runs every kind of delivery."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from typing import cast
 
 import pytest
 from redis.asyncio import Redis
+from redis.crc import key_slot
 
 from relay import redis_keys, scripts
 from relay.deadletters import replay_dead_letters
 from relay.hooks import HookStore
 from relay.models import Contact, DeliveryStatus
+from relay.queue import DeliveryQueue, Entry
 from relay.scripts import Batch, Script
 from relay.settings import Settings
 from relay.store import EventStore, NewEvent
@@ -28,9 +31,12 @@ from tests.redis_server import RedisServer
 
 ALL = [
     scripts.ACQUIRE,
+    scripts.ADMIT,
     scripts.ENQUEUE,
     scripts.KEEP,
     scripts.MOVE_DUE,
+    scripts.RELEASE,
+    scripts.RENEW,
     scripts.REPLAY,
     scripts.SETTLE,
     scripts.TAKE,
@@ -43,8 +49,8 @@ def test_every_file_of_relay_lua_is_a_declared_script() -> None:
 
 
 def test_a_script_must_declare_the_names_its_file_gives() -> None:
-    with pytest.raises(ValueError, match=r"take\.lua names KEYS: .stream, leases, pause"):
-        Script("take", ("stream", "pause", "leases"), scripts.TAKE.args)
+    with pytest.raises(ValueError, match=r"take\.lua names KEYS: .stream, held"):
+        Script("take", ("held", "stream"), scripts.TAKE.args)
     with pytest.raises(ValueError, match="ARGV"):
         Script("keep", scripts.KEEP.keys, ("consumer", "entries"))
 
@@ -118,8 +124,9 @@ async def monitor(port: int) -> AsyncIterator[list[bytes]]:
 
 
 async def _undeclared(redis: Redis, lines: list[bytes]) -> tuple[dict[str, int], list[str]]:
-    """Scripts run (by digest: calls), and every key a script's command touched that its
-    call did not name in KEYS."""
+    """Scripts run (by digest: calls), every key a script's command touched that its
+    call did not name in KEYS, and every call whose KEYS span several slots (what a
+    cluster refuses: CROSSSLOT)."""
     names = {s.bind(redis)._redis_script.sha: s.name for s in ALL}
     calls: dict[str, int] = {}
     problems: list[str] = []
@@ -134,6 +141,9 @@ async def _undeclared(redis: Redis, lines: list[bytes]) -> tuple[dict[str, int],
                 script = names.get(args[1].decode(), args[1].decode())
                 calls[script] = calls.get(script, 0) + 1
                 declared = set(args[3 : 3 + int(args[2])])
+                slots = {key_slot(key) for key in declared}
+                if len(slots) > 1:
+                    problems.append(f"{script}.lua: KEYS in slots {sorted(slots)}")
             continue
         assert declared is not None, f"a script's command with no EVALSHA before it: {line!r}"
         if args[0].upper() == b"TIME":  # the one command scripts run with no key
@@ -180,18 +190,23 @@ allow_private_targets = true
         receiver.script(status=503)  # a retry
         receiver.script(status=429, headers={"Retry-After": "1"})  # a pause, kept through
         receiver.script(status=400)  # a dead letter
-        store = EventStore(redis, retention_s=60)
+        store = EventStore(redis, retention_s=60, partitions=16)
         same = Contact(email="same@example.com")
         events = [
             *(new_lead("", "crm", "cy", payload=same) for _ in range(3)),  # one parked
-            *(new_lead(f"p{i}@example.com", "crm", "cy") for i in range(4)),
+            # in partitions of their own: a take or a settle of several spans them
+            *(new_lead(f"p{i}@example.com", "crm", "cy", partition=i + 1) for i in range(4)),
         ]
         async with monitor(redis_server.port) as lines:
             await store.enqueue(events[:1], remember=("{relay}:idem:key_x:abc", b"{}"))
             await store.enqueue(events[1:])
             await asyncio.wait_for(Worker(settings, redis=redis).run(drain=True), 30)
-            assert await replay_dead_letters(redis, "crm") == 1
+            assert await replay_dead_letters(redis, "crm", partitions=16) == 1
             await asyncio.wait_for(Worker(settings, redis=redis).run(drain=True), 30)
+            # What a worker does when deliveries wait long (too quick here to be sure of).
+            queue = DeliveryQueue(redis, retention_s=60, partitions=16)
+            entries = [Entry("1-0", events[1].id), Entry("1-0", events[4].id)]
+            await queue.keep("crm", "w", entries, ["h"], lease_ms=1_000)
         assert await _event_statuses(store, events) == {"delivered"}
         calls, problems = await _undeclared(redis, lines)
     assert problems == []

@@ -4,6 +4,7 @@ event's holder settles it; an expired event leaves nothing behind."""
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 
@@ -14,10 +15,11 @@ from redis.asyncio import Redis
 from relay import redis_keys
 from relay.backlog import Counts, counts
 from relay.errors import StoreUnavailable
+from relay.ids import new_event_id, partition_of
 from relay.models import DeliveryStatus
 from relay.queue import DeliveryQueue, Entry, Result, Settlement
 from relay.store import EventStore, NewEvent
-from tests.events import new_lead, settle_next
+from tests.events import new_lead, settle_next, total
 
 DEST = "crm"
 LEASE_MS = 10_000
@@ -25,9 +27,9 @@ LEASE_MS = 10_000
 
 async def _taken(redis: Redis, *events: NewEvent, holder: str = "h") -> list[Entry]:
     """Enqueue the events, read their stream entries and take them under ``holder``."""
-    queue = DeliveryQueue(redis, retention_s=60)
+    queue = DeliveryQueue(redis, retention_s=60, partitions=16)
     await queue.ensure_group(DEST)
-    await EventStore(redis, retention_s=60).enqueue(list(events))
+    await EventStore(redis, retention_s=60, partitions=16).enqueue(list(events))
     entries = await queue.read(DEST, "w", count=100, block_ms=1)
     taken = await queue.take(DEST, [(holder, entries)], lease_ms=LEASE_MS, max_in_flight=8)
     assert [t.state for t in taken] == ["ok"] * len(entries)
@@ -56,11 +58,13 @@ async def _settle(
     unhealthy: str | None = None,
 ) -> None:
     settlement = Settlement(DEST, holder, results, sent, pause_ms, unhealthy)
-    await DeliveryQueue(redis, retention_s=60).settle(settlement)
+    await DeliveryQueue(redis, retention_s=60, partitions=16).settle(settlement)
 
 
 async def _pending(redis: Redis) -> int:
-    return int((await redis.xpending(redis_keys.queue(DEST), redis_keys.CONSUMER_GROUP))["pending"])
+    return int(
+        (await redis.xpending(redis_keys.queue(DEST, 0), redis_keys.CONSUMER_GROUP))["pending"]
+    )
 
 
 async def test_a_delivery_is_recorded_and_acked_in_one_step(redis: Redis) -> None:
@@ -73,9 +77,9 @@ async def test_a_delivery_is_recorded_and_acked_in_one_step(redis: Redis) -> Non
     assert orjson.loads(raw["a:crm:1"]) == {"status": 200, "outcome": "delivered"}
     assert "h:crm" not in raw  # nobody holds it now
     assert await _pending(redis) == 0
-    assert await redis.xlen(redis_keys.queue(DEST)) == 0  # acked and deleted
+    assert await redis.xlen(redis_keys.queue(DEST, 0)) == 0  # acked and deleted
     assert await redis.zcard(redis_keys.inflight(DEST)) == 0  # the lease given back
-    (found,) = (await counts(redis, [DEST])).values()
+    (found,) = (await counts(redis, [DEST], partitions=16)).values()
     assert found == Counts(
         pending=0, retrying=0, dead=0, delivered_last_hour=1, oldest_pending_s=0.0
     )
@@ -111,13 +115,13 @@ async def test_a_retry_keeps_its_contact_and_spends_a_step(redis: Redis) -> None
     raw = await redis.hgetall(redis_keys.event(ev.id))
     assert (raw["st:crm"], raw["n:crm"], raw["r:crm"]) == ("retrying", "1", "1")
     member = ev.id + redis_keys.RETRY_CONTACT_SEP + entry.contact
-    assert await redis.zscore(redis_keys.retries(DEST), member) == due
+    assert await redis.zscore(redis_keys.retries(DEST, 0), member) == due
     # Still its contact's head: when due, it comes back with an entry naming the contact.
-    queue = DeliveryQueue(redis, retention_s=60)
+    queue = DeliveryQueue(redis, retention_s=60, partitions=16)
     assert await queue.move_due_retries([DEST]) == 1
     (again,) = await queue.read(DEST, "w", count=10, block_ms=1)
     assert (again.event, again.contact) == (ev.id, entry.contact)
-    assert await redis.zcard(redis_keys.retries(DEST)) == 0
+    assert await total(redis, "ZCARD", functools.partial(redis_keys.retries, DEST)) == 0
 
 
 async def test_a_dead_letter_lets_the_contact_s_next_event_go_and_notifies(
@@ -125,24 +129,27 @@ async def test_a_dead_letter_lets_the_contact_s_next_event_go_and_notifies(
 ) -> None:
     first, second = new_lead("bob@example.com", DEST), new_lead("bob@example.com", DEST)
     (entry,) = await _taken(redis, first, second)  # the second waits, parked
-    ntf = ("ntf_1", orjson.dumps({"id": "ntf_1", "topic": "event.failed"}))
+    ntf_id = new_event_id(prefix="ntf_", partition=partition_of(first.id))
+    ntf = (ntf_id, orjson.dumps({"id": ntf_id, "topic": "event.failed"}))
     await _settle(redis, "h", _result(entry, DeliveryStatus.dead, 400, notifications=[ntf]))
-    assert await redis.zscore(redis_keys.dead(DEST), first.id) is not None
-    (nxt,) = await DeliveryQueue(redis, retention_s=60).read(DEST, "w", count=10, block_ms=1)
+    assert await redis.zscore(redis_keys.dead(DEST, 0), first.id) is not None
+    (nxt,) = await DeliveryQueue(redis, retention_s=60, partitions=16).read(
+        DEST, "w", count=10, block_ms=1
+    )
     assert (nxt.event, nxt.contact) == (second.id, entry.contact)
-    assert await redis.hget(redis_keys.heads(DEST), entry.contact or "") == second.id
+    assert await redis.hget(redis_keys.heads(DEST, 0), entry.contact or "") == second.id
     # The notification was queued in the same step.
-    record = await redis.hgetall(redis_keys.event("ntf_1"))
+    record = await redis.hgetall(redis_keys.event(ntf_id))
     assert record == {"data": ntf[1].decode(), "st:_hooks": "pending"}
-    assert 0 < await redis.ttl(redis_keys.event("ntf_1")) <= 60
-    assert await redis.xlen(redis_keys.queue(redis_keys.NOTIFICATIONS)) == 1
+    assert 0 < await redis.ttl(redis_keys.event(ntf_id)) <= 60
+    assert await redis.xlen(redis_keys.queue(redis_keys.NOTIFICATIONS, 0)) == 1
 
 
 async def test_only_the_holder_settles_a_late_answer_is_only_recorded(redis: Redis) -> None:
     ev = new_lead("ann@example.com", DEST)
     (entry,) = await _taken(redis, ev, holder="old")
     # "old" stalled past its lease; "new" took the event over.
-    queue = DeliveryQueue(redis, retention_s=60)
+    queue = DeliveryQueue(redis, retention_s=60, partitions=16)
     later = int(time.time() * 1000) + LEASE_MS + 1
     (taken,) = await queue.take(
         DEST, [("new", [entry])], lease_ms=LEASE_MS, max_in_flight=8, now_ms=later
@@ -166,7 +173,9 @@ async def test_an_event_that_expired_while_sent_leaves_nothing_behind(redis: Red
     # Writing its status now would make a hash that never expires.
     assert not await redis.exists(redis_keys.event(first.id))
     assert await _pending(redis) == 0
-    (nxt,) = await DeliveryQueue(redis, retention_s=60).read(DEST, "w", count=10, block_ms=1)
+    (nxt,) = await DeliveryQueue(redis, retention_s=60, partitions=16).read(
+        DEST, "w", count=10, block_ms=1
+    )
     assert nxt.event == second.id
 
 
@@ -194,7 +203,9 @@ async def test_what_the_answer_means_for_the_destination(redis: Redis) -> None:
     assert health["problem"] == "upstream answered 401"
     # A delivery makes the destination healthy; a shorter pause is replaced by a longer one.
     await redis.delete(redis_keys.paused(DEST))
-    await EventStore(redis, retention_s=60).enqueue([new_lead("bo@example.com", DEST)])
+    await EventStore(redis, retention_s=60, partitions=16).enqueue(
+        [new_lead("bo@example.com", DEST)]
+    )
     await settle_next(redis, DEST, DeliveryStatus.delivered, {"status": 200})
     assert not await redis.hexists(redis_keys.HEALTH, DEST)
     (entry2,) = await _taken(redis, new_lead("cy@example.com", DEST), holder="h2")
@@ -204,14 +215,14 @@ async def test_what_the_answer_means_for_the_destination(redis: Redis) -> None:
 
 
 async def test_attempts_live_in_the_event_hash_and_show_in_order(redis: Redis) -> None:
-    store = EventStore(redis, retention_s=60)
+    store = EventStore(redis, retention_s=60, partitions=16)
     ev = new_lead("ann@example.com", "crm", "sheet")
     await store.enqueue([ev])
     await settle_next(redis, "crm", DeliveryStatus.retrying, {"status": 500, "outcome": "retry"})
     await settle_next(redis, "sheet", DeliveryStatus.delivered, {"status": 200, "outcome": "ok"})
-    await DeliveryQueue(redis, retention_s=60).move_due_retries(["crm"])
+    await DeliveryQueue(redis, retention_s=60, partitions=16).move_due_retries(["crm"])
     await settle_next(redis, "crm", DeliveryStatus.retrying, {"status": 503, "outcome": "retry"})
-    await DeliveryQueue(redis, retention_s=60).move_due_retries(["crm"])
+    await DeliveryQueue(redis, retention_s=60, partitions=16).move_due_retries(["crm"])
     await settle_next(redis, "crm", DeliveryStatus.delivered, {"status": 200, "outcome": "ok"})
     raw = await redis.hgetall(redis_keys.event(ev.id))
     assert sorted(str(f) for f in raw if str(f).startswith("a:")) == [

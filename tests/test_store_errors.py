@@ -22,6 +22,7 @@ from relay.api import create_app
 from relay.api.state import HOOKS, KEYS
 from relay.connect import redis_client
 from relay.hooks import HookStore
+from relay.ids import partition_of
 from relay.keystore import KeyStore
 from relay.models import SCOPES
 from relay.settings import Settings
@@ -98,7 +99,8 @@ async def _stage(server: RedisServer, client: TestClient[Any, Any]) -> Staged:
         resp = await client.post("/v1/leads", json=LEAD, headers={"X-API-Key": key})
         assert resp.status == 202, await resp.text()
         dead_id = (await resp.json())["id"]
-        await redis.zadd(redis_keys.dead("convertr"), {dead_id: int(time.time() * 1000)})
+        dead = redis_keys.dead("convertr", partition_of(dead_id))
+        await redis.zadd(dead, {dead_id: int(time.time() * 1000)})
     finally:
         await redis.aclose()
     return Staged(key, limited, victim.id, hook.id, dead_id)
@@ -160,7 +162,8 @@ async def test_every_write_route_is_503_while_redis_refuses_writes(
     finally:
         await redis.config_set("maxmemory", "0")
     assert await redis.dbsize() == before
-    assert await redis.zscore(redis_keys.dead("convertr"), staged.dead_id) is not None
+    dead = redis_keys.dead("convertr", partition_of(staged.dead_id))
+    assert await redis.zscore(dead, staged.dead_id) is not None
     _assert_logged_without_traceback(caplog, len(writes))
     # Nothing was left claimed: the same Idempotency-Key works once Redis takes writes.
     again = await client.post("/v1/leads", json=LEAD, headers=writes[1][2]["headers"])
@@ -202,7 +205,7 @@ async def test_any_other_redis_error_is_a_bug_not_an_outage(
     # A 503 would have the client retry what can never work; a 500 and a traceback
     # in the log say that relay needs fixing.
     key = await make_key("read:events")
-    await redis.set(redis_keys.EVENTS_INDEX, "not a sorted set")
+    await redis.set(redis_keys.events_index(0), "not a sorted set")
     resp = await client.get("/v1/events", headers={"X-API-Key": key})
     assert resp.status == 500, await resp.text()
     assert (await resp.json())["type"] == "/problems/internal-error"

@@ -24,9 +24,9 @@ LEASE_MS = 10_000
 
 async def _queued(redis: Redis, *emails: str) -> tuple[DeliveryQueue, list[Entry]]:
     """Enqueue a lead per email and read every stream entry (as consumer "w")."""
-    queue = DeliveryQueue(redis, retention_s=60)
+    queue = DeliveryQueue(redis, retention_s=60, partitions=16)
     await queue.ensure_group(DEST)
-    await EventStore(redis, retention_s=60).enqueue(_leads(*emails))
+    await EventStore(redis, retention_s=60, partitions=16).enqueue(_leads(*emails))
     return queue, await queue.read(DEST, "w", count=100, block_ms=1)
 
 
@@ -45,7 +45,7 @@ async def _take(
 
 async def _pending(redis: Redis) -> list[str]:
     rows = await redis.xpending_range(
-        redis_keys.queue(DEST), redis_keys.CONSUMER_GROUP, min="-", max="+", count=100
+        redis_keys.queue(DEST, 0), redis_keys.CONSUMER_GROUP, min="-", max="+", count=100
     )
     return [str(row["message_id"]) for row in rows]
 
@@ -80,7 +80,7 @@ async def test_a_copy_of_a_settled_event_is_refused_and_acked(
     await redis.hset(redis_keys.event(entry.event), redis_keys.STATUS_FIELD_PREFIX + DEST, status)
     assert await _take(queue, ("h1", [entry])) == ["stray"]
     assert await _pending(redis) == []  # acked: it never comes back
-    assert await redis.xlen(redis_keys.queue(DEST)) == 0
+    assert await redis.xlen(redis_keys.queue(DEST, 0)) == 0
     assert await redis.zcard(redis_keys.inflight(DEST)) == 0  # no lease taken for it
 
 
@@ -101,10 +101,10 @@ async def test_a_copy_another_holder_is_sending_is_refused_and_left_to_it(redis:
 async def test_an_expired_event_is_not_taken_and_its_settle_lets_the_next_go(
     redis: Redis,
 ) -> None:
-    queue = DeliveryQueue(redis, retention_s=60)
+    queue = DeliveryQueue(redis, retention_s=60, partitions=16)
     await queue.ensure_group(DEST)
     events = _leads("bob@example.com", "bob@example.com")
-    await EventStore(redis, retention_s=60).enqueue(events)
+    await EventStore(redis, retention_s=60, partitions=16).enqueue(events)
     (first,) = await queue.read(DEST, "w", count=100, block_ms=1)
     assert first.contact is not None
     await redis.delete(redis_keys.event(first.event))  # past the retention, unsent
@@ -114,7 +114,7 @@ async def test_an_expired_event_is_not_taken_and_its_settle_lets_the_next_go(
     assert await _pending(redis) == []
     (nxt,) = await queue.read(DEST, "w", count=10, block_ms=1)
     assert (nxt.event, nxt.contact) == (events[1].id, first.contact)
-    assert await redis.hget(redis_keys.heads(DEST), first.contact) == events[1].id
+    assert await redis.hget(redis_keys.heads(DEST, 0), first.contact) == events[1].id
 
 
 async def test_a_pause_holds_everything_and_changes_nothing(redis: Redis) -> None:
@@ -175,14 +175,16 @@ async def test_keep_resets_only_its_own_entries_and_renews_only_live_leases(
     (claimed,) = await queue.claim_stale(DEST, "other", min_idle_ms=500, count=1)
     assert claimed.id == a.id  # the oldest first
     kept, renewed = await queue.keep(
-        DEST, "w", [a.id, b.id], ["ha", "hb", "gone"], lease_ms=LEASE_MS, now_ms=T0 + 9_000
+        DEST, "w", [a, b], ["ha", "hb", "gone"], lease_ms=LEASE_MS, now_ms=T0 + 9_000
     )
     assert (kept, renewed) == (1, 2)
     assert await redis.zscore(redis_keys.inflight(DEST), "ha") == T0 + 9_000 + LEASE_MS
+    # Their holds in the partition (what a copy's take checks) are renewed alike.
+    assert await redis.zscore(redis_keys.held(DEST, 0), "hb") == T0 + 9_000 + LEASE_MS
     # Not stale any more: housekeeping elsewhere (500 ms window) claims nothing of it.
     assert await queue.claim_stale(DEST, "third", min_idle_ms=500, count=10) == []
     rows = await redis.xpending_range(
-        redis_keys.queue(DEST), redis_keys.CONSUMER_GROUP, min="-", max="+", count=10
+        redis_keys.queue(DEST, 0), redis_keys.CONSUMER_GROUP, min="-", max="+", count=10
     )
     assert {(str(r["message_id"]), r["consumer"]) for r in rows} == {
         (b.id, "w"),

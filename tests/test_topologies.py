@@ -96,12 +96,45 @@ async def test_the_client_is_of_the_topology(redis: Redis, redis_server: Topolog
             with redis_server.client(server) as node:
                 if node.info("replication")["role"] == "master" and node.dbsize():
                     holders.append(server.port)
-        assert len(holders) == 1  # one slot, one master: until partitions land
+        assert len(holders) == 1  # a control key: one slot, one master
     else:
         with redis_server.data_client(redis_server.master_port()) as master:
             assert master.get("{relay}:probe") == "here"
     # INFO goes to one node (on a cluster, the master of relay's slot), not to all.
     assert (await check_version(redis)).count(".") == 2
+
+
+@pytest.mark.parametrize("redis_server", ["cluster"], indirect=True)
+async def test_events_spread_over_every_master_and_are_delivered(
+    redis_server: ClusterServers,
+    redis: Redis,
+    relay_settings: Settings,
+    app_client: Any,
+    make_key: Any,
+    fake_convertr: FakeConvertr,
+) -> None:
+    """With the default partitions, ingest spreads the events over every master of the
+    cluster, and the worker delivers all of them (each script call in one slot)."""
+    client = await app_client(relay_settings)
+    key = await make_key("write:leads", "read:events")
+    leads = [{"email": f"m{i}@example.com"} for i in range(30)]
+    answer = await client.post("/v1/leads", json=leads, headers={"X-API-Key": key})
+    assert answer.status == 202, await answer.text()
+    ids = [a["id"] for a in (await answer.json())["accepted"]]
+    per_master = {}
+    for server in redis_server.servers:
+        with redis_server.client(server) as node:
+            if node.info("replication")["role"] == "master":
+                events = list(node.scan_iter(match="{relay:*}:evt:*", count=1000))
+                per_master[server.port] = len(events)
+    assert len(per_master) == 3
+    assert sum(per_master.values()) == 30
+    assert all(per_master.values()), per_master  # every master holds a share
+    await drain(relay_settings, redis)
+    assert len(fake_convertr.requests) == 30
+    for event_id in ids:
+        shown = await client.get(f"/v1/events/{event_id}", headers={"X-API-Key": key})
+        assert (await shown.json())["status"] == "delivered"
 
 
 async def test_a_script_redis_forgot_is_loaded_again(redis: Redis) -> None:
@@ -255,7 +288,8 @@ async def test_relay_follows_a_sentinel_failover(
     ]
     with redis_server.data_client(new) as master:
         assert master.info("replication")["role"] == "master"
-        assert master.zcard("{relay}:events") == 2
+        indexes = [redis_keys.events_index(p) for p in range(relay_settings.partitions)]
+        assert sum(master.zcard(index) for index in indexes) == 2
     with redis_server.data_client(old) as demoted:  # what Sentinel does, seconds later
         demoted.replicaof("127.0.0.1", new)
 

@@ -35,7 +35,7 @@ TRACKS = [
 
 
 async def _attempts(redis: Redis, event_id: str, destination: str) -> list[dict[str, Any]]:
-    view = await EventStore(redis, retention_s=60).get(event_id)
+    view = await EventStore(redis, retention_s=60, partitions=16).get(event_id)
     assert view is not None
     return next(d for d in view.destinations if d.name == destination).attempts
 
@@ -78,7 +78,9 @@ async def test_no_event_is_tracked_when_the_identify_fails(
     await drain(relay_settings, redis)
     assert _paths(fake_conveyour) == ["identify"]
     assert fake_conveyour.tracked == []
-    assert [d.event_id for d in await list_dead_letters(redis, "conveyour")] == [event_id]
+    assert [d.event_id for d in await list_dead_letters(redis, "conveyour", partitions=16)] == [
+        event_id
+    ]
     (attempt,) = await _attempts(redis, event_id, "conveyour")
     assert attempt["outcome"] == "rejected"
     assert "Bad <contact>" in attempt["excerpt"]

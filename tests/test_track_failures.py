@@ -42,7 +42,7 @@ async def test_a_refused_track_is_dead_lettered_and_a_replay_resumes_at_it(
     event_id = await post_lead({"email": "ro@example.com", "events": TRACKS}, "/v1/contacts")
     await drain(relay_settings, redis)
     assert _paths(fake_conveyour) == ["identify", "track", "track"]  # none after it
-    (dead,) = await list_dead_letters(redis, "conveyour")
+    (dead,) = await list_dead_letters(redis, "conveyour", partitions=16)
     assert dead.event_id == event_id
     assert dead.status_code == status
     assert dead.excerpt is not None
@@ -53,14 +53,14 @@ async def test_a_refused_track_is_dead_lettered_and_a_replay_resumes_at_it(
 
     # Replayed: not identified again, "applied" not tracked again; the refused one and
     # the one after it are sent.
-    assert await replay_dead_letters(redis, "conveyour", [event_id]) == 1
+    assert await replay_dead_letters(redis, "conveyour", [event_id], partitions=16) == 1
     await drain(relay_settings, redis)
     assert _paths(fake_conveyour) == ["identify", "track", "track", "track", "track"]
     assert len(fake_conveyour.contacts) == 1
     assert [e["event"] for _, e in fake_conveyour.tracked] == ["applied", "interviewed", "hired"]
     attempts = await _attempts(redis, event_id, "conveyour")
     assert [(a["outcome"], a["steps"]) for a in attempts] == [("rejected", 2), ("delivered", 4)]
-    assert await list_dead_letters(redis, "conveyour") == []
+    assert await list_dead_letters(redis, "conveyour", partitions=16) == []
 
 
 async def test_a_replay_after_a_refused_identify_sends_everything(
@@ -69,7 +69,7 @@ async def test_a_replay_after_a_refused_identify_sends_everything(
     fake_conveyour.script(status=422, body={"status": "error", "message": "bad contact"})
     event_id = await post_lead({"email": "ri@example.com", "events": TRACKS[:1]}, "/v1/contacts")
     await drain(relay_settings, redis)
-    assert await replay_dead_letters(redis, "conveyour", [event_id]) == 1
+    assert await replay_dead_letters(redis, "conveyour", [event_id], partitions=16) == 1
     await drain(relay_settings, redis)
     assert _paths(fake_conveyour) == ["identify", "identify", "track"]
     assert [e["event"] for _, e in fake_conveyour.tracked] == ["applied"]
@@ -94,7 +94,7 @@ async def test_a_429_on_a_track_pauses_and_sends_no_track_twice(
         ("delivered", 4, 200),
     ]
     assert attempts[0]["retry_after_s"] == 1
-    assert await list_dead_letters(redis, "conveyour") == []
+    assert await list_dead_letters(redis, "conveyour", partitions=16) == []
 
 
 @pytest.mark.parametrize(

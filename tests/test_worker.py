@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -15,11 +16,12 @@ from relay.backlog import counts
 from relay.connect import redis_client
 from relay.deadletters import list_dead_letters, replay_dead_letters
 from relay.hooks import HookStore
+from relay.ids import partition_of
 from relay.queue import DeliveryQueue
 from relay.settings import Settings
 from relay.store import EventStore
 from relay.worker import Worker
-from tests.events import new_lead
+from tests.events import new_lead, total
 from tests.fakes import (
     CONVERTR_API_KEY,
     CONVEYOUR_TOKEN,
@@ -127,7 +129,7 @@ async def test_lead_delivered_to_both_upstreams(
         "firstName": "Ada",
         "telephone": "+447123456789",
     }
-    view = await EventStore(redis, retention_s=60).get(event_id)
+    view = await EventStore(redis, retention_s=60, partitions=16).get(event_id)
     assert view is not None
     assert view.status == "delivered"
     by_name = {d.name: d for d in view.destinations}
@@ -137,7 +139,7 @@ async def test_lead_delivered_to_both_upstreams(
     assert convertr[0]["upstream_id"] == str(fake_convertr.leads[0]["id"])
     assert "utm_source" in convertr[0]["note"]  # left out: no mapping
     # Delivered entries are trimmed from the streams.
-    assert await redis.xlen(redis_keys.queue("convertr")) == 0
+    assert await total(redis, "XLEN", functools.partial(redis_keys.queue, "convertr")) == 0
 
 
 async def test_retry_then_success(
@@ -146,7 +148,7 @@ async def test_retry_then_success(
     fake_convertr.script(status=500, body={"code": 500, "message": ""}, times=2)
     event_id = await post_lead({"email": "bo@example.com"})
     await drain(relay_settings, redis)
-    view = await EventStore(redis, retention_s=60).get(event_id)
+    view = await EventStore(redis, retention_s=60, partitions=16).get(event_id)
     assert view is not None
     attempts = next(d for d in view.destinations if d.name == "convertr").attempts
     assert [a["outcome"] for a in attempts] == ["retry", "retry", "delivered"]
@@ -178,22 +180,24 @@ async def test_rejection_is_dead_lettered_then_replayed(
     )
     event_id = await post_lead({"email": "di@example.com"})
     await drain(relay_settings, redis)
-    assert [d.event_id for d in await list_dead_letters(redis, "convertr")] == [event_id]
-    view = await EventStore(redis, retention_s=60).get(event_id)
+    assert [d.event_id for d in await list_dead_letters(redis, "convertr", partitions=16)] == [
+        event_id
+    ]
+    view = await EventStore(redis, retention_s=60, partitions=16).get(event_id)
     assert view is not None
     dest = next(d for d in view.destinations if d.name == "convertr")
     assert dest.status == "dead"
     assert "Validation failed" in dest.attempts[0]["excerpt"]
     assert CONVERTR_API_KEY not in str(dest.attempts)
 
-    assert await replay_dead_letters(redis, "convertr", [event_id]) == 1
+    assert await replay_dead_letters(redis, "convertr", [event_id], partitions=16) == 1
     await drain(relay_settings, redis)
-    view = await EventStore(redis, retention_s=60).get(event_id)
+    view = await EventStore(redis, retention_s=60, partitions=16).get(event_id)
     assert view is not None
     dest = next(d for d in view.destinations if d.name == "convertr")
     assert dest.status == "delivered"
     assert [a["outcome"] for a in dest.attempts] == ["rejected", "delivered"]
-    assert await list_dead_letters(redis, "convertr") == []
+    assert await list_dead_letters(redis, "convertr", partitions=16) == []
 
 
 async def test_rejected_credentials_keep_the_event_and_mark_unhealthy(
@@ -217,7 +221,7 @@ async def test_rejected_credentials_keep_the_event_and_mark_unhealthy(
     event_id = (await resp.json())["id"]
     worker = Worker(settings, redis=redis)
     task = asyncio.create_task(worker.run())
-    queue = DeliveryQueue(redis, retention_s=60)
+    queue = DeliveryQueue(redis, retention_s=60, partitions=16)
     for _ in range(200):
         if "convertr" in await queue.health():
             break
@@ -226,9 +230,10 @@ async def test_rejected_credentials_keep_the_event_and_mark_unhealthy(
     await asyncio.wait_for(task, 10)
     health = await queue.health()
     assert "401" in health["convertr"]["problem"]
-    found = (await counts(redis, ["convertr"]))["convertr"]
+    found = (await counts(redis, ["convertr"], partitions=16))["convertr"]
     assert (found.retrying, found.dead) == (1, 0), found
-    rows = await redis.zrange(redis_keys.retries("convertr"), 0, -1, withscores=True)
+    retries = redis_keys.retries("convertr", partition_of(event_id))
+    rows = await redis.zrange(retries, 0, -1, withscores=True)
     ((member, due),) = cast(list[tuple[str, float]], rows)
     assert member.startswith(event_id + redis_keys.RETRY_CONTACT_SEP)
     # The long end of the schedule: 600 s ± 20 % jitter, minutes rather than seconds.
@@ -261,7 +266,7 @@ async def test_dead_letters_over_http(
     await drain(relay_settings, redis)
     ready = await (await client.get("/readyz")).json()
     assert ready["destinations"]["convertr"]["healthy"] is True
-    event = await EventStore(redis, retention_s=60).get(event_id)
+    event = await EventStore(redis, retention_s=60, partitions=16).get(event_id)
     assert event is not None
     assert event.status == "delivered"
 
@@ -378,7 +383,7 @@ async def test_conveyour_batches_and_falls_back_to_single_sends(
     ids = [a["id"] for a in (await resp.json())["accepted"]]
     await drain(settings, redis)
     assert len(fake_conveyour.requests) == 1 + 1 + 3
-    store = EventStore(redis, retention_s=60)
+    store = EventStore(redis, retention_s=60, partitions=16)
     for event_id in ids:
         view = await store.get(event_id)
         assert view is not None
@@ -423,7 +428,7 @@ max_in_flight = 3
             await HookStore(redis).create(
                 key_id="k", event="lead.received", target_url=f"{receiver.url}/hook"
             )
-        store = EventStore(redis, retention_s=60)
+        store = EventStore(redis, retention_s=60, partitions=16)
         subscribers = await HookStore(redis).matching("lead.received")
         events = [new_lead(f"p{i}@example.com", "d") for i in range(24)]
         await store.enqueue(events, subscribers=subscribers)
@@ -452,7 +457,7 @@ secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 events = ["lead"]
 rate_limit = "1/m"
 """)
-        await EventStore(redis, retention_s=60).enqueue(
+        await EventStore(redis, retention_s=60, partitions=16).enqueue(
             [new_lead(f"p{i}@example.com", "crm") for i in range(3)]
         )
         worker = Worker(settings, redis=redis)
@@ -467,7 +472,9 @@ rate_limit = "1/m"
         await asyncio.wait_for(task, 10)
         assert time.monotonic() - started < 3
         assert len(receiver.requests) == 1
-    assert await redis.xlen(redis_keys.queue("crm")) == 2  # still there, to be sent
+    assert (
+        await total(redis, "XLEN", functools.partial(redis_keys.queue, "crm")) == 2
+    )  # still there, to be sent
     assert await redis.zcard(redis_keys.inflight("crm")) == 0
     assert await redis.zcard(redis_keys.rate("crm")) == 1  # only the one sent counts
 
@@ -496,7 +503,7 @@ timeout_s = 2
 max_in_flight = 4
 """)
         events = [new_lead(f"p{i}@example.com", "crm") for i in range(6)]
-        await EventStore(redis, retention_s=60).enqueue(events)
+        await EventStore(redis, retention_s=60, partitions=16).enqueue(events)
         await asyncio.wait_for(Worker(settings, redis=redis).run(drain=True), 30)
         sent = [r.parsed["id"] for r in receiver.requests]
     assert sorted(sent) == sorted(e.id for e in events)  # each once

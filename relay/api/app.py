@@ -85,6 +85,7 @@ def _redis_context(
             app[EVENTS] = EventStore(
                 redis,
                 retention_s=settings.retention_s,
+                partitions=settings.partitions,
                 default_region=settings.default_region,
                 replicas=Replicas.of(settings),
             )

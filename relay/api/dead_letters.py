@@ -102,7 +102,9 @@ async def list_dead_letters(request: web.Request) -> web.Response:
     rows = [
         letter.model_dump()
         for dest in allowed_destinations(request, request.query.get("destination"), where="query")
-        for letter in await deadletters.list_dead_letters(request.app[REDIS], dest)
+        for letter in await deadletters.list_dead_letters(
+            request.app[REDIS], dest, partitions=request.app[SETTINGS].partitions
+        )
     ]
     return json_response(rows)
 
@@ -137,5 +139,7 @@ async def replay_dead_letters(request: web.Request) -> web.Response:
     total = 0
     for dest in allowed_destinations(request, body.destination, where="body"):
         ids = None if body.all else body.event_ids
-        total += await deadletters.replay_dead_letters(request.app[REDIS], dest, ids)
+        total += await deadletters.replay_dead_letters(
+            request.app[REDIS], dest, ids, partitions=request.app[SETTINGS].partitions
+        )
     return json_response(Replayed(replayed=total).model_dump())

@@ -88,6 +88,9 @@ async def claim(
         if not record.get("pending"):
             if replicas is not None and not await _confirmed(redis, redis_key, stored, replicas):
                 continue  # expired meanwhile: claim it afresh
+            if not await _events_there(redis, record["body"]):
+                await redis.delete(redis_key)  # an answer for events Redis lost: not given
+                continue
             return web.Response(
                 body=record["body"].encode(),
                 status=record["status"],
@@ -110,6 +113,23 @@ async def _confirmed(redis: Redis, redis_key: str, stored: str | bytes, replicas
         redis, redis_key, [("SET", redis_key, stored, "XX", "KEEPTTL")], replicas
     )
     return bool(written)
+
+
+async def _events_there(redis: Redis, body: str) -> bool:
+    """Whether every event an answer names is in Redis. The answer is written after its
+    events, in a command of its own (they are in their partitions, it is a control key:
+    relay.store), so a master that failed over between the two, or before its replica
+    had the events, can leave an answer whose events are gone: a repeat then queues
+    them again rather than be told they are queued."""
+    doc = orjson.loads(body)
+    ids = [doc["id"]] if "id" in doc else [a["id"] for a in doc.get("accepted", [])]
+    keys = [redis_keys.event(i) for i in ids if isinstance(i, str) and i[:4] == "evt_"]
+    if not keys:
+        return True
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.exists(key)
+        return all(await pipe.execute())
 
 
 async def release(redis: Redis, claimed: Claim) -> None:

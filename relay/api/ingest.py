@@ -30,7 +30,6 @@ from relay.api.routing import QueryParam, routes
 from relay.api.state import API_KEY, EVENTS, HOOKS, REDIS, REQUEST_ID, SETTINGS, TRACING
 from relay.apikeys import KeyRecord
 from relay.errors import FieldError, Forbidden, NotReplicated, ValidationFailed
-from relay.ids import new_event_id
 from relay.models import (
     BatchAccepted,
     BatchRejected,
@@ -193,7 +192,7 @@ async def _accept(request: web.Request, kind: EventKind, claimed: Claim | None) 
                 )
             )
             continue
-        event_id = new_event_id()
+        event_id = request.app[EVENTS].new_id(record)
         events.append(
             NewEvent(
                 id=event_id,

@@ -113,7 +113,9 @@ async def keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
 
 async def events_show(settings: Settings, args: argparse.Namespace) -> int:
     async with reach_redis(settings) as redis:
-        view = await EventStore(redis, retention_s=settings.retention_s).get(args.event_id)
+        view = await EventStore(
+            redis, retention_s=settings.retention_s, partitions=settings.partitions
+        ).get(args.event_id)
     if view is None:
         print(
             f"relay: no event {args.event_id!r} (unknown, or older than the retention)",
@@ -157,7 +159,10 @@ async def events_find(settings: Settings, args: argparse.Namespace) -> int:
     """``relay events find TEXT``: EventStore.find, as the API's ``q`` and the console."""
     async with reach_redis(settings) as redis:
         store = EventStore(
-            redis, retention_s=settings.retention_s, default_region=settings.default_region
+            redis,
+            retention_s=settings.retention_s,
+            partitions=settings.partitions,
+            default_region=settings.default_region,
         )
         views = await store.find(args.text, limit=max(args.limit, 1))
     if not views:

@@ -29,6 +29,7 @@ from relay.connect import check_version, redis_for
 from relay.deadletters import list_dead_letters, replay_dead_letters
 from relay.errors import CannotListen, RelayError
 from relay.models import DeadLetter
+from relay.partitions import ensure_partitions
 from relay.settings import Settings
 from relay.tracing import Tracing, start_tracing
 from relay.worker import Worker
@@ -83,6 +84,7 @@ async def run_worker(settings: Settings, args: argparse.Namespace) -> int:
         async def check() -> None:
             await watch.call(redis.ping)
             await check_version(redis)
+            await ensure_partitions(redis, settings.partitions)
 
         checked = asyncio.create_task(check())
         running = asyncio.create_task(worker.run(drain=args.drain))
@@ -121,7 +123,7 @@ async def dlq_list(settings: Settings, args: argparse.Namespace) -> int:
         letters = [
             letter
             for dest in _destinations(settings, args.destination)
-            for letter in await list_dead_letters(redis, dest)
+            for letter in await list_dead_letters(redis, dest, partitions=settings.partitions)
         ]
     if args.json:
         print(terminal_json(orjson.dumps([letter.model_dump() for letter in letters]).decode()))
@@ -169,7 +171,9 @@ async def dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
                     print(f"  {dest}: {done}/{of} replayed", file=sys.stderr, flush=True)
 
             ids = None if args.all else list(args.event_ids)
-            done = await replay_dead_letters(redis, dest, ids, progress=show)
+            done = await replay_dead_letters(
+                redis, dest, ids, partitions=settings.partitions, progress=show
+            )
             total += done
             if done:
                 print(f"{dest}: {done} replayed")

@@ -20,7 +20,8 @@ from typing import Any
 from relay import __version__, metrics
 from relay.connect import check_version, memory_hint
 from relay.embedded import EmbeddedRedis
-from relay.errors import CannotListen, EmbeddedRedisError, RelayError
+from relay.errors import CannotListen, ConfigError, EmbeddedRedisError, RelayError
+from relay.partitions import ensure_partitions
 from relay.settings import Settings
 from relay.tracing import start_tracing
 
@@ -142,7 +143,14 @@ def _run_api(
         return 1
     finally:
         tracing.shutdown()  # the last spans (of the graceful stop's deliveries too) exported
+    if _refused:
+        print(f"relay: error: {_refused[0]}", file=sys.stderr)
+        return 1
     return 0
+
+
+#: What made this process stop at once after it reached Redis (relay.partitions).
+_refused: list[ConfigError] = []
 
 
 async def _serve_until_signal(
@@ -170,14 +178,19 @@ def _where(settings: Settings) -> str:
 async def _announce(app: Any, *, where: str) -> AsyncIterator[None]:
     """Say which Redis, once it answers: in the background, so that meanwhile the API
     listens and answers 503 (the process's RedisWatch logs the wait)."""
-    from relay.api.state import REDIS, WATCH
+    from relay.api.state import REDIS, SETTINGS, WATCH
 
     async def say() -> None:
         await app[WATCH].call(app[REDIS].ping)
         try:
             log.info("redis %s: %s", await check_version(app[REDIS]), where)
+            await ensure_partitions(app[REDIS], app[SETTINGS].partitions)
             if hint := await memory_hint(app[REDIS]):
                 log.info("%s", hint)
+        except ConfigError as exc:  # the data is partitioned otherwise: must not run
+            log.error("%s", exc)
+            _refused.append(exc)
+            signal.raise_signal(signal.SIGTERM)
         except RelayError as exc:
             log.warning("%s (%s)", exc, where)
 

@@ -17,7 +17,7 @@ from relay import deadletters
 from relay.api.auth import live_key
 from relay.api.dead_letters import allowed_destinations
 from relay.api.keys import create_within_reach, revoke_within_reach
-from relay.api.state import EVENTS, HOOKS, KEYS, REDIS
+from relay.api.state import EVENTS, HOOKS, KEYS, REDIS, SETTINGS
 from relay.console.guard import PREFIX, SESSION, over_https
 from relay.console.pages import (
     console_routes,
@@ -88,7 +88,9 @@ async def replay_event(request: web.Request) -> web.Response:
     form = await request.post()
     dest = str(form.get("destination", ""))
     (only,) = allowed_destinations(request, dest or "?", where="body")
-    done = await deadletters.replay_dead_letters(request.app[REDIS], only, [event_id])
+    done = await deadletters.replay_dead_letters(
+        request.app[REDIS], only, [event_id], partitions=request.app[SETTINGS].partitions
+    )
     view = await request.app[EVENTS].get(event_id)
     if view is None:
         raise NotFound("No such event (unknown, or older than the retention).")
@@ -109,7 +111,9 @@ async def replay_selected(request: web.Request) -> web.Response:
     done = 0
     for dest, ids in picked.items():
         (only,) = allowed_destinations(request, dest, where="body")
-        done += await deadletters.replay_dead_letters(request.app[REDIS], only, ids)
+        done += await deadletters.replay_dead_letters(
+            request.app[REDIS], only, ids, partitions=request.app[SETTINGS].partitions
+        )
     replayed = [i for ids in picked.values() for i in ids]
     return await dead_letters_page(
         request, notice=f"Replayed {done} of {total}; each is queued again:", replayed=replayed

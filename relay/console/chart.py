@@ -71,21 +71,25 @@ class Chart:
         return Markup("".join(parts))  # noqa: S704 (numbers and an escaped label only)
 
 
-async def per_minute(redis: Redis, destinations: Sequence[str]) -> Chart:
-    """The last :data:`MINUTES` minutes' counts, in one round trip."""
+async def per_minute(redis: Redis, destinations: Sequence[str], *, partitions: int) -> Chart:
+    """The last :data:`MINUTES` minutes' counts (accepted: summed over the partitions'
+    indexes), in one round trip."""
     now_minute = int(time.time() // 60)
     minutes = range(now_minute - MINUTES + 1, now_minute + 1)
     async with redis.pipeline(transaction=False) as pipe:
         for m in minutes:
-            # Scores are received ms; "(" excludes the next minute's first ms.
-            pipe.zcount(redis_keys.EVENTS_INDEX, m * 60_000, f"({(m + 1) * 60_000}")
+            for partition in range(partitions):
+                # Scores are received ms; "(" excludes the next minute's first ms.
+                index = redis_keys.events_index(partition)
+                pipe.zcount(index, m * 60_000, f"({(m + 1) * 60_000}")
         for dest in destinations:
             # By name: a cluster pipeline refuses mget() (these keys share one slot).
             pipe.execute_command("MGET", *[redis_keys.delivered_minute(dest, m) for m in minutes])
         replies = await pipe.execute()
-    accepted = [int(n) for n in replies[:MINUTES]]
+    head = MINUTES * partitions
+    accepted = [sum(map(int, replies[i : i + partitions])) for i in range(0, head, partitions)]
     delivered = [0] * MINUTES
-    for counts in replies[MINUTES:]:
+    for counts in replies[head:]:
         for i, v in enumerate(counts):
             delivered[i] += int(v or 0)
     return Chart(first_minute=minutes[0], accepted=accepted, delivered=delivered)

@@ -73,7 +73,9 @@ async def overview(request: web.Request) -> web.Response:
         rows.append(
             {**row, "limit": str(limit) if limit else None, "used": used.get(row["destination"])}
         )
-    chart = await per_minute(redis, [r["destination"] for r in found.destinations])
+    chart = await per_minute(
+        redis, [r["destination"] for r in found.destinations], partitions=settings.partitions
+    )
     context = _context(request, "overview", rows=rows, workers=found.workers, chart=chart)
     return aiohttp_jinja2.render_template("overview.html", request, context)
 
@@ -191,7 +193,9 @@ async def dead_letters_page(
     letters = [
         letter
         for dest in allowed_destinations(request, only, where="query")
-        for letter in await deadletters.list_dead_letters(redis, dest)
+        for letter in await deadletters.list_dead_letters(
+            redis, dest, partitions=request.app[SETTINGS].partitions
+        )
     ]
     shown = [
         {

@@ -3,8 +3,11 @@
 -- KEYS: index, notifications, then the items' keys
 -- ARGV: items, cutoff_ms, retention_s
 --
--- index      zset of every event id by received ms (listings); trimmed here to the retention
--- notifications  the stream of hook notifications ("_hooks")
+-- One call writes one partition's events (all its keys share the partition's hash tag).
+--
+-- index      zset of the partition's event ids by received ms (listings); trimmed here
+--            to the retention
+-- notifications  the partition's stream of hook notifications ("_hooks")
 -- items      JSON array, in order, of:
 --   {"event": k, "id", "data", "at": ms, "fields": [name, value, ...], "who": [k, ...],
 --    "queue": [q, ...]}
@@ -19,8 +22,6 @@
 --       settle.lua gives it one when its turn comes)
 --   {"notify": k, "id", "data"}
 --       a hook notification: its record KEYS[k], and its entry in the notifications' stream
---   {"answer": k, "value"}
---       the answer to an Idempotency-Key (string KEYS[k], kept IDEMPOTENCY_TTL_S)
 -- cutoff_ms  events received at or before this leave the index (and the search zsets)
 -- retention_s how long records live
 --
@@ -60,8 +61,6 @@ for i, item in ipairs(items) do
     redis.call('HSET', key, DATA, item.data, STATUS .. NOTIFICATIONS, PENDING)
     redis.call('EXPIRE', key, retention_s)
     redis.call('XADD', notifications, '*', ENTRY_EVENT, item.id)
-  elseif item.answer then
-    redis.call('SET', KEYS[item.answer], item.value, 'EX', IDEMPOTENCY_TTL_S)
   end
 end
 redis.call('ZREMRANGEBYSCORE', index, '-inf', cutoff_ms)

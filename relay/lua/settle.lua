@@ -1,27 +1,21 @@
--- settle: record what requests' answers mean, and ack their stream entries, in one step.
+-- settle: record what requests' answers mean for one partition's events, and ack their
+-- stream entries, in one step (the partition step of a settle; release.lua follows it
+-- in the control slot with what the answers mean for their destinations).
 --
--- KEYS: health, notifications, then the items' keys
+-- KEYS: notifications, then the items' keys
 -- ARGV: items, now_ms, retention_s
 --
--- health         hash: destination -> why it is unhealthy (JSON), while it is
--- notifications  the stream of hook notifications ("_hooks")
--- items          JSON array, one per request answered (or given up):
---   {"destination", "holder", "stream": k, "leases": k, "events": [e, ...],
---    "rate": k, "sent": [id, ...], "pause": k, "pause_ms", "unhealthy"}
---     holder: whose lease the request went under (given back here); sent: its requests'
---     ids in the rate log KEYS[rate], dated now, their answers' time (see
---     relay.ratelimit); pause_ms: an upstream 429's Retry-After, set on KEYS[pause]
---     unless a longer pause is on; unhealthy: why the destination is (credentials)
+-- notifications  the partition's stream of hook notifications ("_hooks")
+-- items          JSON array, one per request answered (or given up), its events in
+--                this partition:
+--   {"destination", "holder", "stream": k, "held": k, "events": [e, ...]}
+--     holder: whose request it was (removed from the partition's held zset KEYS[held])
 --   e = {"entry", "id", "event": k, "status", "record", "spend",  (an expired event:
 --        "entry", "id", "event" and its contact's order only)
 --        "retry": k, "at", "member",        status retrying: when, in zset KEYS[retry]
 --        "dead": k,                         status dead: the dead letters' zset
---        "minute": k,                       status delivered: the minute's counter
 --        "heads": k, "list": k, "contact",  the entry named its contact: its order
---        "notify": [{"notify": k, "id", "data"}, ...],   hook notifications to queue
---        "hook", "hooks": k, "last": k, "outcome"}   a notification: its subscription's
---                                           last outcome, set in hash KEYS[last] while
---                                           the subscription is in KEYS[hooks]
+--        "notify": [{"notify": k, "id", "data"}, ...]}   hook notifications to queue
 --     record: the attempt's JSON, kept as field "a:<destination>:<n>" of the event's
 --     hash (n: attempts made, counted in "n:<destination>"); spend: it spends a step of
 --     the retry schedule (counted in "r:<destination>")
@@ -33,7 +27,7 @@
 -- ('late'). An event that expired meanwhile leaves nothing behind (a hash written now
 -- would never expire): its entry is acked and its contact's next event goes ('gone').
 -- Returns, for each item, a word for each of its events: 'settled', 'late' or 'gone'.
-local health, notifications = KEYS[1], KEYS[2]
+local notifications = KEYS[1]
 local items, retention_s = cjson.decode(ARGV[1]), ARGV[3]
 local now = tonumber(ARGV[2])
 if not now then
@@ -56,8 +50,8 @@ local function next_of_contact(e, stream)
 end
 
 -- Commands that take many arguments are sent once per key, at the end: acks per stream,
--- leases given back per zset, deliveries counted per minute, destinations healthy again.
-local acks, releases, delivered, healthy = {}, {}, {}, {}
+-- holders removed per zset.
+local acks, releases = {}, {}
 local function add(tbl, key, value)
   local list = tbl[key]
   if not list then list = {}; tbl[key] = list end
@@ -82,14 +76,8 @@ for i, item in ipairs(items) do
       else
         if e.status == DEAD then
           redis.call('ZADD', KEYS[e.dead], now, e.id)
-        elseif e.status == DELIVERED then
-          add(delivered, e.minute, 1)
-          healthy[dest] = true
         end
         next_of_contact(e, stream)
-      end
-      if e.last and redis.call('HEXISTS', KEYS[e.hooks], e.hook) == 1 then
-        redis.call('HSET', KEYS[e.last], e.hook, e.outcome)
       end
       for _, ntf in ipairs(e.notify or {}) do
         local record = KEYS[ntf.notify]
@@ -109,26 +97,11 @@ for i, item in ipairs(items) do
       words[j] = 'late'
     end
   end
-  add(releases, item.leases, item.holder)
-  for _, id in ipairs(item.sent or {}) do
-    redis.call('ZADD', KEYS[item.rate], 'XX', now, id)
-  end
-  if item.pause_ms and redis.call('PTTL', KEYS[item.pause]) < item.pause_ms then
-    redis.call('SET', KEYS[item.pause], '1', 'PX', item.pause_ms)
-  end
-  if item.unhealthy then
-    redis.call('HSET', health, dest, item.unhealthy)
-    healthy[dest] = nil  -- the later answer counts
-  end
+  add(releases, item.held, item.holder)
 end
 for k, ids in pairs(acks) do
   redis.call('XACK', KEYS[k], GROUP, unpack(ids))
   redis.call('XDEL', KEYS[k], unpack(ids))
 end
 for k, holders in pairs(releases) do redis.call('ZREM', KEYS[k], unpack(holders)) end
-for k, ones in pairs(delivered) do
-  redis.call('INCRBY', KEYS[k], #ones)
-  redis.call('EXPIRE', KEYS[k], DELIVERED_MINUTE_TTL_S)
-end
-for dest in pairs(healthy) do redis.call('HDEL', health, dest) end
 return out
