@@ -117,6 +117,30 @@ async def test_an_expired_event_is_not_taken_and_its_settle_lets_the_next_go(
     assert await redis.hget(redis_keys.heads(DEST, 0), first.contact) == events[1].id
 
 
+async def test_an_event_gone_at_take_but_back_at_settle_is_left_to_its_holder(
+    redis: Redis,
+) -> None:
+    """A failover can bring back an event the old master had expired (a replica expires
+    nothing itself): take said "gone", and by the settle another worker holds it. The
+    settle must not fail on the attempt record it does not have: it leaves the event,
+    and its entry, to that holder."""
+    queue = DeliveryQueue(redis, retention_s=60, partitions=16)
+    await queue.ensure_group(DEST)
+    (event,) = _leads("ann@example.com")
+    await EventStore(redis, retention_s=60, partitions=16).enqueue([event])
+    (entry,) = await queue.read(DEST, "w", count=100, block_ms=1)
+    key = redis_keys.event(entry.event)
+    saved = await redis.dump(key)
+    assert saved is not None
+    await redis.delete(key)
+    assert await _take(queue, ("h", [entry])) == ["gone"]
+    await redis.restore(key, 60_000, saved)
+    await redis.hset(key, mapping={f"st:{DEST}": "delivering", f"h:{DEST}": "other"})
+    assert await queue.settle(Settlement(DEST, "h", (), expired=[entry])) == ["late"]
+    assert await _pending(redis) == [entry.id]  # for "other" to settle
+    assert await _status(redis, entry.event) == ["delivering", "other"]
+
+
 async def test_a_pause_holds_everything_and_changes_nothing(redis: Redis) -> None:
     queue, entries = await _queued(redis, "a@example.com", "b@example.com")
     await redis.set(redis_keys.paused(DEST), "1", px=30_000)

@@ -92,8 +92,13 @@ for i, item in ipairs(items) do
       add(acks, item.stream, e.entry)
       words[j] = 'gone'
     else
-      local n = redis.call('HINCRBY', key, ATTEMPTS .. dest, 1)
-      redis.call('HSET', key, RECORD .. dest .. ':' .. n, e.record)
+      -- Not ours any more. An event take found expired has no attempt to record: a
+      -- failover brought it back (a replica expires nothing itself), and another
+      -- holder has it, with its stream entry.
+      if e.record then
+        local n = redis.call('HINCRBY', key, ATTEMPTS .. dest, 1)
+        redis.call('HSET', key, RECORD .. dest .. ':' .. n, e.record)
+      end
       words[j] = 'late'
     end
   end
