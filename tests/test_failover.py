@@ -101,12 +101,14 @@ async def test_sentinel_master_killed(replicas: int, sentinel: SentinelServers, 
     """With MIN_REPLICAS=1 nothing accepted is lost; with 0 what is lost is reported
     (the test asserts only that the figures add up: a kill -9 loses what the replica
     had not yet received, often nothing on loopback)."""
-    old = sentinel.master_port()
     fail = functools.partial(kill_and_rejoin, sentinel.kill_master, sentinel.rejoin)
     outcome = await load(sentinel.url, replicas, fail)
     print(outcome.report(f"\nsentinel, kill -9 of the master, MIN_REPLICAS={replicas}"))
     assert not outcome.other
-    assert sentinel.master_port() != old
+    # kill_master returned only once every sentinel named another master. It is not
+    # asserted that the old one is not master again at the end: on a starved machine
+    # the sentinels may fail over back to it (seen once, with 11.7 s of 503s), and
+    # that is Sentinel doing its job; what is asserted is what the clients got.
     delivered = outcome.accepted & outcome.delivered
     assert len(outcome.accepted) == len(delivered) + len(outcome.lost)
     if replicas:
