@@ -92,6 +92,9 @@ class Pipeliner:
                 group, self._pending = self._pending, []
                 self._rounds += 1
                 self._largest = max(self._largest, len(group))
+                if len(group) == 1:  # no pipeline to build for one call (its cost is the CPU's)
+                    await self._one(*group[0])
+                    continue
                 try:
                     async with self._redis.pipeline(transaction=False) as pipe:
                         for sha, keys, args, _, _ in group:
@@ -115,6 +118,30 @@ class Pipeliner:
                         future.set_result(answer)
         finally:
             self._flusher = None
+
+    async def _one(
+        self,
+        sha: str,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        alone: Callable[[], Awaitable[Any]],
+        future: asyncio.Future[Any],
+    ) -> None:
+        """One call by itself, its errors as the pipeline's would be (the client
+        translates them: StoreUnavailable when Redis cannot serve it now)."""
+        try:
+            answer = await self._redis.evalsha(sha, len(keys), *keys, *args)
+        except NoScriptError:
+            _chain(asyncio.ensure_future(alone()), future)
+            return
+        except BaseException as exc:
+            if not future.done():
+                future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if not future.done():
+            future.set_result(answer)
 
 
 def _chain(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
