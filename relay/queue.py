@@ -18,6 +18,12 @@ partition its events are in (a script call touches one slot: :mod:`relay.redis_k
   delivered counts, hooks' last outcomes). Each is shared with other deliveries
   settling at the same time (a group commit per slot).
 
+The control steps of a destination's takes and settles of the moment go in one call
+(``scripts.CONTROL``: release.lua, then admit.lua), and the worker starts its next
+request when a settle's partition steps are done, so the lease that settle gives back
+is the one the next take gets, in that same call: a delivery costs about three calls'
+share, not four.
+
 A worker that dies before settling leaves its entries pending, and another worker
 claims them (XAUTOCLAIM) once they have been idle longer than the visibility window;
 a live worker keeps what it holds (:meth:`DeliveryQueue.keep`) so that never happens
