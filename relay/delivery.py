@@ -140,15 +140,29 @@ class Deliverer:
         a stream entry idle this long is claimed by another worker."""
         return int((self._configs[destination].timeout_s + self._claim_after_s) * 1000)
 
-    async def deliver(self, destination: str, holder: str, entries: Sequence[Entry]) -> None:
+    async def deliver(
+        self,
+        destination: str,
+        holder: str,
+        entries: Sequence[Entry],
+        *,
+        settled: Callable[[], None] | None = None,
+    ) -> None:
         """Deliver one request: ``entries`` go together under ``holder``'s lease.
+        ``settled`` is called once its events are settled in their partitions, before
+        the settle's control step (relay.queue.DeliveryQueue.settle).
 
         Runs in a task of its own (relay.worker), whose log lines it binds to the request."""
         with self._tracing.deliver(destination, [e.event for e in entries]) as span:
-            await self._deliver(destination, holder, entries, span)
+            await self._deliver(destination, holder, entries, span, settled)
 
     async def _deliver(
-        self, destination: str, holder: str, entries: Sequence[Entry], span: DeliverySpan
+        self,
+        destination: str,
+        holder: str,
+        entries: Sequence[Entry],
+        span: DeliverySpan,
+        settled: Callable[[], None] | None,
     ) -> None:
         sent: list[str] = []  # its requests' ids in the rate log
         logs.bind(destination=destination, event_id=",".join(e.event for e in entries))
@@ -172,7 +186,7 @@ class Deliverer:
                 return
             settlement = dataclasses.replace(settlement, expired=gone)
             with self._tracing.step("relay.settle"):
-                words = await self._again(lambda: self._queue.settle(settlement))
+                words = await self._again(lambda: self._queue.settle(settlement, settled=settled))
             metrics.settled(destination, settlement.results, words[len(gone) :], events, attempts)
             for result, word in zip(settlement.results, words[len(gone) :], strict=True):
                 if word == "settled":

@@ -3,9 +3,11 @@
 With partitions (:mod:`relay.partitions`), the group commits of takes, settles and
 enqueues are one per slot, so a moment's work is many small script calls (one per
 partition it touches) rather than one big one. On one Redis they go together: a call
-made while no pipeline is on its way leaves at once (no timer), and those made while
-one is in flight leave together as soon as it returns, each still its own atomic
-EVALSHA. A cluster client calls each alone (its pipeline would split them by node
+made while no pipeline is on its way leaves once the tasks ready at that moment have
+had their turn (one pass of the event loop, no timer: they often have calls of their
+own to add), and those made while one is in flight leave together as soon as it
+returns, each still its own atomic EVALSHA; a call alone goes without a pipeline. A
+cluster client calls each alone (its pipeline would split them by node
 anyway, and does not load a script again after NOSCRIPT).
 
 A reply that is an error fails only its own call (translated as the client translates:
@@ -89,9 +91,15 @@ class Pipeliner:
     async def _flush(self) -> None:
         try:
             while self._pending:
+                # The tasks ready now (other group commits' flushes, other requests'
+                # steps) add their calls first: one round trip for them all, no timer.
+                await asyncio.sleep(0)
                 group, self._pending = self._pending, []
                 self._rounds += 1
                 self._largest = max(self._largest, len(group))
+                if len(group) == 1:  # no pipeline to build for one call (its cost is the CPU's)
+                    await self._one(*group[0])
+                    continue
                 try:
                     async with self._redis.pipeline(transaction=False) as pipe:
                         for sha, keys, args, _, _ in group:
@@ -115,6 +123,30 @@ class Pipeliner:
                         future.set_result(answer)
         finally:
             self._flusher = None
+
+    async def _one(
+        self,
+        sha: str,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        alone: Callable[[], Awaitable[Any]],
+        future: asyncio.Future[Any],
+    ) -> None:
+        """One call by itself, its errors as the pipeline's would be (the client
+        translates them: StoreUnavailable when Redis cannot serve it now)."""
+        try:
+            answer = await self._redis.evalsha(sha, len(keys), *keys, *args)
+        except NoScriptError:
+            _chain(asyncio.ensure_future(alone()), future)
+            return
+        except BaseException as exc:
+            if not future.done():
+                future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if not future.done():
+            future.set_result(answer)
 
 
 def _chain(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:

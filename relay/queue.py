@@ -18,6 +18,12 @@ partition its events are in (a script call touches one slot: :mod:`relay.redis_k
   delivered counts, hooks' last outcomes). Each is shared with other deliveries
   settling at the same time (a group commit per slot).
 
+The control steps of a destination's takes and settles of the moment go in one call
+(``scripts.CONTROL``: release.lua, then admit.lua), and the worker starts its next
+request when a settle's partition steps are done, so the lease that settle gives back
+is the one the next take gets, in that same call: a delivery costs about three calls'
+share, not four.
+
 A worker that dies before settling leaves its entries pending, and another worker
 claims them (XAUTOCLAIM) once they have been idle longer than the visibility window;
 a live worker keeps what it holds (:meth:`DeliveryQueue.keep`) so that never happens
@@ -30,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -41,7 +47,7 @@ from redis.exceptions import ResponseError
 
 from relay import redis_keys
 from relay.groupcommit import GroupCommit
-from relay.scripts import ADMIT, KEEP, MOVE_DUE, RELEASE, RENEW, SETTLE, TAKE, Batch
+from relay.scripts import ADMIT, CONTROL, KEEP, MOVE_DUE, RELEASE, RENEW, SETTLE, TAKE, Batch
 from relay.settlement import Entry, Result, Settlement, release_item, settle_item
 
 __all__ = ["DeliveryQueue", "Entry", "Result", "Settlement", "Taken"]
@@ -78,13 +84,13 @@ class DeliveryQueue:
     """Worker-side queue operations; expects a ``decode_responses=True`` client."""
 
     __slots__ = (
-        "_admit",
-        "_admits",
+        "_control",
+        "_controls",
+        "_controls_by_destination",
         "_keep",
         "_move_due",
         "_partitions",
         "_redis",
-        "_release",
         "_renew",
         "_retention_s",
         "_settle",
@@ -99,25 +105,27 @@ class DeliveryQueue:
         self._retention_s = retention_s
         #: RELAY_PARTITIONS: every destination has a stream in each.
         self._partitions = partitions
-        self._admit = ADMIT.bind(redis)
+        self._control = CONTROL.bind(redis)
         self._take = TAKE.bind(redis)
         self._settle = SETTLE.bind(redis)
         self._keep = KEEP.bind(redis)
         self._renew = RENEW.bind(redis)
         self._move_due = MOVE_DUE.bind(redis)
-        #: Group commits (relay.groupcommit), one per slot and fixed arguments: takes'
-        #: control and partition steps, settles' partition steps, and their releases.
-        self._admits: dict[tuple[str, int, int, int | None], GroupCommit] = {}
+        #: Group commits (relay.groupcommit), one per slot and fixed arguments: the
+        #: control steps of takes and settles together (admit.lua and release.lua in one
+        #: call: scripts.CONTROL), takes' and settles' partition steps.
+        self._controls: dict[tuple[str, int, int, int | None], GroupCommit] = {}
+        #: The control commit a destination's settles join: its takes' (server time).
+        self._controls_by_destination: dict[str, GroupCommit] = {}
         self._takes: dict[tuple[str, int, int, int | None], GroupCommit] = {}
         self._settles: dict[int, GroupCommit] = {}
-        self._release = GroupCommit(RELEASE.bind(redis), self._release_fixed)
         #: Where each destination's next read starts: partitions take turns going first.
         self._start: dict[str, itertools.count[int]] = {}
 
     def __repr__(self) -> str:
         return (
             f"<DeliveryQueue partitions={self._partitions} retention_s={self._retention_s} "
-            f"{self._release!r}>"
+            f"controls={len(self._controls)}>"
         )
 
     def streams(self, destination: str) -> list[str]:
@@ -141,31 +149,35 @@ class DeliveryQueue:
         """New entries for this consumer, at most ``count``, from every partition in
         turn; recreates the groups after a Redis restart lost them.
 
-        On one Redis, with room for an entry from each, one XREADGROUP over every
-        partition's stream (COUNT is per stream: ``count`` shared out), blocking up to
-        ``block_ms``. Otherwise (a cluster cannot read streams of several slots in one
-        command, or room for fewer than one each): one stream after the other, starting
-        at the next partition each time, until ``count`` are read; nothing found, a short
-        sleep (at most ``block_ms``) stands for the block."""
+        The partition whose turn it is comes first, alone: when it has ``count`` entries
+        waiting (a busy queue), they are the whole read, so the requests made of them
+        take and settle in that partition's script calls together (a read spread over
+        every partition would leave each call an item or two: several times the calls).
+        Then, on one Redis, with room for an entry from each, one XREADGROUP over the
+        other partitions' streams (COUNT is per stream: the rest shared out), blocking
+        up to ``block_ms`` if nothing was found. Otherwise (a cluster cannot read streams
+        of several slots in one command, or room for fewer than one each): one stream
+        after the other until ``count`` are read; nothing found, a short sleep (at most
+        ``block_ms``) stands for the block."""
         start = next(self._start.setdefault(destination, itertools.count())) % self._partitions
         streams = self.streams(destination)
         streams = streams[start:] + streams[:start]
+        one_redis = not isinstance(self._redis, RedisCluster)
+        found: list[Entry] = []
         try:
-            if count >= len(streams) and not isinstance(self._redis, RedisCluster):
-                reply = await self._redis.xreadgroup(
-                    redis_keys.CONSUMER_GROUP,
-                    consumer,
-                    dict.fromkeys(streams, ">"),
-                    count=count // len(streams),
-                    block=block_ms,
+            if one_redis and len(streams) > 1:
+                found = await self._read(consumer, streams[:1], count=count)
+                if len(found) >= count:
+                    return found
+                streams = streams[1:]
+            left = count - len(found)
+            if one_redis and left >= len(streams):
+                block = None if found else block_ms
+                return found + await self._read(
+                    consumer, streams, count=left // len(streams), block_ms=block
                 )
-                return _read_entries(reply)
-            found: list[Entry] = []
             for stream in streams:
-                reply = await self._redis.xreadgroup(
-                    redis_keys.CONSUMER_GROUP, consumer, {stream: ">"}, count=count - len(found)
-                )
-                found += _read_entries(reply)
+                found += await self._read(consumer, [stream], count=count - len(found))
                 if len(found) >= count:
                     break
             if not found:
@@ -176,6 +188,19 @@ class DeliveryQueue:
                 raise
             await self.ensure_group(destination)
             return []
+
+    async def _read(
+        self, consumer: str, streams: list[str], *, count: int, block_ms: int | None = None
+    ) -> list[Entry]:
+        """One XREADGROUP of new entries: up to ``count`` from each of these streams."""
+        reply = await self._redis.xreadgroup(
+            redis_keys.CONSUMER_GROUP,
+            consumer,
+            dict.fromkeys(streams, ">"),
+            count=count,
+            block=block_ms,
+        )
+        return _read_entries(reply)
 
     async def claim_stale(
         self, destination: str, consumer: str, *, min_idle_ms: int, count: int
@@ -226,13 +251,13 @@ class DeliveryQueue:
         requests = [(holder, group) for holder, group in requests if group]
         if not requests:
             return []
-        admits = self._admits_of(destination, lease_ms, max_in_flight, now_ms)
+        control = self._control_of(destination, lease_ms, max_in_flight, now_ms)
 
         def holders(batch: Batch) -> None:
             for holder, _ in requests:
-                batch.add({"holder": holder})
+                batch.add({"part": ADMIT.name, "holder": holder})
 
-        leases = await admits.submit(holders)
+        leases = await control.submit(holders)
         # By place: entries of different partitions' streams may share an id.
         flat = [(holder, entry) for holder, group in requests for entry in group]
         taken: list[Taken | None] = [None] * len(flat)
@@ -257,7 +282,7 @@ class DeliveryQueue:
             for i, reply in zip(places, await commit.submit(writes), strict=True):
                 taken[i] = _taken(flat[i][1], reply)
 
-        await asyncio.gather(*(one(p, places) for p, places in by_partition.items()))
+        await _each(one(p, places) for p, places in by_partition.items())
         out = [t for t in taken if t is not None]
         assert len(out) == len(flat)
         # A request admitted with nothing to send gives its lease back at once.
@@ -267,14 +292,16 @@ class DeliveryQueue:
             await self._redis.zrem(redis_keys.inflight(destination), *idle)
         return out
 
-    def _admits_of(
+    def _control_of(
         self, destination: str, lease_ms: int, max_in_flight: int, now_ms: int | None
     ) -> GroupCommit:
-        """The group commit of takes' control steps for one destination (and limits)."""
+        """The group commit of control steps for one destination (and limits): its
+        takes' (admit.lua) and, on the server's time, its settles' (release.lua)."""
         key = (destination, lease_ms, max_in_flight, now_ms)
-        commit = self._admits.get(key)
+        commit = self._controls.get(key)
         if commit is None:
             keys = {
+                "health": redis_keys.HEALTH,
                 "leases": redis_keys.inflight(destination),
                 "pause": redis_keys.paused(destination),
             }
@@ -283,7 +310,9 @@ class DeliveryQueue:
                 "lease_ms": lease_ms,
                 "max_in_flight": max_in_flight,
             }
-            commit = self._admits[key] = GroupCommit(self._admit, lambda: (keys, args))
+            commit = self._controls[key] = GroupCommit(self._control, lambda: (keys, args))
+        if now_ms is None:
+            self._controls_by_destination[destination] = commit
         return commit
 
     def _takes_of(
@@ -305,12 +334,16 @@ class DeliveryQueue:
             commit = self._takes[key] = GroupCommit(self._take, lambda: (keys, args))
         return commit
 
-    async def settle(self, settlement: Settlement) -> list[str]:
+    async def settle(
+        self, settlement: Settlement, *, settled: Callable[[], None] | None = None
+    ) -> list[str]:
         """Record one request's answer and all that follows from it, and ack its entries:
         in each partition of its events (atomically there), then in the control slot,
         each step in a script call shared with other settlements of the moment. For each
         expired entry, then each result: "settled", "late" (another worker took the event
-        over: only the attempt was recorded) or "gone" (the event expired)."""
+        over: only the attempt was recorded) or "gone" (the event expired).
+        ``settled`` is called between the two steps (the worker starts its next request
+        then: see relay.worker)."""
         expired, results = settlement.expired, settlement.results
         words: list[str] = [""] * (len(expired) + len(results))
         parts = sorted({e.partition for e in expired} | {r.entry.partition for r in results})
@@ -330,9 +363,19 @@ class DeliveryQueue:
             for i, word in zip([*gone, *(len(expired) + i for i in mine)], answer, strict=True):
                 words[i] = word
 
-        await asyncio.gather(*(one(p) for p in parts))
-        settled = [r for r, w in zip(results, words[len(expired) :], strict=True) if w == "settled"]
-        await self._release.submit(lambda batch: release_item(batch, settlement, settled))
+        await _each(one(p) for p in parts)
+        if settled is not None:  # before the control step is asked for: see relay.worker
+            settled()
+        final = [r for r, w in zip(results, words[len(expired) :], strict=True) if w == "settled"]
+        control = self._controls_by_destination.get(settlement.destination)
+        if control is None:  # settled before any take here: its limits do not matter
+            control = self._control_of(settlement.destination, 0, 0, None)
+
+        def release(batch: Batch) -> None:
+            release_item(batch, settlement, final)
+            batch.items[-1]["part"] = RELEASE.name
+
+        await control.submit(release)
         return words
 
     def _settle_commit(self, partition: int) -> GroupCommit:
@@ -345,9 +388,6 @@ class DeliveryQueue:
 
             commit = self._settles[partition] = GroupCommit(self._settle, fixed)
         return commit
-
-    def _release_fixed(self) -> tuple[dict[str, str], dict[str, str | int | float]]:
-        return {"health": redis_keys.HEALTH}, {"now_ms": ""}
 
     async def give_back(self, destination: str, holder: str) -> None:
         """Give back ``holder``'s lease without settling (nothing was sent); its entries
@@ -433,6 +473,16 @@ class DeliveryQueue:
 
 #: A read that found nothing in any partition, one stream at a time, sleeps this long.
 _POLL_MS = 50
+
+
+async def _each(steps: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run these steps at once; one (the usual case: a request's events in one
+    partition) without the tasks of a gather."""
+    todo = list(steps)
+    if len(todo) == 1:
+        await todo[0]
+    else:
+        await asyncio.gather(*todo)
 
 
 def _taken(entry: Entry, reply: list[Any]) -> Taken:

@@ -46,6 +46,7 @@ from relay.replicas import Replicas, write
 __all__ = [
     "ACQUIRE",
     "ADMIT",
+    "CONTROL",
     "ENQUEUE",
     "KEEP",
     "MOVE_DUE",
@@ -56,7 +57,9 @@ __all__ = [
     "TAKE",
     "Batch",
     "Bound",
+    "Composed",
     "Script",
+    "compose",
 ]
 
 #: The names every script may use, as Lua locals (see the module docstring).
@@ -110,6 +113,11 @@ class Script:
     @cached_property
     def text(self) -> str:
         """The script as Redis runs it: the shared names, then the file."""
+        return _PREAMBLE + self.source
+
+    @cached_property
+    def source(self) -> str:
+        """The file, its header checked against the names declared here."""
         source = files("relay.lua").joinpath(f"{self.name}.lua").read_text()
         header = dict(_HEADER.findall(source))
         keys = ", ".join([*self.keys, *([_ITEM_KEYS] if self.items else [])])
@@ -118,11 +126,75 @@ class Script:
                 f"relay/lua/{self.name}.lua names KEYS: {header.get('KEYS')!r} and ARGV: "
                 f"{header.get('ARGV')!r}; its Script declares {keys!r} and {self.args!r}"
             )
-        return _PREAMBLE + source
+        return source
 
     def bind(self, redis: Redis) -> Bound:
         """This script on ``redis`` (loaded there by its digest at the first call)."""
         return Bound(self, redis)
+
+
+@dataclass(frozen=True)
+class Composed(Script):
+    """Scripts of one slot run as one call: each file's text, unchanged, becomes a local
+    function of one script (its ``KEYS`` and ``ARGV`` are the function's parameters), and
+    each item of the call names the script it is for (``"part"``: its name). The parts
+    run in the order given, each on its own items (none: not run), and the answers come
+    back in item order, as from any script of items.
+
+    Why: the control steps of takes and settles of the same moment (admit.lua,
+    release.lua) then share one call instead of two, on one Redis and on a cluster
+    alike (their keys are all in the control slot); there is no second copy of either
+    script to keep in step. The call's KEYS are every part's named keys (each once, in
+    order of the parts), then the items' keys; a part sees its own named keys first,
+    then the others, so the items' keys keep their places. Its ARGV is every part's (each
+    name once)."""
+
+    parts: tuple[Script, ...] = ()
+
+    @cached_property
+    def source(self) -> str:
+        lines = [
+            f"-- {self.name}: {', '.join(p.name + '.lua' for p in self.parts)} in one call "
+            "(relay.scripts.Composed)",
+            "local items, answers = cjson.decode(ARGV[1]), {}",
+            "local function run(part, name, key_order, arg_order)",
+            "  local mine, places = {}, {}",
+            "  for i, item in ipairs(items) do",
+            "    if item.part == name then mine[#mine + 1] = item; places[#places + 1] = i end",
+            "  end",
+            "  if #mine == 0 then return end",
+            "  local keys, args = {}, {}",
+            "  for j, k in ipairs(key_order) do keys[j] = KEYS[k] end",
+            "  for k = #key_order + 1, #KEYS do keys[k] = KEYS[k] end",
+            "  for j, a in ipairs(arg_order) do",
+            "    if a == 1 then args[j] = cjson.encode(mine) else args[j] = ARGV[a] end",
+            "  end",
+            "  local out = part(keys, args)",
+            "  for j, i in ipairs(places) do answers[i] = out[j] end",
+            "end",
+        ]
+        for part in self.parts:
+            lines += [f"local function {part.name}(KEYS, ARGV)", part.source, "end"]
+        for part in self.parts:
+            mine = [self.keys.index(k) + 1 for k in part.keys]
+            key_order = mine + [i for i in range(1, len(self.keys) + 1) if i not in mine]
+            arg_order = [self.args.index(a) + 1 for a in part.args]
+            lines.append(
+                f"run({part.name}, '{part.name}', {{{', '.join(map(str, key_order))}}}, "
+                f"{{{', '.join(map(str, arg_order))}}})"
+            )
+        lines.append("return answers")
+        return "\n".join(lines) + "\n"
+
+
+def compose(name: str, *parts: Script) -> Composed:
+    """One call running ``parts`` in this order (see :class:`Composed`); each must take
+    items (``items`` first in its ARGV)."""
+    if not all(p.items and p.args[0] == "items" for p in parts):
+        raise ValueError(f"{name}: every part must take items first in its ARGV")
+    keys = tuple(dict.fromkeys(k for p in parts for k in p.keys))
+    args = tuple(dict.fromkeys(a for p in parts for a in p.args))
+    return Composed(name, keys, args, parts=parts)
 
 
 class Batch:
@@ -237,6 +309,9 @@ TAKE = Script("take", ("stream", "held"), ("items", "destination", "now_ms", "le
 SETTLE = Script("settle", ("notifications",), ("items", "now_ms", "retention_s"))
 #: What answers mean for their destinations (control slot: leases, rate, pause, health).
 RELEASE = Script("release", ("health",), ("items", "now_ms"))
+#: The control steps of the moment's settles and takes in one call: leases given back
+#: (release.lua) before new ones are given (admit.lua).
+CONTROL = compose("control", RELEASE, ADMIT)
 #: Keep the entries and holders a worker has in one partition while its deliveries wait.
 KEEP = Script("keep", ("stream", "held"), ("consumer", "entries", "holders", "now_ms", "lease_ms"))
 #: Renew the leases of a worker's requests while they wait (control slot).

@@ -358,7 +358,7 @@ class Worker:
         while started and not self._stopping.is_set():
             started = False
             for name, waiting in self._waiting.items():
-                if len(self._in_flight) >= self.concurrency:
+                if sum(self._running.values()) >= self.concurrency:
                     return
                 if waiting and self._running[name] < self._cap(name):
                     holder, entries = waiting.popleft()
@@ -370,16 +370,29 @@ class Worker:
         holders = self._holders[destination]
         holders.add(holder)
         self._running[destination] += 1
-        task = asyncio.create_task(self._deliverer.deliver(destination, holder, entries))
+        running = True
+
+        def free() -> None:
+            """The request's slot goes to the next one as soon as its events are settled
+            in their partitions: that one's take then shares the control step's call
+            (scripts.CONTROL) with this one's settle, which gives its lease back first."""
+            nonlocal running
+            if running:
+                running = False
+                self._running[destination] -= 1
+                self._dispatch()
+
+        task = asyncio.create_task(
+            self._deliverer.deliver(destination, holder, entries, settled=free)
+        )
         self._in_flight.add(task)
 
         def done(t: asyncio.Task[None]) -> None:
             self._in_flight.discard(t)
-            self._running[destination] -= 1
             holders.discard(holder)
             self._held[destination].difference_update(entries)
             self._free.set()
-            self._dispatch()
+            free()
 
         task.add_done_callback(done)
 

@@ -25,6 +25,7 @@ from relay.errors import ConfigError
 from relay.ids import new_event_id, partition_of
 from relay.models import Lead
 from relay.partitions import DEFAULT_PARTITIONS, contact_partition, ensure_partitions
+from relay.queue import DeliveryQueue
 from relay.settings import Settings
 from relay.store import EventStore, contact_key
 from relay.worker import Worker
@@ -90,6 +91,23 @@ def test_a_contact_keeps_its_partition(redis: Redis) -> None:
     )
     spread = {partition_of(store.new_id(Lead(email=f"p{i}@example.com"))) for i in range(60)}
     assert spread == set(range(PARTS))
+
+
+async def test_a_busy_read_takes_one_partition_s_entries_then_the_next_s(redis: Redis) -> None:
+    # What a worker reads at once becomes requests taken and settled at about the same
+    # time: from one partition, they share that partition's script calls.
+    queue = DeliveryQueue(redis, retention_s=60, partitions=PARTS)
+    await queue.ensure_group("crm")
+    leads = [new_lead(f"p{i}@example.com", "crm", partition=i % PARTS) for i in range(40)]
+    await EventStore(redis, retention_s=60, partitions=PARTS).enqueue(leads)
+    first = await queue.read("crm", "w", count=4, block_ms=1)
+    second = await queue.read("crm", "w", count=4, block_ms=1)
+    assert {e.partition for e in first} == {0}
+    assert {e.partition for e in second} == {1}
+    # Room for all: the turn's partition, then the rest of every other one.
+    rest = await queue.read("crm", "w", count=100, block_ms=1)
+    assert len(first + second + rest) == len(leads)
+    assert rest[0].partition == 2
 
 
 async def test_a_process_with_another_count_refuses_to_start(

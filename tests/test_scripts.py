@@ -41,6 +41,8 @@ ALL = [
     scripts.SETTLE,
     scripts.TAKE,
 ]
+#: Scripts whose parts (of ALL) run only inside them (relay.scripts.Composed).
+COMPOSED = [scripts.CONTROL]
 
 
 def test_every_file_of_relay_lua_is_a_declared_script() -> None:
@@ -79,6 +81,41 @@ def test_a_batch_names_each_key_once_after_the_script_s_own() -> None:
     batch = Batch(first=3)
     assert [batch.key("a"), batch.key("b"), batch.key("a")] == [3, 4, 3]
     assert batch.keys == ["a", "b"]
+
+
+async def test_a_composed_call_runs_its_parts_in_order_and_answers_in_item_order(
+    redis: Redis,
+) -> None:
+    # CONTROL: release.lua, then admit.lua. One lease at most: the lease "a" gives back
+    # in the call is the one "b" gets in it (admit.lua first would say "full"); an item
+    # key of release.lua (its rate log) keeps its place behind the call's named keys.
+    leases, rate = redis_keys.inflight("crm"), redis_keys.rate("crm")
+    await redis.zadd(leases, {"a": 10**15})
+    await redis.zadd(rate, {"r1": 10**15})
+    control = scripts.CONTROL.bind(redis)
+    batch = control.batch()
+    batch.add({"part": "admit", "holder": "b"})
+    release = {"destination": "crm", "holder": "a", "leases": batch.key(leases)}
+    batch.add({"part": "release", **release, "rate": batch.key(rate), "sent": ["r1"]})
+    batch.add({"part": "admit", "holder": "c"})
+    keys = {"health": redis_keys.HEALTH, "leases": leases, "pause": redis_keys.paused("crm")}
+    args = {"now_ms": 1000, "lease_ms": 5000, "max_in_flight": 1}
+    assert await control(batch, keys=keys, args=args) == [["ok"], 1, ["full"]]
+    assert await redis.zrange(leases, 0, -1, withscores=True) == [("b", 6000.0)]
+    assert await redis.zscore(rate, "r1") == 1000
+    # A part with no items is not run: no lease lapsed here (admit.lua would drop "b").
+    only = control.batch()
+    only.add({"part": "release", **release, "leases": only.key(leases)})
+    assert await control(only, keys=keys, args={**args, "now_ms": 10**6}) == [1]
+    assert await redis.zrange(leases, 0, -1) == ["b"]
+
+
+def test_a_composed_script_is_made_of_scripts_of_items() -> None:
+    assert scripts.CONTROL.keys == ("health", "leases", "pause")
+    assert scripts.CONTROL.args == ("items", "now_ms", "lease_ms", "max_in_flight")
+    assert scripts.CONTROL.text.startswith(scripts.TAKE.text.split("\n", 1)[0])
+    with pytest.raises(ValueError, match="items"):
+        scripts.compose("both", scripts.RELEASE, scripts.RENEW)
 
 
 # --- every key a script touches is one it was given --------------------------------------
@@ -127,7 +164,7 @@ async def _undeclared(redis: Redis, lines: list[bytes]) -> tuple[dict[str, int],
     """Scripts run (by digest: calls), every key a script's command touched that its
     call did not name in KEYS, and every call whose KEYS span several slots (what a
     cluster refuses: CROSSSLOT)."""
-    names = {s.bind(redis)._redis_script.sha: s.name for s in ALL}
+    names = {s.bind(redis)._redis_script.sha: s.name for s in [*ALL, *COMPOSED]}
     calls: dict[str, int] = {}
     problems: list[str] = []
     declared: set[bytes] | None = None
@@ -210,7 +247,8 @@ allow_private_targets = true
         assert await _event_statuses(store, events) == {"delivered"}
         calls, problems = await _undeclared(redis, lines)
     assert problems == []
-    assert set(calls) == {s.name for s in ALL}, calls
+    inside = {part.name for c in COMPOSED for part in c.parts}
+    assert set(calls) == {s.name for s in ALL} - inside | {c.name for c in COMPOSED}, calls
 
 
 async def _event_statuses(store: EventStore, events: list[NewEvent]) -> set[str]:

@@ -4,6 +4,7 @@ event's holder settles it; an expired event leaves nothing behind."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from relay.backlog import Counts, counts
 from relay.errors import StoreUnavailable
 from relay.ids import new_event_id, partition_of
 from relay.models import DeliveryStatus
-from relay.queue import DeliveryQueue, Entry, Result, Settlement
+from relay.queue import DeliveryQueue, Entry, Result, Settlement, Taken
 from relay.store import EventStore, NewEvent
 from tests.events import new_lead, settle_next, total
 
@@ -235,3 +236,33 @@ async def test_attempts_live_in_the_event_hash_and_show_in_order(redis: Redis) -
     shown = {d.name: [a["status"] for a in d.attempts] for d in view.destinations}
     assert shown == {"crm": [500, 503, 200], "sheet": [200]}
     assert view.status == "delivered"
+
+
+async def test_the_next_take_shares_the_settle_s_control_call_and_gets_its_lease(
+    redis: Redis,
+) -> None:
+    # The worker starts its next request when a settle's events are settled in their
+    # partitions (``settled``), before the control step: under a cap of one lease, that
+    # request's take gets the lease this settle gives back, in the same script call
+    # (release.lua runs first in it). Called earlier, the take would find every lease
+    # taken; later, it would need a call of its own.
+    queue = DeliveryQueue(redis, retention_s=60, partitions=16)
+    await queue.ensure_group(DEST)
+    await EventStore(redis, retention_s=60, partitions=16).enqueue(
+        [new_lead("ann@example.com", DEST), new_lead("bob@example.com", DEST)]
+    )
+    a, b = await queue.read(DEST, "w", count=100, block_ms=1)
+    take = functools.partial(queue.take, DEST, lease_ms=LEASE_MS, max_in_flight=1)
+    assert [t.state for t in await take([("ha", [a])])] == ["ok"]
+    assert [t.state for t in await take([("hb", [b])])] == ["full"]
+    (control,) = queue._controls.values()
+    rounds = control._rounds
+    nxt: list[asyncio.Task[list[Taken]]] = []
+    settlement = Settlement(DEST, "ha", [_result(a, DeliveryStatus.delivered, 200)])
+    words = await queue.settle(
+        settlement, settled=lambda: nxt.append(asyncio.create_task(take([("hb", [b])])))
+    )
+    assert words == ["settled"]
+    assert [t.state for t in await nxt[0]] == ["ok"]
+    assert control._rounds == rounds + 1
+    assert await redis.zrange(redis_keys.inflight(DEST), 0, -1) == ["hb"]
