@@ -247,7 +247,8 @@ _UNAVAILABLE: tuple[type[Exception], ...] = (
 #: error of the script that called it (Redis 6: "Error running script (call to
 #: f_...): @user_script:1: @user_script: 1: -OOM command not allowed ...").
 _UNAVAILABLE_REPLY = re.compile(
-    r"(?:^|: -)(?:OOM|READONLY|LOADING|BUSY|MISCONF|NOREPLICAS|MASTERDOWN|CLUSTERDOWN|TRYAGAIN) "
+    r"(?:^|: -)(?:OOM|READONLY|LOADING|BUSY|MISCONF|NOREPLICAS|MASTERDOWN|CLUSTERDOWN|TRYAGAIN"
+    r"|UNBLOCKED) "
 )
 
 #: Set while a call of the client is under way in this task: an error is translated
@@ -388,8 +389,12 @@ class RelayCluster(RedisCluster):
             if isinstance(error, MovedError) and attempt + 1 < _ON_MASTER_TRIES:
                 await self.nodes_manager.move_slot(error)
                 continue
-            if isinstance(error, ConnectionError | RedisTimeout | MovedError):
-                # As redis-py's own commands do: the next call reads the map again.
+            if isinstance(error, ConnectionError | RedisTimeout | MovedError) or _unavailable(
+                error
+            ):
+                # As redis-py's own commands do: the next call reads the map again. (A
+                # WAIT on a master that a failover turns into a replica is answered
+                # UNBLOCKED: the write may be on the new master, unconfirmed: a 503.)
                 self._request_refresh(last_failed_node_name=node.name)
             raise error
         raise AssertionError("unreachable")  # the last attempt returns or raises

@@ -229,6 +229,8 @@ async def answering(reply: str) -> AsyncIterator[Redis]:
         "NOREPLICAS Not enough good replicas to write.",
         "READONLY You can't write against a read only replica.",
         "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+        "UNBLOCKED force unblock from blocking operation, instance state changed "
+        "(master -> replica?)",
         "ERR Error running script (call to f_0): @user_script:1: @user_script: 1: "
         "-READONLY You can't write against a read only replica.",
     ],
