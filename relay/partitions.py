@@ -16,18 +16,18 @@ refuses to start (:func:`ensure_partitions`).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 
 from redis.asyncio import Redis
 
 from relay import redis_keys
 from relay.errors import ConfigError
 
-__all__ = ["DEFAULT_PARTITIONS", "contact_partition", "ensure_partitions", "every"]
+__all__ = ["DEFAULT_PARTITIONS", "contact_partition", "ensure_partitions"]
 
 #: 16 tags ``{relay:0}``..``{relay:15}`` fall 5, 5 and 6 on the masters of a standard
-#: 3-master cluster, and 16 streams a destination cost nothing measurable on one Redis
-#: (bench: `python -m bench --only ingest,delivery`).
+#: 3-master cluster. On one Redis, delivery with 16 ran on par with 1 partition (bench:
+#: `python -m bench --only delivery`; README, "Partitions", for the figures and for what
+#: the split steps cost against the layout before partitions).
 DEFAULT_PARTITIONS = 16
 
 
@@ -37,11 +37,6 @@ def contact_partition(contact: str | None, count: int) -> int:
     if contact is None:
         return secrets.randbelow(count)
     return int(contact, 16) % count
-
-
-def every(count: int) -> Iterator[int]:
-    """Every partition, in order."""
-    return iter(range(count))
 
 
 async def ensure_partitions(redis: Redis, count: int) -> None:

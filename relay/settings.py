@@ -44,6 +44,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from relay.config_errors import dotted, explain
 from relay.errors import ConfigError
+from relay.partitions import DEFAULT_PARTITIONS
 from relay.redis_url import parse_redis_url
 
 __all__ = [
@@ -336,7 +337,7 @@ class Settings(BaseSettings):
     #: The count is recorded in Redis at the first start (relay.partitions); a process
     #: started with another refuses to start. 1024: what an event id can name.
     partitions: int = Field(
-        16,
+        DEFAULT_PARTITIONS,
         ge=1,
         le=1024,
         description="partitions the events spread over, by contact (each its own Redis "
