@@ -61,7 +61,16 @@ def identify_traits(payload: dict[str, Any]) -> dict[str, Any]:
 class ConveyourAdapter:
     """Delivers contacts to one ConveYour destination, one or a batch per request."""
 
-    __slots__ = ("_config", "_endpoint", "_headers", "_secrets", "_session", "_track", "name")
+    __slots__ = (
+        "_config",
+        "_endpoint",
+        "_headers",
+        "_id_traits",
+        "_secrets",
+        "_session",
+        "_track",
+        "name",
+    )
 
     def __init__(
         self, name: str, config: ConveyourDestination, session: aiohttp.ClientSession
@@ -71,6 +80,8 @@ class ConveyourAdapter:
         self._session = session
         self._endpoint = config.url + IDENTIFY_PATH
         self._track = config.url + TRACK_PATH
+        #: The traits that identify a contact, in the order ConveYour tries them.
+        self._id_traits = [part.removeprefix("$") for part in config.id.split(",")]
         self._headers = {"x-conveyour-token": config.token.get_secret_value()}
         if config.appkey is not None:
             self._headers["x-conveyour-appkey"] = config.appkey.get_secret_value()
@@ -84,9 +95,8 @@ class ConveyourAdapter:
     def _item(self, event: dict[str, Any]) -> dict[str, Any] | Attempt:
         """The identify item for an event, or a ``rejected`` attempt if it lacks its id trait."""
         traits = identify_traits(event.get("payload") or {})
-        wanted = [part.removeprefix("$") for part in self._config.id.split(",")]
-        if not any(traits.get(name) for name in wanted):
-            names = " or ".join(wanted)
+        if not any(traits.get(name) for name in self._id_traits):
+            names = " or ".join(self._id_traits)
             note = (
                 f"contact has no {names}: destination {self.name!r} identifies contacts"
                 f" by {self._config.id}; nothing was sent"
@@ -187,11 +197,7 @@ class ConveyourAdapter:
         identify's included). ``last``: the identify just sent, if it was."""
         tracks = _tracks(event)
         spent_ms = last.duration_ms if last is not None else 0.0
-        ident = next(
-            str(item["traits"][n])
-            for n in (p.removeprefix("$") for p in self._config.id.split(","))
-            if item["traits"].get(n)
-        )
+        ident = next(str(item["traits"][n]) for n in self._id_traits if item["traits"].get(n))
         notes: list[str] = []
         for i in range(done - 1, len(tracks)):
             if last is not None and before_each is not None:
