@@ -186,8 +186,11 @@ class DeliveryQueue:
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
+            # A stream with no group yet (another worker may be making them): what the
+            # reads before it took is this consumer's now, pending until settled; if it
+            # were dropped here it would wait out the visibility window unsent.
             await self.ensure_group(destination)
-            return []
+            return found
 
     async def _read(
         self, consumer: str, streams: list[str], *, count: int, block_ms: int | None = None
@@ -209,12 +212,12 @@ class DeliveryQueue:
         every partition, at most ``count``. One round trip finds the partitions with
         entries pending at all (most have none most of the time); only those are asked."""
         streams = self.streams(destination)
+        found: list[Entry] = []
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for stream in streams:
                     pipe.xpending(stream, redis_keys.CONSUMER_GROUP)
                 summaries = await pipe.execute()
-            found: list[Entry] = []
             for stream, summary in zip(streams, summaries, strict=True):
                 if not summary["pending"]:
                     continue
@@ -232,8 +235,7 @@ class DeliveryQueue:
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
-            await self.ensure_group(destination)
-            return []
+            await self.ensure_group(destination)  # what was claimed before it is kept
         return found
 
     async def take(

@@ -110,6 +110,27 @@ async def test_a_busy_read_takes_one_partition_s_entries_then_the_next_s(redis: 
     assert rest[0].partition == 2
 
 
+async def test_a_read_that_meets_a_stream_with_no_group_keeps_what_it_took(
+    redis: Redis,
+) -> None:
+    # Two workers start on a new queue: one makes the groups, one partition after the
+    # other, while the other reads. A read that took an entry from a partition with a
+    # group, then met one without, used to drop that entry: pending for this consumer,
+    # never sent, until the visibility window let another worker claim it.
+    queue = DeliveryQueue(redis, retention_s=60, partitions=PARTS)
+    await redis.xgroup_create(
+        redis_keys.queue("crm", 0), redis_keys.CONSUMER_GROUP, id="0", mkstream=True
+    )
+    lead = new_lead("first@example.com", "crm", partition=0)
+    await EventStore(redis, retention_s=60, partitions=PARTS).enqueue([lead])
+    read = await queue.read("crm", "w", count=10, block_ms=1)
+    assert [e.event for e in read] == [lead.id]
+    pending = await redis.xpending(redis_keys.queue("crm", 0), redis_keys.CONSUMER_GROUP)
+    assert pending["pending"] == 1  # what the consumer holds is what it was given
+    # The read made the missing groups: the next one finds nothing more, and no error.
+    assert await queue.read("crm", "w", count=10, block_ms=1) == []
+
+
 async def test_a_process_with_another_count_refuses_to_start(
     redis: Redis, redis_server: RedisServer, tmp_path: Path
 ) -> None:
