@@ -63,13 +63,18 @@ class GroupCommit:
     async def submit(self, writes: Writes) -> list[Any]:
         """The script's answers to the items ``writes`` added, once Redis has run them
         (with others'); raises what the call raised."""
+        return await self.enter(writes)
+
+    def enter(self, writes: Writes) -> asyncio.Future[list[Any]]:
+        """:meth:`submit`, joining the group now rather than when a task first runs
+        (a caller that awaits something else meanwhile still shares the call)."""
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self._pending.append((writes, future))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
         # Each caller has a future of its own: a cancelled caller cancels only that one,
         # never the group (its writes still go, as they would have with a shield).
-        return await future
+        return future
 
     async def _flush(self) -> None:
         try:

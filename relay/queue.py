@@ -7,10 +7,13 @@ through the same two steps, each a script call in the control slot and one in ea
 partition its events are in (a script call touches one slot: :mod:`relay.redis_keys`):
 
 * :meth:`DeliveryQueue.take`: ``relay/lua/admit.lua`` gives each request its lease
-  (the global 429 pause and ``max_in_flight``), then ``take.lua`` judges its entries
-  in their partitions: it refuses a copy of an event already delivered, dead or being
-  sent by another holder, and marks the rest delivering by the request's holder. A
-  request left nothing to send gives its lease back at once.
+  (the global 429 pause and ``max_in_flight``) and, in a call sent beside it (neither
+  waits for the other: a round trip less before the request goes), ``take.lua``
+  judges its entries in their partitions: it refuses a copy of an event already
+  delivered, dead or being sent by another holder, and marks the rest delivering by
+  the request's holder. A request refused a lease has those marks undone
+  (``untake.lua``: status and holder as they were); one left nothing to send gives
+  its lease back at once.
 * :meth:`DeliveryQueue.settle`: ``settle.lua`` records the answers in each partition,
   with everything that follows for the events (retry, dead letter, the contact's next
   event, hook notifications) and acks the entries; then ``release.lua`` does what
@@ -47,7 +50,18 @@ from redis.exceptions import ResponseError
 
 from relay import redis_keys
 from relay.groupcommit import GroupCommit
-from relay.scripts import ADMIT, CONTROL, KEEP, MOVE_DUE, RELEASE, RENEW, SETTLE, TAKE, Batch
+from relay.scripts import (
+    ADMIT,
+    CONTROL,
+    KEEP,
+    MOVE_DUE,
+    RELEASE,
+    RENEW,
+    SETTLE,
+    TAKE,
+    UNTAKE,
+    Batch,
+)
 from relay.settlement import Entry, Result, Settlement, release_item, settle_item
 
 __all__ = ["DeliveryQueue", "Entry", "Result", "Settlement", "Taken"]
@@ -98,6 +112,7 @@ class DeliveryQueue:
         "_start",
         "_take",
         "_takes",
+        "_untake",
     )
 
     def __init__(self, redis: Redis, *, retention_s: int, partitions: int) -> None:
@@ -107,6 +122,7 @@ class DeliveryQueue:
         self._partitions = partitions
         self._control = CONTROL.bind(redis)
         self._take = TAKE.bind(redis)
+        self._untake = UNTAKE.bind(redis)
         self._settle = SETTLE.bind(redis)
         self._keep = KEEP.bind(redis)
         self._renew = RENEW.bind(redis)
@@ -259,19 +275,12 @@ class DeliveryQueue:
             for holder, _ in requests:
                 batch.add({"part": ADMIT.name, "holder": holder})
 
-        leases = await control.submit(holders)
         # By place: entries of different partitions' streams may share an id.
         flat = [(holder, entry) for holder, group in requests for entry in group]
-        taken: list[Taken | None] = [None] * len(flat)
-        leased = {holder: lease for (holder, _), lease in zip(requests, leases, strict=True)}
         by_partition: dict[int, list[int]] = {}
-        for i, (holder, entry) in enumerate(flat):
-            lease = leased[holder]
-            if lease[0] == "ok":
-                by_partition.setdefault(entry.partition, []).append(i)
-            else:
-                wait_ms = int(lease[1]) if len(lease) > 1 else 0
-                taken[i] = Taken(entry, lease[0], wait_ms=wait_ms)
+        for i, (_, entry) in enumerate(flat):
+            by_partition.setdefault(entry.partition, []).append(i)
+        replies: list[Any] = [None] * len(flat)
 
         async def one(partition: int, places: list[int]) -> None:
             def writes(batch: Batch) -> None:
@@ -282,17 +291,54 @@ class DeliveryQueue:
 
             commit = self._takes_of(destination, partition, lease_ms, now_ms)
             for i, reply in zip(places, await commit.submit(writes), strict=True):
-                taken[i] = _taken(flat[i][1], reply)
+                replies[i] = reply
 
-        await _each(one(p, places) for p, places in by_partition.items())
-        out = [t for t in taken if t is not None]
-        assert len(out) == len(flat)
+        # The lease joins the control call of the moment at once (a settle's release.lua
+        # may be in it, giving back the lease this take gets), the marks beside it.
+        admitted = control.enter(holders)
+        try:
+            await _each(one(p, places) for p, places in by_partition.items())
+        except BaseException:
+            if not admitted.cancel():  # done already: its error is not the one raised
+                admitted.exception()
+            raise
+        leases = await admitted
+        leased = {holder: lease for (holder, _), lease in zip(requests, leases, strict=True)}
+        out: list[Taken] = []
+        marked: dict[int, list[tuple[str, Entry, list[Any]]]] = {}  # refused, by partition
+        for (holder, entry), reply in zip(flat, replies, strict=True):
+            lease = leased[holder]
+            if lease[0] == "ok":
+                out.append(_taken(entry, reply))
+                continue
+            if reply[0] == "ok":
+                marked.setdefault(entry.partition, []).append((holder, entry, reply))
+            wait_ms = int(lease[1]) if len(lease) > 1 else 0
+            out.append(Taken(entry, lease[0], wait_ms=wait_ms))
+        if marked:
+            await _each(self._unmark(destination, p, found) for p, found in marked.items())
         # A request admitted with nothing to send gives its lease back at once.
         sending = {holder for (holder, _), t in zip(flat, out, strict=True) if t.state == "ok"}
         idle = [h for h, lease in leased.items() if lease[0] == "ok" and h not in sending]
         if idle:
             await self._redis.zrem(redis_keys.inflight(destination), *idle)
         return out
+
+    async def _unmark(
+        self, destination: str, partition: int, marked: list[tuple[str, Entry, list[Any]]]
+    ) -> None:
+        """Put back what take.lua marked for requests refused a lease (untake.lua)."""
+        batch = self._untake.batch()
+        for holder, entry, reply in marked:
+            # A Lua false comes back as None: JSON null would be a value to Lua.
+            status, was = (reply[5] or False, reply[6] or False)
+            event = batch.key(redis_keys.event(entry.event))
+            batch.add({"event": event, "holder": holder, "status": status, "was": was})
+        await self._untake(
+            batch,
+            keys={"held": redis_keys.held(destination, partition)},
+            args={"destination": destination},
+        )
 
     def _control_of(
         self, destination: str, lease_ms: int, max_in_flight: int, now_ms: int | None

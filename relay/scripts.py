@@ -55,6 +55,7 @@ __all__ = [
     "REPLAY",
     "SETTLE",
     "TAKE",
+    "UNTAKE",
     "Batch",
     "Bound",
     "Composed",
@@ -305,6 +306,8 @@ ENQUEUE = Script("enqueue", ("index", "notifications"), ("items", "cutoff_ms", "
 ADMIT = Script("admit", ("leases", "pause"), ("items", "now_ms", "lease_ms", "max_in_flight"))
 #: Mark one partition's stream entries delivering, or say why not.
 TAKE = Script("take", ("stream", "held"), ("items", "destination", "now_ms", "lease_ms"))
+#: Undo take.lua's marks for requests that admit.lua refused (run side by side).
+UNTAKE = Script("untake", ("held",), ("items", "destination"))
 #: Record answers for one partition's events, with all that follows, and ack the entries.
 SETTLE = Script("settle", ("notifications",), ("items", "now_ms", "retention_s"))
 #: What answers mean for their destinations (control slot: leases, rate, pause, health).

@@ -40,6 +40,7 @@ ALL = [
     scripts.REPLAY,
     scripts.SETTLE,
     scripts.TAKE,
+    scripts.UNTAKE,
 ]
 #: Scripts whose parts (of ALL) run only inside them (relay.scripts.Composed).
 COMPOSED = [scripts.CONTROL]
@@ -244,6 +245,11 @@ allow_private_targets = true
             queue = DeliveryQueue(redis, retention_s=60, partitions=16)
             entries = [Entry("1-0", events[1].id), Entry("1-0", events[4].id)]
             await queue.keep("crm", "w", entries, ["h"], lease_ms=1_000)
+            # A take refused a lease (none is free) undoes its partition step's marks.
+            await store.enqueue([new_lead("late@example.com", "crm")])
+            read = await queue.read("crm", "w", count=10, block_ms=1)
+            taken = await queue.take("crm", [("h2", read)], lease_ms=1_000, max_in_flight=0)
+            assert [t.state for t in taken] == ["full"]
         assert await _event_statuses(store, events) == {"delivered"}
         calls, problems = await _undeclared(redis, lines)
     assert problems == []

@@ -175,6 +175,23 @@ async def test_the_in_flight_cap_holds_within_one_take_and_across_takes(redis: R
     assert sorted(await redis.zrange(redis_keys.inflight(DEST), 0, -1)) == ["h1", "h2"]
 
 
+async def test_a_take_refused_a_lease_leaves_its_events_as_they_were(redis: Redis) -> None:
+    # The lease (control slot) and the marks (partition) are asked for side by side; a
+    # refused lease undoes the marks: status, holder and the partition's hold.
+    queue, (a, b) = await _queued(redis, "a@example.com", "b@example.com")
+    # b was being sent by a worker that died (its hold lapsed): a take may take it over.
+    await redis.hset(redis_keys.event(b.event), mapping={"st:crm": "delivering", "h:crm": "dead"})
+    assert await _take(queue, ("h0", [a]), cap=1) == ["ok"]
+    assert await _take(queue, ("h1", [b]), cap=1) == ["full"]
+    assert await _status(redis, b.event) == ["delivering", "dead"]
+    assert await redis.zscore(redis_keys.held(DEST, b.partition), "h1") is None
+    assert await _pending(redis) == [a.id, b.id]
+    # Once a lease is free, the same request takes it.
+    await queue.give_back(DEST, "h0")
+    assert await _take(queue, ("h1", [b]), cap=1) == ["ok"]
+    assert await _status(redis, b.event) == ["delivering", "h1"]
+
+
 async def test_concurrent_takes_never_exceed_the_cap(redis: Redis) -> None:
     queue, entries = await _queued(redis, *[f"p{i}@example.com" for i in range(40)])
     taken: list[list[Taken]] = await asyncio.gather(

@@ -1,5 +1,5 @@
 -- admit: leases for requests to one destination, unless it is paused or every lease is
--- taken (the control step of a take, before take.lua marks their events).
+-- taken (the control step of a take, sent beside take.lua, which marks their events).
 --
 -- KEYS: leases, pause, then the items' keys
 -- ARGV: items, now_ms, lease_ms, max_in_flight

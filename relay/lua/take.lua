@@ -3,8 +3,9 @@
 -- KEYS: stream, held, then the items' keys
 -- ARGV: items, destination, now_ms, lease_ms
 --
--- The partition step of a take: admit.lua has given each holder its lease (the global
--- pause and max_in_flight, in the control slot) before this runs.
+-- The partition step of a take. admit.lua gives each holder its lease (the global pause
+-- and max_in_flight, in the control slot) in a call sent beside this one, so neither
+-- waits for the other; a holder refused a lease has its marks undone by untake.lua.
 --
 -- stream       the destination's stream in this partition (a refused copy is acked and
 --              deleted in it)
@@ -22,9 +23,11 @@
 --   {'stray'}  a copy of an event already delivered or dead here: acked
 --   {'busy'}   another holder is sending it and still holds it: left pending, for that
 --              holder to ack when it settles (or to be claimed again if it dies)
---   {'ok', data, attempts made, retries spent, the last attempt's record or false}:
+--   {'ok', data, attempts made, retries spent, the last attempt's record or false,
+--    its status and holder before or false}:
 --              marked delivering by its holder (a ConveYour retry resumes after its
---              "steps")
+--              "steps"; untake.lua puts the status and holder back if admit.lua,
+--              run side by side, refused the holder a lease)
 --
 -- The contact's order needs no check here: only the event that heads its contact has
 -- a stream entry (enqueue.lua, settle.lua), and a replayed dead letter is in no order.
@@ -56,7 +59,8 @@ for i, item in ipairs(items) do
   else
     local made = tonumber(found[4] or 0)
     local last = made > 0 and redis.call('HGET', key, RECORD .. dest .. ':' .. made)
-    out[i] = {'ok', data, made, tonumber(found[5] or 0), last or false}
+    out[i] = {'ok', data, made, tonumber(found[5] or 0), last or false, status or false,
+      holder or false}
     redis.call('HSET', key, status_field, DELIVERING, holder_field, item.holder)
     redis.call('ZADD', held, now + lease_ms, item.holder)
     holding = true
