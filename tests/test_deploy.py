@@ -283,9 +283,9 @@ def test_every_file_deploy_readme_names_is_in_the_repository() -> None:
     """Backticked paths in deploy/README.md: relative to deploy/ unless they start
     with ``deploy/`` or ``../``; absolute ones are on the user's host."""
     text = (DEPLOY / "README.md").read_text()
-    ending = r"\.(?:ya?ml|json|conf|service|example)|Dockerfile[\w.]*|Procfile"
+    ending = r"\.(?:ya?ml|json|conf|service|example)|Dockerfile[\w.]*|Procfile|build-image"
     named = set(re.findall(rf"`((?:\.\./)?[\w./-]*(?:{ending}))`", text))
-    assert {"prometheus/alerts.yml", "grafana/relay-dashboard.json"} <= named
+    assert {"prometheus/alerts.yml", "grafana/relay-dashboard.json", "build-image"} <= named
     tracked = _tracked()
     missing = []
     for name in sorted(named):
@@ -324,3 +324,44 @@ def test_compose_monitoring_profile_mounts_what_the_configs_expect() -> None:
     jobs = {job["job_name"]: job for job in _yaml(PROMETHEUS)["scrape_configs"]}
     port = worker[worker.index("--metrics-port") + 1]
     assert jobs["relay-worker"]["dns_sd_configs"][0]["port"] == int(port)
+
+
+BUILD_IMAGE = DEPLOY / "build-image"
+
+
+def _build_image(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BUILD_IMAGE), *args], capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def test_build_image_help_names_every_option_it_parses() -> None:
+    """deploy/build-image needs root, Docker and minutes, so CI runs only its argument
+    handling: --help, and the usage errors that come before anything is started."""
+    done = _build_image("--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Usage: deploy/build-image ")
+    # The argument loop's case labels (4 spaces in; the inner ones are deeper).
+    cases = re.findall(r"^ {4}(-[^)\n]*)\)", BUILD_IMAGE.read_text(), re.M)
+    parsed = {option.strip() for case in cases for option in case.split("|")} - {"-h"}
+    listed = set(re.findall(r"^  (?:-h, )?(--[\w-]+)", done.stdout, re.M))
+    assert {"--arch", "--cache", "--fresh-base", "--keep-daemon", "--help"} <= listed
+    assert parsed == listed
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--arch", "x86"], "--arch: amd64, arm64 or all, not 'x86'"),
+        (["--arch"], "--arch needs a value"),
+        (["--cache"], "--cache needs a value"),
+        (["--redis-server", ""], "--redis-server needs a value"),
+        (["--arch", "all", "--nope"], "unknown argument '--nope'"),
+    ],
+)
+def test_build_image_usage_errors_exit_2_before_starting_anything(
+    args: list[str], says: str
+) -> None:
+    done = _build_image(*args)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"deploy/build-image: {says} (--help says more)\n"
