@@ -67,7 +67,6 @@ __all__ = [
     "redis_client",
     "redis_for",
     "server_time_ms",
-    "store_error",
 ]
 
 P = ParamSpec("P")
@@ -265,16 +264,6 @@ def _unavailable(exc: Exception) -> bool:
         return False
     code = getattr(exc, "status_code", None)  # redis-py 8; the text may have lost it
     return _UNAVAILABLE_REPLY.search(f"{code} {exc}" if code else str(exc)) is not None
-
-
-def store_error(exc: Exception) -> Exception:
-    """The error a reply of a pipeline run with ``raise_on_error=False`` stands for:
-    StoreUnavailable (from it) when Redis cannot serve it now, else itself."""
-    if not _unavailable(exc):
-        return exc
-    error = StoreUnavailable(str(exc) or type(exc).__name__)
-    error.__cause__ = exc
-    return error
 
 
 def _translated(

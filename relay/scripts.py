@@ -28,7 +28,7 @@ plus one).
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib.resources import files
@@ -40,7 +40,6 @@ from redis.exceptions import NoScriptError
 
 from relay import redis_keys
 from relay.models import DeliveryStatus
-from relay.pipeliner import Pipeliner
 from relay.replicas import Replicas, write
 
 __all__ = [
@@ -228,14 +227,12 @@ class Batch:
 class Bound:
     """A :class:`Script` bound to a client: call it with its KEYS and ARGV by name."""
 
-    __slots__ = ("_pipeliner", "_redis", "_redis_script", "script")
+    __slots__ = ("_redis", "_redis_script", "script")
 
     def __init__(self, script: Script, redis: Redis) -> None:
         self.script = script
         self._redis = redis
         self._redis_script = redis.register_script(script.text)
-        #: Calls of the moment share a round trip on one Redis (relay.pipeliner).
-        self._pipeliner = Pipeliner.of(redis)
 
     def __repr__(self) -> str:
         return f"<Bound {self.script.name}.lua>"
@@ -274,13 +271,7 @@ class Bound:
         if batch is not None:
             names += batch.keys
         if replicas is None:
-            if self._pipeliner is None:
-                return await self._redis_script(keys=names, args=values)
-
-            def alone() -> Awaitable[Any]:
-                return self._redis_script(keys=names, args=values)
-
-            return await self._pipeliner.call(self._redis_script.sha, names, values, alone)
+            return await self._redis_script(keys=names, args=values)
         try:
             return await self._confirmed(names, values, replicas)
         except NoScriptError:  # Redis restarted, or failed over, since it was loaded

@@ -15,9 +15,11 @@ from typing import cast
 import pytest
 from redis.asyncio import Redis
 from redis.crc import key_slot
+from redis.exceptions import ResponseError
 
 from relay import redis_keys, scripts
 from relay.deadletters import replay_dead_letters
+from relay.errors import StoreUnavailable
 from relay.hooks import HookStore
 from relay.models import Contact, DeliveryStatus
 from relay.queue import DeliveryQueue, Entry
@@ -76,6 +78,33 @@ async def test_a_call_gives_exactly_the_declared_names(redis: Redis) -> None:
     with pytest.raises(TypeError, match="takes a batch"):
         await move_due(keys={}, args={"now_ms": 0, "limit": 1})
     assert await move_due(move_due.batch(), keys={}, args={"now_ms": 0, "limit": 1}) == 0
+
+
+async def test_a_redis_that_cannot_serve_a_script_is_store_unavailable(
+    own_redis: Redis,
+) -> None:
+    # An error reply that means "not now" (here OOM) is StoreUnavailable, which the
+    # callers wait out; any other reply error stays what redis-py raised.
+    move_due = scripts.MOVE_DUE.bind(own_redis)
+
+    async def call() -> object:
+        batch = move_due.batch()
+        retries, stream = batch.key("{relay:0}:retry:d"), batch.key("{relay:0}:q:d")
+        batch.add({"retries": retries, "stream": stream})
+        return await move_due(batch, keys={}, args={"now_ms": 10, "limit": 10})
+
+    assert await call() == 0  # loaded: nothing due
+    await own_redis.zadd("{relay:0}:retry:d", {"e": 1})  # due: the call writes
+    await own_redis.config_set("maxmemory", "1")
+    try:
+        with pytest.raises(StoreUnavailable, match="OOM"):
+            await call()
+    finally:
+        await own_redis.config_set("maxmemory", "0")
+    await own_redis.set("{relay:0}:q:d", "not a stream")  # its XADD fails: WRONGTYPE
+    with pytest.raises(ResponseError) as raised:
+        await call()
+    assert not isinstance(raised.value, StoreUnavailable)
 
 
 def test_a_batch_names_each_key_once_after_the_script_s_own() -> None:
