@@ -7,6 +7,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -38,10 +39,15 @@ def test_the_clock_is_one_clock_for_every_process() -> None:
 
 
 def test_cpu_and_runqueue_wait_of_a_process() -> None:
+    """cpu_s agrees with the process's own clock. /proc counts in ticks (10 ms), so the
+    work is 0.2 s of CPU, measured, not a loop that may finish inside one tick."""
     pid = os.getpid()
-    before = cpu_s(pid)
-    sum(i * i for i in range(200_000))
-    assert cpu_s(pid) > before
+    before, own_before = cpu_s(pid), time.process_time()
+    while time.process_time() - own_before < 0.2:
+        sum(i * i for i in range(10_000))
+    used, own_used = cpu_s(pid) - before, time.process_time() - own_before
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    assert own_used - 2 * tick <= used <= own_used + 2 * tick
     waited = runqueue_wait_s(pid)
     assert waited is None or waited >= 0
     assert runqueue_wait_s(2**22 + 1) is None  # no such process
