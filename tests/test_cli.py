@@ -4,6 +4,7 @@ subcommand explains itself, and bad numbers are named as such."""
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,6 +58,30 @@ def test_redis_lost_during_a_command_is_one_line_naming_it(
     monkeypatch.setattr(delivery, "status", status)
     assert main(["status"]) == 1
     assert capsys.readouterr().err == f"relay: error: {lost} (RELAY_REDIS_URL)\n"
+
+
+def test_a_command_runs_with_what_start_up_made_out_of_the_collectors_sight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Modules and settings are frozen (gc.freeze) before a command runs: a full
+    collection under load no longer walks them (bench: delivery about a sixth faster)."""
+    (tmp_path / "relay.toml").write_text("")
+    monkeypatch.setenv("RELAY_CONFIG", str(tmp_path / "relay.toml"))
+    monkeypatch.setenv("RELAY_REDIS_URL", "redis://127.0.0.1:1/0")
+    frozen: list[int] = []
+
+    async def status(settings: Settings, args: argparse.Namespace) -> int:
+        frozen.append(gc.get_freeze_count())
+        return 0
+
+    monkeypatch.setattr(delivery, "status", status)
+    gc.unfreeze()
+    try:
+        assert main(["status"]) == 0
+    finally:
+        gc.unfreeze()  # the rest of the test session as it was
+    (count,) = frozen
+    assert count > 10_000  # every module's objects, not a handful
 
 
 @pytest.mark.slow
