@@ -266,3 +266,22 @@ async def test_the_next_take_shares_the_settle_s_control_call_and_gets_its_lease
     assert [t.state for t in await nxt[0]] == ["ok"]
     assert control._rounds == rounds + 1
     assert await redis.zrange(redis_keys.inflight(DEST), 0, -1) == ["hb"]
+
+
+async def test_deliveries_settled_in_one_control_call_all_count(redis: Redis) -> None:
+    # Settles of the same moment share release.lua's call; it adds their deliveries
+    # to the minute's counter once, however many requests they came in.
+    events = [new_lead(f"d{i}@example.com", DEST) for i in range(3)]
+    entries = [(await _taken(redis, ev, holder=f"h{i}"))[0] for i, ev in enumerate(events)]
+    queue = DeliveryQueue(redis, retention_s=60, partitions=16)
+    await asyncio.gather(
+        *(
+            queue.settle(Settlement(DEST, f"h{i}", [_result(e, DeliveryStatus.delivered, 200)]))
+            for i, e in enumerate(entries)
+        )
+    )
+    (found,) = (await counts(redis, [DEST], partitions=16)).values()
+    assert found.delivered_last_hour == 3
+    minute = redis_keys.delivered_minute(DEST, int(time.time() // 60))
+    assert 0 < await redis.ttl(minute) <= redis_keys.DELIVERED_MINUTE_TTL_S
+    assert await redis.zcard(redis_keys.inflight(DEST)) == 0  # every lease given back

@@ -173,6 +173,10 @@ async def test_the_in_flight_cap_holds_within_one_take_and_across_takes(redis: R
     later = T0 + LEASE_MS
     assert await _take(queue, ("h2", [entries[2]]), cap=2, now_ms=later) == ["ok"]
     assert sorted(await redis.zrange(redis_keys.inflight(DEST), 0, -1)) == ["h1", "h2"]
+    # A renewal with room left takes no second place either: under a cap of 3, beside
+    # h1's renewal in the same call, one new holder fits, not two.
+    requests = [("h1", [entries[1]]), ("h3", [entries[4]]), ("h4", [entries[5]])]
+    assert await _take(queue, *requests, cap=3, now_ms=later) == ["ok", "ok", "full"]
 
 
 async def test_a_take_refused_a_lease_leaves_its_events_as_they_were(redis: Redis) -> None:

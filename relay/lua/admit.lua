@@ -33,11 +33,11 @@ end
 redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
 local count = redis.call('ZCARD', leases)
 for i, item in ipairs(items) do
-  if redis.call('ZSCORE', leases, item.holder) then
-    redis.call('ZADD', leases, now + lease_ms, item.holder)
-    out[i] = {'ok'}
-  elseif count < cap then
+  if count < cap then  -- ZADD counts 1 for a new holder, 0 for one renewing its lease
     count = count + redis.call('ZADD', leases, now + lease_ms, item.holder)
+    out[i] = {'ok'}
+  elseif redis.call('ZSCORE', leases, item.holder) then
+    redis.call('ZADD', leases, now + lease_ms, item.holder)
     out[i] = {'ok'}
   else
     out[i] = {'full'}

@@ -32,7 +32,7 @@ if not now then
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local releases, healthy, out = {}, {}, {}
+local releases, healthy, delivered, out = {}, {}, {}, {}
 for i, item in ipairs(items) do
   out[i] = 1
   local dest = item.destination
@@ -46,8 +46,7 @@ for i, item in ipairs(items) do
     redis.call('SET', KEYS[item.pause], '1', 'PX', item.pause_ms)
   end
   if item.delivered then
-    redis.call('INCRBY', KEYS[item.minute], item.delivered)
-    redis.call('EXPIRE', KEYS[item.minute], DELIVERED_MINUTE_TTL_S)
+    delivered[item.minute] = (delivered[item.minute] or 0) + item.delivered
     healthy[dest] = true
   end
   if item.unhealthy then
@@ -61,5 +60,9 @@ for i, item in ipairs(items) do
   end
 end
 for k, holders in pairs(releases) do redis.call('ZREM', KEYS[k], unpack(holders)) end
+for k, count in pairs(delivered) do  -- once per counter, however many items count in it
+  redis.call('INCRBY', KEYS[k], count)
+  redis.call('EXPIRE', KEYS[k], DELIVERED_MINUTE_TTL_S)
+end
 for dest in pairs(healthy) do redis.call('HDEL', health, dest) end
 return out
