@@ -134,3 +134,11 @@ async def test_a_busy_turn_is_written_in_whole_lines_of_at_most_pipe_buf(
     assert len(writes) > 1
     assert all(len(w.encode()) <= 4096 and w.endswith("\n") for w in writes)
     assert sum(w.count("\n") for w in writes) == 500
+
+
+@pytest.mark.parametrize("created", [1.9999, 5.0005, 1_780_000_000.25, 1_780_000_059.999])
+def test_a_text_line_s_time_is_logging_s_own(created: float) -> None:
+    """TextFormatter writes each second once (cached), in logging's layout, to the ms."""
+    record = logging.LogRecord("relay", logging.INFO, __file__, 1, "hi", None, None)
+    record.created, record.msecs = created, (created - int(created)) * 1000
+    assert TextFormatter().formatTime(record) == logging.Formatter().formatTime(record)
