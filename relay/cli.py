@@ -288,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(level=settings.log_level, log_format=settings.log_format)
     # What start-up made (every module, the settings) lives as long as the process: out
     # of the collector's sight, a full collection no longer walks it every few seconds
-    # of load (with it there, delivery was about a sixth slower: README, "Performance").
+    # of load (with it there, delivery was about a sixth slower: README, "Partitions").
     gc.freeze()
     try:
         if args.command == "serve":

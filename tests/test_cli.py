@@ -64,7 +64,8 @@ def test_a_command_runs_with_what_start_up_made_out_of_the_collectors_sight(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Modules and settings are frozen (gc.freeze) before a command runs: a full
-    collection under load no longer walks them (bench: delivery about a sixth faster)."""
+    collection under load no longer walks them (delivery about a sixth faster: README,
+    "Partitions")."""
     (tmp_path / "relay.toml").write_text("")
     monkeypatch.setenv("RELAY_CONFIG", str(tmp_path / "relay.toml"))
     monkeypatch.setenv("RELAY_REDIS_URL", "redis://127.0.0.1:1/0")
