@@ -260,8 +260,8 @@ class Deliverer:
         limit = self._configs[destination].rate_limit
         assert limit is not None
         if destination in self._local:  # this process's smoother: may wait a while
-            smoothed = self._local[destination].acquire()
-            await (self._unless_stopped(smoothed) if stoppable else smoothed)
+            smoothed = self._local[destination].acquire
+            await (self._unless_stopped(smoothed) if stoppable else smoothed())
         request_id, hold_ms = random_base62(16), self.lease_ms(destination)
         while True:
             wait_s = await self._again(
@@ -386,15 +386,16 @@ class Deliverer:
     async def _wait(self, seconds: float, *, stoppable: bool) -> None:
         """Sleep ``seconds`` (at most MAX_WAIT_S: the caller looks again); raise
         ``_Stopping`` if the worker stops first and ``stoppable``."""
-        sleep = asyncio.sleep(min(seconds, MAX_WAIT_S))
-        await (self._unless_stopped(sleep) if stoppable else sleep)
+        sleep = functools.partial(asyncio.sleep, min(seconds, MAX_WAIT_S))
+        await (self._unless_stopped(sleep) if stoppable else sleep())
 
-    async def _unless_stopped(self, waiting: Awaitable[object]) -> None:
-        """Await ``waiting``, unless the worker stops first: then it is cancelled and
-        ``_Stopping`` raised."""
+    async def _unless_stopped(self, wait: Callable[[], Awaitable[object]]) -> None:
+        """Await ``wait()``, unless the worker stops first: then it is cancelled and
+        ``_Stopping`` raised. ``wait`` is called only while the worker runs: a coroutine
+        made and never awaited is a RuntimeWarning when it is collected."""
         if self._stopping.is_set():
             raise _Stopping
-        task = asyncio.ensure_future(waiting)
+        task = asyncio.ensure_future(wait())
         stop = asyncio.ensure_future(self._stopping.wait())
         try:
             await asyncio.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)
