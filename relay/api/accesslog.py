@@ -42,24 +42,19 @@ class AccessLogger(AbstractAccessLogger):
         super().__init__(logger, log_format)
         self._json = log_format == "json"
         self._lines: list[str] = []
-        #: (unix second, its text) of the last line: the time is formatted once a second.
-        self._second: tuple[int, str] = (-1, "")
         self._prefix = f" INFO {logger.name}: "
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time_s: float) -> None:
         now = time.time()
         second = int(now)
-        if second != self._second[0]:
-            self._second = (second, second_text(second, json=self._json))
+        stamp = second_text(second, json=self._json)  # formatted once a second (cached)
         ms = int((now - second) * 1000)
         request_id = response.headers.get(REQUEST_ID_HEADER)
         if self._json:
-            line = self._json_line(
-                f"{self._second[1]}.{ms:03d}Z", request, response, time_s, request_id
-            )
+            line = self._json_line(f"{stamp}.{ms:03d}Z", request, response, time_s, request_id)
         else:
             line = (
-                f"{self._second[1]},{ms:03d}{self._prefix}{request.method} {request.path} "
+                f"{stamp},{ms:03d}{self._prefix}{request.method} {request.path} "
                 f"{response.status} {time_s * 1000:.1f}ms"
                 + (f" request_id={request_id}\n" if request_id else "\n")
             )
