@@ -534,10 +534,10 @@ async def _each(steps: Iterable[Coroutine[Any, Any, None]]) -> None:
 
 
 def _taken(entry: Entry, reply: list[Any]) -> Taken:
+    """What take.lua's reply for an entry of a leased request says (see its header)."""
     if reply[0] == "ok":
-        last = reply[4] if len(reply) > 4 else None
-        return Taken(entry, "ok", reply[1], int(reply[2]), int(reply[3]), last=last)
-    return Taken(entry, reply[0], wait_ms=int(reply[1]) if len(reply) > 1 else 0)
+        return Taken(entry, "ok", reply[1], int(reply[2]), int(reply[3]), last=reply[4])
+    return Taken(entry, reply[0])  # gone, stray or busy: no wait (waits are the lease's)
 
 
 def _read_entries(reply: Any) -> list[Entry]:
