@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +95,9 @@ class Outcome:
     #: How long ``fail`` took (the failover, as the topology saw it), and its steps.
     failover_s: float = 0.0
     steps: dict[str, float] = field(default_factory=dict)
+    #: ResourceWarnings (unclosed connections, sockets) found once the clients were
+    #: closed (see under_load).
+    unclosed: int = 0
     _since: float | None = None
 
     @property
@@ -121,6 +126,7 @@ class Outcome:
             f"{self.unavailable} answers 503, longest run "
             f"{self.longest_503_s:.1f} s; failover took {self.failover_s:.1f} s"
             + "".join(f", {step} {took:.1f} s" for step, took in self.steps.items())
+            + (f"; {self.unclosed} unclosed-resource warnings" if self.unclosed else "")
         )
 
 
@@ -210,3 +216,11 @@ async def under_load(
     finally:
         await api_redis.aclose()
         await worker_redis.aclose()
+        # During a Sentinel failover redis-py can drop a connection unclosed (to the
+        # killed master or to a sentinel; about one run in four, not yet traced to its
+        # cause): collected, counted and reported here, while this test's loop runs,
+        # rather than warned of in whichever later test the collector finds it.
+        with warnings.catch_warnings(record=True) as found:
+            warnings.simplefilter("always", ResourceWarning)
+            gc.collect()
+        outcome.unclosed = sum(issubclass(w.category, ResourceWarning) for w in found)
