@@ -37,6 +37,7 @@ leaves a lease that lapses by itself and rate entries dated a hold ahead: both s
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
@@ -269,7 +270,6 @@ class DeliveryQueue:
         requests = [(holder, group) for holder, group in requests if group]
         if not requests:
             return []
-        control = self._control_of(destination, lease_ms, max_in_flight, now_ms)
 
         def holders(batch: Batch) -> None:
             for holder, _ in requests:
@@ -280,24 +280,25 @@ class DeliveryQueue:
         by_partition: dict[int, list[int]] = {}
         for i, (_, entry) in enumerate(flat):
             by_partition.setdefault(entry.partition, []).append(i)
-        replies: list[Any] = [None] * len(flat)
-
-        async def one(partition: int, places: list[int]) -> None:
-            def writes(batch: Batch) -> None:
-                for i in places:
-                    holder, entry = flat[i]
-                    event = batch.key(redis_keys.event(entry.event))
-                    batch.add({"entry": entry.id, "event": event, "holder": holder})
-
-            commit = self._takes_of(destination, partition, lease_ms, now_ms)
-            for i, reply in zip(places, await commit.submit(writes), strict=True):
-                replies[i] = reply
-
         # The lease joins the control call of the moment at once (a settle's release.lua
         # may be in it, giving back the lease this take gets), the marks beside it.
-        admitted = control.enter(holders)
+        admitted = self._control_of(destination, lease_ms, max_in_flight, now_ms).enter(holders)
+        marks = [
+            self._takes_of(destination, p, lease_ms, now_ms).enter(
+                _marks([flat[i] for i in places])
+            )
+            for p, places in by_partition.items()
+        ]
+        replies: list[Any]
         try:
-            await _each(one(p, places) for p, places in by_partition.items())
+            if len(marks) == 1:  # the usual case: a request's events share a partition
+                replies = await marks[0]
+            else:
+                replies = [None] * len(flat)
+                found = await asyncio.gather(*marks)
+                for places, answers in zip(by_partition.values(), found, strict=True):
+                    for i, reply in zip(places, answers, strict=True):
+                        replies[i] = reply
         except BaseException:
             if not admitted.cancel():  # done already: its error is not the one raised
                 admitted.exception()
@@ -393,25 +394,38 @@ class DeliveryQueue:
         ``settled`` is called between the two steps (the worker starts its next request
         then: see relay.worker)."""
         expired, results = settlement.expired, settlement.results
-        words: list[str] = [""] * (len(expired) + len(results))
-        parts = sorted({e.partition for e in expired} | {r.entry.partition for r in results})
-
-        async def one(partition: int) -> None:
-            gone = [i for i, e in enumerate(expired) if e.partition == partition]
-            mine = [i for i, r in enumerate(results) if r.entry.partition == partition]
-            (answer,) = await self._settle_commit(partition).submit(
-                lambda batch: settle_item(
-                    batch,
-                    settlement,
-                    partition,
-                    [expired[i] for i in gone],
-                    [results[i] for i in mine],
+        parts = {e.partition for e in expired} | {r.entry.partition for r in results}
+        words: list[str]
+        if len(parts) == 1:  # the usual case: a request's events share a partition
+            (partition,) = parts
+            (words,) = await self._settle_commit(partition).submit(
+                functools.partial(
+                    settle_item,
+                    settlement=settlement,
+                    partition=partition,
+                    expired=expired,
+                    results=results,
                 )
             )
-            for i, word in zip([*gone, *(len(expired) + i for i in mine)], answer, strict=True):
-                words[i] = word
-
-        await _each(one(p) for p in parts)
+        else:
+            words = [""] * (len(expired) + len(results))
+            places: list[list[int]] = []  # of each partition's words in ``words``
+            steps = []
+            for partition in sorted(parts):
+                gone = [i for i, e in enumerate(expired) if e.partition == partition]
+                mine = [i for i, r in enumerate(results) if r.entry.partition == partition]
+                places.append([*gone, *(len(expired) + i for i in mine)])
+                writes = functools.partial(
+                    settle_item,
+                    settlement=settlement,
+                    partition=partition,
+                    expired=[expired[i] for i in gone],
+                    results=[results[i] for i in mine],
+                )
+                steps.append(self._settle_commit(partition).enter(writes))
+            for where, (answer,) in zip(places, await asyncio.gather(*steps), strict=True):
+                for i, word in zip(where, answer, strict=True):
+                    words[i] = word
         if settled is not None:  # before the control step is asked for: see relay.worker
             settled()
         final = [r for r, w in zip(results, words[len(expired) :], strict=True) if w == "settled"]
@@ -533,6 +547,17 @@ async def _each(steps: Iterable[Coroutine[Any, Any, None]]) -> None:
         await asyncio.gather(*todo)
 
 
+def _marks(pairs: list[tuple[str, Entry]]) -> Callable[[Batch], None]:
+    """take.lua's items for these (holder, entry) pairs, all of one partition."""
+
+    def writes(batch: Batch) -> None:
+        for holder, entry in pairs:
+            event = batch.key(redis_keys.event(entry.event))
+            batch.add({"entry": entry.id, "event": event, "holder": holder})
+
+    return writes
+
+
 def _taken(entry: Entry, reply: list[Any]) -> Taken:
     """What take.lua's reply for an entry of a leased request says (see its header)."""
     if reply[0] == "ok":
@@ -548,7 +573,7 @@ def _read_entries(reply: Any) -> list[Entry]:
 def _entries(reply: Any) -> list[Entry]:
     event, contact = redis_keys.ENTRY_EVENT_FIELD, redis_keys.ENTRY_CONTACT_FIELD
     return [
-        Entry(entry_id, fields[event], fields.get(contact) or None)
+        Entry.of(entry_id, fields[event], fields.get(contact) or None)
         for entry_id, fields in reply
         if fields and event in fields
     ]

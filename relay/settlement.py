@@ -25,17 +25,21 @@ __all__ = ["Entry", "Result", "Settlement", "release_item", "settle_item"]
 
 
 class Entry(NamedTuple):
-    """One stream entry: its id, its event's, and the event's contact digest when the
-    event heads that contact's order (see :func:`relay.redis_keys.heads`)."""
+    """One stream entry: its id, its event's, the event's contact digest when the event
+    heads that contact's order (see :func:`relay.redis_keys.heads`), and the partition of
+    its event and stream. Made by :meth:`of`, which reads the partition from the id."""
 
     id: str
     event: str
-    contact: str | None = None
+    contact: str | None
+    #: Named by the event's id (relay.ids.partition_of); a field, read once, because a
+    #: delivery asks for it at every step.
+    partition: int
 
-    @property
-    def partition(self) -> int:
-        """The partition of its event (and stream), named by the event's id."""
-        return partition_of(self.event)
+    @classmethod
+    def of(cls, entry_id: str, event_id: str, contact: str | None = None) -> Entry:
+        """The entry ``entry_id`` of event ``event_id`` (ValueError: not an event id)."""
+        return cls(entry_id, event_id, contact, partition_of(event_id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +159,7 @@ def release_item(batch: Batch, settlement: Settlement, settled: Sequence[Result]
 def _settle_event(batch: Batch, destination: str, entry: Entry) -> dict[str, Any]:
     """An event of a ``settle.lua`` item: its entry, and its contact's order when the
     entry names the contact (the order moves on when it is settled for good)."""
-    partition = partition_of(entry.event)
+    partition = entry.partition
     event: dict[str, Any] = {
         "entry": entry.id,
         "id": entry.event,

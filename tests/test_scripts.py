@@ -272,7 +272,7 @@ allow_private_targets = true
             await asyncio.wait_for(Worker(settings, redis=redis).run(drain=True), 30)
             # What a worker does when deliveries wait long (too quick here to be sure of).
             queue = DeliveryQueue(redis, retention_s=60, partitions=16)
-            entries = [Entry("1-0", events[1].id), Entry("1-0", events[4].id)]
+            entries = [Entry.of("1-0", events[1].id), Entry.of("1-0", events[4].id)]
             await queue.keep("crm", "w", entries, ["h"], lease_ms=1_000)
             # A take refused a lease (none is free) undoes its partition step's marks.
             await store.enqueue([new_lead("late@example.com", "crm")])
