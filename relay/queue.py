@@ -332,14 +332,12 @@ class DeliveryQueue:
         batch = self._untake.batch()
         for holder, entry, reply in marked:
             # A Lua false comes back as None: JSON null would be a value to Lua.
-            status, was = (reply[5] or False, reply[6] or False)
+            status, was, until = (reply[5] or False, reply[6] or False, reply[7] or False)
             event = batch.key(redis_keys.event(entry.event))
-            batch.add({"event": event, "holder": holder, "status": status, "was": was})
-        await self._untake(
-            batch,
-            keys={"held": redis_keys.held(destination, partition)},
-            args={"destination": destination},
-        )
+            batch.add(
+                {"event": event, "holder": holder, "status": status, "was": was, "until": until}
+            )
+        await self._untake(batch, keys={}, args={"destination": destination})
 
     def _control_of(
         self, destination: str, lease_ms: int, max_in_flight: int, now_ms: int | None
@@ -371,10 +369,7 @@ class DeliveryQueue:
         key = (destination, partition, lease_ms, now_ms)
         commit = self._takes.get(key)
         if commit is None:
-            keys = {
-                "stream": redis_keys.queue(destination, partition),
-                "held": redis_keys.held(destination, partition),
-            }
+            keys = {"stream": redis_keys.queue(destination, partition)}
             args: dict[str, str | int | float] = {
                 "destination": destination,
                 "now_ms": "" if now_ms is None else now_ms,
@@ -467,22 +462,24 @@ class DeliveryQueue:
         now_ms: int | None = None,
     ) -> tuple[int, int]:
         """Reset the idle time of the entries ``consumer`` still holds and renew its
-        requests' holds in their partitions and their live leases, so that no other
-        worker claims them while they wait; how many entries it still holds, and how
-        many leases were renewed."""
+        requests' holds on their events and their live leases, so that no other worker
+        claims them while they wait; how many entries it still holds, and how many
+        leases were renewed."""
         when = "" if now_ms is None else now_ms
         names = orjson.dumps(list(holders)).decode()
         kept = 0
         for partition in sorted({e.partition for e in entries}):
-            ids = [e.id for e in entries if e.partition == partition]
+            batch = self._keep.batch()
+            for entry in entries:
+                if entry.partition == partition:
+                    event = batch.key(redis_keys.event(entry.event))
+                    batch.add({"entry": entry.id, "event": event})
             done, _ = await self._keep(
-                keys={
-                    "stream": redis_keys.queue(destination, partition),
-                    "held": redis_keys.held(destination, partition),
-                },
+                batch,
+                keys={"stream": redis_keys.queue(destination, partition)},
                 args={
                     "consumer": consumer,
-                    "entries": orjson.dumps(ids).decode(),
+                    "destination": destination,
                     "holders": names,
                     "now_ms": when,
                     "lease_ms": lease_ms,

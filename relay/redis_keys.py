@@ -10,7 +10,7 @@ over every master:
   These make limits, pauses and caps global across partitions and workers.
 * **partition keys**, tagged ``{relay:<p>}`` for partition p of ``RELAY_PARTITIONS``
   (:mod:`relay.partitions`): events, their time and search indexes, and per
-  destination its stream, retries, dead letters, contact order and held requests, and
+  destination its stream, retries, dead letters and contact order, and
   the hook notifications' stream. An event's partition is in its id
   (:func:`relay.ids.partition_of`), so :func:`event` needs nothing else; the other
   partition keys take the partition, always (no default that could hide a wrong one).
@@ -25,7 +25,8 @@ Layout (``{p}`` = ``{relay:<p>}``)::
     {relay}:keys:changed            pubsub digest of a key that changed (cache invalidation)
     {relay}:partitions              string RELAY_PARTITIONS this data was written with
     {p}:evt:<event id>              hash   one event: "data" (JSON), and per destination:
-                                           "st:<dest>" status, "h:<dest>" who is sending it,
+                                           "st:<dest>" status, "h:<dest>" who is sending it
+                                           and "u:<dest>" until when (ms) it holds it,
                                            "n:<dest>" attempts made, "a:<dest>:<n>" attempt n,
                                            "r:<dest>" retries spent of the current schedule
     {p}:events                      zset   the partition's event ids by received time (ms)
@@ -38,8 +39,6 @@ Layout (``{p}`` = ``{relay:<p>}``)::
     {relay}:paused:<destination>    string upstream asked us to wait (429); PX = the wait
     {relay}:inflight:<destination>  zset   in-flight leases: holder -> lease expiry ms (the
                                            global max_in_flight cap)
-    {p}:held:<destination>          zset   the partition's requests under way: holder ->
-                                           lease expiry ms (who may mark its events)
     {p}:retry:<destination>         zset   scheduled retries: event id[/contact] -> due ms
     {p}:dead:<destination>          zset   dead letters: event id -> dead-lettered ms
     {relay}:done:<dest>:<minute>    string deliveries in that minute (for `relay status`)
@@ -86,6 +85,7 @@ __all__ = [
     "EVENT_DATA_FIELD",
     "HEALTH",
     "HOLDER_FIELD_PREFIX",
+    "HOLD_UNTIL_FIELD_PREFIX",
     "HOOKS_CHANGED_CHANNEL",
     "HOOKS_INDEX",
     "HOOKS_LAST",
@@ -109,7 +109,6 @@ __all__ = [
     "event",
     "events_index",
     "heads",
-    "held",
     "idempotency",
     "inflight",
     "key",
@@ -171,6 +170,12 @@ RETRIES_FIELD_PREFIX = "r:"
 #: is being sent in (set with the "delivering" mark), so that a take refuses a copy while
 #: that holder's lease lives, and only that holder settles it.
 HOLDER_FIELD_PREFIX = "h:"
+#: Prefix of an event hash's per-destination hold: ``u:<destination>``, until when (unix
+#: ms) its holder holds it (set with the holder, renewed while its worker keeps it, gone
+#: at settle). A take refuses the event to another holder until then, and no longer: a
+#: holder whose worker died lets go by itself. The global cap on requests under way is
+#: :func:`inflight`'s, in the control slot.
+HOLD_UNTIL_FIELD_PREFIX = "u:"
 #: hash: destination -> JSON {"problem", "since"} while its upstream refuses our credentials.
 HEALTH = f"{_TAG}:health"
 #: A repeated Idempotency-Key within this long gets the first answer back.
@@ -208,15 +213,6 @@ def events_index(partition: int) -> str:
     """Zset of one partition's event ids by received ms (listings merge the partitions);
     trimmed to the retention by the enqueue script."""
     return f"{partition_tag(partition)}:events"
-
-
-def held(destination: str, partition: int) -> str:
-    """Zset of the requests sending this partition's events to one destination: holder
-    -> lease expiry ms. Written with the "delivering" mark (relay/lua/take.lua), renewed
-    with the entries (keep.lua), removed at settle: a take refuses an event another
-    holder marks while that holder's entry here lives. The global cap is
-    :func:`inflight`, in the control slot."""
-    return f"{partition_tag(partition)}:held:{destination}"
 
 
 def retries(destination: str, partition: int) -> str:

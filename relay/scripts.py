@@ -10,7 +10,7 @@ declares the same names; loading checks them against the file's ``-- KEYS:`` and
     take = TAKE.bind(redis)
     batch = take.batch()
     batch.add({"entry": entry_id, "event": batch.key(redis_keys.event(event_id)), "holder": h})
-    keys = {"stream": redis_keys.queue(dest, p), "held": redis_keys.held(dest, p)}
+    keys = {"stream": redis_keys.queue(dest, p)}
     reply = await take(batch, keys=keys, args={"destination": dest, "now_ms": "", ...})
 
 Every call touches one slot: a partition's keys (``{relay:<p>}``) or the control keys
@@ -67,6 +67,7 @@ SHARED_NAMES: dict[str, str | int] = {
     "DATA": redis_keys.EVENT_DATA_FIELD,
     "STATUS": redis_keys.STATUS_FIELD_PREFIX,
     "HOLDER": redis_keys.HOLDER_FIELD_PREFIX,
+    "UNTIL": redis_keys.HOLD_UNTIL_FIELD_PREFIX,
     "ATTEMPTS": redis_keys.ATTEMPTS_FIELD_PREFIX,
     "RETRIES": redis_keys.RETRIES_FIELD_PREFIX,
     "RECORD": redis_keys.ATTEMPT_RECORD_PREFIX,
@@ -305,9 +306,9 @@ ENQUEUE = Script("enqueue", ("index", "notifications"), ("items", "cutoff_ms", "
 #: Leases for requests to one destination, or why not (control slot: pause, cap).
 ADMIT = Script("admit", ("leases", "pause"), ("items", "now_ms", "lease_ms", "max_in_flight"))
 #: Mark one partition's stream entries delivering, or say why not.
-TAKE = Script("take", ("stream", "held"), ("items", "destination", "now_ms", "lease_ms"))
+TAKE = Script("take", ("stream",), ("items", "destination", "now_ms", "lease_ms"))
 #: Undo take.lua's marks for requests that admit.lua refused (run side by side).
-UNTAKE = Script("untake", ("held",), ("items", "destination"))
+UNTAKE = Script("untake", (), ("items", "destination"))
 #: Record answers for one partition's events, with all that follows, and ack the entries.
 SETTLE = Script("settle", ("notifications",), ("items", "now_ms", "retention_s"))
 #: What answers mean for their destinations (control slot: leases, rate, pause, health).
@@ -315,8 +316,10 @@ RELEASE = Script("release", ("health",), ("items", "now_ms"))
 #: The control steps of the moment's settles and takes in one call: leases given back
 #: (release.lua) before new ones are given (admit.lua).
 CONTROL = compose("control", RELEASE, ADMIT)
-#: Keep the entries and holders a worker has in one partition while its deliveries wait.
-KEEP = Script("keep", ("stream", "held"), ("consumer", "entries", "holders", "now_ms", "lease_ms"))
+#: Keep the entries and holds a worker has in one partition while its deliveries wait.
+KEEP = Script(
+    "keep", ("stream",), ("items", "consumer", "destination", "holders", "now_ms", "lease_ms")
+)
 #: Renew the leases of a worker's requests while they wait (control slot).
 RENEW = Script("renew", ("leases",), ("holders", "now_ms", "lease_ms"))
 #: One partition's due retries back into their streams.

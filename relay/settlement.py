@@ -115,7 +115,6 @@ def settle_item(
             "destination": dest,
             "holder": settlement.holder,
             "stream": stream,
-            "held": batch.key(redis_keys.held(dest, partition)),
             "events": events,
         }
     )

@@ -67,7 +67,6 @@ def test_the_default_partitions_spread_over_a_three_master_cluster() -> None:
         redis_keys.retries("d", p),
         redis_keys.dead("d", p),
         redis_keys.heads("d", p),
-        redis_keys.held("d", p),
         redis_keys.order("d", p, "abc"),
         redis_keys.who(p, "email", "a@b.c"),
         redis_keys.events_index(p),

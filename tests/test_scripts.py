@@ -54,8 +54,8 @@ def test_every_file_of_relay_lua_is_a_declared_script() -> None:
 
 
 def test_a_script_must_declare_the_names_its_file_gives() -> None:
-    with pytest.raises(ValueError, match=r"take\.lua names KEYS: .stream, held"):
-        Script("take", ("held", "stream"), scripts.TAKE.args)
+    with pytest.raises(ValueError, match=r"take\.lua names KEYS: .stream, then"):
+        Script("take", ("leases", "stream"), scripts.TAKE.args)
     with pytest.raises(ValueError, match="ARGV"):
         Script("keep", scripts.KEEP.keys, ("consumer", "entries"))
 

@@ -181,14 +181,17 @@ async def test_the_in_flight_cap_holds_within_one_take_and_across_takes(redis: R
 
 async def test_a_take_refused_a_lease_leaves_its_events_as_they_were(redis: Redis) -> None:
     # The lease (control slot) and the marks (partition) are asked for side by side; a
-    # refused lease undoes the marks: status, holder and the partition's hold.
+    # refused lease undoes the marks: status, holder and hold.
     queue, (a, b) = await _queued(redis, "a@example.com", "b@example.com")
     # b was being sent by a worker that died (its hold lapsed): a take may take it over.
-    await redis.hset(redis_keys.event(b.event), mapping={"st:crm": "delivering", "h:crm": "dead"})
+    await redis.hset(
+        redis_keys.event(b.event),
+        mapping={"st:crm": "delivering", "h:crm": "dead", "u:crm": T0 - 1},
+    )
     assert await _take(queue, ("h0", [a]), cap=1) == ["ok"]
     assert await _take(queue, ("h1", [b]), cap=1) == ["full"]
     assert await _status(redis, b.event) == ["delivering", "dead"]
-    assert await redis.zscore(redis_keys.held(DEST, b.partition), "h1") is None
+    assert await redis.hget(redis_keys.event(b.event), "u:crm") == str(T0 - 1)
     assert await _pending(redis) == [a.id, b.id]
     # Once a lease is free, the same request takes it.
     await queue.give_back(DEST, "h0")
@@ -224,8 +227,11 @@ async def test_keep_resets_only_its_own_entries_and_renews_only_live_leases(
     )
     assert (kept, renewed) == (1, 2)
     assert await redis.zscore(redis_keys.inflight(DEST), "ha") == T0 + 9_000 + LEASE_MS
-    # Their holds in the partition (what a copy's take checks) are renewed alike.
-    assert await redis.zscore(redis_keys.held(DEST, 0), "hb") == T0 + 9_000 + LEASE_MS
+    # Their holds on their events (what a copy's take checks) are renewed alike.
+    for entry in (a, b):
+        assert await redis.hget(redis_keys.event(entry.event), "u:crm") == str(
+            T0 + 9_000 + LEASE_MS
+        )
     # Not stale any more: housekeeping elsewhere (500 ms window) claims nothing of it.
     assert await queue.claim_stale(DEST, "third", min_idle_ms=500, count=10) == []
     rows = await redis.xpending_range(

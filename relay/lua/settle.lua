@@ -8,8 +8,8 @@
 -- notifications  the partition's stream of hook notifications ("_hooks")
 -- items          JSON array, one per request answered (or given up), its events in
 --                this partition:
---   {"destination", "holder", "stream": k, "held": k, "events": [e, ...]}
---     holder: whose request it was (removed from the partition's held zset KEYS[held])
+--   {"destination", "holder", "stream": k, "events": [e, ...]}
+--     holder: whose request it was (an event it holds is let go: "h:" and "u:" fields)
 --   e = {"entry", "id", "event": k, "status", "record", "spend",  (an expired event:
 --        "entry", "id", "event" and its contact's order only)
 --        "retry": k, "at", "member",        status retrying: when, in zset KEYS[retry]
@@ -49,9 +49,8 @@ local function next_of_contact(e, stream)
   end
 end
 
--- Commands that take many arguments are sent once per key, at the end: acks per stream,
--- holders removed per zset.
-local acks, releases = {}, {}
+-- Commands that take many arguments are sent once per key, at the end: acks per stream.
+local acks = {}
 local function add(tbl, key, value)
   local list = tbl[key]
   if not list then list = {}; tbl[key] = list end
@@ -69,7 +68,7 @@ for i, item in ipairs(items) do
     if holder == item.holder then
       local n = redis.call('HINCRBY', key, ATTEMPTS .. dest, 1)
       redis.call('HSET', key, STATUS .. dest, e.status, RECORD .. dest .. ':' .. n, e.record)
-      redis.call('HDEL', key, HOLDER .. dest)
+      redis.call('HDEL', key, HOLDER .. dest, UNTIL .. dest)
       if e.spend then redis.call('HINCRBY', key, RETRIES .. dest, 1) end
       if e.status == RETRYING then
         redis.call('ZADD', KEYS[e.retry], e.at, e.member)
@@ -102,11 +101,9 @@ for i, item in ipairs(items) do
       words[j] = 'late'
     end
   end
-  add(releases, item.held, item.holder)
 end
 for k, ids in pairs(acks) do
   redis.call('XACK', KEYS[k], GROUP, unpack(ids))
   redis.call('XDEL', KEYS[k], unpack(ids))
 end
-for k, holders in pairs(releases) do redis.call('ZREM', KEYS[k], unpack(holders)) end
 return out
