@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
@@ -66,6 +67,8 @@ from relay.scripts import (
 from relay.settlement import Entry, Result, Settlement, release_item, settle_item
 
 __all__ = ["DeliveryQueue", "Entry", "Result", "Settlement", "Taken"]
+
+log = logging.getLogger("relay.worker")
 
 
 @dataclass(frozen=True, slots=True)
@@ -568,9 +571,15 @@ def _read_entries(reply: Any) -> list[Entry]:
 
 
 def _entries(reply: Any) -> list[Entry]:
+    """The entries of an XREADGROUP or XAUTOCLAIM reply. One that names no event (relay
+    writes none such: another program's, or a deleted entry's) is left out, pending."""
     event, contact = redis_keys.ENTRY_EVENT_FIELD, redis_keys.ENTRY_CONTACT_FIELD
-    return [
-        Entry.of(entry_id, fields[event], fields.get(contact) or None)
-        for entry_id, fields in reply
-        if fields and event in fields
-    ]
+    found: list[Entry] = []
+    for entry_id, fields in reply:
+        if not fields or event not in fields:
+            continue
+        try:
+            found.append(Entry.of(entry_id, fields[event], fields.get(contact) or None))
+        except ValueError:
+            log.warning("stream entry %s names no event id (%.40r): left alone", entry_id, fields)
+    return found

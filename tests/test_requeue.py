@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from relay import redis_keys
 from relay.deadletters import replay_dead_letters
+from relay.ids import new_event_id
 from relay.models import DeliveryStatus
 from relay.queue import DeliveryQueue
 from relay.store import EventStore
@@ -21,7 +22,8 @@ async def test_due_retries_come_back_in_one_step_each_once(redis: Redis) -> None
     queue = DeliveryQueue(redis, retention_s=60, partitions=16)
     await queue.ensure_group(DEST)
     sep = redis_keys.RETRY_CONTACT_SEP
-    retries = {"evt_a": 1_000, f"evt_b{sep}c0ffee": 2_000, "evt_c": 3_000, "evt_later": 9_000}
+    a, b, c, later = (new_event_id(partition=0) for _ in range(4))
+    retries = {a: 1_000, f"{b}{sep}c0ffee": 2_000, c: 3_000, later: 9_000}
     await redis.zadd(redis_keys.retries(DEST, 0), retries)
     # Two due by 3 000 in one call at most (limit), the rest at the next.
     assert await queue.move_due_retries([DEST, "other"], now_ms=3_000, limit=2) == 2
@@ -29,11 +31,11 @@ async def test_due_retries_come_back_in_one_step_each_once(redis: Redis) -> None
     assert await queue.move_due_retries([DEST], now_ms=3_000) == 0
     entries = await queue.read(DEST, "w", count=10, block_ms=1)
     assert [(e.event, e.contact) for e in entries] == [
-        ("evt_a", None),
-        ("evt_b", "c0ffee"),  # the head of its contact's order: its entry says so again
-        ("evt_c", None),
+        (a, None),
+        (b, "c0ffee"),  # the head of its contact's order: its entry says so again
+        (c, None),
     ]
-    assert await members(redis, functools.partial(redis_keys.retries, DEST)) == ["evt_later"]
+    assert await members(redis, functools.partial(redis_keys.retries, DEST)) == [later]
 
 
 async def test_a_replay_queues_each_dead_letter_once_with_a_fresh_schedule(

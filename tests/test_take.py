@@ -244,3 +244,17 @@ async def test_keep_resets_only_its_own_entries_and_renews_only_live_leases(
     # A lease that lapsed is not brought back: another holder may have the event now.
     late = T0 + 9_000 + LEASE_MS
     assert await queue.keep(DEST, "w", [], ["ha"], lease_ms=LEASE_MS, now_ms=late) == (0, 0)
+
+
+async def test_a_stream_entry_that_names_no_event_is_left_out_of_a_read(
+    redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    # relay writes none such; one another program wrote must not stop the others' reads.
+    queue, _ = await _queued(redis)
+    stream = redis_keys.queue(DEST, 0)
+    await redis.xadd(stream, {redis_keys.ENTRY_EVENT_FIELD: "evt_a"})
+    (ann,) = _leads("ann@example.com")
+    await EventStore(redis, retention_s=60, partitions=16).enqueue([ann])
+    assert [e.event for e in await queue.read(DEST, "w", count=10, block_ms=1)] == [ann.id]
+    assert "names no event id" in caplog.text
+    assert "'evt_a'" in caplog.text
