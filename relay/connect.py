@@ -305,8 +305,9 @@ class _PubSub(PubSub):
 
 class RelayRedis(Redis):
     """redis-py's client whose calls raise StoreUnavailable when Redis cannot serve
-    them now. Scripts (``register_script``) call ``execute_command`` too, so a NOSCRIPT
-    still reaches redis-py's Script, which loads the script and calls it again."""
+    them now. Script calls (``evalsha``) go through ``execute_command`` too; a NOSCRIPT
+    is not translated: it reaches the caller (relay.scripts.Bound, redis-py's Script),
+    which loads the script and calls it again."""
 
     execute_command = _translated(Redis.execute_command)
 

@@ -27,6 +27,7 @@ plus one).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -115,6 +116,11 @@ class Script:
     def text(self) -> str:
         """The script as Redis runs it: the shared names, then the file."""
         return _PREAMBLE + self.source
+
+    @cached_property
+    def sha(self) -> str:
+        """The digest Redis knows the script by (EVALSHA, SCRIPT LOAD)."""
+        return hashlib.sha1(self.text.encode(), usedforsecurity=False).hexdigest()
 
     @cached_property
     def source(self) -> str:
@@ -237,12 +243,14 @@ class Batch:
 class Bound:
     """A :class:`Script` bound to a client: call it with its KEYS and ARGV by name."""
 
-    __slots__ = ("_redis", "_redis_script", "script")
+    __slots__ = ("_args", "_keys", "_redis", "script")
 
     def __init__(self, script: Script, redis: Redis) -> None:
         self.script = script
         self._redis = redis
-        self._redis_script = redis.register_script(script.text)
+        #: The names a call must give (checked at each call: a misnamed one fails loud).
+        self._keys = frozenset(script.keys)
+        self._args = frozenset(script.args) - {"items"}
 
     def __repr__(self) -> str:
         return f"<Bound {self.script.name}.lua>"
@@ -261,9 +269,12 @@ class Bound:
     ) -> Any:
         """Run the script; ``batch`` gives the items (ARGV ``items``) and their keys.
         With ``replicas``, its answer comes once they have its writes (WAIT, on the same
-        connection), else NotReplicated is raised."""
+        connection), else NotReplicated is raised.
+
+        By digest (EVALSHA); the script is loaded when Redis says NOSCRIPT (the first
+        call, or Redis restarted or failed over since), and the call made again."""
         script = self.script
-        if keys.keys() != set(script.keys) or args.keys() != set(script.args) - {"items"}:
+        if keys.keys() != self._keys or args.keys() != self._args:
             raise TypeError(
                 f"{script.name}.lua takes KEYS {script.keys} and ARGV {script.args}; "
                 f"got {tuple(keys)} and {tuple(args)}"
@@ -280,23 +291,21 @@ class Bound:
                 values.append(args[name])
         if batch is not None:
             names += batch.keys
-        if replicas is None:
-            return await self._redis_script(keys=names, args=values)
         try:
-            return await self._confirmed(names, values, replicas)
-        except NoScriptError:  # Redis restarted, or failed over, since it was loaded
-            await self._redis.script_load(self.script.text)
-        return await self._confirmed(names, values, replicas)
+            return await self._run(names, values, replicas)
+        except NoScriptError:
+            await self._redis.script_load(script.text)
+        return await self._run(names, values, replicas)
 
-    async def _confirmed(
-        self, names: list[str], values: list[str | int | float | bytes], replicas: Replicas
+    async def _run(
+        self, names: list[str], values: list[str | int | float | bytes], replicas: Replicas | None
     ) -> Any:
-        """EVALSHA then WAIT on one connection (on a cluster, to the master of the keys'
-        slot, found from the first: every key of a script is in one slot), so WAIT
-        counts these writes. Not redis-py's pipelined Script, which asks SCRIPT EXISTS
-        first (a round trip per call): the caller loads the script only when Redis
-        says NOSCRIPT."""
-        evalsha = ("EVALSHA", self._redis_script.sha, len(names), *names, *values)
+        if replicas is None:
+            return await self._redis.evalsha(self.script.sha, len(names), *names, *values)
+        # EVALSHA then WAIT on one connection (on a cluster, to the master of the keys'
+        # slot, found from the first: every key of a script is in one slot), so WAIT
+        # counts these writes.
+        evalsha = ("EVALSHA", self.script.sha, len(names), *names, *values)
         (answer,) = await write(self._redis, names[0], [evalsha], replicas)
         return answer
 

@@ -194,7 +194,7 @@ async def _undeclared(redis: Redis, lines: list[bytes]) -> tuple[dict[str, int],
     """Scripts run (by digest: calls), every key a script's command touched that its
     call did not name in KEYS, and every call whose KEYS span several slots (what a
     cluster refuses: CROSSSLOT)."""
-    names = {s.bind(redis)._redis_script.sha: s.name for s in [*ALL, *COMPOSED]}
+    names = {s.sha: s.name for s in [*ALL, *COMPOSED]}
     calls: dict[str, int] = {}
     problems: list[str] = []
     declared: set[bytes] | None = None

@@ -31,6 +31,7 @@ from relay.connect import MASTER_CHECK_S, check_version, redis_client
 from relay.errors import StoreUnavailable
 from relay.keystore import KeyStore
 from relay.replicas import Replicas
+from relay.scripts import RENEW
 from relay.settings import Settings
 from tests.fakes import FakeConvertr, fake_convertr, fake_conveyour
 from tests.procs import clean_env, relay
@@ -138,9 +139,18 @@ async def test_events_spread_over_every_master_and_are_delivered(
 
 
 async def test_a_script_redis_forgot_is_loaded_again(redis: Redis) -> None:
-    """NOSCRIPT: redis-py loads the script (on a cluster, on every master) and calls it
-    again. (Not inside a pipeline: redis-py's cluster pipeline does not, and relay calls
-    its scripts alone.)"""
+    """NOSCRIPT: relay's script call (relay.scripts.Bound) loads the script (on a
+    cluster, SCRIPT LOAD goes to every master) and calls it again; so does redis-py's
+    Script. (Not inside a pipeline: redis-py's cluster pipeline does not, and relay
+    calls its scripts alone.)"""
+    renew = RENEW.bind(redis)
+    leases = redis_keys.inflight("crm")
+    await redis.zadd(leases, {"h": 1})
+    args: dict[str, str | int | float] = {"holders": '["h"]', "now_ms": 0, "lease_ms": 60_000}
+    assert await renew(keys={"leases": leases}, args=args) == 1
+    await redis.script_flush()
+    assert await renew(keys={"leases": leases}, args=args | {"now_ms": 500}) == 1
+    assert await redis.zscore(leases, "h") == 60_500
     script = redis.register_script("return redis.call('SET', KEYS[1], ARGV[1])")
     assert await script(keys=["{relay}:t:k"], args=["v"]) == "OK"
     await redis.script_flush()
