@@ -8,6 +8,10 @@ the items of every caller arriving meanwhile gather, and leave together as soon 
 it returns. Each caller gets the script's answers to its own items (a script
 returns one per item), only after Redis ran the call that holds them.
 
+A commit may keep more than one call in flight (``depth``): the items arriving
+while ``depth`` calls are out gather for the first to return, as above, but with
+fewer out, they leave at once. Calls in flight together may run in either order.
+
 A script call is atomic (nothing else runs between its writes) and one command on
 the wire instead of one or several per item, which is what the API and the worker
 would spend their time on (redis-py's work per command). A call that Redis refuses
@@ -40,23 +44,47 @@ class GroupCommit:
     """Coalesce concurrent callers' items into calls of one script; see the module
     docstring."""
 
-    __slots__ = ("_fixed", "_flusher", "_largest", "_pending", "_replicas", "_rounds", "_script")
+    __slots__ = (
+        "_depth",
+        "_fixed",
+        "_flushers",
+        "_largest",
+        "_pending",
+        "_replicas",
+        "_rounds",
+        "_script",
+        "_starting",
+    )
 
-    def __init__(self, script: Bound, fixed: Fixed, *, replicas: Replicas | None = None) -> None:
+    def __init__(
+        self,
+        script: Bound,
+        fixed: Fixed,
+        *,
+        replicas: Replicas | None = None,
+        depth: int = 1,
+    ) -> None:
         self._script = script
         self._fixed = fixed
+        #: Calls in flight at most (see the module docstring).
+        self._depth = depth
         #: Replicas that must have a call's writes before its callers get their answers
         #: (one WAIT per call, so per group: relay.replicas); None: the master's word.
         self._replicas = replicas
         self._pending: list[tuple[Writes, asyncio.Future[list[Any]]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        #: Tasks sending calls (each one call at a time, while items are pending).
+        self._flushers: set[asyncio.Task[None]] = set()
+        #: A flusher is made and has not taken its first group yet: it takes what
+        #: arrives meanwhile, so no other is made for it.
+        self._starting = False
         self._rounds = 0
         self._largest = 0
 
     def __repr__(self) -> str:
         return (
             f"<GroupCommit {self._script.script.name}.lua rounds={self._rounds} "
-            f"largest={self._largest} waiting={len(self._pending)}"
+            f"largest={self._largest} waiting={len(self._pending)} "
+            f"flushers={len(self._flushers)}/{self._depth}"
             f"{'' if self._replicas is None else f' replicas={self._replicas.count}'}>"
         )
 
@@ -70,8 +98,9 @@ class GroupCommit:
         (a caller that awaits something else meanwhile still shares the call)."""
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self._pending.append((writes, future))
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush())
+        if not self._starting and len(self._flushers) < self._depth:
+            self._starting = True
+            self._flushers.add(asyncio.create_task(self._flush()))
         # Each caller has a future of its own: a cancelled caller cancels only that one,
         # never the group (its writes still go, as they would have with a shield).
         return future
@@ -79,6 +108,7 @@ class GroupCommit:
     async def _flush(self) -> None:
         try:
             while self._pending:
+                self._starting = False  # a caller arriving from now on may start another
                 batch, failure = self._script.batch(), None
                 ends: list[int] = []  # where each caller's items end
                 try:
@@ -115,4 +145,8 @@ class GroupCommit:
                             future.set_result(answers[start:end])
                         start = end
         finally:
-            self._flusher = None
+            # Out at once, not in a done callback: a caller arriving before that would
+            # find no room for a flusher, and wait forever.
+            task = asyncio.current_task()
+            assert task is not None
+            self._flushers.discard(task)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import cast
 
 import pytest
 from redis.asyncio import Redis
@@ -13,7 +14,7 @@ from redis.asyncio import Redis
 from relay import redis_keys
 from relay.errors import StoreUnavailable
 from relay.groupcommit import GroupCommit
-from relay.scripts import ENQUEUE, Batch
+from relay.scripts import ENQUEUE, Batch, Bound
 from relay.store import EventStore, NewEvent
 from tests.events import new_lead
 
@@ -68,6 +69,61 @@ async def test_writes_arriving_during_a_round_go_in_the_next(redis: Redis) -> No
     await asyncio.gather(first, *later)
     assert await redis.hget("{relay}:t:last", "data") == "d"  # in the order they came
     assert (commit._rounds, commit._largest) == (2, 3)
+
+
+class _Held:
+    """A stand-in script that answers only when the test lets it go: how many of its
+    calls are out at once, and the items each carried."""
+
+    script = ENQUEUE
+
+    def __init__(self) -> None:
+        self.out = 0
+        self.calls: list[int] = []
+        self.go = asyncio.Event()
+
+    def batch(self) -> Batch:
+        return Batch(1)
+
+    async def __call__(self, batch: Batch, **_: object) -> list[int]:
+        self.calls.append(len(batch.items))
+        self.out += 1
+        await self.go.wait()
+        self.out -= 1
+        return list(range(len(batch.items)))
+
+
+@pytest.mark.parametrize(
+    ("depth", "calls", "answers"),
+    [(1, [1, 3], [[0], [0], [1], [2]]), (2, [1, 1, 2], [[0], [0], [0], [1]])],
+)
+async def test_depth_is_how_many_calls_are_out_at_once(
+    depth: int, calls: list[int], answers: list[list[int]]
+) -> None:
+    script = _Held()
+    commit = GroupCommit(cast(Bound, script), lambda: ({}, {}), depth=depth)
+
+    def item(batch: Batch) -> None:
+        batch.add({})
+
+    async def turns() -> None:
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    first = commit.enter(item)
+    await turns()
+    second = commit.enter(item)  # goes at once with room for a second call, else waits
+    await turns()
+    rest = [commit.enter(item), commit.enter(item)]  # wait for a call to come back
+    await turns()
+    assert script.out == depth
+    script.go.set()
+    # Each caller its own item's answer: its place in the call that carried it.
+    assert await asyncio.gather(first, second, *rest) == answers
+    assert script.calls == calls
+    # Nothing left running: a caller now goes at once, alone.
+    assert await commit.submit(item) == [0]
+    assert script.calls == [*calls, 1]
 
 
 async def test_a_refused_group_fails_every_caller_and_stores_nothing(own_redis: Redis) -> None:
