@@ -25,7 +25,8 @@ The control steps of a destination's takes and settles of the moment go in one c
 (``scripts.CONTROL``: release.lua, then admit.lua), and the worker starts its next
 request when a settle's partition steps are done, so the lease that settle gives back
 is the one the next take gets, in that same call: a delivery costs about three calls'
-share, not four.
+share, not four. Two such calls may be out at once (a take waits for its lease, and
+should not wait for another call to come back first: see :meth:`_control_of`).
 
 A worker that dies before settling leaves its entries pending, and another worker
 claims them (XAUTOCLAIM) once they have been idle longer than the visibility window;
