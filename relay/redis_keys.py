@@ -168,7 +168,7 @@ ATTEMPT_RECORD_PREFIX = "a:"
 RETRIES_FIELD_PREFIX = "r:"
 #: Prefix of an event hash's per-destination holder: ``h:<destination>``, the request it
 #: is being sent in (set with the "delivering" mark), so that a take refuses a copy while
-#: that holder's lease lives, and only that holder settles it.
+#: that holder's hold lives (``HOLD_UNTIL_FIELD_PREFIX``), and only that holder settles it.
 HOLDER_FIELD_PREFIX = "h:"
 #: Prefix of an event hash's per-destination hold: ``u:<destination>``, until when (unix
 #: ms) its holder holds it (set with the holder, renewed while its worker keeps it, gone

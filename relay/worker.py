@@ -346,7 +346,7 @@ class Worker:
         waiting = self._waiting[destination]
         for i in range(0, len(entries), size):
             # Each request its own holder: a second request for an entry (another
-            # worker's, or this one's) is refused while the first one's lease lives.
+            # worker's, or this one's) is refused while the first one's hold lives.
             holder = f"{self._consumer}:{next(self._requests)}"
             waiting.append((holder, entries[i : i + size]))
         self._dispatch()
