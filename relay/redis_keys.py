@@ -71,7 +71,7 @@ from __future__ import annotations
 import hashlib
 from typing import Literal
 
-from relay.ids import partition_of
+from relay.ids import MAX_PARTITIONS, partition_of
 
 __all__ = [
     "ATTEMPTS_FIELD_PREFIX",
@@ -206,26 +206,30 @@ def console_session(digest: str) -> str:
 
 def partition_tag(partition: int) -> str:
     """The hash tag of one partition's keys, braces included."""
-    return f"{{relay:{partition}}}"
+    return _TAGS[partition]
+
+
+#: Every partition's tag, made once: the key functions below index it in place.
+_TAGS = tuple(f"{{relay:{p}}}" for p in range(MAX_PARTITIONS))
 
 
 def events_index(partition: int) -> str:
     """Zset of one partition's event ids by received ms (listings merge the partitions);
     trimmed to the retention by the enqueue script."""
-    return f"{partition_tag(partition)}:events"
+    return f"{_TAGS[partition]}:events"
 
 
 def retries(destination: str, partition: int) -> str:
     """Zset of a destination's scheduled retries (event id, or event id
     ``RETRY_CONTACT_SEP`` contact for the head of a contact's order -> due ms); moved back
     to the stream when due, by a script that removes and re-adds in one step."""
-    return f"{partition_tag(partition)}:retry:{destination}"
+    return f"{_TAGS[partition]}:retry:{destination}"
 
 
 def dead(destination: str, partition: int) -> str:
     """Zset of a destination's dead letters in one partition (event id -> ms); kept
     until replayed."""
-    return f"{partition_tag(partition)}:dead:{destination}"
+    return f"{_TAGS[partition]}:dead:{destination}"
 
 
 def delivered_minute(destination: str, minute: int) -> str:
@@ -251,18 +255,18 @@ def who(partition: int, kind: Literal["email", "phone"], value: str) -> str:
     email, so a search by phone reads every partition's.
     """
     digest = hashlib.sha256(f"{kind}:{value}".encode()).hexdigest()[:20]
-    return f"{partition_tag(partition)}:who:{digest}"
+    return f"{_TAGS[partition]}:who:{digest}"
 
 
 def event(event_id: str) -> str:
     """Hash of one event (or notification), in the partition its id names; expires after
     ``Settings.retention_s``."""
-    return f"{partition_tag(partition_of(event_id))}:evt:{event_id}"
+    return f"{_TAGS[partition_of(event_id)]}:evt:{event_id}"
 
 
 def queue(destination: str, partition: int) -> str:
     """Stream of deliveries pending for one destination in one partition."""
-    return f"{partition_tag(partition)}:q:{destination}"
+    return f"{_TAGS[partition]}:q:{destination}"
 
 
 def rate(destination: str) -> str:
@@ -300,13 +304,13 @@ def heads(destination: str, partition: int) -> str:
     script that settles it (relay/lua/settle.lua), so a contact with a thousand queued
     events moves as fast as the upstream answers, with nothing polling for it. A
     contact's events all share one partition (relay.partitions)."""
-    return f"{partition_tag(partition)}:heads:{destination}"
+    return f"{_TAGS[partition]}:heads:{destination}"
 
 
 def order(destination: str, partition: int, contact: str) -> str:
     """List of one contact's events after its head (see :func:`heads`), oldest first,
     parked: each gets its stream entry when the one before it is settled."""
-    return f"{partition_tag(partition)}:order:{destination}:{contact}"
+    return f"{_TAGS[partition]}:order:{destination}:{contact}"
 
 
 def idempotency(key_id: str, idempotency_key: str) -> str:

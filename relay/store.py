@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -44,13 +43,7 @@ from relay.partitions import contact_partition
 from relay.replicas import Replicas, write
 from relay.scripts import ENQUEUE, Batch
 
-__all__ = ["SCAN_BUDGET", "EventStore", "NewEvent", "Page", "contact_key", "overall_status"]
-
-
-def contact_key(payload: Mapping[str, Any]) -> str | None:
-    """Who an event is about, for per-contact ordering: a digest of the email, else the phone."""
-    who = payload.get("email") or payload.get("phone")
-    return hashlib.sha256(str(who).encode()).hexdigest()[:20] if who else None
+__all__ = ["SCAN_BUDGET", "EventStore", "NewEvent", "Page", "overall_status"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +138,7 @@ class EventStore:
 
     def new_id(self, payload: Contact) -> str:
         """A new event id, in the partition of the payload's contact (relay.partitions)."""
-        contact = contact_key({"email": payload.email, "phone": payload.phone})
-        return new_event_id(partition=contact_partition(contact, self._partitions))
+        return new_event_id(partition=contact_partition(payload.contact_key, self._partitions))
 
     async def enqueue(
         self,
@@ -174,7 +166,7 @@ class EventStore:
         for ev in events:
             by_partition.setdefault(partition_of(ev.id), []).append(ev)
         calls = [
-            self._commit(p).submit(functools.partial(_writes, group, subscribers))
+            self._commit(p).submit(functools.partial(_writes, p, group, subscribers))
             for p, group in by_partition.items()
         ]
         # One partition (a single event, most often): its items join the group at once.
@@ -348,17 +340,18 @@ class EventStore:
             return False
 
 
-def _writes(events: Sequence[NewEvent], subscribers: Sequence[Subscription], batch: Batch) -> None:
+def _writes(
+    partition: int, events: Sequence[NewEvent], subscribers: Sequence[Subscription], batch: Batch
+) -> None:
     """Add one partition's events (and their notifications) to an enqueue call."""
     for ev in events:
         initial = DeliveryStatus.test if ev.mode == "test" else DeliveryStatus.pending
         fields: list[str] = []
         for dest in ev.destinations:
             fields += (redis_keys.STATUS_FIELD_PREFIX + dest, initial.value)
-        partition = partition_of(ev.id)
         queue: list[dict[str, Any]] = []
         if ev.mode == "live":
-            contact = contact_key({"email": ev.payload.email, "phone": ev.payload.phone})
+            contact = ev.payload.contact_key
             for dest in ev.destinations:
                 place: dict[str, Any] = {"stream": batch.key(redis_keys.queue(dest, partition))}
                 if contact is not None:  # its stream entry when it heads the order

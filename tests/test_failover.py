@@ -26,9 +26,9 @@ from relay.api import create_app
 from relay.connect import redis_client
 from relay.errors import NotReplicated
 from relay.keystore import KeyStore
+from relay.models import contact_key
 from relay.partitions import contact_partition
 from relay.replicas import Replicas
-from relay.store import contact_key
 from tests.conftest import AppClient
 from tests.events import PARTITIONS
 from tests.failover import Outcome, kill_and_rejoin, settings_for, under_load
