@@ -69,7 +69,12 @@ class NewEvent:
             "mode": self.mode,
             "key_id": self.key_id,
             "received_at": self.received_at.isoformat(),
-            "payload": self.payload.model_dump(exclude_none=True, exclude_defaults=True),
+            # Written by pydantic's serializer in place: a third of model_dump's time.
+            "payload": orjson.Fragment(
+                self.payload.__pydantic_serializer__.to_json(
+                    self.payload, exclude_none=True, exclude_defaults=True
+                )
+            ),
             "destinations": self.destinations,
             "request_id": self.request_id,
             # Made as the write leaves for Redis; the 202 follows its answer at once
