@@ -34,6 +34,28 @@ async def test_event_view(client: TestClient[Any, Any], make_key: KeyMaker) -> N
     assert event["destinations"] == [{"name": "conveyour", "status": "pending", "attempts": []}]
 
 
+async def test_an_event_s_payload_reads_back_as_it_was_normalized(
+    client: TestClient[Any, Any], make_key: KeyMaker
+) -> None:
+    # The record's payload JSON is pydantic's (relay.store.NewEvent.to_json): the values
+    # JSON makes hard (floats, 64-bit ints, escapes, nesting) come back as they went in.
+    traits = {
+        "big": 1e16, "tiny": 5e-324, "neg0": -0.0, "u64": 18446744073709551615,
+        "i64": -9223372036854775808, "text": 'é\u2028\t"\\<>&😀', "deep": {"a": [1, {"b": None}]},
+        "empty": [], "yes": True,
+    }  # fmt: skip
+    body = {"email": "Eve@Example.com", "phone": "+44 7123 456789", "first_name": "Eve", **traits}
+    writer = await make_key("write:leads")
+    reader = await make_key("read:events")
+    resp = await client.post("/v1/leads", json=body, headers={"X-API-Key": writer})
+    assert resp.status == 202, await resp.text()
+    got = await client.get(f"/v1/events/{(await resp.json())['id']}", headers={"X-API-Key": reader})
+    payload = (await got.json())["payload"]
+    assert payload["traits"] == traits
+    canonical = {k: payload[k] for k in ("email", "phone", "first_name")}
+    assert canonical == {"email": "eve@example.com", "phone": "+447123456789", "first_name": "Eve"}
+
+
 async def test_unknown_event_is_404(client: TestClient[Any, Any], make_key: KeyMaker) -> None:
     reader = await make_key("read:events")
     for event_id in ("evt_01JD6Q9W5S3ZK8M2R4T7V9XB1C", "nonsense"):
