@@ -6,11 +6,8 @@ Normalized records (:class:`Contact`, :class:`Lead`) are built by
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
-from functools import cached_property
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
@@ -50,7 +47,6 @@ __all__ = [
     "TrackEvent",
     "TrackEventField",
     "TrackEventsInfo",
-    "contact_key",
     "destination_name_schema",
 ]
 
@@ -129,13 +125,6 @@ class TrackEvent(BaseModel):
     )
 
 
-def contact_key(payload: Mapping[str, Any]) -> str | None:
-    """Who an event is about, for per-contact ordering and its partition
-    (relay.partitions): a digest of the email, else the phone; None without either."""
-    who = payload.get("email") or payload.get("phone")
-    return hashlib.sha256(str(who).encode()).hexdigest()[:20] if who else None
-
-
 class Contact(BaseModel):
     """A normalized contact: canonical fields plus every other field as a custom trait.
 
@@ -165,13 +154,6 @@ class Contact(BaseModel):
         max_length=MAX_TRACK_EVENTS,
         description="Track events, sent to ConveYour after the contact's identify, in order",
     )
-
-    @cached_property
-    def contact_key(self) -> str | None:
-        """:func:`contact_key` of this contact, worked out once (its event's partition
-        and its place in its contact's order both need it). Kept in the instance's
-        ``__dict__``, which ``model_copy`` copies: make a changed contact anew."""
-        return contact_key({"email": self.email, "phone": self.phone})
 
 
 class Lead(Contact):

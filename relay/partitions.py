@@ -32,7 +32,7 @@ DEFAULT_PARTITIONS = 16
 
 
 def contact_partition(contact: str | None, count: int) -> int:
-    """The partition of an event whose contact digest (``models.contact_key``) is
+    """The partition of an event whose contact digest (``store.contact_key``) is
     ``contact``; a random one for an event with no contact."""
     if contact is None:
         return secrets.randbelow(count)

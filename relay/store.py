@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,7 +44,14 @@ from relay.partitions import contact_partition
 from relay.replicas import Replicas, write
 from relay.scripts import ENQUEUE, Batch
 
-__all__ = ["SCAN_BUDGET", "EventStore", "NewEvent", "Page", "overall_status"]
+__all__ = ["SCAN_BUDGET", "EventStore", "NewEvent", "Page", "contact_key", "overall_status"]
+
+
+def contact_key(contact: Contact) -> str | None:
+    """Who an event is about, for per-contact ordering and its partition
+    (relay.partitions): a digest of the email, else the phone; None without either."""
+    who = contact.email or contact.phone
+    return hashlib.sha256(who.encode()).hexdigest()[:20] if who else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +151,7 @@ class EventStore:
 
     def new_id(self, payload: Contact) -> str:
         """A new event id, in the partition of the payload's contact (relay.partitions)."""
-        return new_event_id(partition=contact_partition(payload.contact_key, self._partitions))
+        return new_event_id(partition=contact_partition(contact_key(payload), self._partitions))
 
     async def enqueue(
         self,
@@ -168,13 +176,16 @@ class EventStore:
         if not events:
             return
         by_partition: dict[int, list[NewEvent]] = {}
-        for ev in events:
-            by_partition.setdefault(partition_of(ev.id), []).append(ev)
+        if len(events) == 1:  # most requests
+            by_partition[partition_of(events[0].id)] = events
+        else:
+            for ev in events:
+                by_partition.setdefault(partition_of(ev.id), []).append(ev)
+        # Every partition's items join its group at once (enter, not submit).
         calls = [
-            self._commit(p).submit(functools.partial(_writes, p, group, subscribers))
+            self._commit(p).enter(functools.partial(_writes, p, group, subscribers))
             for p, group in by_partition.items()
         ]
-        # One partition (a single event, most often): its items join the group at once.
         failures: list[BaseException] = []
         if len(calls) == 1:
             try:
@@ -356,7 +367,7 @@ def _writes(
             fields += (redis_keys.STATUS_FIELD_PREFIX + dest, initial.value)
         queue: list[dict[str, Any]] = []
         if ev.mode == "live":
-            contact = ev.payload.contact_key
+            contact = contact_key(ev.payload)
             for dest in ev.destinations:
                 place: dict[str, Any] = {"stream": batch.key(redis_keys.queue(dest, partition))}
                 if contact is not None:  # its stream entry when it heads the order

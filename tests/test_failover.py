@@ -26,9 +26,10 @@ from relay.api import create_app
 from relay.connect import redis_client
 from relay.errors import NotReplicated
 from relay.keystore import KeyStore
-from relay.models import contact_key
+from relay.models import Lead
 from relay.partitions import contact_partition
 from relay.replicas import Replicas
+from relay.store import contact_key
 from tests.conftest import AppClient
 from tests.events import PARTITIONS
 from tests.failover import Outcome, kill_and_rejoin, settings_for, under_load
@@ -117,7 +118,7 @@ async def test_sentinel_master_killed(replicas: int, sentinel: SentinelServers, 
 
 #: The index of the partition of contact a@example.com (where its lead is written).
 _A_EVENTS = redis_keys.events_index(
-    contact_partition(contact_key({"email": "a@example.com"}), PARTITIONS)
+    contact_partition(contact_key(Lead(email="a@example.com")), PARTITIONS)
 )
 
 

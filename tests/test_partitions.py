@@ -23,11 +23,11 @@ from relay.connect import redis_client
 from relay.deadletters import list_dead_letters, replay_dead_letters
 from relay.errors import ConfigError
 from relay.ids import new_event_id, partition_of
-from relay.models import Lead, contact_key
+from relay.models import Lead
 from relay.partitions import DEFAULT_PARTITIONS, contact_partition, ensure_partitions
 from relay.queue import DeliveryQueue
 from relay.settings import Settings
-from relay.store import EventStore
+from relay.store import EventStore, contact_key
 from relay.worker import Worker
 from tests.events import new_lead
 from tests.fakes import FakeReceiver
@@ -82,24 +82,14 @@ def test_a_contact_keeps_its_partition(redis: Redis) -> None:
     store = EventStore(redis, retention_s=60, partitions=PARTS)
     ann = Lead(email="ann@example.com", phone="+14155550100")
     assert {partition_of(store.new_id(ann)) for _ in range(20)} == {
-        contact_partition(contact_key({"email": "ann@example.com"}), PARTS)
+        contact_partition(contact_key(Lead(email="ann@example.com")), PARTS)
     }
     # By email first, else phone; neither: anywhere.
     assert partition_of(store.new_id(Lead(phone="+14155550100"))) == contact_partition(
-        contact_key({"phone": "+14155550100"}), PARTS
+        contact_key(Lead(phone="+14155550100")), PARTS
     )
     spread = {partition_of(store.new_id(Lead(email=f"p{i}@example.com"))) for i in range(60)}
     assert spread == set(range(PARTS))
-
-
-def test_a_contact_s_key_is_its_email_s_digest_and_no_field() -> None:
-    ann = Lead(email="ann@example.com", phone="+14155550100")
-    assert ann.contact_key == contact_key({"email": "ann@example.com"})
-    assert Lead(phone="+14155550100").contact_key == contact_key({"phone": "+14155550100"})
-    assert Lead(traits={"x": 1}).contact_key is None
-    # Kept on the model once worked out, but not a field: not dumped, not compared.
-    assert "contact_key" not in ann.model_dump()
-    assert ann == Lead(email="ann@example.com", phone="+14155550100")
 
 
 async def test_a_busy_read_takes_one_partition_s_entries_then_the_next_s(redis: Redis) -> None:
