@@ -176,11 +176,8 @@ class EventStore:
         if not events:
             return
         by_partition: dict[int, list[NewEvent]] = {}
-        if len(events) == 1:  # most requests
-            by_partition[partition_of(events[0].id)] = events
-        else:
-            for ev in events:
-                by_partition.setdefault(partition_of(ev.id), []).append(ev)
+        for ev in events:
+            by_partition.setdefault(partition_of(ev.id), []).append(ev)
         # Every partition's items join its group at once (enter, not submit).
         calls = [
             self._commit(p).enter(functools.partial(_writes, p, group, subscribers))
