@@ -30,7 +30,7 @@ from typing import TypeVar
 
 from relay.errors import StoreUnavailable
 
-__all__ = ["RedisWatch", "Supervisor"]
+__all__ = ["RedisWatch", "Supervisor", "still_cancelled"]
 
 log = logging.getLogger("relay.redis")
 loops_log = logging.getLogger("relay.supervisor")
@@ -64,9 +64,14 @@ def _took(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60} min"
 
 
-def _still_cancelled(exc: BaseException | None = None) -> None:
+def still_cancelled(exc: BaseException | None = None) -> None:
     """Raise CancelledError if the running task is being cancelled (``exc`` may be what
-    a library made of that cancellation)."""
+    a library made of that cancellation).
+
+    Call it after each call into the Redis client in a loop that runs until cancelled:
+    the client can swallow a cancellation outright (on Python 3.11, ``asyncio.wait_for``
+    returns the result of a write that finished in the same turn of the event loop as
+    the cancellation), and the loop would go on as if nothing had been asked."""
     try:
         task = asyncio.current_task()
     except RuntimeError:  # no event loop: nothing is being cancelled
@@ -122,7 +127,7 @@ class RedisWatch:
 
         Raises CancelledError when the task is being cancelled: the Redis client can
         turn a cancellation into a connection error, and a loop must still stop."""
-        _still_cancelled(exc)
+        still_cancelled(exc)
         now = self._failed_at = self._clock()
         self._recovered_at = None
         if self._down_since is None:
@@ -162,7 +167,7 @@ class RedisWatch:
             except StoreUnavailable as exc:
                 await asyncio.sleep(self.failed(exc))
                 continue
-            _still_cancelled()  # a cancellation the client swallowed still ends the loop
+            still_cancelled()  # a cancellation the client swallowed still ends the loop
             self.ok()
             await asyncio.sleep(every_s)
 
@@ -212,7 +217,7 @@ class Supervisor:
                 await target()
                 return
             except Exception as exc:
-                _still_cancelled(exc)
+                still_cancelled(exc)
                 error = exc
             finally:
                 self.running = False

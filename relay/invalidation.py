@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from redis.asyncio import Redis
 
-from relay.availability import RedisWatch
+from relay.availability import RedisWatch, still_cancelled
 from relay.errors import StoreUnavailable
 
 __all__ = ["listen"]
@@ -39,12 +39,13 @@ async def listen(
             await pubsub.subscribe(channel)
             # Wait for the subscribe confirmation before trusting the cache.
             while await pubsub.get_message(timeout=1.0) is None:
-                pass
+                still_cancelled()
             watch.ok()
             on_up()
             while True:
                 # A bounded wait, so the client's health checks run on a quiet channel.
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                still_cancelled()  # one the client swallowed still ends the listener
                 watch.ok()
                 if message is not None and message["type"] == "message":
                     on_message(message["data"])

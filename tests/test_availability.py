@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -18,6 +18,7 @@ from relay.api import create_app
 from relay.availability import RedisWatch, Supervisor
 from relay.commands.serve import in_process_worker
 from relay.errors import StoreUnavailable
+from relay.invalidation import listen
 from relay.queue import DeliveryQueue
 from relay.settings import Settings
 from relay.store import EventStore
@@ -292,3 +293,65 @@ async def test_a_loop_stops_even_when_its_client_swallows_the_cancellation(
     task.cancel()
     await asyncio.wait({task}, timeout=5)
     assert task.cancelled()
+
+
+class _SwallowingPubSub:
+    """A pub/sub whose read turns a cancellation into "no message" (once), as redis-py's
+    can on Python 3.11 (``asyncio.wait_for`` around a write that finished in the same turn
+    of the loop returns its result instead of raising)."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.swallowed = 0
+
+    async def subscribe(self, channel: str) -> None:
+        pass
+
+    async def get_message(
+        self,
+        ignore_subscribe_messages: bool = False,
+        timeout: float = 0.0,  # noqa: ASYNC109 (redis-py's signature)
+    ) -> dict[str, Any] | None:
+        self.reads += 1
+        if self.reads == 1:
+            return {"type": "subscribe", "data": 1}
+        try:
+            await asyncio.sleep(timeout)
+        except asyncio.CancelledError:
+            if self.swallowed:  # once: a second cancellation gets through
+                raise
+            self.swallowed += 1
+        return None
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_an_invalidation_listener_stops_even_when_its_client_swallows_the_cancellation() -> (
+    None
+):
+    pubsub = _SwallowingPubSub()
+
+    class Client:
+        def pubsub(self) -> _SwallowingPubSub:
+            return pubsub
+
+    states: list[str] = []
+    task = asyncio.create_task(
+        listen(
+            cast(Redis, Client()),
+            "channel",
+            on_message=states.append,
+            on_up=lambda: states.append("up"),
+            on_down=lambda: states.append("down"),
+            watch=RedisWatch(),
+        )
+    )
+    await asyncio.sleep(0.05)
+    assert states == ["up"]  # subscribed, waiting for a message
+    assert pubsub.reads == 2
+    task.cancel()
+    await asyncio.wait({task}, timeout=0.5)  # reads are 1 s: it stops at the one cancelled
+    assert task.cancelled()
+    assert states == ["up", "down"]
+    assert (pubsub.reads, pubsub.swallowed) == (2, 1)
