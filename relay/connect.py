@@ -155,7 +155,7 @@ def _sentinel_client(target: RedisTarget) -> RelayRedis:
     """The master that the sentinels name now, asked again at every new connection and
     at least every MASTER_CHECK_S (:class:`_SentinelPool`)."""
     tls = _tls_options(target)
-    sentinels = Sentinel(
+    sentinels = _Sentinel(
         list(target.hosts),
         sentinel_kwargs={
             "socket_timeout": SOCKET_TIMEOUT_S,
@@ -180,6 +180,27 @@ def _sentinel_client(target: RedisTarget) -> RelayRedis:
     )
     _pack_with_hiredis(client.connection_pool)
     return cast(RelayRedis, client)
+
+
+class _Sentinel(Sentinel):
+    """redis-py's Sentinel, asking the sentinels which master is current one question
+    at a time.
+
+    redis-py's ``discover_master`` puts the sentinel that answered first in its list
+    by swapping positions it read before waiting for the answer. Every new connection
+    asks, so connections opened at once while the first sentinel does not answer (it
+    is down, or says the master is, in a failover) each swapped: one sentinel ended up
+    twice in the list and another not at all, never asked again and its connections
+    never closed. One at a time, each question starts from the list the last one left.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._asking = asyncio.Lock()
+
+    async def discover_master(self, service_name: str) -> Any:
+        async with self._asking:
+            return await super().discover_master(service_name)
 
 
 class _SentinelPool(SentinelConnectionPool, BlockingConnectionPool):

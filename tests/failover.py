@@ -216,10 +216,10 @@ async def under_load(
     finally:
         await api_redis.aclose()
         await worker_redis.aclose()
-        # During a Sentinel failover redis-py can drop a connection unclosed (to the
-        # killed master or to a sentinel; about one run in four, not yet traced to its
-        # cause): collected, counted and reported here, while this test's loop runs,
-        # rather than warned of in whichever later test the collector finds it.
+        # A connection dropped unclosed during the failover (redis-py's Sentinel lost
+        # sentinels from its list that way: relay.connect._Sentinel) is collected and
+        # counted here, while this test's loop runs (the tests assert none), rather
+        # than warned of in whichever later test the collector finds it.
         with warnings.catch_warnings(record=True) as found:
             warnings.simplefilter("always", ResourceWarning)
             gc.collect()

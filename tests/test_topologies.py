@@ -340,3 +340,23 @@ async def test_a_service_the_sentinels_do_not_know_is_store_unavailable(
             await client.ping()
     finally:
         await client.aclose()
+
+
+async def test_every_sentinel_is_still_asked_after_connections_opened_at_once(
+    redis_sentinel: SentinelServers,
+) -> None:
+    """Each new connection asks the sentinels which master is current, and redis-py
+    puts the sentinel that answered first in its list by swapping positions it read
+    before waiting for the answer. Connections opened at once while the first sentinel
+    does not answer (down, or during a failover) each made that swap: one sentinel
+    ended up twice in the list and another not at all, never asked again (its
+    connections never closed)."""
+    down = free_port()  # a sentinel that is down: nothing listens there
+    client = redis_client(redis_sentinel.url.replace("@", f"@127.0.0.1:{down},", 1))
+    try:
+        await asyncio.gather(*(client.ping() for _ in range(20)))  # 20 connections at once
+        asked = client.connection_pool.sentinel_manager.sentinels  # type: ignore[attr-defined]
+        ports = [s.connection_pool.connection_kwargs["port"] for s in asked]
+        assert sorted(ports) == sorted([down, *(s.port for s in redis_sentinel.sentinels)])
+    finally:
+        await client.aclose()
