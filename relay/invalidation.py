@@ -40,6 +40,7 @@ async def listen(
             # Wait for the subscribe confirmation before trusting the cache.
             while await pubsub.get_message(timeout=1.0) is None:
                 still_cancelled()
+            still_cancelled()  # one swallowed by subscribe (a write) ends it here
             watch.ok()
             on_up()
             while True:

@@ -296,16 +296,26 @@ async def test_a_loop_stops_even_when_its_client_swallows_the_cancellation(
 
 
 class _SwallowingPubSub:
-    """A pub/sub whose read turns a cancellation into "no message" (once), as redis-py's
-    can on Python 3.11 (``asyncio.wait_for`` around a write that finished in the same turn
-    of the loop returns its result instead of raising)."""
+    """A pub/sub that swallows a cancellation once, in ``subscribe`` or in a read (which
+    then answers "no message"), as redis-py's can on Python 3.11: ``asyncio.wait_for``
+    around a write that finished in the same turn of the loop returns its result."""
 
-    def __init__(self) -> None:
+    def __init__(self, swallow_in: str) -> None:
+        self.swallow_in = swallow_in
         self.reads = 0
         self.swallowed = 0
 
+    async def _wait(self, seconds: float) -> None:
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            if self.swallowed:  # once: a second cancellation gets through
+                raise
+            self.swallowed += 1
+
     async def subscribe(self, channel: str) -> None:
-        pass
+        if self.swallow_in == "subscribe":
+            await self._wait(0.2)
 
     async def get_message(
         self,
@@ -315,43 +325,40 @@ class _SwallowingPubSub:
         self.reads += 1
         if self.reads == 1:
             return {"type": "subscribe", "data": 1}
-        try:
-            await asyncio.sleep(timeout)
-        except asyncio.CancelledError:
-            if self.swallowed:  # once: a second cancellation gets through
-                raise
-            self.swallowed += 1
+        await self._wait(timeout)
         return None
 
     async def aclose(self) -> None:
         pass
 
 
-async def test_an_invalidation_listener_stops_even_when_its_client_swallows_the_cancellation() -> (
-    None
-):
-    pubsub = _SwallowingPubSub()
+@pytest.mark.parametrize(
+    ("swallow_in", "states", "reads"),
+    [("subscribe", ["down"], 1), ("read", ["up", "down"], 2)],
+)
+async def test_an_invalidation_listener_stops_even_when_its_client_swallows_the_cancellation(
+    swallow_in: str, states: list[str], reads: int
+) -> None:
+    pubsub = _SwallowingPubSub(swallow_in)
 
     class Client:
         def pubsub(self) -> _SwallowingPubSub:
             return pubsub
 
-    states: list[str] = []
+    seen: list[str] = []
     task = asyncio.create_task(
         listen(
             cast(Redis, Client()),
             "channel",
-            on_message=states.append,
-            on_up=lambda: states.append("up"),
-            on_down=lambda: states.append("down"),
+            on_message=seen.append,
+            on_up=lambda: seen.append("up"),
+            on_down=lambda: seen.append("down"),
             watch=RedisWatch(),
         )
     )
-    await asyncio.sleep(0.05)
-    assert states == ["up"]  # subscribed, waiting for a message
-    assert pubsub.reads == 2
+    await asyncio.sleep(0.05)  # subscribing, or subscribed and waiting for a message
     task.cancel()
     await asyncio.wait({task}, timeout=0.5)  # reads are 1 s: it stops at the one cancelled
     assert task.cancelled()
-    assert states == ["up", "down"]
-    assert (pubsub.reads, pubsub.swallowed) == (2, 1)
+    assert seen == states
+    assert (pubsub.reads, pubsub.swallowed) == (reads, 1)
