@@ -40,8 +40,11 @@ _SCHEMA_TRAITS = 20
 _SAFE_INTEGER = 2**53
 #: Text without NUL (U+0000), which relay refuses wherever it appears.
 _NO_NUL = r"^[^\u0000]*$"
+#: What Python's str.strip() takes for white space, spelled out: JSON Schema's \s is
+#: ECMA-262's, which leaves out U+001C-U+001F and U+0085 (NEL).
+_SPACE = r"\u0009-\u000d\u001c-\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 #: An event name: not only white space, and no NUL.
-_EVENT_NAME = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+_EVENT_NAME = rf"^[^\u0000]*[^\u0000{_SPACE}][^\u0000]*$"
 #: A UTC time in ISO 8601 on a day every month has (fromisoformat reads it, Z and all).
 _ISO_UTC = (
     r"^20[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]Z$"
