@@ -37,11 +37,11 @@ SECTIONS = ("ingest", "delivery", "latency", "ratelimit", "memory", "cluster")
 
 _EPILOG = """\
 sections:
-  ingest     relay serve --no-worker vs a bare aiohttp server (orjson, 202), same lead,
-             alternating rounds; req/s, p50, p99, non-2xx (targets: ratio >= 0.8,
-             p99 <= 25 ms, 0 non-2xx). Load by wrk when on PATH, else a bundled
-             aiohttp generator; either runs in its own process. relay serve
-             --workers N (--api-workers) takes its turn too, for what all cores reach.
+  ingest     relay serve --no-worker vs a bare aiohttp server (orjson, 202), same leads
+             (each a new contact), alternating rounds; req/s, p50, p99, non-2xx
+             (targets: ratio >= 0.8, p99 <= 25 ms, 0 non-2xx). Load by wrk when on
+             PATH, else a bundled aiohttp generator; either runs in its own process.
+             relay serve --workers N (--api-workers) takes its turn too, for what all cores reach.
              With --min-replicas N, N Redis replicas run during the rounds and relay
              serve with RELAY_REDIS_MIN_REPLICAS=N takes its turn: relay WAIT/relay is
              the cost of a 202 only once replicas have the event. relay serve with

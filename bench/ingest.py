@@ -1,7 +1,10 @@
 """Ingest: relay's ``POST /v1/leads`` against a bare aiohttp server, in alternating rounds.
 
-Both answer the same lead with the same headers at the same concurrency:
-baseline, relay, baseline, relay… so a slow moment of the machine hits both.
+Both answer the same leads with the same headers at the same concurrency:
+baseline, relay, baseline, relay… so a slow moment of the machine hits both. Each
+lead is a new contact (an email of its own), as a form or an ad sends them: relay
+spreads them over its partitions by contact, so one contact for all would leave out
+what spreading costs.
 Requests/s add up over the rounds; p50 is the rounds' median, p99 the worst round's.
 With ``api_workers`` > 1, a second ``relay serve --workers N --no-worker`` (N API
 processes on one port) takes its turn in each round too: the figure all cores
@@ -28,8 +31,8 @@ from bench.servers import Procs, Stack, free_port, rss_kib
 
 __all__ = ["LEAD", "IngestResult", "run_ingest"]
 
-#: The lead both servers are sent.
-LEAD = b'{"email":"a@example.com","first_name":"Ann","phone":"+14155550100"}'
+#: The lead both servers are sent, a new contact each time (``{n}``: bench.load).
+LEAD = b'{"email":"lead{n}@example.com","first_name":"Ann","phone":"+14155550100"}'
 
 
 @dataclass(frozen=True)

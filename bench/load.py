@@ -4,6 +4,8 @@ Both run in a process of their own, so they never share a server's event loop.
 The bundled one is also ``python -m bench.load`` (it writes its result as JSON
 to ``--out``); :func:`run_load` picks one and returns a :class:`LoadResult`.
 Every connection sends the next request as soon as the previous answer is read.
+A body with ``{n}`` in it is a template: each request gets its own number there (from a
+random start, so that no two runs repeat one), e.g. a new contact for every lead.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import secrets
 import shutil
 import time
 from collections import Counter
@@ -25,10 +28,12 @@ import orjson
 from bench.apps import run_on_uvloop
 from bench.servers import BenchError, Procs
 
-__all__ = ["LoadResult", "generator_name", "percentile", "run_load"]
+__all__ = ["LoadResult", "generator_name", "percentile", "run_load", "wrk_script"]
 
 #: A request unanswered this long counts as an error.
 _TIMEOUT_S = 10.0
+#: In a template body, what each request's number replaces.
+NUMBER = b"{n}"
 _WRK_DONE = """
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -77,7 +82,8 @@ def run_load(
     requests: int | None = None,
     use_wrk: bool = True,
 ) -> LoadResult:
-    """Load ``url`` with POSTs of ``body`` for ``duration_s`` or ``requests`` in all."""
+    """Load ``url`` with POSTs of ``body`` for ``duration_s`` or ``requests`` in all
+    (``body`` may be a template: see the module docstring)."""
     if use_wrk and duration_s is not None and shutil.which("wrk"):
         return _run_wrk(procs, url, body, headers, connections=connections, duration_s=duration_s)
     return _run_bundled(
@@ -98,6 +104,29 @@ def _lua_string(text: str) -> str:
     return f"[{level}[{text}]{level}]"
 
 
+def _first_number() -> int:
+    """Where a run's request numbers start: at random, below 10^12 (Lua prints every
+    integer up to 10^14 in full), so that runs do not repeat each other's."""
+    return secrets.randbelow(10**12)
+
+
+def wrk_script(body: bytes, headers: dict[str, str]) -> str:
+    """The Lua that makes wrk POST ``body`` (a template: a number of its own each
+    request) with ``headers``, and print its result as one JSON line."""
+    lines = ['wrk.method = "POST"', f"wrk.body = {_lua_string(body.decode())}"]
+    lines += [f"wrk.headers[ {_lua_string(k)} ] = {_lua_string(v)}" for k, v in headers.items()]
+    if NUMBER in body:  # one thread (wrk -t1): one counter numbers every request
+        head, _, tail = body.decode().partition(NUMBER.decode())
+        lines += [
+            f"local n = {_first_number()}",
+            "request = function()",
+            "  n = n + 1",
+            f"  return wrk.format(nil, nil, nil, {_lua_string(head)} .. n .. {_lua_string(tail)})",
+            "end",
+        ]
+    return "\n".join(lines) + "\n" + _WRK_DONE
+
+
 def _run_wrk(
     procs: Procs,
     url: str,
@@ -108,9 +137,7 @@ def _run_wrk(
     duration_s: float,
 ) -> LoadResult:
     script = procs.workdir / "post.lua"
-    lines = ['wrk.method = "POST"', f"wrk.body = {_lua_string(body.decode())}"]
-    lines += [f"wrk.headers[ {_lua_string(k)} ] = {_lua_string(v)}" for k, v in headers.items()]
-    script.write_text("\n".join(lines) + "\n" + _WRK_DONE)
+    script.write_text(wrk_script(body, headers))
     # One thread: like the bundled generator, the load takes at most one of the cores.
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration_s))}s", "--latency"]
     argv += [f"--timeout={_TIMEOUT_S:.0f}s", "-s", str(script), url]
@@ -196,13 +223,19 @@ async def _generate(
         start = time.perf_counter()
         deadline = start + duration_s if duration_s is not None else math.inf
 
+        number, template = _first_number(), NUMBER in body
+
         async def one_connection() -> None:
-            nonlocal errors, left
+            nonlocal errors, left, number
             while left > 0 and time.perf_counter() < deadline:
                 left -= 1
+                data = body
+                if template:
+                    number += 1
+                    data = body.replace(NUMBER, str(number).encode())
                 sent = time.perf_counter()
                 try:
-                    async with session.post(url, data=body, headers=headers) as resp:
+                    async with session.post(url, data=data, headers=headers) as resp:
                         await resp.read()
                 except (aiohttp.ClientError, OSError, TimeoutError):
                     errors += 1

@@ -15,6 +15,8 @@ declares the same names; loading checks them against the file's ``-- KEYS:`` and
 
 Every call touches one slot: a partition's keys (``{relay:<p>}``) or the control keys
 (``{relay}``), never both (relay.redis_keys; tests/test_scripts.py checks each call).
+The one exception is on one Redis, where slots mean nothing: there an enqueue call takes
+the events of every partition at once (relay.store; on a cluster, one call a partition).
 
 Scripts that work on a list of items (``items`` in ARGV) take the keys of those items
 after their named ones: a :class:`Batch` collects them, each once, and gives the index
@@ -310,8 +312,9 @@ class Bound:
         return answer
 
 
-#: Store one partition's accepted events and queue them (the API's group commit).
-ENQUEUE = Script("enqueue", ("index", "notifications"), ("items", "cutoff_ms", "retention_s"))
+#: Store accepted events and queue them (the API's group commit; on a cluster, one
+#: partition's a call).
+ENQUEUE = Script("enqueue", (), ("items", "cutoff_ms", "retention_s"))
 #: Leases for requests to one destination, or why not (control slot: pause, cap).
 ADMIT = Script("admit", ("leases", "pause"), ("items", "now_ms", "lease_ms", "max_in_flight"))
 #: Mark one partition's stream entries delivering, or say why not.

@@ -1,18 +1,17 @@
 -- enqueue: store accepted events and queue them, in one step (the API's group commit).
 --
--- KEYS: index, notifications, then the items' keys
+-- KEYS: then the items' keys
 -- ARGV: items, cutoff_ms, retention_s
 --
--- One call writes one partition's events (all its keys share the partition's hash tag).
+-- On a Redis Cluster one call writes one partition's events (all its keys share the
+-- partition's hash tag: one slot); on one Redis, a call may write several partitions'.
 --
--- index      zset of the partition's event ids by received ms (listings); trimmed here
---            to the retention
--- notifications  the partition's stream of hook notifications ("_hooks")
 -- items      JSON array, in order, of:
---   {"event": k, "id", "data", "at": ms, "fields": [name, value, ...], "who": [k, ...],
---    "queue": [q, ...]}
+--   {"event": k, "index": k, "id", "data", "at": ms, "fields": [name, value, ...],
+--    "who": [k, ...], "queue": [q, ...]}
 --       an event record (hash KEYS[k]: "data" and one status field per destination), its
---       place in the index and in the search zset of its email and of its phone ("who",
+--       place in its partition's time index (zset KEYS[index], event id -> received ms,
+--       for listings) and in the search zset of its email and of its phone ("who",
 --       omitted when neither; trimmed to the retention and expiring with it), and for
 --       each q of "queue" (its destinations, live events only):
 --       {"stream": k} an entry in that stream; or, for an event with a contact,
@@ -20,23 +19,24 @@
 --       order: the head (with a stream entry that names the contact) if the contact has no
 --       undelivered event there, else parked last in the contact's list (no stream entry;
 --       settle.lua gives it one when its turn comes)
---   {"notify": k, "id", "data"}
---       a hook notification: its record KEYS[k], and its entry in the notifications' stream
--- cutoff_ms  events received at or before this leave the index (and the search zsets)
+--   {"notify": k, "stream": k, "id", "data"}
+--       a hook notification: its record KEYS[k], and its entry in its partition's stream
+--       of notifications ("_hooks")
+-- cutoff_ms  events received at or before this leave the time indexes (and the search zsets)
 -- retention_s how long records live
 --
 -- Returns 1 for each item.
-local index, notifications = KEYS[1], KEYS[2]
 local items, cutoff_ms, retention_s = cjson.decode(ARGV[1]), ARGV[2], ARGV[3]
 
-local written, found = {}, {}
+local written, indexes, found = {}, {}, {}
 for i, item in ipairs(items) do
   written[i] = 1
   if item.event then
     local key = KEYS[item.event]
     redis.call('HSET', key, DATA, item.data, unpack(item.fields))
     redis.call('EXPIRE', key, retention_s)
-    redis.call('ZADD', index, item.at, item.id)
+    redis.call('ZADD', KEYS[item.index], item.at, item.id)
+    indexes[item.index] = true
     for _, k in ipairs(item.who or {}) do
       redis.call('ZADD', KEYS[k], item.at, item.id)
       found[k] = true
@@ -60,10 +60,12 @@ for i, item in ipairs(items) do
     local key = KEYS[item.notify]
     redis.call('HSET', key, DATA, item.data, STATUS .. NOTIFICATIONS, PENDING)
     redis.call('EXPIRE', key, retention_s)
-    redis.call('XADD', notifications, '*', ENTRY_EVENT, item.id)
+    redis.call('XADD', KEYS[item.stream], '*', ENTRY_EVENT, item.id)
   end
 end
-redis.call('ZREMRANGEBYSCORE', index, '-inf', cutoff_ms)
+for k in pairs(indexes) do  -- once per partition, however many of its events came
+  redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', cutoff_ms)
+end
 for k in pairs(found) do  -- once per email or phone, however many of its events came
   redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', cutoff_ms)
   redis.call('EXPIRE', KEYS[k], retention_s)
