@@ -155,7 +155,9 @@ class HookStore:
 
     async def matching(self, topic: str) -> list[Subscription]:
         """The subscriptions to notify of ``topic``."""
-        return [s for s in await self.all() if s.event == topic]
+        # From memory with no call of all(): every ingest request asks.
+        subs = self._cache if self._cache is not None else await self.all()
+        return [s for s in subs if s.event == topic]
 
     async def get(self, hook_id: str) -> Subscription | None:
         """One subscription, read from Redis (a deleted one is None at once)."""

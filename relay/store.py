@@ -70,6 +70,14 @@ class NewEvent:
     request_id: str | None = None
     #: W3C traceparent of the span that accepted it (tracing on): delivery spans link to it.
     traceparent: str | None = None
+    #: Who it is about (:func:`contact_key` of the payload: None without an email or a
+    #: phone), as ingest worked it out for the event's partition; "" (the default): work
+    #: it out from the payload here.
+    contact: str | None = ""
+
+    def __post_init__(self) -> None:
+        if self.contact == "":
+            object.__setattr__(self, "contact", contact_key(self.payload))
 
     def to_json(self) -> bytes:
         doc: dict[str, Any] = {
@@ -156,9 +164,10 @@ class EventStore:
     def __repr__(self) -> str:
         return f"<EventStore partitions={self._partitions} retention_s={self._retention_s}>"
 
-    def new_id(self, payload: Contact) -> str:
-        """A new event id, in the partition of the payload's contact (relay.partitions)."""
-        return new_event_id(partition=contact_partition(contact_key(payload), self._partitions))
+    def new_id(self, contact: str | None) -> str:
+        """A new event id, in the partition of ``contact`` (:func:`contact_key` of the
+        event's payload: relay.partitions)."""
+        return new_event_id(partition=contact_partition(contact, self._partitions))
 
     async def enqueue(
         self,
@@ -371,7 +380,7 @@ def _writes(events: Sequence[NewEvent], subscribers: Sequence[Subscription], bat
             fields += (redis_keys.STATUS_FIELD_PREFIX + dest, initial.value)
         queue: list[dict[str, Any]] = []
         if ev.mode == "live":
-            contact = contact_key(ev.payload)
+            contact = ev.contact
             for dest in ev.destinations:
                 place: dict[str, Any] = {"stream": batch.key(redis_keys.queue(dest, partition))}
                 if contact is not None:  # its stream entry when it heads the order

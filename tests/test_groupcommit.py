@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import cast
 
 import pytest
@@ -267,3 +268,17 @@ async def test_a_redis_that_would_keep_records_as_hash_tables_is_named_at_start(
         await redis.config_set("hash-max-ziplist-value", "1024")
     assert hint is not None
     assert "hash-max-ziplist-value 64" in hint
+
+
+async def test_events_past_the_retention_leave_each_partition_s_time_index(redis: Redis) -> None:
+    """A call trims the time index of its first event's partition (on one Redis a call
+    holds several partitions' events: each is trimmed when a call leads with it)."""
+    store = EventStore(redis, retention_s=60, partitions=16)
+    old = replace(lead(3), received_at=datetime.now(UTC) - timedelta(seconds=120))
+    await store.enqueue([lead(5), old])  # led by partition 5: 3's index is not trimmed
+    await store.enqueue([lead(21), lead(35)])  # 5 then 3: still not
+    index = redis_keys.events_index(3)
+    assert old.id in await redis.zrange(index, 0, -1)
+    await store.enqueue([lead(19)])  # 3's turn
+    assert old.id not in await redis.zrange(index, 0, -1)
+    assert await redis.zcard(index) == 2  # lead(35) and lead(19)

@@ -80,15 +80,18 @@ def test_the_default_partitions_spread_over_a_three_master_cluster() -> None:
 
 def test_a_contact_keeps_its_partition(redis: Redis) -> None:
     store = EventStore(redis, retention_s=60, partitions=PARTS)
-    ann = Lead(email="ann@example.com", phone="+14155550100")
+    ann = contact_key(Lead(email="ann@example.com", phone="+14155550100"))
     assert {partition_of(store.new_id(ann)) for _ in range(20)} == {
         contact_partition(contact_key(Lead(email="ann@example.com")), PARTS)
     }
     # By email first, else phone; neither: anywhere.
-    assert partition_of(store.new_id(Lead(phone="+14155550100"))) == contact_partition(
-        contact_key(Lead(phone="+14155550100")), PARTS
-    )
-    spread = {partition_of(store.new_id(Lead(email=f"p{i}@example.com"))) for i in range(60)}
+    assert ann == contact_key(Lead(email="ann@example.com"))
+    assert contact_key(Lead(phone="+14155550100")) is not None
+    assert contact_key(Lead()) is None
+    assert {partition_of(store.new_id(None)) for _ in range(200)} == set(range(PARTS))
+    spread = {
+        partition_of(store.new_id(contact_key(Lead(email=f"p{i}@example.com")))) for i in range(60)
+    }
     assert spread == set(range(PARTS))
 
 

@@ -189,7 +189,9 @@ def check_item(item: Any, *, nul: bool = True) -> tuple[list[FieldError], bool]:
 
 
 class Slicer:
-    """Lets other requests in when this one has worked :data:`SLICE_S` since it last did."""
+    """Lets other requests in when this one has worked :data:`SLICE_S` since it last did.
+    Ticked between items (not before the first: nothing was worked yet), so a request
+    of one item, most of them, makes no call."""
 
     __slots__ = ("_since",)
 

@@ -43,7 +43,7 @@ from relay.models import (
 from relay.normalize import normalize_item
 from relay.replicas import Replicas
 from relay.settings import Settings
-from relay.store import NewEvent
+from relay.store import NewEvent, contact_key
 
 __all__ = ["choose_destinations"]
 
@@ -178,7 +178,8 @@ async def _accept(request: web.Request, kind: EventKind, claimed: Claim | None) 
     rejected: list[BatchRejected] = []
     slicer = Slicer()  # a big batch lets other requests in between its items
     for index, raw in enumerate(items):
-        await slicer.tick()
+        if index:
+            await slicer.tick()
         try:
             if isinstance(raw, ValidationFailed):
                 raise raw  # out of bounds (relay.api.bounds): never normalized
@@ -192,7 +193,8 @@ async def _accept(request: web.Request, kind: EventKind, claimed: Claim | None) 
                 )
             )
             continue
-        event_id = request.app[EVENTS].new_id(record)
+        contact = contact_key(record)
+        event_id = request.app[EVENTS].new_id(contact)
         events.append(
             NewEvent(
                 id=event_id,
@@ -204,6 +206,7 @@ async def _accept(request: web.Request, kind: EventKind, claimed: Claim | None) 
                 destinations=destinations,
                 request_id=request[REQUEST_ID],
                 traceparent=traceparent,
+                contact=contact,
             )
         )
         if is_batch:

@@ -22,13 +22,15 @@
 --   {"notify": k, "stream": k, "id", "data"}
 --       a hook notification: its record KEYS[k], and its entry in its partition's stream
 --       of notifications ("_hooks")
--- cutoff_ms  events received at or before this leave the time indexes (and the search zsets)
+-- cutoff_ms  events received at or before this leave the time index of the call's first
+--            event (on one Redis, of one of its partitions: the next calls trim the others)
+--            and the search zsets of its events
 -- retention_s how long records live
 --
 -- Returns 1 for each item.
 local items, cutoff_ms, retention_s = cjson.decode(ARGV[1]), ARGV[2], ARGV[3]
 
-local written, indexes, found = {}, {}, {}
+local written, trimmed, found = {}, nil, {}
 for i, item in ipairs(items) do
   written[i] = 1
   if item.event then
@@ -36,7 +38,7 @@ for i, item in ipairs(items) do
     redis.call('HSET', key, DATA, item.data, unpack(item.fields))
     redis.call('EXPIRE', key, retention_s)
     redis.call('ZADD', KEYS[item.index], item.at, item.id)
-    indexes[item.index] = true
+    trimmed = trimmed or item.index
     for _, k in ipairs(item.who or {}) do
       redis.call('ZADD', KEYS[k], item.at, item.id)
       found[k] = true
@@ -63,8 +65,8 @@ for i, item in ipairs(items) do
     redis.call('XADD', KEYS[item.stream], '*', ENTRY_EVENT, item.id)
   end
 end
-for k in pairs(indexes) do  -- once per partition, however many of its events came
-  redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', cutoff_ms)
+if trimmed then  -- the first event's partition's: each has its turn, a call's work stays flat
+  redis.call('ZREMRANGEBYSCORE', KEYS[trimmed], '-inf', cutoff_ms)
 end
 for k in pairs(found) do  -- once per email or phone, however many of its events came
   redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', cutoff_ms)
