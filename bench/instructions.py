@@ -30,13 +30,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
-from redis import Redis
-
 from bench.ingest import LEAD
 from bench.load import run_load
-from bench.servers import BenchError, Proc, Procs, free_port
-from relay.embedded import SERVER_SETTINGS, redis_server_binary
+from bench.servers import BenchError, Proc, Procs, create_key, free_port, start_redis
 
 __all__ = ["Count", "count_trees"]
 
@@ -60,30 +56,22 @@ class Count:
         return self.api + self.redis
 
 
-def _callgrind(out: Path, argv: list[str]) -> list[str]:
-    """``argv`` under callgrind, counting nothing until told to (``_toggle``)."""
-    valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
-    return [*valgrind, f"--callgrind-out-file={out}", *argv]
+def _callgrind(out: Path) -> list[str]:
+    """What runs a command under callgrind, counting nothing until told to (``_control``)."""
+    return ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
 
 
-def _toggle(proc: Proc, on: bool) -> None:
-    subprocess.run(
-        ["callgrind_control", "-i", "on" if on else "off", str(proc.popen.pid)],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+def _control(proc: Proc, *args: str) -> None:
+    """``callgrind_control ARGS`` for ``proc``: ``-i on``/``-i off`` (count or not), ``-d``
+    (write what was counted since the last dump)."""
+    control = ["callgrind_control", *args, str(proc.popen.pid)]
+    subprocess.run(control, check=True, capture_output=True, timeout=60)
 
 
 def _dump(proc: Proc, out: Path) -> int:
     """Write what ``proc`` counted since its last dump; the instructions in it."""
     before = set(out.parent.glob(out.name + ".*"))
-    subprocess.run(
-        ["callgrind_control", "-d", str(proc.popen.pid)],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    _control(proc, "-d")
     deadline = time.monotonic() + 60
     while True:
         for path in set(out.parent.glob(out.name + ".*")) - before:
@@ -93,28 +81,6 @@ def _dump(proc: Proc, out: Path) -> int:
         if time.monotonic() > deadline:
             raise BenchError(f"callgrind wrote no dump for {proc.name}")
         time.sleep(0.1)
-
-
-def _start_redis(procs: Procs, out: Path) -> tuple[Proc, int]:
-    port = free_port()
-    data = procs.workdir / "redis"
-    data.mkdir()
-    argv = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1"]
-    argv += ["--dir", str(data), *SERVER_SETTINGS, "--save", "", "--logfile", ""]
-    proc = procs.start("redis-server", _callgrind(out, argv))
-    deadline = time.monotonic() + _START_TIMEOUT_S
-    with Redis(host="127.0.0.1", port=port, socket_timeout=5) as client:
-        while True:
-            proc.check_alive()
-            try:
-                client.ping()
-                return proc, port
-            except OSError:
-                pass
-            except Exception as exc:  # redis-py's ConnectionError while it starts
-                if time.monotonic() > deadline:
-                    raise BenchError(f"redis-server did not start: {exc}") from exc
-            time.sleep(0.1)
 
 
 @dataclass(frozen=True)
@@ -134,7 +100,7 @@ def count_trees(
     procs = Procs(workdir)
     try:
         out = workdir / "callgrind.redis"
-        redis = _Redis(*_start_redis(procs, out), out)
+        redis = _Redis(*start_redis(procs, under=_callgrind(out)), out)
         toml = workdir / "relay.toml"
         toml.write_text(
             '[destinations.sink]\ntype = "webhook"\nurl = "http://127.0.0.1:9/hook"\n'
@@ -168,26 +134,15 @@ def _count(
         "RELAY_CONFIG": str(toml),
         "RELAY_DATA_DIR": str(procs.workdir / f"data-{db}"),
     }
-    create = [sys.executable, "-m", "relay", "keys", "create", "--name", "count", "--json"]
-    made = subprocess.run(
-        [*create, "--scope", "write:leads"],
-        env=env,
-        cwd=procs.workdir,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
-    if made.returncode != 0:
-        raise BenchError(f"relay keys create failed in {tree}:\n{made.stderr.decode()}")
     auth = {
-        "Authorization": f"Bearer {orjson.loads(made.stdout)['key']}",
+        "Authorization": f"Bearer {create_key(procs, env)}",
         "Content-Type": "application/json",
     }
     port, out = free_port(), procs.workdir / f"callgrind.api-{db}"
     argv = [sys.executable, "-m", "relay", "serve", "--no-worker"]
     api = procs.start(
         f"relay-serve-{db}",
-        _callgrind(out, [*argv, "--host", "127.0.0.1", "--port", str(port)]),
+        [*_callgrind(out), *argv, "--host", "127.0.0.1", "--port", str(port)],
         env=env,
     )
     procs.wait_http(api, f"http://127.0.0.1:{port}/readyz", timeout_s=_START_TIMEOUT_S)
@@ -203,11 +158,11 @@ def _count(
 
     if warmup:
         load(warmup)
-    _toggle(redis.proc, True)
-    _toggle(api, True)
+    _control(redis.proc, "-i", "on")
+    _control(api, "-i", "on")
     answered = load(requests)
-    _toggle(api, False)
-    _toggle(redis.proc, False)
+    _control(api, "-i", "off")
+    _control(redis.proc, "-i", "off")
     api_total, redis_total = _dump(api, out), _dump(redis.proc, redis.out)
     procs.stop(api, timeout_s=120)
     return Count(tree, answered, api_total / answered, redis_total / answered)

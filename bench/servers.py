@@ -34,10 +34,12 @@ __all__ = [
     "Procs",
     "Stack",
     "cpu_s",
+    "create_key",
     "free_port",
     "http",
     "rss_kib",
     "runqueue_wait_s",
+    "start_redis",
 ]
 
 #: Items per batch request (relay takes at most 500).
@@ -210,10 +212,11 @@ def start_redis(
     name: str = "redis-server",
     args: Sequence[str] = (),
     port: int | None = None,
+    under: Sequence[str] = (),
 ) -> tuple[Proc, int]:
     """A redis-server as relay asks for it, and its port; with ``replica_of``, a replica
     of that port's; ``args``: more options (``--cluster-enabled yes``...); ``port``: that
-    one rather than a free one."""
+    one rather than a free one; ``under``: a command it runs under (valgrind...)."""
     port = port or free_port()
     if replica_of is not None:
         name = "redis-replica"
@@ -224,7 +227,7 @@ def start_redis(
     argv += ["--save", "", "--logfile", "", *args]
     if replica_of is not None:
         argv += ["--replicaof", "127.0.0.1", str(replica_of)]
-    proc = procs.start(name, argv)
+    proc = procs.start(name, [*under, *argv])
     deadline = time.monotonic() + _READY_TIMEOUT_S
     while True:
         proc.check_alive()
@@ -238,6 +241,25 @@ def start_redis(
         if time.monotonic() > deadline:
             raise BenchError(f"redis-server did not start:\n{proc.log_tail()}")
         time.sleep(0.02)
+
+
+def create_key(procs: Procs, env: dict[str, str]) -> str:
+    """A new API key (write:leads, write:contacts) made by ``relay keys create`` in
+    ``env`` (its relay, its Redis)."""
+    argv = [sys.executable, "-m", "relay", "keys", "create", "--name", "bench"]
+    argv += ["--scope", "write:leads", "--scope", "write:contacts", "--json"]
+    done = subprocess.run(
+        argv,
+        cwd=procs.workdir,
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise BenchError(f"relay keys create failed:\n{done.stderr.decode(errors='replace')}")
+    key: str = orjson.loads(done.stdout)["key"]
+    return key
 
 
 def _webhook(name: str, url: str, events: str, extra: str = "") -> str:
@@ -324,7 +346,7 @@ class Stack:
         url = redis_url or f"redis://127.0.0.1:{self.redis_port}/{db}"
         env = env | {"RELAY_REDIS_URL": url}
         env |= extra_env or {}
-        key = self._create_key(env)
+        key = create_key(self.procs, env)
         port = free_port()
         no_worker = ("--no-worker",) if worker_for is None else ()
         proc = self.procs.python(
@@ -389,22 +411,6 @@ class Stack:
         path = self.procs.workdir / filename
         path.write_text("".join(tables[name] for name in names))
         return path
-
-    def _create_key(self, env: dict[str, str]) -> str:
-        argv = [sys.executable, "-m", "relay", "keys", "create", "--name", "bench"]
-        argv += ["--scope", "write:leads", "--scope", "write:contacts", "--json"]
-        done = subprocess.run(
-            argv,
-            cwd=self.procs.workdir,
-            env=env,
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise BenchError(f"relay keys create failed:\n{done.stderr.decode(errors='replace')}")
-        key: str = orjson.loads(done.stdout)["key"]
-        return key
 
     @property
     def auth(self) -> dict[str, str]:

@@ -1,8 +1,9 @@
 """Every Redis key name relay uses, and every TTL, in one place.
 
 Keys come in two kinds, by hash tag (the part in braces that Redis Cluster hashes to
-a slot), so that every script call touches one slot and a cluster spreads the events
-over every master:
+a slot), so that on a cluster every script call touches one slot (on one Redis an
+enqueue takes several partitions' events at once: relay.store) and a cluster spreads
+the events over every master:
 
 * **control keys**, tagged ``{relay}`` (one slot): API keys, hook subscriptions,
   workers, health, console sessions, idempotency answers, the partition count, and
